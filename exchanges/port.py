@@ -1,0 +1,91 @@
+"""The exchange port: the small interface the rest of the system uses to talk to an exchange.
+
+Everything above this line (executor, detector, feeds' REST fallback) speaks in these
+types only. Two implementations exist: :mod:`exchanges.ccxt_adapter` (real ccxt clients
+under trio-asyncio) and :mod:`exchanges.memory` (an in-memory exchange for unit tests
+of actor logic).
+
+Conventions:
+
+* ``symbol`` is always ccxt's *unified* linear-perpetual symbol, e.g. ``"BTC/USDT:USDT"``.
+* ``side`` of a position is ``"long"`` or ``"short"``. Close orders are always
+  reduce-only; the order side is derived (a long is closed by a sell).
+* Prices and quantities are :class:`~decimal.Decimal`. Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class ExchangePosition:
+    exchange: str
+    symbol: str
+    side: str  # "long" | "short"
+    qty: Decimal  # always > 0
+    entry_price: Decimal
+    opened_at: datetime | None = None  # when the exchange tells us; else None
+
+
+@dataclass(frozen=True)
+class Quote:
+    symbol: str
+    bid: Decimal | None
+    ask: Decimal | None
+    last: Decimal | None
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OrderResult:
+    """What the exchange says about one order.
+
+    ``status`` is one of ``"open"``, ``"closed"`` (fully filled), ``"canceled"``
+    (e.g. an IOC that filled partly or not at all), ``"rejected"``.
+    """
+
+    client_order_id: str
+    exchange_order_id: str | None
+    status: str
+    filled_qty: Decimal
+    avg_price: Decimal | None
+    requested_qty: Decimal | None = None
+
+
+class ExchangePort(Protocol):
+    name: str  # "bybit" | "binanceusdm" | ...
+
+    async def load_markets(self) -> None: ...
+
+    async def fetch_positions(self, symbols: Sequence[str] | None = None) -> list[ExchangePosition]:
+        """Open positions (non-zero size) on the account, optionally only these symbols."""
+
+    async def fetch_quote(self, symbol: str) -> Quote:
+        """Best bid, best ask and last price for one symbol (REST)."""
+
+    async def create_close_order(
+        self,
+        symbol: str,
+        position_side: str,
+        qty: Decimal,
+        client_order_id: str,
+        *,
+        limit_price: Decimal | None = None,
+    ) -> OrderResult:
+        """Send a reduce-only order that closes ``qty`` of a ``position_side`` position.
+
+        Without ``limit_price`` it is a MARKET order. With ``limit_price`` it is an
+        aggressive reduce-only LIMIT order with time-in-force IOC (the fallback when
+        the book is too thin for a market order).
+
+        Raises an :mod:`exchanges.errors` exception on failure.
+        """
+
+    async def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> OrderResult | None:
+        """Look an order up by its client order id; ``None`` if the exchange never saw it."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,67 @@
+"""Ticks, and the channel that carries them to a position actor.
+
+A position actor must decide on the freshest price, never on a backlog. So the channel
+from a feed to an actor is a trio memory channel of size 1 whose sender *replaces* an
+unread tick instead of waiting: :func:`open_tick_channel` returns a
+:class:`LatestTickSender` whose :meth:`~LatestTickSender.send_latest` never blocks and
+never queues more than one tick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import trio
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    exchange: str
+    symbol: str  # unified, e.g. "BTC/USDT:USDT"
+    bid: Decimal | None
+    ask: Decimal | None
+    last: Decimal | None
+    exchange_ts: datetime | None  # the exchange's event time, when it sends one
+    received_at: float  # trio.current_time() when the frame arrived (for latency)
+    source: str = "ws"  # "ws" or "rest" (stale fallback)
+
+
+class LatestTickSender:
+    """Send side of a tick channel: keeps at most one unread tick, the newest."""
+
+    __slots__ = ("_send", "_drain", "replaced")
+
+    def __init__(self, send: trio.MemorySendChannel, drain: trio.MemoryReceiveChannel):
+        self._send = send
+        self._drain = drain
+        self.replaced = 0  # ticks overwritten before the actor read them
+
+    def send_latest(self, tick: Tick) -> bool:
+        """Deliver ``tick``, dropping an older unread one. False if the receiver is gone."""
+        try:
+            self._send.send_nowait(tick)
+            return True
+        except trio.WouldBlock:
+            try:
+                self._drain.receive_nowait()
+                self.replaced += 1
+            except trio.WouldBlock:
+                pass
+            try:
+                self._send.send_nowait(tick)
+            except trio.WouldBlock:  # the reader took it meanwhile; impossible without a checkpoint
+                pass
+            return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+
+    def close(self) -> None:
+        self._send.close()
+        self._drain.close()
+
+
+def open_tick_channel() -> tuple[LatestTickSender, trio.MemoryReceiveChannel]:
+    send, receive = trio.open_memory_channel(1)
+    return LatestTickSender(send, receive.clone()), receive

@@ -1,0 +1,66 @@
+"""Write operations: plain values that describe one database write each.
+
+Actors describe what to write with these; the storage writer applies them in order in
+batches, and can hold them in a bounded buffer while the database is away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Mapping
+from uuid import UUID
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateAged:
+    aged_id: UUID
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AddEvent:
+    aged_id: UUID
+    event_type: str
+    market_price: Decimal | None = None
+    target_price: Decimal | None = None
+    price_distance_percent: Decimal | None = None
+    action_taken: str | None = None
+    success: bool | None = None
+    error_message: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    at: datetime | None = None
+
+    def as_row(self) -> tuple:
+        return (self.aged_id, self.event_type, self.market_price, self.target_price,
+                self.price_distance_percent, self.action_taken, self.success, self.error_message,
+                None if self.metadata is None else dict(self.metadata), self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCloseOrder:
+    client_order_id: str
+    aged_id: UUID
+    attempt: int
+    exchange: str
+    symbol: str
+    side: str  # order side: "buy" | "sell"
+    order_type: str  # "market" | "limit_ioc"
+    requested_qty: Decimal
+    limit_price: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCloseOrder:
+    client_order_id: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePosition:
+    position_id: int
+    closed_at: datetime | None = None
+
+
+WriteOp = UpdateAged | AddEvent | RecordCloseOrder | UpdateCloseOrder | ClosePosition

@@ -1,0 +1,357 @@
+"""The repository: trio-native async functions over asyncpg.
+
+asyncpg is an asyncio library; this program runs on trio. One asyncio loop is opened
+at the top of the program (``async with trio_asyncio.open_loop():``) and every
+method here crosses into it with :func:`trio_asyncio.aio_as_trio`. A crossing costs
+tens of microseconds, so callers batch writes (:meth:`Database.write_batch`) rather
+than crossing once per tick.
+
+Rows come back as plain ``dict`` objects (numeric → Decimal, timestamptz → aware
+datetime, jsonb → Python objects).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Iterable, Sequence
+from uuid import UUID
+
+import asyncpg
+import trio_asyncio
+
+from storage import ops as op
+from storage.migrate import apply_migrations
+
+AGED_UPDATABLE = frozenset({
+    "status", "grace_started_at", "progressive_started_at", "close_triggered_at", "closed_at",
+    "target_price", "breakeven_price", "current_loss_tolerance_percent", "last_price_check",
+    "last_checked_price", "close_attempts", "last_close_attempt", "last_error_message", "hours_aged",
+    "hours_in_grace", "hours_in_progressive", "closed_qty", "quantity", "close_price", "close_order_id",
+    "actual_pnl", "actual_pnl_percent", "close_reason", "phase_at_close",
+})
+CLOSE_ORDER_UPDATABLE = frozenset({
+    "state", "exchange_order_id", "filled_qty", "avg_price", "error_code", "error_message",
+})
+ACTIVE_STATUSES = ("detected", "grace_pending", "grace_active", "progressive_active", "error")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=lambda v: json.dumps(v, default=str), decoder=json.loads,
+                                  schema="pg_catalog")
+
+
+def _set_clause(fields: dict[str, Any], allowed: frozenset[str], first_param: int) -> tuple[str, list]:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
+    names = sorted(fields)
+    clause = ", ".join(f"{name} = ${first_param + i}" for i, name in enumerate(names))
+    return clause, [fields[n] for n in names]
+
+
+class Database:
+    """A pool of connections to one PostgreSQL database.
+
+    Create with ``await Database.connect(url)`` from inside an open trio-asyncio loop.
+    """
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 8,
+                      command_timeout: float = 10.0) -> "Database":
+        pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
+            url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=command_timeout)
+        return cls(pool)
+
+    async def close(self) -> None:
+        await trio_asyncio.aio_as_trio(self._pool.close)()
+
+    # --- plumbing --------------------------------------------------------------------
+
+    async def _call(self, fn, *args):
+        """Run ``fn(conn, *args)`` (an asyncio coroutine function) on a pooled connection."""
+        async def job():
+            async with self._pool.acquire() as conn:
+                return await fn(conn, *args)
+        return await trio_asyncio.aio_as_trio(job)()
+
+    async def fetch(self, sql: str, *args) -> list[dict]:
+        async def job(conn):
+            return [dict(r) for r in await conn.fetch(sql, *args)]
+        return await self._call(job)
+
+    async def fetchval(self, sql: str, *args):
+        async def job(conn):
+            return await conn.fetchval(sql, *args)
+        return await self._call(job)
+
+    async def execute(self, sql: str, *args) -> str:
+        async def job(conn):
+            return await conn.execute(sql, *args)
+        return await self._call(job)
+
+    async def migrate(self) -> list[int]:
+        """Apply missing migrations; return the versions applied now."""
+        return await self._call(apply_migrations)
+
+    # --- the position book -------------------------------------------------------------
+
+    async def upsert_open_position(self, *, exchange: str, symbol: str, side: str, quantity: Decimal,
+                                   entry_price: Decimal, opened_at: datetime, trailing_activated: bool | None = None,
+                                   source: str = "exchange") -> dict:
+        """Insert or refresh the open position for ``(exchange, symbol)``.
+
+        A side flip (the old position was closed and a new one opened) closes the old
+        row and starts a new one. ``trailing_activated=None`` keeps what the book has
+        (an external bot may set it).
+        """
+        async def job(conn):
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT * FROM monitoring.positions WHERE exchange=$1 AND symbol=$2 AND status='open' FOR UPDATE",
+                    exchange, symbol)
+                if row is not None and (row["side"] != side or row["opened_at"] != opened_at):
+                    await conn.execute(
+                        "UPDATE monitoring.positions SET status='closed', closed_at=now(), updated_at=now() "
+                        "WHERE id=$1", row["id"])
+                    row = None
+                if row is None:
+                    row = await conn.fetchrow(
+                        """INSERT INTO monitoring.positions
+                           (exchange, symbol, side, quantity, entry_price, opened_at, trailing_activated, source)
+                           VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING *""",
+                        exchange, symbol, side, quantity, entry_price, opened_at, bool(trailing_activated), source)
+                else:
+                    row = await conn.fetchrow(
+                        """UPDATE monitoring.positions SET quantity=$2, entry_price=$3,
+                           trailing_activated=COALESCE($4, trailing_activated), updated_at=now()
+                           WHERE id=$1 RETURNING *""",
+                        row["id"], quantity, entry_price, trailing_activated)
+                return dict(row)
+        return await self._call(job)
+
+    async def open_positions(self, exchange: str | None = None) -> list[dict]:
+        if exchange is None:
+            return await self.fetch("SELECT * FROM monitoring.positions WHERE status='open' ORDER BY id")
+        return await self.fetch(
+            "SELECT * FROM monitoring.positions WHERE status='open' AND exchange=$1 ORDER BY id", exchange)
+
+    async def close_position(self, position_id: int, closed_at: datetime | None = None) -> None:
+        await self.execute(
+            "UPDATE monitoring.positions SET status='closed', quantity=0, closed_at=COALESCE($2, now()), "
+            "updated_at=now() WHERE id=$1 AND status='open'", position_id, closed_at)
+
+    async def set_trailing(self, position_id: int, active: bool) -> None:
+        await self.execute("UPDATE monitoring.positions SET trailing_activated=$2, updated_at=now() WHERE id=$1",
+                           position_id, active)
+
+    # --- aged positions ----------------------------------------------------------------
+
+    async def create_aged_position(self, position: dict, *, detected_at: datetime, status: str,
+                                   target_price: Decimal | None, breakeven_price: Decimal,
+                                   loss_tolerance_percent: Decimal, hours_aged: Decimal,
+                                   config: dict) -> tuple[dict, bool]:
+        """Create the aged row for ``position`` unless it exists. Returns ``(row, created)``."""
+        async def job(conn):
+            row = await conn.fetchrow(
+                """INSERT INTO monitoring.aged_positions
+                   (position_id, symbol, exchange, side, entry_price, quantity, position_opened_at, detected_at,
+                    status, target_price, breakeven_price, current_loss_tolerance_percent, hours_aged, config,
+                    grace_started_at, progressive_started_at)
+                   VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,
+                           CASE WHEN $9::text IN ('grace_active','progressive_active') THEN $8::timestamptz END,
+                           CASE WHEN $9::text = 'progressive_active' THEN $8::timestamptz END)
+                   ON CONFLICT (position_id) DO NOTHING RETURNING *""",
+                position["id"], position["symbol"], position["exchange"], position["side"],
+                position["entry_price"], position["quantity"], position["opened_at"], detected_at, status,
+                target_price, breakeven_price, loss_tolerance_percent, hours_aged, config)
+            if row is not None:
+                return dict(row), True
+            row = await conn.fetchrow("SELECT * FROM monitoring.aged_positions WHERE position_id=$1", position["id"])
+            return dict(row), False
+        return await self._call(job)
+
+    async def aged_position(self, aged_id: UUID) -> dict | None:
+        rows = await self.fetch("SELECT * FROM monitoring.aged_positions WHERE id=$1", aged_id)
+        return rows[0] if rows else None
+
+    async def aged_position_for(self, position_id: int) -> dict | None:
+        rows = await self.fetch("SELECT * FROM monitoring.aged_positions WHERE position_id=$1", position_id)
+        return rows[0] if rows else None
+
+    async def active_aged_positions(self) -> list[dict]:
+        return await self.fetch(
+            "SELECT * FROM monitoring.aged_positions WHERE status = ANY($1::text[]) ORDER BY detected_at",
+            list(ACTIVE_STATUSES))
+
+    async def update_aged_position(self, aged_id: UUID, **fields) -> None:
+        await self.write_batch([op.UpdateAged(aged_id, fields)])
+
+    async def history(self, aged_id: UUID) -> list[dict]:
+        return await self.fetch(
+            "SELECT * FROM monitoring.aged_positions_history WHERE aged_position_id=$1 ORDER BY id", aged_id)
+
+    async def events(self, aged_id: UUID, event_type: str | None = None) -> list[dict]:
+        if event_type is None:
+            return await self.fetch(
+                "SELECT * FROM monitoring.aged_positions_monitoring WHERE aged_position_id=$1 ORDER BY id", aged_id)
+        return await self.fetch(
+            "SELECT * FROM monitoring.aged_positions_monitoring WHERE aged_position_id=$1 AND event_type=$2 "
+            "ORDER BY id", aged_id, event_type)
+
+    # --- the write-ahead log of close orders -------------------------------------------
+
+    async def record_close_order(self, row: op.RecordCloseOrder) -> None:
+        """Write the WAL row of an order about to be sent. Must succeed before sending."""
+        await self.write_batch([row])
+
+    async def close_orders(self, aged_id: UUID) -> list[dict]:
+        return await self.fetch(
+            "SELECT * FROM monitoring.close_orders WHERE aged_position_id=$1 ORDER BY attempt", aged_id)
+
+    async def inflight_close_orders(self) -> list[dict]:
+        return await self.fetch(
+            "SELECT * FROM monitoring.close_orders WHERE state IN ('pending','unknown','open') ORDER BY created_at")
+
+    # --- batched writes ----------------------------------------------------------------
+
+    async def write_batch(self, batch: Sequence[op.WriteOp]) -> None:
+        """Apply ``batch`` in order, in one transaction (one trio→asyncio crossing).
+
+        Runs of :class:`~storage.ops.AddEvent` are written with one ``executemany``.
+        """
+        async def job(conn):
+            async with conn.transaction():
+                pending_events: list[tuple] = []
+                for item in batch:
+                    if isinstance(item, op.AddEvent):
+                        pending_events.append(item.as_row())
+                        continue
+                    if pending_events:
+                        await _insert_events(conn, pending_events)
+                        pending_events = []
+                    await _apply(conn, item)
+                if pending_events:
+                    await _insert_events(conn, pending_events)
+        await self._call(job)
+
+    # --- statistics --------------------------------------------------------------------
+
+    async def statistics(self, days: float = 7, now: datetime | None = None) -> dict:
+        """Counts, success rate, averages at close, by close reason, retries, close latency.
+
+        *Historical* figures cover aged positions detected in the last ``days`` days.
+        ``success_rate`` is the share of positions the service set out to close that it
+        did close: closed (by the service, i.e. not ``manual``) divided by closed plus
+        those currently in ``error``. ``None`` when there is nothing to rate.
+        """
+        now = now or datetime.now(timezone.utc)
+        since = now - timedelta(days=days)
+
+        async def job(conn):
+            current = await conn.fetch(
+                "SELECT status, count(*) AS n, max(EXTRACT(EPOCH FROM ($1 - position_opened_at))/3600) AS oldest "
+                "FROM monitoring.aged_positions WHERE status = ANY($2::text[]) GROUP BY status",
+                now, list(ACTIVE_STATUSES) + ["skipped"])
+            totals = await conn.fetchrow(
+                """SELECT count(*) AS total,
+                          count(*) FILTER (WHERE status='closed') AS closed,
+                          count(*) FILTER (WHERE status='closed' AND close_reason <> 'manual') AS closed_by_service,
+                          count(*) FILTER (WHERE status='error') AS errors,
+                          avg(EXTRACT(EPOCH FROM (closed_at - position_opened_at))/3600)
+                              FILTER (WHERE status='closed') AS avg_age_hours,
+                          avg(actual_pnl_percent) FILTER (WHERE status='closed' AND close_reason <> 'manual')
+                              AS avg_pnl_percent,
+                          sum(actual_pnl) FILTER (WHERE status='closed') AS total_pnl,
+                          avg(close_attempts) FILTER (WHERE status='closed' AND close_reason <> 'manual')
+                              AS avg_close_attempts,
+                          avg(EXTRACT(EPOCH FROM (closed_at - close_triggered_at)))
+                              FILTER (WHERE status='closed' AND close_triggered_at IS NOT NULL)
+                              AS avg_close_seconds,
+                          percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM (closed_at - close_triggered_at)))
+                              FILTER (WHERE status='closed' AND close_triggered_at IS NOT NULL)
+                              AS p95_close_seconds
+                   FROM monitoring.aged_positions WHERE detected_at >= $1""", since)
+            by_reason = await conn.fetch(
+                """SELECT close_reason, count(*) AS n, avg(actual_pnl_percent) AS avg_pnl_percent,
+                          avg(EXTRACT(EPOCH FROM (closed_at - position_opened_at))/3600) AS avg_age_hours
+                   FROM monitoring.aged_positions
+                   WHERE status='closed' AND detected_at >= $1 GROUP BY close_reason ORDER BY close_reason""", since)
+            retries = await conn.fetchrow(
+                """SELECT count(*) AS orders, count(*) FILTER (WHERE o.attempt > 1) AS retries
+                   FROM monitoring.close_orders o JOIN monitoring.aged_positions a ON a.id = o.aged_position_id
+                   WHERE a.detected_at >= $1""", since)
+            return current, totals, by_reason, retries
+
+        current, totals, by_reason, retries = await self._call(job)
+        rated = totals["closed_by_service"] + totals["errors"]
+        return {
+            "window_days": days,
+            "current": {
+                "by_status": {r["status"]: r["n"] for r in current},
+                "monitored": sum(r["n"] for r in current if r["status"] != "skipped"),
+                "oldest_hours": max((r["oldest"] for r in current if r["oldest"] is not None), default=None),
+            },
+            "historical": {
+                "total_processed": totals["total"],
+                "closed": totals["closed"],
+                "errors": totals["errors"],
+                "avg_age_hours_at_close": totals["avg_age_hours"],
+                "avg_pnl_percent": totals["avg_pnl_percent"],
+                "total_pnl": totals["total_pnl"],
+                "by_close_reason": {
+                    r["close_reason"]: {"count": r["n"], "avg_pnl_percent": r["avg_pnl_percent"],
+                                        "avg_age_hours": r["avg_age_hours"]}
+                    for r in by_reason
+                },
+            },
+            "performance": {
+                "success_rate": (Decimal(totals["closed_by_service"]) / rated) if rated else None,
+                "avg_close_attempts": totals["avg_close_attempts"],
+                "close_orders": retries["orders"],
+                "retried_orders": retries["retries"],
+                "avg_close_seconds": totals["avg_close_seconds"],
+                "p95_close_seconds": totals["p95_close_seconds"],
+            },
+        }
+
+
+async def _insert_events(conn, rows: Iterable[tuple]) -> None:
+    await conn.executemany(
+        """INSERT INTO monitoring.aged_positions_monitoring
+           (aged_position_id, event_type, market_price, target_price, price_distance_percent,
+            action_taken, success, error_message, event_metadata, created_at)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,COALESCE($10, now()))""", list(rows))
+
+
+async def _apply(conn, item: op.WriteOp) -> None:
+    if isinstance(item, op.UpdateAged):
+        if not item.fields:
+            return
+        clause, values = _set_clause(dict(item.fields), AGED_UPDATABLE, 2)
+        await conn.execute(f"UPDATE monitoring.aged_positions SET {clause} WHERE id=$1", item.aged_id, *values)
+    elif isinstance(item, op.RecordCloseOrder):
+        await conn.execute(
+            """INSERT INTO monitoring.close_orders
+               (client_order_id, aged_position_id, attempt, exchange, symbol, side, order_type,
+                requested_qty, limit_price, state)
+               VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,'pending')
+               ON CONFLICT (client_order_id) DO NOTHING""",
+            item.client_order_id, item.aged_id, item.attempt, item.exchange, item.symbol, item.side,
+            item.order_type, item.requested_qty, item.limit_price)
+    elif isinstance(item, op.UpdateCloseOrder):
+        clause, values = _set_clause(dict(item.fields), CLOSE_ORDER_UPDATABLE, 2)
+        await conn.execute(
+            f"UPDATE monitoring.close_orders SET {clause}, updated_at=now() WHERE client_order_id=$1",
+            item.client_order_id, *values)
+    elif isinstance(item, op.ClosePosition):
+        await conn.execute(
+            "UPDATE monitoring.positions SET status='closed', quantity=0, closed_at=COALESCE($2, now()), "
+            "updated_at=now() WHERE id=$1 AND status='open'", item.position_id, item.closed_at)
+    else:
+        raise TypeError(f"unknown write op {item!r}")

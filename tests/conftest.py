@@ -1,0 +1,127 @@
+"""Shared fixtures.
+
+Test rules for the whole suite: loopback only, port 0 for every server, real
+PostgreSQL — ``TEST_DATABASE_URL`` (the Makefile sets it when a server answers at
+127.0.0.1:5432) or else an embedded server started for the run. Each run creates its
+own database and drops it afterwards, so runs never collide. Actor logic runs on
+trio's autojump MockClock; anything with a real socket uses the real clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import trio
+import trio_asyncio
+
+from storage.embedded import EmbeddedPostgres
+from storage.migrate import apply_migrations
+from storage.repository import Database
+
+MONITORING_TABLES = (
+    "monitoring.close_orders, monitoring.aged_positions_monitoring, monitoring.aged_positions_history, "
+    "monitoring.aged_positions, monitoring.positions"
+)
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def _run_asyncio(coro):
+    loop = asyncio.new_event_loop()  # trio_asyncio replaces the policy; use a private loop
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+def _project_tmp_dir() -> Path:
+    # Under the project, not /tmp/pytest-of-*: when tests run as root the embedded
+    # server runs as 'postgres', which cannot enter pytest's private temp folders.
+    base = Path(__file__).resolve().parent.parent / ".data" / "test-tmp"
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=base))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def embedded_dir():
+    """An empty directory for an embedded PostgreSQL, removed afterwards."""
+    path = _project_tmp_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server_url():
+    """URL of a PostgreSQL server for this run (its maintenance database)."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    path = _project_tmp_dir()
+    server = EmbeddedPostgres(path)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url):
+    """A fresh, migrated database for this test run, dropped at the end."""
+    name = f"apm_test_{uuid.uuid4().hex[:12]}"
+
+    async def setup():
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(_with_database(server_url, name))
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+
+    async def teardown():
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    _run_asyncio(setup())
+    yield _with_database(server_url, name)
+    _run_asyncio(teardown())
+
+
+@pytest.fixture
+async def aio_loop():
+    """An asyncio loop on top of trio, for asyncpg and ccxt (one per test)."""
+    async with trio_asyncio.open_loop() as loop:
+        yield loop
+
+
+@pytest.fixture
+async def db(aio_loop, database_url):
+    """A connected :class:`Database` on empty tables."""
+    database = await Database.connect(database_url, max_size=4)
+    await database.execute(f"TRUNCATE {MONITORING_TABLES} RESTART IDENTITY CASCADE")
+    try:
+        yield database
+    finally:
+        with trio.CancelScope(shield=True):
+            await database.close()

@@ -1,0 +1,226 @@
+"""Storage against a real PostgreSQL: migrations, trigger-written history, the
+write-ahead table, statistics and refusal of bad input.
+
+Rules: real database (see conftest), real clock, nothing mocked.
+"""
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal as D
+
+import asyncpg
+import pytest
+
+import storage
+from storage import ops
+from storage.embedded import EmbeddedPostgres
+from storage.migrate import available_migrations
+from storage.repository import Database
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+async def make_aged(db, *, symbol="BTC/USDT:USDT", side="long", status="grace_active", entry=D(100),
+                    opened_at=T0, exchange="bybit"):
+    pos = await db.upsert_open_position(exchange=exchange, symbol=symbol, side=side, quantity=D("0.5"),
+                                        entry_price=entry, opened_at=opened_at)
+    row, created = await db.create_aged_position(
+        pos, detected_at=opened_at + timedelta(hours=3), status=status, target_price=D("100.2"),
+        breakeven_price=D("100.2"), loss_tolerance_percent=D(0), hours_aged=D(3), config={"max_age_hours": "3"})
+    assert created
+    return pos, row
+
+
+async def test_migrations_are_recorded_and_a_second_apply_is_a_no_op(db):
+    assert await db.migrate() == []
+    versions = [r["version"] for r in await db.fetch("SELECT version FROM monitoring.schema_migrations")]
+    assert versions == [m.version for m in available_migrations()]
+    tables = {r["table_name"] for r in await db.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema='monitoring'")}
+    assert {"positions", "aged_positions", "aged_positions_history", "aged_positions_monitoring",
+            "close_orders", "active_aged_positions", "aged_positions_statistics"} <= tables
+
+
+async def test_an_edited_applied_migration_is_refused(db):
+    await db.execute("UPDATE monitoring.schema_migrations SET checksum='x' WHERE version=1")
+    try:
+        with pytest.raises(Exception, match="changed after it was applied"):
+            await db.migrate()
+    finally:
+        await db.execute("UPDATE monitoring.schema_migrations SET checksum=$1 WHERE version=1",
+                         available_migrations()[0].checksum)
+
+
+async def test_history_is_written_by_the_trigger_on_every_status_change(db):
+    _, aged = await make_aged(db, status="detected")
+    await db.update_aged_position(aged["id"], status="grace_active", last_checked_price=D("99.1"))
+    await db.update_aged_position(aged["id"], last_checked_price=D("99.2"))  # no status change: no row
+    await db.update_aged_position(aged["id"], status="progressive_active", current_loss_tolerance_percent=D("0.5"),
+                                  target_price=D("99.5"), last_checked_price=D("99.3"))
+    await db.update_aged_position(aged["id"], status="closed", close_reason="loss_acceptable",
+                                  closed_at=T0 + timedelta(hours=12), close_price=D("99.6"),
+                                  actual_pnl_percent=D("-0.6"))
+    hist = await db.history(aged["id"])
+    assert [(h["from_status"], h["to_status"]) for h in hist] == [
+        (None, "detected"), ("detected", "grace_active"), ("grace_active", "progressive_active"),
+        ("progressive_active", "closed")]
+    assert hist[2]["market_price"] == D("99.3") and hist[2]["loss_tolerance_percent"] == D("0.5")
+    assert hist[3]["market_price"] == D("99.6") and hist[3]["close_reason"] == "loss_acceptable"
+    assert hist[3]["pnl_percent"] == D("-0.6")
+
+
+async def test_a_closed_aged_position_is_final(db):
+    _, aged = await make_aged(db)
+    await db.update_aged_position(aged["id"], status="closed", close_reason="breakeven", closed_at=T0)
+    with pytest.raises(asyncpg.CheckViolationError, match="closed"):
+        await db.update_aged_position(aged["id"], status="progressive_active")
+
+
+@pytest.mark.parametrize("fields,error", [
+    ({"status": "finished"}, asyncpg.CheckViolationError),
+    ({"close_reason": "bored"}, asyncpg.CheckViolationError),
+    ({"status": "closed"}, asyncpg.CheckViolationError),  # closed without a reason
+    ({"current_loss_tolerance_percent": D(-1)}, asyncpg.CheckViolationError),
+])
+async def test_bad_values_are_refused_by_the_database(db, fields, error):
+    _, aged = await make_aged(db)
+    with pytest.raises(error):
+        await db.update_aged_position(aged["id"], **fields)
+    assert (await db.aged_position(aged["id"]))["status"] == "grace_active"
+
+
+async def test_unknown_columns_and_sides_are_refused(db):
+    _, aged = await make_aged(db)
+    with pytest.raises(ValueError, match="not updatable"):
+        await db.update_aged_position(aged["id"], id="x")
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.upsert_open_position(exchange="bybit", symbol="ETH/USDT:USDT", side="sideways", quantity=D(1),
+                                      entry_price=D(1), opened_at=T0)
+
+
+async def test_aged_row_is_created_once_per_position(db):
+    pos, aged = await make_aged(db)
+    again, created = await db.create_aged_position(
+        pos, detected_at=T0, status="detected", target_price=None, breakeven_price=D(1),
+        loss_tolerance_percent=D(0), hours_aged=D(0), config={})
+    assert not created and again["id"] == aged["id"] and again["status"] == "grace_active"
+
+
+async def test_position_book_side_flip_starts_a_new_position(db):
+    a = await db.upsert_open_position(exchange="bybit", symbol="BTC/USDT:USDT", side="long", quantity=D(1),
+                                      entry_price=D(100), opened_at=T0)
+    same = await db.upsert_open_position(exchange="bybit", symbol="BTC/USDT:USDT", side="long", quantity=D("0.4"),
+                                         entry_price=D(100), opened_at=T0)
+    assert same["id"] == a["id"] and same["quantity"] == D("0.4")
+    flipped = await db.upsert_open_position(exchange="bybit", symbol="BTC/USDT:USDT", side="short",
+                                            quantity=D(1), entry_price=D(101), opened_at=T0 + timedelta(hours=1))
+    assert flipped["id"] != a["id"]
+    assert [p["id"] for p in await db.open_positions("bybit")] == [flipped["id"]]
+
+
+async def test_write_ahead_rows_and_in_flight_orders(db):
+    _, aged = await make_aged(db)
+    wal = ops.RecordCloseOrder(client_order_id="apm-abc-1", aged_id=aged["id"], attempt=1, exchange="bybit",
+                               symbol="BTC/USDT:USDT", side="sell", order_type="market", requested_qty=D("0.5"))
+    await db.record_close_order(wal)
+    await db.record_close_order(wal)  # re-recording after a crash is harmless
+    assert [o["client_order_id"] for o in await db.inflight_close_orders()] == ["apm-abc-1"]
+    await db.write_batch([ops.UpdateCloseOrder("apm-abc-1", {"state": "filled", "filled_qty": D("0.5"),
+                                                             "avg_price": D("100.3"), "exchange_order_id": "X1"})])
+    assert await db.inflight_close_orders() == []
+    [row] = await db.close_orders(aged["id"])
+    assert row["state"] == "filled" and row["avg_price"] == D("100.3") and row["attempt"] == 1
+    with pytest.raises(asyncpg.CheckViolationError):  # never more filled than requested
+        await db.write_batch([ops.UpdateCloseOrder("apm-abc-1", {"filled_qty": D("0.6")})])
+    with pytest.raises(asyncpg.UniqueViolationError):  # one order per attempt number
+        await db.record_close_order(ops.RecordCloseOrder(
+            client_order_id="apm-other-1", aged_id=aged["id"], attempt=1, exchange="bybit",
+            symbol="BTC/USDT:USDT", side="sell", order_type="market", requested_qty=D("0.5")))
+
+
+async def test_write_batch_is_atomic_and_ordered(db):
+    _, aged = await make_aged(db)
+    batch = [
+        ops.AddEvent(aged["id"], "price_check", market_price=D("99"), target_price=D("100.2")),
+        ops.UpdateAged(aged["id"], {"last_checked_price": D("99")}),
+        ops.AddEvent(aged["id"], "close_triggered", metadata={"bid": "100.3"}),
+        ops.UpdateAged(aged["id"], {"status": "no-such-status"}),
+    ]
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.write_batch(batch)
+    assert await db.events(aged["id"]) == []  # nothing from the failed batch
+    await db.write_batch(batch[:3])
+    evs = await db.events(aged["id"])
+    assert [e["event_type"] for e in evs] == ["price_check", "close_triggered"]
+    assert evs[1]["event_metadata"] == {"bid": "100.3"}
+
+
+async def test_statistics_on_seeded_data(db):
+    now = datetime.now(timezone.utc)
+    rows = []
+    for i, (reason, pnl, age_h, attempts, latency) in enumerate([
+        ("profitable", D("1.0"), 6, 1, 2), ("breakeven", D("0.0"), 8, 1, 4),
+        ("loss_acceptable", D("-2.0"), 16, 2, 6), ("max_loss", D("-10"), 40, 3, 8),
+        ("manual", None, 20, 0, None),
+    ]):
+        opened = now - timedelta(hours=age_h + 1)
+        _, aged = await make_aged(db, symbol=f"S{i}/USDT:USDT", opened_at=opened)
+        closed = opened + timedelta(hours=age_h)
+        await db.update_aged_position(
+            aged["id"], status="closed", close_reason=reason, closed_at=closed, actual_pnl_percent=pnl,
+            close_attempts=attempts,
+            close_triggered_at=None if latency is None else closed - timedelta(seconds=latency))
+        for attempt in range(1, attempts + 1):
+            await db.record_close_order(ops.RecordCloseOrder(
+                client_order_id=f"c{i}-{attempt}", aged_id=aged["id"], attempt=attempt, exchange="bybit",
+                symbol="X", side="sell", order_type="market", requested_qty=D(1)))
+        rows.append(aged)
+    _, err = await make_aged(db, symbol="ERR/USDT:USDT", opened_at=now - timedelta(hours=30))
+    await db.update_aged_position(err["id"], status="error", last_error_message="rejected")
+    await make_aged(db, symbol="LIVE/USDT:USDT", opened_at=now - timedelta(hours=5))
+
+    stats = await db.statistics(days=7, now=now)
+    assert stats["current"]["by_status"] == {"error": 1, "grace_active": 1}
+    assert stats["current"]["monitored"] == 2
+    h = stats["historical"]
+    assert h["total_processed"] == 7 and h["closed"] == 5 and h["errors"] == 1
+    assert h["avg_pnl_percent"] == D("-2.75")  # manual closes excluded
+    assert h["by_close_reason"]["max_loss"]["count"] == 1
+    assert round(h["avg_age_hours_at_close"], 6) == 18  # (6+8+16+40+20)/5
+    p = stats["performance"]
+    assert p["success_rate"] == D(4) / D(5)  # 4 closed by the service, 1 in error
+    assert p["avg_close_attempts"] == D("1.75")
+    assert p["close_orders"] == 7 and p["retried_orders"] == 3
+    assert round(p["avg_close_seconds"], 6) == 5
+    # the window excludes older detections
+    assert (await db.statistics(days=7, now=now + timedelta(days=30)))["historical"]["total_processed"] == 0
+
+
+async def test_active_view_keeps_errors_under_watch(db):
+    _, a = await make_aged(db, symbol="A/USDT:USDT")
+    _, b = await make_aged(db, symbol="B/USDT:USDT")
+    _, c = await make_aged(db, symbol="C/USDT:USDT")
+    await db.update_aged_position(b["id"], status="error")
+    await db.update_aged_position(c["id"], status="closed", close_reason="manual", closed_at=T0)
+    view = {r["id"] for r in await db.fetch("SELECT id FROM monitoring.active_aged_positions")}
+    assert view == {a["id"], b["id"]}
+    assert {r["id"] for r in await db.active_aged_positions()} == view
+
+
+async def test_embedded_server_starts_migrates_and_is_reused(aio_loop, embedded_dir, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    tmp_path = embedded_dir
+    async with storage.open_database(data_dir=tmp_path / "pg") as db:
+        assert await db.fetchval("SELECT count(*) FROM monitoring.schema_migrations") == len(available_migrations())
+        pos = await db.upsert_open_position(exchange="bybit", symbol="BTC/USDT:USDT", side="long", quantity=D(1),
+                                            entry_price=D(1), opened_at=T0)
+    # stopped on exit; a second run reuses the same data directory and finds the row
+    async with storage.open_database(data_dir=tmp_path / "pg") as db:
+        assert [p["id"] for p in await db.open_positions()] == [pos["id"]]
+        assert await db.migrate() == []
+    assert not EmbeddedPostgres(tmp_path / "pg").is_running()
+
+
+def test_embedded_server_refuses_a_socket_path_that_is_too_long(tmp_path):
+    deep = tmp_path / ("x" * 120)
+    with pytest.raises(storage.EmbeddedPostgresError, match="DATABASE_URL"):
+        EmbeddedPostgres(deep).start()
