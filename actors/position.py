@@ -1,0 +1,440 @@
+"""The per-position logic, as a pure state machine.
+
+``step(state, event) -> (state, commands)`` is all there is: no trio, no database, no
+clock. The actor around it (:mod:`actors.position_actor`) feeds it events — ticks,
+timers, close results, position updates — and carries its commands out: persist a
+change, ask the executor to close, emit an event, set a timer.
+
+Statuses move only along these edges::
+
+    detected ──► grace_active ──► progressive_active ──► closed
+        │              │   ▲              │   ▲
+        └──────────────┼───┼──────────────┘   │        (any active status may go to
+                       ▼   │                  │         error and back after a cool-down,
+                     error / skipped ─────────┘         or to skipped and back while a
+                                                        trailing stop is active)
+
+``closed`` is final. At most one close is in flight at a time, and a close never asks
+for more than the remaining quantity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Union
+from uuid import UUID
+
+from actors.policy import (
+    Assessment, CloseReason, Phase, PolicyConfig, assess, close_reason, executable_price, next_phase_change,
+    realised_pnl, should_close,
+)
+
+ACTIVE = frozenset({"detected", "grace_active", "progressive_active"})
+PHASE_STATUS = {Phase.NOT_AGED: "detected", Phase.GRACE: "grace_active", Phase.PROGRESSIVE: "progressive_active"}
+LEGAL = {
+    "detected": {"grace_active", "progressive_active", "closed", "error", "skipped"},
+    "grace_active": {"progressive_active", "closed", "error", "skipped"},
+    "progressive_active": {"closed", "error", "skipped"},
+    "error": {"grace_active", "progressive_active", "closed", "skipped", "detected"},
+    "skipped": {"detected", "grace_active", "progressive_active", "closed"},
+    "closed": set(),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the actor behaves around the policy.
+
+    ``sample_interval`` — at most one routine price-check row per this many seconds…
+    ``material_change_percent`` — …unless the distance to target moved at least this
+    many percentage points since the last sample.
+    ``error_cooldown`` — after a close failed on every attempt, wait this long before
+    trying again (the position stays under watch).
+    ``emergency_close_after_hours`` — force a close at any price once a position is
+    this old. ``None`` (the default) turns it off.
+    """
+
+    sample_interval: timedelta = timedelta(seconds=60)
+    material_change_percent: Decimal = Decimal("0.5")
+    error_cooldown: timedelta = timedelta(seconds=60)
+    emergency_close_after_hours: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class PositionState:
+    aged_id: UUID
+    position_id: int
+    exchange: str
+    symbol: str
+    side: str
+    entry_price: Decimal
+    quantity: Decimal  # remaining open quantity
+    opened_at: datetime
+    config: PolicyConfig
+    settings: Settings = field(default_factory=Settings)
+    status: str = "detected"
+    closed_qty: Decimal = Decimal(0)
+    close_in_flight: bool = False
+    close_attempts: int = 0
+    close_triggered_at: datetime | None = None
+    error_until: datetime | None = None
+    last_sample_at: datetime | None = None
+    last_sample_distance: Decimal | None = None
+    last_price: Decimal | None = None
+    needs_reconcile: bool = False  # a close may have been in flight when we (re)started
+
+
+# --- events -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now: datetime
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    last: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    now: datetime
+    kind: str = "phase"
+
+
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    """What the executor did with a close request.
+
+    ``outcome``: ``"flat"`` (the exchange reports no position left), ``"vanished"``
+    (the position was already gone before any fill of ours), ``"open"`` (nothing
+    changed: e.g. a reconcile found no order), ``"failed"`` (every attempt failed).
+    ``filled_qty``/``avg_price`` cover all fills of this request; ``remaining_qty`` is
+    what the exchange still shows; ``attempts`` is the total attempt count so far.
+    """
+
+    now: datetime
+    outcome: str
+    filled_qty: Decimal = Decimal(0)
+    avg_price: Decimal | None = None
+    remaining_qty: Decimal | None = None
+    attempts: int = 0
+    last_order_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PositionUpdate:
+    now: datetime
+    quantity: Decimal | None = None
+    trailing_active: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PositionVanished:
+    now: datetime
+
+
+Event = Union[Start, Tick, Timer, CloseResult, PositionUpdate, PositionVanished]
+
+
+# --- commands -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestClose:
+    qty: Decimal
+    next_attempt: int
+    reconcile_only: bool = False
+    emergency: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    event_type: str
+    market_price: Decimal | None = None
+    target_price: Decimal | None = None
+    distance_percent: Decimal | None = None
+    success: bool | None = None
+    error: str | None = None
+    data: dict[str, Any] | None = None
+    critical: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTimer:
+    at: datetime
+    kind: str = "phase"
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The aged position is finished (closed); the actor may exit."""
+
+
+Command = Union[Persist, RequestClose, Emit, ScheduleTimer, Stop]
+
+
+# --- the machine --------------------------------------------------------------------------
+
+def _assess(s: PositionState, now: datetime) -> Assessment:
+    return assess(s.side, s.entry_price, s.opened_at, now, s.config)
+
+
+def _hours_fields(s: PositionState, a: Assessment) -> dict[str, Any]:
+    over = max(Decimal(0), a.hours_over)
+    grace = min(over, s.config.grace_period_hours)
+    return {"hours_aged": a.age_hours, "hours_in_grace": grace,
+            "hours_in_progressive": max(Decimal(0), over - s.config.grace_period_hours)}
+
+
+def _transition(s: PositionState, new_status: str, out: list, **fields) -> PositionState:
+    if new_status == s.status:
+        if fields:
+            out.append(Persist(fields))
+        return s
+    if new_status not in LEGAL[s.status]:
+        raise AssertionError(f"illegal status change {s.status} -> {new_status}")
+    out.append(Persist({"status": new_status, **fields}))
+    return replace(s, status=new_status)
+
+
+def _phase_boundaries(s: PositionState) -> tuple[datetime, datetime]:
+    from actors.policy import aged_at  # noqa: PLC0415 - local to keep the import list short
+    start = aged_at(s.opened_at, s.config)
+    return start, start + timedelta(microseconds=int(s.config.grace_period_hours * 3_600_000_000))
+
+
+def _sync_phase(s: PositionState, now: datetime, out: list) -> tuple[PositionState, Assessment]:
+    """Move the status to the phase the clock says, and keep the phase timer set."""
+    a = _assess(s, now)
+    if s.status in ACTIVE:
+        wanted = PHASE_STATUS[a.phase]
+        if wanted != s.status:
+            grace_start, grace_end = _phase_boundaries(s)
+            fields: dict[str, Any] = {"target_price": a.target_price,
+                                      "current_loss_tolerance_percent": a.loss_tolerance_percent,
+                                      **_hours_fields(s, a)}
+            if a.phase is not Phase.NOT_AGED:
+                fields["grace_started_at"] = grace_start
+            if a.phase is Phase.PROGRESSIVE:
+                fields["progressive_started_at"] = grace_end
+            old = s.status
+            s = _transition(s, wanted, out, **fields)
+            out.append(Emit("aged.phase.changed", target_price=a.target_price,
+                            data={"from": old, "to": wanted, "phase": a.phase.value,
+                                  "loss_tolerance_percent": str(a.loss_tolerance_percent)}))
+    nxt = next_phase_change(s.opened_at, now, s.config)
+    if nxt is not None:
+        out.append(ScheduleTimer(nxt + timedelta(microseconds=1), "phase"))
+    return s, a
+
+
+def _emergency_due(s: PositionState, a: Assessment) -> bool:
+    limit = s.settings.emergency_close_after_hours
+    return limit is not None and a.age_hours >= limit
+
+
+def _distance_percent(side: str, price: Decimal, target: Decimal) -> Decimal:
+    """How far the executable price still has to move to reach the target (≤ 0: reached)."""
+    gap = (target - price) if side == "long" else (price - target)
+    return gap / target * 100
+
+
+def _maybe_close(s: PositionState, now: datetime, a: Assessment, price: Decimal | None,
+                 bid, ask, last, out: list) -> PositionState:
+    if s.status not in ACTIVE or s.close_in_flight or s.quantity <= 0:
+        return s
+    emergency = _emergency_due(s, a)
+    if not emergency and not should_close(a, s.side, bid, ask, last):
+        return s
+    if emergency and price is None and a.phase is Phase.NOT_AGED:
+        return s
+    fields = {"close_triggered_at": now, "target_price": a.target_price,
+              "current_loss_tolerance_percent": a.loss_tolerance_percent, "last_checked_price": price,
+              "last_price_check": now}
+    out.append(Persist(fields))
+    out.append(Emit("aged.close.triggered", market_price=price, target_price=a.target_price,
+                    data={"phase": a.phase.value, "loss_tolerance_percent": str(a.loss_tolerance_percent),
+                          "bid": None if bid is None else str(bid), "ask": None if ask is None else str(ask),
+                          "emergency": emergency}))
+    out.append(RequestClose(s.quantity, s.close_attempts + 1, emergency=emergency))
+    return replace(s, close_in_flight=True, close_triggered_at=now)
+
+
+def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
+    s, a = _sync_phase(s, e.now, out)
+    price = executable_price(s.side, e.bid, e.ask, e.last)
+    if price is None:
+        return s
+    s = replace(s, last_price=price)
+    if s.status == "error" and s.error_until is not None and e.now >= s.error_until:
+        s = _leave_error(s, e.now, out)
+        a = _assess(s, e.now)
+    if a.target_price is not None and s.status in ACTIVE | {"error"}:
+        distance = _distance_percent(s.side, price, a.target_price)
+        due = s.last_sample_at is None or e.now - s.last_sample_at >= s.settings.sample_interval
+        moved = (s.last_sample_distance is None
+                 or abs(distance - s.last_sample_distance) >= s.settings.material_change_percent)
+        if due or moved:
+            out.append(Persist({"last_checked_price": price, "last_price_check": e.now,
+                                "target_price": a.target_price,
+                                "current_loss_tolerance_percent": a.loss_tolerance_percent,
+                                **_hours_fields(s, a)}))
+            out.append(Emit("price_check", market_price=price, target_price=a.target_price,
+                            distance_percent=distance))
+            s = replace(s, last_sample_at=e.now, last_sample_distance=distance)
+    return _maybe_close(s, e.now, a, price, e.bid, e.ask, e.last, out)
+
+
+def _leave_error(s: PositionState, now: datetime, out: list) -> PositionState:
+    a = _assess(s, now)
+    s = _transition(s, PHASE_STATUS[a.phase], out, last_error_message=None)
+    return replace(s, error_until=None)
+
+
+def _finish(s: PositionState, now: datetime, reason: CloseReason, out: list, *, fill_price: Decimal | None,
+            filled: Decimal, order_id: str | None, attempts: int) -> PositionState:
+    fields: dict[str, Any] = {"closed_at": now, "close_reason": reason.value, "closed_qty": s.closed_qty + filled,
+                              "close_attempts": attempts}
+    if fill_price is not None and filled > 0:
+        trigger_at = s.close_triggered_at or now
+        a = _assess(s, trigger_at)
+        pnl, pct = realised_pnl(s.side, s.entry_price, fill_price, filled, s.config)
+        fields.update(close_price=fill_price, actual_pnl=pnl, actual_pnl_percent=pct, close_order_id=order_id,
+                      phase_at_close=a.phase.value if a.phase is not Phase.NOT_AGED else None)
+    s = _transition(s, "closed", out, **fields)
+    out.append(Emit("aged.close.completed", market_price=fill_price, success=True,
+                    data={"close_reason": reason.value, "filled_qty": str(filled), "attempts": attempts,
+                          "pnl_percent": str(fields.get("actual_pnl_percent"))}))
+    out.append(Stop())
+    return replace(s, close_in_flight=False, closed_qty=s.closed_qty + filled, quantity=Decimal(0),
+                   close_attempts=attempts)
+
+
+def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionState:
+    if s.status == "closed":
+        return s
+    attempts = max(s.close_attempts, e.attempts)
+    filled = min(e.filled_qty, s.quantity)
+    if e.outcome == "flat":
+        if filled > 0:
+            trigger_at = s.close_triggered_at or e.now
+            a = _assess(s, trigger_at)
+            reason = close_reason(s.side, s.entry_price, e.avg_price, a, s.config,
+                                  emergency=_emergency_due(s, a)) if e.avg_price is not None else CloseReason.MANUAL
+        else:
+            reason = CloseReason.MANUAL
+        return _finish(s, e.now, reason, out, fill_price=e.avg_price, filled=filled,
+                       order_id=e.last_order_id, attempts=attempts)
+    if e.outcome == "vanished":
+        return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=None, filled=Decimal(0), order_id=None,
+                       attempts=attempts)
+    remaining = s.quantity - filled if e.remaining_qty is None else min(e.remaining_qty, s.quantity - filled)
+    s = replace(s, close_in_flight=False, needs_reconcile=False, quantity=max(Decimal(0), remaining),
+                closed_qty=s.closed_qty + filled, close_attempts=attempts)
+    fields = {"close_attempts": attempts, "quantity": s.quantity, "closed_qty": s.closed_qty}
+    if e.outcome == "failed":
+        until = e.now + s.settings.error_cooldown
+        if s.status != "error":
+            s = _transition(s, "error", out, last_error_message=e.error, last_close_attempt=e.now, **fields)
+        else:
+            out.append(Persist({"last_error_message": e.error, **fields}))
+        out.append(Emit("aged.close.failed", success=False, error=e.error, critical=True,
+                        data={"attempts": attempts, "retry_after": until.isoformat()}))
+        out.append(ScheduleTimer(until, "cooldown"))
+        return replace(s, error_until=until)
+    out.append(Persist(fields))
+    return s
+
+
+def _on_timer(s: PositionState, e: Timer, out: list) -> PositionState:
+    if s.status == "error" and s.error_until is not None and e.now >= s.error_until:
+        s = _leave_error(s, e.now, out)
+    s, a = _sync_phase(s, e.now, out)
+    if s.last_price is not None and _emergency_due(s, a):
+        side_price = {"bid": s.last_price} if s.side == "long" else {"ask": s.last_price}
+        return _maybe_close(s, e.now, a, s.last_price, side_price.get("bid"), side_price.get("ask"), None, out)
+    return s
+
+
+def _on_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:
+    if s.status == "closed":
+        return s
+    if e.quantity is not None and e.quantity != s.quantity and not s.close_in_flight:
+        s = replace(s, quantity=e.quantity)
+        out.append(Persist({"quantity": e.quantity}))
+    if e.trailing_active is True and s.status in ACTIVE | {"error"} and not s.close_in_flight:
+        s = _transition(s, "skipped", out)
+        out.append(Emit("skipped", data={"reason": "trailing stop active"}))
+    elif e.trailing_active is False and s.status == "skipped":
+        a = _assess(s, e.now)
+        s = _transition(s, PHASE_STATUS[a.phase], out)
+        out.append(Emit("resumed", data={"reason": "trailing stop no longer active"}))
+        s, _ = _sync_phase(s, e.now, out)
+    return s
+
+
+def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionState:
+    if s.status == "closed" or s.close_in_flight:
+        return s  # our own close is in flight: its result will tell what happened
+    return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=None, filled=Decimal(0), order_id=None,
+                   attempts=s.close_attempts)
+
+
+def _on_start(s: PositionState, e: Start, out: list) -> PositionState:
+    if s.status == "closed":
+        out.append(Stop())
+        return s
+    if s.needs_reconcile:
+        out.append(RequestClose(s.quantity, s.close_attempts + 1, reconcile_only=True))
+        s = replace(s, close_in_flight=True)
+    if s.status == "error" and s.error_until is None:
+        s = replace(s, error_until=e.now + s.settings.error_cooldown)
+        out.append(ScheduleTimer(s.error_until, "cooldown"))
+    s, _ = _sync_phase(s, e.now, out)
+    return s
+
+
+def step(state: PositionState, event: Event) -> tuple[PositionState, list[Command]]:
+    """Advance ``state`` by one event; return the new state and what to do."""
+    out: list[Command] = []
+    if state.status == "closed" and not isinstance(event, Start):
+        return state, out
+    if isinstance(event, Tick):
+        state = _on_tick(state, event, out)
+    elif isinstance(event, Timer):
+        state = _on_timer(state, event, out)
+    elif isinstance(event, CloseResult):
+        state = _on_close_result(state, event, out)
+    elif isinstance(event, PositionUpdate):
+        state = _on_update(state, event, out)
+    elif isinstance(event, PositionVanished):
+        state = _on_vanished(state, event, out)
+    elif isinstance(event, Start):
+        state = _on_start(state, event, out)
+    else:
+        raise TypeError(f"unknown event {event!r}")
+    return state, out
+
+
+def state_from_row(row: dict, config: PolicyConfig, settings: Settings, *, inflight_orders: bool) -> PositionState:
+    """Rebuild an actor's state from its ``monitoring.aged_positions`` row."""
+    return PositionState(
+        aged_id=row["id"], position_id=row["position_id"], exchange=row["exchange"], symbol=row["symbol"],
+        side=row["side"], entry_price=row["entry_price"], quantity=row["quantity"],
+        opened_at=row["position_opened_at"], config=config, settings=settings, status=row["status"],
+        closed_qty=row["closed_qty"], close_attempts=row["close_attempts"],
+        close_triggered_at=row["close_triggered_at"], last_sample_at=row["last_price_check"],
+        last_price=row["last_checked_price"],
+        needs_reconcile=inflight_orders or (row["close_triggered_at"] is not None and row["status"] != "closed"),
+    )
