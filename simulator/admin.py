@@ -1,0 +1,393 @@
+"""The simulator's admin API (JSON, under ``/_sim``).
+
+* ``GET /_sim/info`` — REST and WebSocket URLs per exchange.
+* ``GET /_sim/orders`` (``?exchange=``) — every order received, in arrival order;
+  ``DELETE /_sim/orders`` forgets them.
+* ``GET /_sim/positions`` (``?exchange=``); ``POST /_sim/positions``
+  ``{"exchange","symbol","side":"long"|"short","qty","entry_price","opened_at"?}``
+  creates or replaces one (an unknown symbol becomes a new market priced at
+  ``entry_price``); ``DELETE /_sim/positions`` (``?exchange=&symbol=``) clears.
+* ``GET /_sim/prices``; ``POST /_sim/prices`` ``{"exchange","symbol","bid"?,"ask"?,
+  "last"?}`` sets and holds a price, ``{"exchange","symbol","release": true}`` resumes
+  the walk; ``"volatility"``, ``"drift"``, ``"spread_bps"`` tune the walk.
+* ``POST /_sim/step`` ``{"n": 1}`` — advance the random walk by hand.
+* ``GET|POST|DELETE /_sim/faults`` — see :func:`apply_faults`.
+* ``POST /_sim/reset`` — forget positions, orders and faults.
+
+Bad input answers HTTP 400 ``{"error": "..."}``; nothing a client sends crashes the
+server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from simulator.rest_bybit import json_response
+from simulator.state import (
+    CountedFault,
+    RejectRule,
+    SimError,
+    SimState,
+    iter_exchanges,
+    normalize_exchange,
+    normalize_symbol,
+    parse_time,
+    to_decimal,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_COUNT = 1_000_000
+
+
+def info_for(base_url: str) -> dict:
+    ws_base = "ws" + base_url[len("http"):] if base_url.startswith("http") else base_url
+    return {
+        "bybit": {"rest": base_url + "/bybit", "ws": ws_base + "/bybit/v5/public/linear"},
+        "binanceusdm": {"rest": base_url + "/binance", "ws": ws_base + "/binance/ws"},
+    }
+
+
+class BadInput(Exception):
+    pass
+
+
+def _bad(msg: str) -> Response:
+    return json_response({"error": msg}, status=400)
+
+
+async def _json_body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise BadInput(f"body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadInput("body must be a JSON object")
+    return body
+
+
+def _count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"{name} must be an integer count")
+    if not (0 <= value <= MAX_COUNT):
+        raise BadInput(f"{name} must be between 0 and {MAX_COUNT}")
+    return value
+
+
+def _counted(value, name: str) -> CountedFault:
+    """``N`` or ``{"count": N, "exchange": "bybit"}``."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"count", "exchange"}
+        if unknown:
+            raise BadInput(f"{name}: unknown keys {sorted(unknown)}")
+        ex = value.get("exchange")
+        return CountedFault(_count(value.get("count", 1), f"{name}.count"), normalize_exchange(ex) if ex else None)
+    return CountedFault(_count(value, name))
+
+
+def apply_faults(state: SimState, hub, body: dict) -> list[str]:
+    """Validate everything first, then apply. Returns what was done."""
+    known = {"reject_next", "http_5xx", "rate_limit_429", "drop_reply", "partial_fill_ratio", "ws", "exchange",
+             "close_position", "binance_market_new"}
+    unknown = set(body) - known
+    if unknown:
+        raise BadInput(f"unknown fault keys {sorted(unknown)}; known: {sorted(known - {'exchange'})}")
+    if not body:
+        raise BadInput("no fault given")
+    actions = []
+    f = state.faults
+    if "reject_next" in body:
+        rn = body["reject_next"]
+        if isinstance(rn, int) and not isinstance(rn, bool):
+            rn = {"count": rn}
+        if not isinstance(rn, dict):
+            raise BadInput('reject_next must be {"count": N, "code": C?, "exchange": E?, "message": M?}')
+        unknown = set(rn) - {"count", "code", "exchange", "message"}
+        if unknown:
+            raise BadInput(f"reject_next: unknown keys {sorted(unknown)}")
+        count = _count(rn.get("count", 1), "reject_next.count")
+        code = rn.get("code")
+        if code is not None:
+            if isinstance(code, bool) or not isinstance(code, (int, str)) or not str(code).lstrip("-").isdigit():
+                raise BadInput("reject_next.code must be an integer exchange error code")
+            code = str(int(code))
+        ex = rn.get("exchange")
+        ex = normalize_exchange(ex) if ex else None
+        msg = rn.get("message")
+        if msg is not None and not isinstance(msg, str):
+            raise BadInput("reject_next.message must be a string")
+        actions.append(("reject_next", RejectRule(count, code, ex, msg)))
+    for name in ("http_5xx", "rate_limit_429", "drop_reply"):
+        if name in body:
+            actions.append((name, _counted(body[name], name)))
+    if "partial_fill_ratio" in body:
+        v = body["partial_fill_ratio"]
+        ratio = None
+        if v is not None:
+            ratio = to_decimal(v, "partial_fill_ratio")
+            if not (0 <= ratio <= 1):
+                raise BadInput("partial_fill_ratio must be between 0 and 1 (null clears it)")
+        actions.append(("partial_fill_ratio", ratio))
+    if "binance_market_new" in body:
+        if not isinstance(body["binance_market_new"], bool):
+            raise BadInput("binance_market_new must be true or false")
+        actions.append(("binance_market_new", body["binance_market_new"]))
+    if "ws" in body:
+        what = body["ws"]
+        if what not in ("drop", "silence", "resume"):
+            raise BadInput('ws must be "drop", "silence" or "resume"')
+        ex = body.get("exchange")
+        ex = normalize_exchange(ex) if ex else None
+        if hub is None:
+            raise BadInput("the WebSocket streams are not mounted in this simulator")
+        actions.append(("ws", (what, ex)))
+    elif "exchange" in body:
+        raise BadInput('"exchange" at the top level goes with "ws"; put it inside the fault object otherwise')
+    if "close_position" in body:
+        cp = body["close_position"]
+        if not isinstance(cp, dict) or "exchange" not in cp or "symbol" not in cp:
+            raise BadInput('close_position must be {"exchange": E, "symbol": S}')
+        ex = normalize_exchange(cp["exchange"])
+        sym = normalize_symbol(cp["symbol"])
+        if state.position(ex, sym) is None:
+            raise BadInput(f"no {ex} position on {sym} to close")
+        actions.append(("close_position", (ex, sym)))
+
+    done = []
+    for name, value in actions:
+        if name == "reject_next":
+            f.add_reject(value)
+        elif name in ("http_5xx", "rate_limit_429", "drop_reply"):
+            f.add_counted(name, value)
+        elif name == "partial_fill_ratio":
+            f.partial_fill_ratio = value
+        elif name == "binance_market_new":
+            f.binance_market_new = value
+        elif name == "ws":
+            what, ex = value
+            if what == "drop":
+                hub.drop_all(ex)
+            elif what == "silence":
+                hub.silence(ex, True)
+            else:
+                hub.silence(ex, False)
+            f.ws[ex or "*"] = what
+        elif name == "close_position":
+            state.remove_position(*value)
+        done.append(name)
+        log.info("simulator: fault %s = %r", name, value)
+    return done
+
+
+class AdminAPI:
+    def __init__(self, state: SimState, hub=None):
+        self.state = state
+        self.hub = hub
+
+    async def _guard(self, request: Request, fn) -> Response:
+        try:
+            return await fn(request)
+        except (BadInput, SimError) as e:
+            return _bad(str(e))
+        except KeyError as e:
+            return _bad(str(e.args[0]) if e.args else "not found")
+        except Exception as e:  # never crash on admin input
+            log.exception("simulator: admin %s %s failed", request.method, request.url.path)
+            return json_response({"error": f"internal error: {type(e).__name__}: {e}"}, status=500)
+
+    def _base_url(self, request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}"
+
+    # ------------------------------------------------------------- handlers
+
+    async def info(self, request: Request) -> Response:
+        return json_response(info_for(self._base_url(request)))
+
+    async def orders(self, request: Request) -> Response:
+        async def go(request):
+            ex = request.query_params.get("exchange")
+            ex = normalize_exchange(ex) if ex else None
+            if request.method == "DELETE":
+                self.state.clear_orders()
+                return json_response({"ok": True})
+            return json_response([o.record() for o in self.state.orders if ex is None or o.exchange == ex])
+
+        return await self._guard(request, go)
+
+    def _positions_json(self, exchange: str | None = None) -> list[dict]:
+        out = []
+        for p in self.state.list_positions(exchange):
+            out.append(p.to_dict(self.state.get_market(p.exchange, p.symbol)))
+        return out
+
+    async def positions(self, request: Request) -> Response:
+        async def go(request):
+            if request.method == "GET":
+                ex = request.query_params.get("exchange")
+                return json_response(self._positions_json(normalize_exchange(ex) if ex else None))
+            if request.method == "DELETE":
+                q = request.query_params
+                ex = q.get("exchange")
+                sym = q.get("symbol")
+                if sym:
+                    if not ex:
+                        raise BadInput("symbol needs exchange")
+                    removed = 1 if self.state.remove_position(ex, sym) else 0
+                else:
+                    removed = self.state.clear_positions(normalize_exchange(ex) if ex else None)
+                return json_response({"removed": removed})
+            body = await _json_body(request)
+            missing = [k for k in ("exchange", "symbol", "side", "qty", "entry_price") if k not in body]
+            if missing:
+                raise BadInput(f"missing fields {missing}")
+            unknown = set(body) - {"exchange", "symbol", "side", "qty", "entry_price", "opened_at"}
+            if unknown:
+                raise BadInput(f"unknown fields {sorted(unknown)}")
+            opened = parse_time(body["opened_at"]) if body.get("opened_at") is not None else None
+            pos = self.state.set_position(
+                body["exchange"], body["symbol"], body["side"], body["qty"], body["entry_price"], opened
+            )
+            return json_response(pos.to_dict(self.state.get_market(pos.exchange, pos.symbol)))
+
+        return await self._guard(request, go)
+
+    async def prices(self, request: Request) -> Response:
+        async def go(request):
+            if request.method == "GET":
+                return json_response(self.state.quotes_snapshot())
+            body = await _json_body(request)
+            unknown = set(body) - {"exchange", "symbol", "bid", "ask", "last", "release", "hold", "volatility",
+                                   "drift", "spread_bps"}
+            if unknown:
+                raise BadInput(f"unknown fields {sorted(unknown)}")
+            if "symbol" not in body:
+                raise BadInput("symbol is required")
+            exchanges = list(iter_exchanges(body.get("exchange")))
+            sym = normalize_symbol(body["symbol"])
+            for ex in exchanges:
+                if self.state.get_market(ex, sym) is None:
+                    if body.get("exchange") is None:
+                        continue
+                    hint = next((body[k] for k in ("last", "bid", "ask") if body.get(k) is not None), None)
+                    if hint is None:
+                        raise BadInput(f"{ex}: unknown market {sym}; give a price to create it")
+                    self.state.ensure_market(ex, sym, to_decimal(hint, "price", positive=True))
+            exchanges = [ex for ex in exchanges if self.state.get_market(ex, sym) is not None]
+            if not exchanges:
+                raise BadInput(f"unknown market {sym}; give the exchange and a price to create it")
+            walk = {}
+            for k in ("volatility", "drift"):
+                if k in body:
+                    v = body[k]
+                    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                        raise BadInput(f"{k} must be a number")
+                    try:
+                        walk[k] = float(v)
+                    except ValueError:
+                        raise BadInput(f"{k} must be a number") from None
+            if "spread_bps" in body:
+                walk["spread_bps"] = to_decimal(body["spread_bps"], "spread_bps")
+            release = body.get("release", False)
+            if not isinstance(release, bool):
+                raise BadInput("release must be true or false")
+            hold = body.get("hold", True)
+            if not isinstance(hold, bool):
+                raise BadInput("hold must be true or false")
+            has_price = any(body.get(k) is not None for k in ("bid", "ask", "last"))
+            if release and has_price:
+                raise BadInput("give either prices or release, not both")
+            if not release and not has_price and not walk:
+                raise BadInput("give bid/ask/last, release, or walk settings (volatility, drift, spread_bps)")
+            # validate the walk settings on a copy first so a bad value changes nothing
+            for ex in exchanges:
+                m = self.state.market(ex, sym)
+                saved = (m.volatility, m.drift, m.spread_bps)
+                try:
+                    self.state.set_walk(ex, sym, **walk)
+                finally:
+                    m.volatility, m.drift, m.spread_bps = saved
+            out = []
+            for ex in exchanges:
+                self.state.set_walk(ex, sym, **walk)
+                if release:
+                    q = self.state.release_price(ex, sym)
+                elif has_price:
+                    q = self.state.set_price(ex, sym, bid=body.get("bid"), ask=body.get("ask"), last=body.get("last"),
+                                             hold=hold)
+                else:
+                    q = self.state.quote(ex, sym)
+                out.append({"exchange": ex, "symbol": sym, **q.to_dict(), "held": self.state.is_held(ex, sym)})
+            return json_response(out[0] if len(out) == 1 else out)
+
+        return await self._guard(request, go)
+
+    async def step(self, request: Request) -> Response:
+        async def go(request):
+            body = await _json_body(request)
+            n = _count(body.get("n", 1), "n")
+            if n > 100_000:
+                raise BadInput("n must be at most 100000")
+            for _ in range(n):
+                self.state.step_prices()
+            return json_response({"steps": self.state.steps})
+
+        return await self._guard(request, go)
+
+    async def faults(self, request: Request) -> Response:
+        async def go(request):
+            if request.method == "DELETE":
+                self.state.faults.clear()
+                if self.hub is not None:
+                    self.hub.silence(None, False)
+                return json_response(self.state.faults.to_dict())
+            if request.method == "POST":
+                body = await _json_body(request)
+                apply_faults(self.state, self.hub, body)
+            return json_response(self.state.faults.to_dict())
+
+        return await self._guard(request, go)
+
+    async def reset(self, request: Request) -> Response:
+        async def go(request):
+            self.state.reset()
+            if self.hub is not None:
+                self.hub.silence(None, False)
+            return json_response({"ok": True})
+
+        return await self._guard(request, go)
+
+    async def not_found(self, request: Request) -> Response:
+        path = request.url.path.rstrip("/")
+        for r in self._routes:
+            if isinstance(r, Route) and r.path == path and "{" not in r.path:
+                allowed = ", ".join(sorted(r.methods or ()))
+                return json_response({"error": f"{request.method} not allowed on {path} (allowed: {allowed})"},
+                                     status=405, headers={"Allow": allowed})
+        return json_response({"error": f"no admin endpoint {request.method} {request.url.path}"}, status=404)
+
+    def routes(self) -> list[BaseRoute]:
+        self._routes = [
+            Route("/_sim/info", self.info, methods=["GET"]),
+            Route("/_sim/orders", self.orders, methods=["GET", "DELETE"]),
+            Route("/_sim/positions", self.positions, methods=["GET", "POST", "DELETE"]),
+            Route("/_sim/prices", self.prices, methods=["GET", "POST"]),
+            Route("/_sim/step", self.step, methods=["POST"]),
+            Route("/_sim/faults", self.faults, methods=["GET", "POST", "DELETE"]),
+            Route("/_sim/reset", self.reset, methods=["POST"]),
+            Route("/_sim/{path:path}", self.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        ]
+        return self._routes
+
+
+def routes(state: SimState, hub=None) -> list[BaseRoute]:
+    return AdminAPI(state, hub).routes()
+
+
+__all__ = ["AdminAPI", "BadInput", "apply_faults", "info_for", "routes"]
