@@ -1,0 +1,592 @@
+"""The exchange port over real ccxt clients (Bybit v5 linear, Binance USD-M).
+
+:class:`CcxtExchange` implements :class:`exchanges.port.ExchangePort`. Its methods are
+trio-native; each ccxt call crosses into asyncio with ``trio_asyncio.aio_as_trio``, so
+they must run inside ``trio_asyncio.open_loop()`` (the service opens one loop for the
+process; tests use the ``aio_loop`` fixture).
+
+Guarantees:
+
+* Nothing but :mod:`exchanges.errors` exceptions leaves a method (plus trio's own
+  ``Cancelled``): every ccxt exception, and any failure to read a reply, goes through
+  :func:`exchanges.classify.classify`. Order creation classifies with
+  ``during_order_create=True`` (timeouts and lost replies are *unknown outcomes*).
+* Money is :class:`~decimal.Decimal`, read from the exchanges' raw string fields
+  (``info``), never through ccxt's floats. Times are timezone-aware UTC.
+* Close quantities are rounded *down* to the market's lot size (never close more than
+  asked); limit prices are rounded to the tick in the aggressive direction.
+* ``repr()``/``str()`` never show credentials.
+
+Endpoints used (after ``load_markets``):
+
+=================  ====================================  ===================================
+call               Bybit v5 (category=linear)            Binance USD-M
+=================  ====================================  ===================================
+markets            /v5/market/instruments-info           /fapi/v1/exchangeInfo (swap only)
+positions          /v5/position/list (cursor pages)      /fapi/v3/positionRisk
+quote              /v5/market/tickers                    /fapi/v1/ticker/bookTicker +
+                                                         /fapi/v1/ticker/price
+close order        POST /v5/order/create (orderLinkId)   POST /fapi/v1/order
+                   + lookup for the fill                 (newClientOrderId,
+                                                         newOrderRespType=RESULT; a NEW
+                                                         reply is followed by lookups)
+lookup by id       /v5/order/realtime, then              GET /fapi/v1/order
+                   /v5/order/history (orderLinkId)       (origClientOrderId; -2013 → None)
+=================  ====================================  ===================================
+
+Rate limiting is ccxt's ``enableRateLimit`` token bucket, one per client (the process
+shares one :class:`CcxtExchange` per exchange).
+
+Known limits: one-way position mode only (hedge mode would need ``positionIdx`` /
+``positionSide``); USDT-settled linear perpetuals only. Bybit's ``createdTime`` is
+used as ``opened_at`` as the brief asks; check against the real exchange whether it is
+the current position's open time or the first position ever on the symbol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from typing import Any, Iterator, Sequence
+
+import trio
+import trio_asyncio
+
+from exchanges.classify import classify, is_order_not_found
+from exchanges.clients import make_ccxt_client
+from exchanges.errors import ExchangeError, NonRetryableError
+from exchanges.port import ExchangePosition, OrderResult, Quote
+from exchanges.symbols import unified_symbol
+
+__all__ = ["CcxtExchange"]
+
+_BYBIT_STATUS = {
+    "New": "open",
+    "PartiallyFilled": "open",
+    "Untriggered": "open",
+    "Triggered": "open",
+    "Created": "open",
+    "Filled": "closed",
+    "Cancelled": "canceled",
+    "PartiallyFilledCanceled": "canceled",
+    "Deactivated": "canceled",
+    "Rejected": "rejected",
+}
+
+_BINANCE_STATUS = {
+    "NEW": "open",
+    "PARTIALLY_FILLED": "open",
+    "FILLED": "closed",
+    "CANCELED": "canceled",
+    "EXPIRED": "canceled",
+    "EXPIRED_IN_MATCH": "canceled",
+    "REJECTED": "rejected",
+}
+
+_MAX_POSITION_PAGES = 50
+
+
+def _dec(value: Any) -> Decimal | None:
+    """Decimal from an exchange string/number; None for missing/empty."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        value = str(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        result = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not result.is_finite():
+        return None
+    return result
+
+
+def _price(value: Any) -> Decimal | None:
+    """A price: None when missing or not positive (an empty book side reads as 0)."""
+    result = _dec(value)
+    if result is None or result <= 0:
+        return None
+    return result
+
+
+def _ms_to_dt(value: Any) -> datetime | None:
+    ms = _dec(value)
+    if ms is None or ms <= 0:
+        return None
+    return datetime.fromtimestamp(float(ms) / 1000.0, tz=timezone.utc)
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not isinstance(headers, dict):
+        return None
+    low = name.lower()
+    for k, v in headers.items():
+        if str(k).lower() == low:
+            return str(v)
+    return None
+
+
+class CcxtExchange:
+    """:class:`~exchanges.port.ExchangePort` over a ccxt async client.
+
+    Build it with :meth:`create` (which makes the client via
+    :func:`exchanges.clients.make_ccxt_client`) or pass a ready ``client``.
+
+    ``fill_poll_attempts`` / ``fill_poll_interval``: after a create whose reply does not
+    carry the final fill (Bybit always; Binance when the MARKET order comes back NEW),
+    the order is looked up by client id up to that many times, ``interval * n`` apart,
+    until it is no longer open. If the fill is still unknown after that, the result
+    has ``status="open"``: look it up again later with :meth:`fetch_order_by_client_id`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        client: Any,
+        *,
+        rest_url: str | None = None,
+        fill_poll_attempts: int = 5,
+        fill_poll_interval: float = 0.05,
+    ):
+        if name not in ("bybit", "binanceusdm"):
+            raise ValueError(f"unsupported exchange {name!r}")
+        self.name = name
+        self._client = client
+        self._rest_url = rest_url
+        self._fill_poll_attempts = max(0, int(fill_poll_attempts))
+        self._fill_poll_interval = float(fill_poll_interval)
+        self._swap_symbols: frozenset[str] | None = None
+        self._markets_lock = trio.Lock()
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        rest_url: str | None = None,
+        api_key: str | None = None,
+        secret: str | None = None,
+        timeout_ms: int = 10000,
+        **kw: Any,
+    ) -> "CcxtExchange":
+        client = make_ccxt_client(name, rest_url=rest_url, api_key=api_key, secret=secret, timeout_ms=timeout_ms)
+        return cls(name, client, rest_url=rest_url, **kw)
+
+    # -- presentation: never show credentials ---------------------------------------
+
+    def __repr__(self) -> str:
+        authenticated = bool(getattr(self._client, "apiKey", None))
+        return f"CcxtExchange(name={self.name!r}, rest_url={self._rest_url!r}, authenticated={authenticated})"
+
+    __str__ = __repr__
+
+    # -- plumbing -------------------------------------------------------------------
+
+    async def _aio(self, fn: Any, *args: Any) -> Any:
+        """Run an asyncio coroutine function from trio."""
+        return await trio_asyncio.aio_as_trio(fn)(*args)
+
+    def _retry_after_hint(self) -> float | None:
+        headers = getattr(self._client, "last_response_headers", None)
+        value = _header(headers, "Retry-After")
+        if value is not None:
+            seconds = _dec(value)
+            if seconds is not None and seconds >= 0:
+                return float(seconds)
+        reset = _header(headers, "X-Bapi-Limit-Reset-Timestamp")
+        if reset is not None:
+            at = _ms_to_dt(reset)
+            if at is not None:
+                return max(0.0, (at - datetime.now(timezone.utc)).total_seconds())
+        return None
+
+    @contextmanager
+    def _errors(self, *, during_create: bool = False) -> Iterator[None]:
+        """Convert anything but a port error into one (trio.Cancelled passes through)."""
+        try:
+            yield
+        except ExchangeError:
+            raise
+        except Exception as exc:
+            hint = None
+            try:
+                import ccxt
+
+                if isinstance(exc, (ccxt.RateLimitExceeded, ccxt.DDoSProtection)):
+                    hint = self._retry_after_hint()
+            except Exception:  # pragma: no cover - a hint is optional
+                hint = None
+            raise classify(exc, during_order_create=during_create, exchange=self.name, retry_after=hint) from exc
+
+    async def _ensure_markets(self) -> None:
+        if self._swap_symbols is None:
+            await self._load_markets(only_if_missing=True)
+
+    def _market(self, symbol: str) -> dict:
+        if self._swap_symbols is None or symbol not in self._swap_symbols:
+            raise NonRetryableError(
+                f"{self.name}: {symbol!r} is not a linear perpetual market here",
+                exchange=self.name,
+                code="bad_symbol",
+            )
+        return self._client.market(symbol)
+
+    def _unified_from_id(self, market_id: str) -> str | None:
+        by_id = getattr(self._client, "markets_by_id", None) or {}
+        candidates = by_id.get(market_id) or []
+        if isinstance(candidates, dict):
+            candidates = [candidates]
+        for market in candidates:
+            if market.get("swap") and market.get("linear", True):
+                return market["symbol"]
+        if candidates:
+            return None  # a market we know, but not a linear perpetual: not ours
+        try:
+            return unified_symbol(market_id)
+        except ValueError:
+            return None
+
+    # -- port -----------------------------------------------------------------------
+
+    async def load_markets(self) -> None:
+        """(Re)load the market list; only linear USDT perpetuals are kept."""
+        await self._load_markets(only_if_missing=False)
+
+    async def _load_markets(self, *, only_if_missing: bool) -> None:
+        async with self._markets_lock:
+            if only_if_missing and self._swap_symbols is not None:
+                return  # another task loaded them while we waited
+            with self._errors():
+                markets = await self._aio(self._client.load_markets, True)
+                swap = {
+                    symbol
+                    for symbol, m in (markets or {}).items()
+                    if m.get("swap") and m.get("linear") and m.get("settle") in (None, "USDT")
+                }
+            self._swap_symbols = frozenset(swap)
+
+    @property
+    def symbols(self) -> frozenset[str]:
+        """Linear perpetual symbols known after :meth:`load_markets` (empty before)."""
+        return self._swap_symbols or frozenset()
+
+    async def fetch_positions(self, symbols: Sequence[str] | None = None) -> list[ExchangePosition]:
+        await self._ensure_markets()
+        wanted = set(symbols) if symbols is not None else None
+        if wanted is not None and not wanted:
+            return []
+        with self._errors():
+            if self.name == "bybit":
+                rows = await self._bybit_position_rows(wanted)
+                positions = [p for p in (self._parse_bybit_position(r) for r in rows) if p is not None]
+            else:
+                params: dict[str, Any] = {}
+                if wanted is not None and len(wanted) == 1:
+                    params["symbol"] = self._market(next(iter(wanted)))["id"]
+                rows = await self._aio(self._client.fapiPrivateV3GetPositionRisk, params)
+                positions = [p for p in (self._parse_binance_position(r) for r in rows or []) if p is not None]
+        if wanted is not None:
+            positions = [p for p in positions if p.symbol in wanted]
+        return positions
+
+    async def _bybit_position_rows(self, wanted: set[str] | None) -> list[dict]:
+        base: dict[str, Any] = {"category": "linear", "limit": 200}
+        if wanted is not None and len(wanted) == 1:
+            base["symbol"] = self._market(next(iter(wanted)))["id"]
+        else:
+            base["settleCoin"] = "USDT"
+        rows: list[dict] = []
+        cursor: str | None = None
+        seen_cursors: set[str] = set()
+        for _ in range(_MAX_POSITION_PAGES):
+            params = dict(base)
+            if cursor:
+                params["cursor"] = cursor
+            response = await self._aio(self._client.privateGetV5PositionList, params)
+            result = (response or {}).get("result") or {}
+            page = result.get("list") or []
+            rows.extend(page)
+            cursor = result.get("nextPageCursor") or None
+            if not cursor or not page or cursor in seen_cursors:
+                break
+            seen_cursors.add(cursor)
+        return rows
+
+    def _parse_bybit_position(self, row: dict) -> ExchangePosition | None:
+        qty = _dec(row.get("size"))
+        if qty is None or qty == 0:
+            return None
+        side_raw = str(row.get("side") or "")
+        if side_raw == "Buy":
+            side = "long"
+        elif side_raw == "Sell":
+            side = "short"
+        else:
+            return None
+        symbol = self._unified_from_id(str(row.get("symbol") or ""))
+        if symbol is None:
+            return None
+        entry = _dec(row.get("avgPrice")) or _dec(row.get("entryPrice")) or Decimal(0)
+        return ExchangePosition(
+            exchange=self.name,
+            symbol=symbol,
+            side=side,
+            qty=abs(qty),
+            entry_price=entry,
+            opened_at=_ms_to_dt(row.get("createdTime")),
+        )
+
+    def _parse_binance_position(self, row: dict) -> ExchangePosition | None:
+        amount = _dec(row.get("positionAmt"))
+        if amount is None or amount == 0:
+            return None
+        position_side = str(row.get("positionSide") or "BOTH").upper()
+        if position_side == "LONG":
+            side = "long"
+        elif position_side == "SHORT":
+            side = "short"
+        else:
+            side = "long" if amount > 0 else "short"
+        symbol = self._unified_from_id(str(row.get("symbol") or ""))
+        if symbol is None:
+            return None
+        return ExchangePosition(
+            exchange=self.name,
+            symbol=symbol,
+            side=side,
+            qty=abs(amount),
+            entry_price=_dec(row.get("entryPrice")) or Decimal(0),
+            opened_at=None,  # Binance does not report when a position was opened
+        )
+
+    async def fetch_quote(self, symbol: str) -> Quote:
+        await self._ensure_markets()
+        market = self._market(symbol)
+        with self._errors():
+            if self.name == "bybit":
+                response = await self._aio(
+                    self._client.publicGetV5MarketTickers, {"category": "linear", "symbol": market["id"]}
+                )
+                rows = ((response or {}).get("result") or {}).get("list") or []
+                row = next((r for r in rows if r.get("symbol") == market["id"]), None)
+                if row is None:
+                    raise NonRetryableError(
+                        f"bybit: no ticker for {symbol}", exchange=self.name, code="no_ticker"
+                    )
+                return Quote(
+                    symbol=symbol,
+                    bid=_price(row.get("bid1Price")),
+                    ask=_price(row.get("ask1Price")),
+                    last=_price(row.get("lastPrice")),
+                    timestamp=_ms_to_dt((response or {}).get("time")),
+                )
+            book, last = await self._aio(self._binance_quote_aio, market["id"])
+            if isinstance(book, list):
+                book = next((r for r in book if r.get("symbol") == market["id"]), {})
+            if isinstance(last, list):
+                last = next((r for r in last if r.get("symbol") == market["id"]), {})
+            return Quote(
+                symbol=symbol,
+                bid=_price(book.get("bidPrice")),
+                ask=_price(book.get("askPrice")),
+                last=_price(last.get("price")),
+                timestamp=_ms_to_dt(book.get("time")) or _ms_to_dt(last.get("time")),
+            )
+
+    async def _binance_quote_aio(self, market_id: str) -> tuple[Any, Any]:
+        # asyncio side: both requests concurrently, one trio<->asyncio crossing
+        book, last = await asyncio.gather(
+            self._client.fapiPublicGetTickerBookTicker({"symbol": market_id}),
+            self._client.fapiPublicGetTickerPrice({"symbol": market_id}),
+        )
+        return book or {}, last or {}
+
+    # -- orders ---------------------------------------------------------------------
+
+    def _close_qty(self, symbol: str, qty: Decimal) -> str:
+        """``qty`` rounded down to the lot size, as the string sent to the exchange."""
+        import ccxt
+
+        try:
+            text = self._client.amount_to_precision(symbol, format(qty, "f"))
+        except ccxt.InvalidOrder as exc:
+            raise NonRetryableError(
+                f"{self.name}: close qty {qty} of {symbol} is below the lot size",
+                exchange=self.name,
+                code="qty_below_lot_size",
+            ) from exc
+        rounded = Decimal(text)
+        if rounded > qty:  # never close more than asked (paranoia: ccxt truncates)
+            step = _dec(self._client.market(symbol)["precision"]["amount"])
+            if not step or step <= 0:
+                raise NonRetryableError(f"{self.name}: cannot round {qty}", exchange=self.name, code="qty_rounding")
+            rounded = (qty / step).to_integral_value(rounding=ROUND_FLOOR) * step
+            text = format(rounded, "f")
+        if rounded <= 0:
+            raise NonRetryableError(
+                f"{self.name}: close qty {qty} of {symbol} is below the lot size",
+                exchange=self.name,
+                code="qty_below_lot_size",
+            )
+        return text
+
+    def _limit_price(self, symbol: str, price: Decimal, order_side: str) -> str:
+        tick = _dec(self._client.market(symbol)["precision"].get("price"))
+        if tick and tick > 0:
+            rounding = ROUND_FLOOR if order_side == "sell" else ROUND_CEILING
+            price = (price / tick).to_integral_value(rounding=rounding) * tick
+        if price <= 0:
+            raise NonRetryableError(f"{self.name}: limit price {price} is not positive", exchange=self.name, code="bad_price")
+        return self._client.price_to_precision(symbol, format(price, "f"))
+
+    async def create_close_order(
+        self,
+        symbol: str,
+        position_side: str,
+        qty: Decimal,
+        client_order_id: str,
+        *,
+        limit_price: Decimal | None = None,
+    ) -> OrderResult:
+        if position_side not in ("long", "short"):
+            raise NonRetryableError(f"position_side must be 'long' or 'short', not {position_side!r}", exchange=self.name)
+        if not isinstance(qty, Decimal) or not qty.is_finite() or qty <= 0:
+            raise NonRetryableError(f"close qty must be a positive Decimal, not {qty!r}", exchange=self.name)
+        if not client_order_id:
+            raise NonRetryableError("a client order id is required", exchange=self.name)
+        if limit_price is not None and (not isinstance(limit_price, Decimal) or not limit_price.is_finite() or limit_price <= 0):
+            raise NonRetryableError(f"limit_price must be a positive Decimal, not {limit_price!r}", exchange=self.name)
+        await self._ensure_markets()
+        self._market(symbol)
+        order_side = "sell" if position_side == "long" else "buy"
+        amount = self._close_qty(symbol, qty)
+        params: dict[str, Any] = {"reduceOnly": True}
+        if self.name == "bybit":
+            params["clientOrderId"] = client_order_id  # ccxt sends it as orderLinkId
+        else:
+            params["newClientOrderId"] = client_order_id
+        if limit_price is None:
+            order_type, price = "market", None
+        else:
+            order_type = "limit"
+            price = self._limit_price(symbol, limit_price, order_side)
+            params["timeInForce"] = "IOC"
+
+        with self._errors(during_create=True):
+            order = await self._aio(self._client.create_order, symbol, order_type, order_side, amount, price, params)
+            info = (order or {}).get("info") or {}
+            if self.name == "bybit":
+                initial = OrderResult(
+                    client_order_id=str(info.get("orderLinkId") or client_order_id),
+                    exchange_order_id=str(info["orderId"]) if info.get("orderId") else order.get("id"),
+                    status="open",  # Bybit's create reply carries no fill: look it up
+                    filled_qty=Decimal(0),
+                    avg_price=None,
+                    requested_qty=Decimal(amount),
+                )
+            else:
+                initial = self._parse_binance_order(info, client_order_id, Decimal(amount))
+
+        if initial.status != "open":
+            return initial
+        return await self._await_fill(symbol, client_order_id, initial)
+
+    async def _await_fill(self, symbol: str, client_order_id: str, initial: OrderResult) -> OrderResult:
+        """Follow a just-created order until it is no longer open (bounded)."""
+        best = initial
+        for attempt in range(self._fill_poll_attempts):
+            if attempt:
+                await trio.sleep(self._fill_poll_interval * attempt)
+            try:
+                found = await self.fetch_order_by_client_id(symbol, client_order_id)
+            except ExchangeError:
+                return best  # the order exists; its fill is simply not known yet
+            if found is None:
+                continue  # not indexed yet
+            if found.requested_qty is None:
+                found = OrderResult(
+                    client_order_id=found.client_order_id,
+                    exchange_order_id=found.exchange_order_id,
+                    status=found.status,
+                    filled_qty=found.filled_qty,
+                    avg_price=found.avg_price,
+                    requested_qty=initial.requested_qty,
+                )
+            best = found
+            if found.status != "open":
+                return found
+        return best
+
+    async def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> OrderResult | None:
+        await self._ensure_markets()
+        market = self._market(symbol)
+        with self._errors():
+            try:
+                if self.name == "bybit":
+                    request = {"category": "linear", "symbol": market["id"], "orderLinkId": client_order_id}
+                    for endpoint in (self._client.privateGetV5OrderRealtime, self._client.privateGetV5OrderHistory):
+                        response = await self._aio(endpoint, dict(request))
+                        rows = ((response or {}).get("result") or {}).get("list") or []
+                        row = next((r for r in rows if r.get("orderLinkId") == client_order_id), None)
+                        if row is not None:
+                            return self._parse_bybit_order(row, client_order_id)
+                    return None
+                row = await self._aio(
+                    self._client.fapiPrivateGetOrder, {"symbol": market["id"], "origClientOrderId": client_order_id}
+                )
+                if not row:
+                    return None
+                return self._parse_binance_order(row, client_order_id, None)
+            except Exception as exc:
+                if is_order_not_found(exc, self.name):
+                    return None
+                raise
+
+    def _parse_bybit_order(self, row: dict, client_order_id: str) -> OrderResult:
+        raw_status = str(row.get("orderStatus") or "")
+        filled = _dec(row.get("cumExecQty")) or Decimal(0)
+        status = _BYBIT_STATUS.get(raw_status, "open")
+        return OrderResult(
+            client_order_id=str(row.get("orderLinkId") or client_order_id),
+            exchange_order_id=str(row["orderId"]) if row.get("orderId") else None,
+            status=status,
+            filled_qty=filled,
+            avg_price=_price(row.get("avgPrice")) if filled > 0 else None,
+            requested_qty=_dec(row.get("qty")),
+        )
+
+    def _parse_binance_order(self, row: dict, client_order_id: str, requested: Decimal | None) -> OrderResult:
+        raw_status = str(row.get("status") or "").upper()
+        filled = _dec(row.get("executedQty")) or Decimal(0)
+        status = _BINANCE_STATUS.get(raw_status, "open")
+        avg = _price(row.get("avgPrice")) if filled > 0 else None
+        if avg is None and filled > 0:
+            cum_quote = _dec(row.get("cumQuote"))
+            if cum_quote:
+                avg = cum_quote / filled
+        order_id = row.get("orderId")
+        return OrderResult(
+            client_order_id=str(row.get("clientOrderId") or client_order_id),
+            exchange_order_id=str(order_id) if order_id not in (None, "") else None,
+            status=status,
+            filled_qty=filled,
+            avg_price=avg,
+            requested_qty=_dec(row.get("origQty")) or requested,
+        )
+
+    async def close(self) -> None:
+        try:
+            await self._aio(self._client.close)
+        except Exception:  # closing must not fail the caller's shutdown
+            pass
+
+    async def __aenter__(self) -> "CcxtExchange":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
