@@ -114,8 +114,10 @@ class CloseResult:
     ``outcome``: ``"flat"`` (the exchange reports no position left), ``"vanished"``
     (the position was already gone before any fill of ours), ``"open"`` (nothing
     changed: e.g. a reconcile found no order), ``"failed"`` (every attempt failed).
-    ``filled_qty``/``avg_price`` cover all fills of this request; ``remaining_qty`` is
-    what the exchange still shows; ``attempts`` is the total attempt count so far.
+    ``filled_qty``/``avg_price`` are *cumulative* over every close order ever sent for
+    this aged position (volume-weighted price), so a result read back after a restart
+    never double-counts. ``remaining_qty`` is what the exchange still shows;
+    ``attempts`` is the highest attempt number used so far.
     """
 
     now: datetime
@@ -303,52 +305,47 @@ def _leave_error(s: PositionState, now: datetime, out: list) -> PositionState:
 
 
 def _finish(s: PositionState, now: datetime, reason: CloseReason, out: list, *, fill_price: Decimal | None,
-            filled: Decimal, order_id: str | None, attempts: int) -> PositionState:
-    fields: dict[str, Any] = {"closed_at": now, "close_reason": reason.value, "closed_qty": s.closed_qty + filled,
-                              "close_attempts": attempts}
-    if fill_price is not None and filled > 0:
-        trigger_at = s.close_triggered_at or now
-        a = _assess(s, trigger_at)
-        pnl, pct = realised_pnl(s.side, s.entry_price, fill_price, filled, s.config)
+            total_filled: Decimal, order_id: str | None, attempts: int) -> PositionState:
+    fields: dict[str, Any] = {"closed_at": now, "close_reason": reason.value, "closed_qty": total_filled,
+                              "quantity": Decimal(0), "close_attempts": attempts}
+    if fill_price is not None and total_filled > 0:
+        a = _assess(s, s.close_triggered_at or now)
+        pnl, pct = realised_pnl(s.side, s.entry_price, fill_price, total_filled, s.config)
         fields.update(close_price=fill_price, actual_pnl=pnl, actual_pnl_percent=pct, close_order_id=order_id,
                       phase_at_close=a.phase.value if a.phase is not Phase.NOT_AGED else None)
     s = _transition(s, "closed", out, **fields)
     out.append(Emit("aged.close.completed", market_price=fill_price, success=True,
-                    data={"close_reason": reason.value, "filled_qty": str(filled), "attempts": attempts,
+                    data={"close_reason": reason.value, "filled_qty": str(total_filled), "attempts": attempts,
                           "pnl_percent": str(fields.get("actual_pnl_percent"))}))
     out.append(Stop())
-    return replace(s, close_in_flight=False, closed_qty=s.closed_qty + filled, quantity=Decimal(0),
+    return replace(s, close_in_flight=False, needs_reconcile=False, closed_qty=total_filled, quantity=Decimal(0),
                    close_attempts=attempts)
 
 
 def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionState:
-    if s.status == "closed":
-        return s
     attempts = max(s.close_attempts, e.attempts)
-    filled = min(e.filled_qty, s.quantity)
-    if e.outcome == "flat":
-        if filled > 0:
-            trigger_at = s.close_triggered_at or e.now
-            a = _assess(s, trigger_at)
-            reason = close_reason(s.side, s.entry_price, e.avg_price, a, s.config,
-                                  emergency=_emergency_due(s, a)) if e.avg_price is not None else CloseReason.MANUAL
-        else:
-            reason = CloseReason.MANUAL
-        return _finish(s, e.now, reason, out, fill_price=e.avg_price, filled=filled,
+    original = s.closed_qty + s.quantity
+    total = min(max(s.closed_qty, e.filled_qty), original)
+    if e.outcome == "flat" and total > 0 and e.avg_price is not None:
+        a = _assess(s, s.close_triggered_at or e.now)
+        reason = close_reason(s.side, s.entry_price, e.avg_price, a, s.config, emergency=_emergency_due(s, a))
+        return _finish(s, e.now, reason, out, fill_price=e.avg_price, total_filled=total,
                        order_id=e.last_order_id, attempts=attempts)
-    if e.outcome == "vanished":
-        return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=None, filled=Decimal(0), order_id=None,
-                       attempts=attempts)
-    remaining = s.quantity - filled if e.remaining_qty is None else min(e.remaining_qty, s.quantity - filled)
+    if e.outcome in ("flat", "vanished"):
+        return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=e.avg_price if total > 0 else None,
+                       total_filled=total, order_id=e.last_order_id, attempts=attempts)
+    remaining = original - total
+    if e.remaining_qty is not None:
+        remaining = min(e.remaining_qty, remaining)
     s = replace(s, close_in_flight=False, needs_reconcile=False, quantity=max(Decimal(0), remaining),
-                closed_qty=s.closed_qty + filled, close_attempts=attempts)
+                closed_qty=total, close_attempts=attempts)
     fields = {"close_attempts": attempts, "quantity": s.quantity, "closed_qty": s.closed_qty}
     if e.outcome == "failed":
         until = e.now + s.settings.error_cooldown
         if s.status != "error":
             s = _transition(s, "error", out, last_error_message=e.error, last_close_attempt=e.now, **fields)
         else:
-            out.append(Persist({"last_error_message": e.error, **fields}))
+            out.append(Persist({"last_error_message": e.error, "last_close_attempt": e.now, **fields}))
         out.append(Emit("aged.close.failed", success=False, error=e.error, critical=True,
                         data={"attempts": attempts, "retry_after": until.isoformat()}))
         out.append(ScheduleTimer(until, "cooldown"))
@@ -387,7 +384,7 @@ def _on_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:
 def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionState:
     if s.status == "closed" or s.close_in_flight:
         return s  # our own close is in flight: its result will tell what happened
-    return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=None, filled=Decimal(0), order_id=None,
+    return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=None, total_filled=s.closed_qty, order_id=None,
                    attempts=s.close_attempts)
 
 

@@ -63,4 +63,12 @@ class ClosePosition:
     closed_at: datetime | None = None
 
 
-WriteOp = UpdateAged | AddEvent | RecordCloseOrder | UpdateCloseOrder | ClosePosition
+@dataclass(frozen=True, slots=True)
+class CloseVanished:
+    """Close an aged position as ``manual`` — unless it is already closed."""
+
+    aged_id: UUID
+    closed_at: datetime
+
+
+WriteOp = CloseVanished | UpdateAged | AddEvent | RecordCloseOrder | UpdateCloseOrder | ClosePosition

@@ -107,15 +107,17 @@ class Database:
         """Insert or refresh the open position for ``(exchange, symbol)``.
 
         A side flip (the old position was closed and a new one opened) closes the old
-        row and starts a new one. ``trailing_activated=None`` keeps what the book has
-        (an external bot may set it).
+        row and starts a new one. An existing row keeps its ``opened_at`` (the trading
+        bot's, or the first sighting when the exchange reports none), so a position
+        never ages later or sooner because of a poll. ``trailing_activated=None``
+        keeps what the book has (an external bot may set it).
         """
         async def job(conn):
             async with conn.transaction():
                 row = await conn.fetchrow(
                     "SELECT * FROM monitoring.positions WHERE exchange=$1 AND symbol=$2 AND status='open' FOR UPDATE",
                     exchange, symbol)
-                if row is not None and (row["side"] != side or row["opened_at"] != opened_at):
+                if row is not None and row["side"] != side:
                     await conn.execute(
                         "UPDATE monitoring.positions SET status='closed', closed_at=now(), updated_at=now() "
                         "WHERE id=$1", row["id"])
@@ -349,6 +351,10 @@ async def _apply(conn, item: op.WriteOp) -> None:
         await conn.execute(
             f"UPDATE monitoring.close_orders SET {clause}, updated_at=now() WHERE client_order_id=$1",
             item.client_order_id, *values)
+    elif isinstance(item, op.CloseVanished):
+        await conn.execute(
+            "UPDATE monitoring.aged_positions SET status='closed', close_reason='manual', closed_at=$2 "
+            "WHERE id=$1 AND status <> 'closed'", item.aged_id, item.closed_at)
     elif isinstance(item, op.ClosePosition):
         await conn.execute(
             "UPDATE monitoring.positions SET status='closed', quantity=0, closed_at=COALESCE($2, now()), "

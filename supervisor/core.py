@@ -190,6 +190,11 @@ class Supervisor:
             self._shutdown_requested = True
             self._scope.cancel()
 
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`start_child` can be used now."""
+        return self._nursery is not None
+
     async def start_child(self, spec: ChildSpec) -> None:
         """Start a dynamic child and return once it is running.
 

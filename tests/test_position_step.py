@@ -224,20 +224,22 @@ class PositionMachine(RuleBasedStateMachine):
         self.in_flight_requests = 0
         if outcome == "flat":
             self.filled_total += remaining
-            self.apply(CloseResult(self.now, "flat", filled_qty=remaining, avg_price=D(100), remaining_qty=D(0),
+            self.apply(CloseResult(self.now, "flat", filled_qty=self.filled_total, avg_price=D(100), remaining_qty=D(0),
                                    attempts=self.s.close_attempts + 1))
         elif outcome == "failed_partial" and remaining > 1:
             part = max(D(1), (remaining * frac / 100).quantize(D(1)))
             part = min(part, remaining - 1)
             self.filled_total += part
-            self.apply(CloseResult(self.now, "failed", filled_qty=part, avg_price=D(100),
+            self.apply(CloseResult(self.now, "failed", filled_qty=self.filled_total, avg_price=D(100),
                                    remaining_qty=remaining - part, attempts=self.s.close_attempts + 2, error="x"))
         elif outcome == "vanished":
             self.apply(CloseResult(self.now, "vanished", attempts=self.s.close_attempts))
         elif outcome == "open":
-            self.apply(CloseResult(self.now, "open", remaining_qty=remaining, attempts=self.s.close_attempts + 1))
+            self.apply(CloseResult(self.now, "open", filled_qty=self.filled_total, remaining_qty=remaining,
+                                   attempts=self.s.close_attempts + 1))
         else:
-            self.apply(CloseResult(self.now, "failed", attempts=self.s.close_attempts + 1, error="x"))
+            self.apply(CloseResult(self.now, "failed", filled_qty=self.filled_total, attempts=self.s.close_attempts + 1,
+                                   error="x"))
 
     @rule(trailing=st.booleans())
     def trailing(self, trailing):
@@ -246,6 +248,10 @@ class PositionMachine(RuleBasedStateMachine):
     @rule()
     def vanish(self):
         self.apply(PositionVanished(self.now))
+
+    @invariant()
+    def closed_quantity_matches_the_fills(self):
+        assert self.s.closed_qty == self.filled_total
 
     @invariant()
     def never_more_than_the_position(self):

@@ -73,6 +73,14 @@ async def test_a_closed_aged_position_is_final(db):
     await db.update_aged_position(aged["id"], status="closed", close_reason="breakeven", closed_at=T0)
     with pytest.raises(asyncpg.CheckViolationError, match="closed"):
         await db.update_aged_position(aged["id"], status="progressive_active")
+    with pytest.raises(asyncpg.CheckViolationError, match="final"):
+        await db.update_aged_position(aged["id"], close_reason="manual")
+    await db.write_batch([ops.CloseVanished(aged["id"], T0)])  # a late "vanished" changes nothing
+    row = await db.aged_position(aged["id"])
+    assert row["close_reason"] == "breakeven" and row["closed_at"] == T0
+    _, other = await make_aged(db, symbol="ETH/USDT:USDT")
+    await db.write_batch([ops.CloseVanished(other["id"], T0)])
+    assert (await db.aged_position(other["id"]))["close_reason"] == "manual"
 
 
 @pytest.mark.parametrize("fields,error", [

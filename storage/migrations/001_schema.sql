@@ -84,8 +84,12 @@ CREATE INDEX aged_positions_history_aged ON monitoring.aged_positions_history (a
 -- A closed aged position is final: it may not be reopened or closed again.
 CREATE FUNCTION monitoring.aged_positions_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF OLD.status = 'closed' AND NEW.status <> 'closed' THEN
-        RAISE EXCEPTION 'aged position % is closed; its status cannot change to %', OLD.id, NEW.status
+    IF OLD.status = 'closed' AND (NEW.status <> 'closed'
+            OR NEW.close_reason IS DISTINCT FROM OLD.close_reason
+            OR NEW.closed_at IS DISTINCT FROM OLD.closed_at
+            OR NEW.close_price IS DISTINCT FROM OLD.close_price
+            OR NEW.closed_qty IS DISTINCT FROM OLD.closed_qty) THEN
+        RAISE EXCEPTION 'aged position % is closed; its close is final', OLD.id
             USING ERRCODE = 'check_violation';
     END IF;
     NEW.updated_at := now();

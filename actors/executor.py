@@ -1,0 +1,366 @@
+"""The order executor: the one actor that sends close orders to exchanges.
+
+Every close goes through here, so rate limits and per-symbol ordering live in one
+place. For each request, under that symbol's lock:
+
+1. Reconcile: every earlier client order id of this aged position that is not known
+   to be final is looked up on the exchange first. Nothing is ever re-sent blindly.
+2. Verify the position (``fetch_positions``): gone → report it; a changed size → close
+   the current size.
+3. Record the order in the write-ahead table, *then* send a reduce-only MARKET order
+   with a deterministic client order id (aged position id + attempt number).
+4. On failure retry with backoff (``retry_delays``, default 1 s, 3 s, 5 s). An unknown
+   outcome (timeout, lost reply) is looked up by client order id before any new
+   attempt. Errors retrying cannot fix are not retried. A market order the book
+   cannot fill falls back to an aggressive reduce-only limit IOC.
+5. A partial fill leaves the remainder: the loop goes on until the exchange reports
+   the position flat.
+
+The result is a :class:`actors.position.CloseResult` sent back to the requesting
+actor. If that actor has died meanwhile, the write-ahead table still holds the truth
+and its successor reconciles on start.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import Callable, Mapping
+from uuid import UUID
+
+import trio
+
+from actors.position import CloseResult
+from actors.ratelimit import RateLimiter
+from actors.writer import StorageWriter
+from exchanges.errors import (
+    ExchangeError, InsufficientLiquidityError, NonRetryableError, RetryableError, UnknownOutcomeError,
+)
+from exchanges.port import ExchangePort, OrderResult
+from storage import ops as op
+
+log = logging.getLogger("actors.executor")
+
+FINAL_STATES = frozenset({"filled", "rejected", "canceled", "not_found", "partially_filled"})
+
+
+def client_order_id(aged_id: UUID, attempt: int) -> str:
+    """Deterministic: the same aged position and attempt always give the same id (≤ 36 chars)."""
+    return f"apm-{aged_id.hex[:24]}-{attempt}"
+
+
+@dataclass(frozen=True)
+class CloseRequest:
+    aged_id: UUID
+    exchange: str
+    symbol: str
+    side: str  # the position's side: "long" | "short"
+    qty: Decimal
+    next_attempt: int
+    reply: trio.MemorySendChannel | None
+    clock: Callable[[], datetime]
+    reconcile_only: bool = False
+    emergency: bool = False
+    tick_received_at: float | None = None  # trio time of the tick that triggered it
+
+
+@dataclass
+class _Fills:
+    """Every fill of one aged position's close orders, by client order id."""
+
+    orders: dict[str, tuple[Decimal, Decimal | None]] = field(default_factory=dict)
+    max_attempt: int = 0
+    last_order_id: str | None = None
+
+    def record(self, cid: str, attempt: int, filled: Decimal, avg: Decimal | None) -> None:
+        self.orders[cid] = (filled, avg)
+        self.max_attempt = max(self.max_attempt, attempt)
+        if filled > 0:
+            self.last_order_id = cid
+
+    @property
+    def total(self) -> Decimal:
+        return sum((q for q, _ in self.orders.values()), Decimal(0))
+
+    @property
+    def vwap(self) -> Decimal | None:
+        total = self.total
+        if total <= 0:
+            return None
+        return sum((q * p for q, p in self.orders.values() if q > 0 and p is not None), Decimal(0)) / total
+
+
+@dataclass
+class ExecutorStats:
+    attempts: int = 0
+    retries: int = 0
+    lookups: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+    submit_latencies: list[float] = field(default_factory=list)
+
+
+class Executor:
+    """Closes positions on request. ``await executor.run()`` is the actor body.
+
+    ``load_orders(aged_id)`` returns the write-ahead rows of an aged position (the
+    repository's ``close_orders``); it may raise when the database is away, and the
+    executor then relies on what it saw itself plus lookups on the exchange.
+    """
+
+    def __init__(self, exchanges: Mapping[str, ExchangePort], writer: StorageWriter, load_orders,
+                 *, retry_delays: tuple[float, ...] = (1.0, 3.0, 5.0), requests_per_second: float = 10.0,
+                 liquidity_slippage_percent: Decimal = Decimal(1), max_partial_rounds: int = 10,
+                 lookup_retries: int = 3, on_submit: Callable[[str, float], None] | None = None,
+                 on_error: Callable[[str, str], None] | None = None):
+        self.exchanges = dict(exchanges)
+        self.writer = writer
+        self.load_orders = load_orders
+        self.retry_delays = tuple(retry_delays)
+        self.slippage = liquidity_slippage_percent / 100
+        self.max_partial_rounds = max_partial_rounds
+        self.lookup_retries = lookup_retries
+        self.limiters = {name: RateLimiter(requests_per_second, burst=max(1, int(requests_per_second)))
+                         for name in self.exchanges}
+        self._locks: dict[tuple[str, str], trio.Lock] = {}
+        self._fills: dict[UUID, _Fills] = {}
+        self._send, self._receive = trio.open_memory_channel(1000)
+        self.stats = ExecutorStats()
+        self._on_submit = on_submit or (lambda exchange, seconds: None)
+        self._on_error = on_error or (lambda exchange, code: None)
+
+    def submit(self, request: CloseRequest) -> None:
+        """Queue a close request (never blocks)."""
+        self._send.send_nowait(request)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for request in self._receive:
+                nursery.start_soon(self._handle, request)
+
+    async def _handle(self, req: CloseRequest) -> None:
+        lock = self._locks.setdefault((req.exchange, req.symbol), trio.Lock())
+        async with lock:
+            try:
+                result = await self._close(req)
+            except Exception as exc:  # noqa: BLE001 - a close must always answer its actor
+                log.exception("close of %s %s failed unexpectedly", req.exchange, req.symbol)
+                fills = self._fills.get(req.aged_id, _Fills())
+                result = CloseResult(req.clock(), "failed", filled_qty=fills.total, avg_price=fills.vwap,
+                                     attempts=max(fills.max_attempt, req.next_attempt - 1),
+                                     error=f"{type(exc).__name__}: {exc}")
+        if req.reply is not None:
+            try:
+                req.reply.send_nowait(result)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                log.warning("actor for %s %s is gone; its successor will reconcile from the write-ahead table",
+                            req.exchange, req.symbol)
+
+    # --- the close procedure -------------------------------------------------------------
+
+    async def _call(self, exchange: str, fn, *args, **kw):
+        await self.limiters[exchange].acquire()
+        return await fn(*args, **kw)
+
+    async def _close(self, req: CloseRequest) -> CloseResult:
+        port = self.exchanges[req.exchange]
+        fills = await self._reconcile(req, port)
+        attempt = max(req.next_attempt, fills.max_attempt + 1)
+        if req.reconcile_only:
+            remaining = await self._position_qty(req, port)
+            return self._result(req, fills, remaining, attempt - 1, outcome=None)
+
+        failures = 0
+        partial_rounds = 0
+        last_error = None
+        limit_fallback = False
+        while True:
+            try:
+                remaining = await self._position_qty(req, port)
+            except ExchangeError as exc:
+                failures += 1
+                last_error = self._note_error(req, exc, "verify")
+                if failures > len(self.retry_delays):
+                    return self._failed(req, fills, attempt - 1, last_error)
+                await trio.sleep(self.retry_delays[failures - 1])
+                continue
+            if remaining == 0:
+                return self._result(req, fills, Decimal(0), attempt - 1, outcome=None)
+
+            cid = client_order_id(req.aged_id, attempt)
+            order_side = "sell" if req.side == "long" else "buy"
+            limit_price = None
+            if limit_fallback:
+                try:
+                    limit_price = await self._limit_price(req, port)
+                except ExchangeError as exc:
+                    failures += 1
+                    last_error = self._note_error(req, exc, "quote")
+                    if failures > len(self.retry_delays):
+                        return self._failed(req, fills, attempt - 1, last_error)
+                    await trio.sleep(self.retry_delays[failures - 1])
+                    continue
+            await self.writer.write(op.RecordCloseOrder(
+                client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange,
+                symbol=req.symbol, side=order_side, order_type="limit_ioc" if limit_price else "market",
+                requested_qty=remaining, limit_price=limit_price))
+            self.stats.attempts += 1
+            if attempt > 1:
+                self.stats.retries += 1
+            if req.tick_received_at is not None and attempt == req.next_attempt:
+                latency = trio.current_time() - req.tick_received_at
+                self.stats.submit_latencies.append(latency)
+                self._on_submit(req.exchange, latency)
+            log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, order_side,
+                     remaining, f" limit IOC {limit_price}" if limit_price else " market", attempt)
+            try:
+                result = await self._call(req.exchange, port.create_close_order, req.symbol, req.side, remaining,
+                                          cid, limit_price=limit_price)
+            except UnknownOutcomeError as exc:
+                last_error = self._note_error(req, exc, "send")
+                result = await self._lookup(req, port, cid)
+                if result is None:
+                    self._wal(cid, state="not_found", error_message=str(exc)[:500])
+            except InsufficientLiquidityError as exc:
+                last_error = self._note_error(req, exc, "send")
+                self._wal(cid, state="rejected", error_code=exc.code, error_message=str(exc)[:500])
+                fills.max_attempt = max(fills.max_attempt, attempt)
+                attempt += 1
+                if limit_fallback:
+                    failures += 1
+                    if failures > len(self.retry_delays):
+                        return self._failed(req, fills, attempt - 1, last_error)
+                    await trio.sleep(self.retry_delays[failures - 1])
+                limit_fallback = True
+                continue
+            except NonRetryableError as exc:
+                last_error = self._note_error(req, exc, "send")
+                self._wal(cid, state="rejected", error_code=exc.code, error_message=str(exc)[:500])
+                fills.max_attempt = max(fills.max_attempt, attempt)
+                try:
+                    remaining = await self._position_qty(req, port)
+                except ExchangeError:
+                    remaining = None
+                if remaining == 0:
+                    return self._result(req, fills, Decimal(0), attempt, outcome=None)
+                return self._failed(req, fills, attempt, last_error, remaining)
+            except RetryableError as exc:
+                last_error = self._note_error(req, exc, "send")
+                self._wal(cid, state="rejected", error_code=exc.code, error_message=str(exc)[:500])
+                result = None
+            if result is not None:
+                self._record(req, fills, cid, attempt, result)
+            else:
+                fills.max_attempt = max(fills.max_attempt, attempt)
+            attempt += 1
+            if result is not None and result.filled_qty > 0:
+                partial_rounds += 1
+                limit_fallback = False
+                if partial_rounds <= self.max_partial_rounds:
+                    continue  # verify again: flat, or close the remainder at once
+            failures += 1
+            if failures > len(self.retry_delays):
+                return self._failed(req, fills, attempt - 1, last_error)
+            await trio.sleep(self.retry_delays[failures - 1])
+
+    async def _position_qty(self, req: CloseRequest, port: ExchangePort) -> Decimal:
+        positions = await self._call(req.exchange, port.fetch_positions, [req.symbol])
+        for p in positions:
+            if p.symbol == req.symbol and p.side == req.side and p.qty > 0:
+                return p.qty
+        return Decimal(0)
+
+    async def _limit_price(self, req: CloseRequest, port: ExchangePort) -> Decimal:
+        quote = await self._call(req.exchange, port.fetch_quote, req.symbol)
+        ref = (quote.bid if req.side == "long" else quote.ask) or quote.last
+        if ref is None or ref <= 0:
+            raise InsufficientLiquidityError(f"no price to set a limit for {req.symbol}", exchange=req.exchange)
+        factor = (1 - self.slippage) if req.side == "long" else (1 + self.slippage)
+        return (ref * factor).quantize(Decimal("1e-8"), ROUND_DOWN)
+
+    async def _lookup(self, req: CloseRequest, port: ExchangePort, cid: str) -> OrderResult | None:
+        """Find out what became of ``cid``; None only when the exchange says it never saw it."""
+        for i in range(self.lookup_retries):
+            self.stats.lookups += 1
+            try:
+                return await self._call(req.exchange, port.fetch_order_by_client_id, req.symbol, cid)
+            except ExchangeError as exc:
+                self._note_error(req, exc, "lookup")
+                await trio.sleep(self.retry_delays[min(i, len(self.retry_delays) - 1)] if self.retry_delays else 0)
+        raise UnknownOutcomeError(f"could not look up order {cid}", exchange=req.exchange)
+
+    async def _reconcile(self, req: CloseRequest, port: ExchangePort) -> _Fills:
+        fills = self._fills.setdefault(req.aged_id, _Fills())
+        try:
+            rows = await self.load_orders(req.aged_id)
+        except Exception as exc:  # noqa: BLE001 - database away: rely on memory and the exchange
+            log.warning("cannot read the write-ahead table (%s); reconciling from memory and the exchange", exc)
+            rows = []
+        for row in rows:
+            if row["state"] in FINAL_STATES and row["client_order_id"] not in fills.orders:
+                fills.record(row["client_order_id"], row["attempt"], row["filled_qty"], row["avg_price"])
+            fills.max_attempt = max(fills.max_attempt, row["attempt"])
+        unresolved = [r for r in rows if r["state"] not in FINAL_STATES and r["client_order_id"] not in fills.orders]
+        extra: list[int] = []
+        if req.reconcile_only:
+            # After a restart: attempts the table may not know of (sent while the
+            # database was away) are looked up too. Outside a restart the table and
+            # memory are complete, and the position check before each send guards
+            # the rest.
+            probe_to = max(fills.max_attempt, req.next_attempt - 1) + 1
+            known = {r["attempt"] for r in rows} | {int(c.rsplit("-", 1)[1]) for c in fills.orders}
+            extra = [a for a in range(1, probe_to + 1) if a not in known]
+        for attempt in [r["attempt"] for r in unresolved] + extra:
+            cid = client_order_id(req.aged_id, attempt)
+            result = await self._lookup(req, port, cid)
+            if result is None:
+                if attempt in {r["attempt"] for r in unresolved}:
+                    self._wal(cid, state="not_found")
+                continue
+            log.info("reconciled order %s: %s filled %s", cid, result.status, result.filled_qty)
+            if attempt in extra:
+                self.writer.submit(op.RecordCloseOrder(
+                    client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange,
+                    symbol=req.symbol, side="sell" if req.side == "long" else "buy", order_type="market",
+                    requested_qty=max(result.requested_qty or result.filled_qty, Decimal("1e-18"))))
+            self._record(req, fills, cid, attempt, result)
+        return fills
+
+    def _record(self, req: CloseRequest, fills: _Fills, cid: str, attempt: int, result: OrderResult) -> None:
+        state = {"closed": "filled", "canceled": "canceled", "rejected": "rejected", "open": "open"}.get(
+            result.status, "unknown")
+        if state == "canceled" and result.filled_qty > 0:
+            state = "partially_filled"
+        if state == "filled" and result.requested_qty is not None and result.filled_qty < result.requested_qty:
+            state = "partially_filled"
+        self._wal(cid, state=state, exchange_order_id=result.exchange_order_id, filled_qty=result.filled_qty,
+                  avg_price=result.avg_price)
+        fills.record(cid, attempt, result.filled_qty, result.avg_price)
+
+    def _wal(self, cid: str, **fields) -> None:
+        self.writer.submit(op.UpdateCloseOrder(cid, {k: v for k, v in fields.items() if v is not None}))
+
+    def _note_error(self, req: CloseRequest, exc: ExchangeError, stage: str) -> str:
+        code = exc.code or type(exc).__name__
+        self.stats.errors_by_code[code] = self.stats.errors_by_code.get(code, 0) + 1
+        self._on_error(req.exchange, code)
+        log.warning("%s %s: %s failed: %s (%s)", req.exchange, req.symbol, stage, type(exc).__name__, exc)
+        return f"{type(exc).__name__}: {exc}"
+
+    def _result(self, req: CloseRequest, fills: _Fills, remaining: Decimal, attempts: int, *,
+                outcome: str | None) -> CloseResult:
+        if outcome is None:
+            outcome = ("flat" if fills.total > 0 else "vanished") if remaining == 0 else "open"
+        return CloseResult(req.clock(), outcome, filled_qty=fills.total, avg_price=fills.vwap,
+                           remaining_qty=remaining, attempts=max(attempts, fills.max_attempt),
+                           last_order_id=fills.last_order_id)
+
+    def _failed(self, req: CloseRequest, fills: _Fills, attempts: int, error: str | None,
+                remaining: Decimal | None = None) -> CloseResult:
+        log.critical("CLOSE FAILED %s %s after %d attempts: %s — position stays under watch",
+                     req.exchange, req.symbol, attempts, error)
+        return CloseResult(req.clock(), "failed", filled_qty=fills.total, avg_price=fills.vwap,
+                           remaining_qty=remaining, attempts=max(attempts, fills.max_attempt),
+                           last_order_id=fills.last_order_id, error=error)

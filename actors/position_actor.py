@@ -1,0 +1,206 @@
+"""The per-position actor: a thin trio loop around :func:`actors.position.step`.
+
+It loads its state from the database on every (re)start, subscribes to its symbol's
+ticks, and feeds ticks, timers and messages (close results, position updates) into
+``step``. Carrying out the commands never blocks: writes go to the storage writer,
+closes to the executor, events to the bus. So the loop always decides on the freshest
+tick (the tick channel holds only the newest one).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Callable, Mapping, Protocol
+from uuid import UUID
+
+import trio
+
+from actors import position as pos
+from actors.clock import PolicyClock
+from actors.events import EventBus, LifecycleEvent
+from actors.executor import CloseRequest, Executor
+from actors.policy import PolicyConfig
+from actors.writer import StorageWriter
+from storage import ops as op
+
+log = logging.getLogger("actors.position")
+
+INFLIGHT_STATES = frozenset({"pending", "unknown", "open"})
+
+
+class TickSource(Protocol):
+    def subscribe(self, symbol: str) -> trio.MemoryReceiveChannel: ...
+    def unsubscribe(self, symbol: str, receiver) -> None: ...
+
+
+class InjectedCrash(RuntimeError):
+    """Raised on purpose by fault injection (demo, tests)."""
+
+
+@dataclass
+class ActorContext:
+    """What every position actor shares."""
+
+    db: Any  # storage.Database (or None in pure unit tests)
+    writer: StorageWriter
+    executor: Executor
+    bus: EventBus
+    clock: PolicyClock
+    config: PolicyConfig
+    settings: pos.Settings
+    feeds: Mapping[str, TickSource] = field(default_factory=dict)
+    inboxes: dict[UUID, trio.MemorySendChannel] = field(default_factory=dict)
+    state_cache: dict[UUID, pos.PositionState] = field(default_factory=dict)
+    crash_on_next_tick: set[UUID] = field(default_factory=set)
+    on_state: Callable[[pos.PositionState, pos.PositionState | None], None] | None = None
+
+    def tell(self, aged_id: UUID, event) -> bool:
+        """Send a message to a running actor; False if none runs."""
+        inbox = self.inboxes.get(aged_id)
+        if inbox is None:
+            return False
+        try:
+            inbox.send_nowait(event)
+            return True
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+
+
+async def load_state(ctx: ActorContext, aged_id: UUID) -> pos.PositionState:
+    """The actor's state from the database; from the last known state if it is away."""
+    try:
+        with trio.fail_after(10):
+            await ctx.writer.wait_flushed()  # the table must reflect every write made so far
+            row = await ctx.db.aged_position(aged_id)
+            orders = await ctx.db.close_orders(aged_id)
+    except Exception as exc:  # noqa: BLE001 - database away: fall back to memory
+        cached = ctx.state_cache.get(aged_id)
+        if cached is None:
+            raise
+        log.warning("aged %s: database unavailable (%s); resuming from the last known state", aged_id, exc)
+        return replace(cached, close_in_flight=False, needs_reconcile=True)
+    if row is None:
+        raise LookupError(f"aged position {aged_id} not found")
+    inflight = any(o["state"] in INFLIGHT_STATES for o in orders)
+    return pos.state_from_row(row, ctx.config, ctx.settings, inflight_orders=inflight)
+
+
+class PositionActor:
+    def __init__(self, ctx: ActorContext, state: pos.PositionState):
+        self.ctx = ctx
+        self.state = state
+        self.done = False
+        self._timers: dict[str, datetime] = {}
+        self._timer_changed = trio.Event()
+        self._tick_received_at: float | None = None
+
+    def handle(self, event: pos.Event) -> None:
+        before = self.state
+        self.state, commands = pos.step(self.state, event)
+        self.ctx.state_cache[self.state.aged_id] = self.state
+        if self.ctx.on_state is not None:
+            self.ctx.on_state(self.state, before)
+        for command in commands:
+            self._carry_out(command)
+
+    def _carry_out(self, c: pos.Command) -> None:
+        s = self.state
+        if isinstance(c, pos.Persist):
+            self.ctx.writer.submit(op.UpdateAged(s.aged_id, c.fields))
+            if c.fields.get("status") == "closed":
+                self.ctx.writer.submit(op.ClosePosition(s.position_id, c.fields.get("closed_at")))
+        elif isinstance(c, pos.RequestClose):
+            self.ctx.executor.submit(CloseRequest(
+                aged_id=s.aged_id, exchange=s.exchange, symbol=s.symbol, side=s.side, qty=c.qty,
+                next_attempt=c.next_attempt, reply=self.ctx.inboxes.get(s.aged_id), clock=self.ctx.clock.now,
+                reconcile_only=c.reconcile_only, emergency=c.emergency, tick_received_at=self._tick_received_at))
+        elif isinstance(c, pos.Emit):
+            self.ctx.writer.submit(op.AddEvent(
+                s.aged_id, c.event_type, market_price=c.market_price, target_price=c.target_price,
+                price_distance_percent=c.distance_percent, success=c.success, error_message=c.error,
+                metadata=c.data, at=self.ctx.clock.now()))
+            if c.event_type.startswith("aged."):
+                self.ctx.bus.publish(LifecycleEvent(c.event_type, self.ctx.clock.now(), s.aged_id, s.exchange,
+                                                    s.symbol, dict(c.data or {}), c.critical))
+                log.log(logging.CRITICAL if c.critical else logging.INFO, "%s %s %s %s %s", c.event_type,
+                        s.exchange, s.symbol, s.side, _describe(c))
+        elif isinstance(c, pos.ScheduleTimer):
+            current = self._timers.get(c.kind)
+            if current != c.at:
+                self._timers[c.kind] = c.at
+                self._timer_changed.set()
+        elif isinstance(c, pos.Stop):
+            self.done = True
+
+    async def run_timers(self) -> None:
+        while True:
+            if not self._timers:
+                await self._timer_changed.wait()
+                self._timer_changed = trio.Event()
+                continue
+            kind, when = min(self._timers.items(), key=lambda kv: kv[1])
+            with trio.move_on_at(self.ctx.clock.trio_time(when)):
+                await self._timer_changed.wait()
+                self._timer_changed = trio.Event()
+                continue
+            if self._timers.get(kind) == when:
+                del self._timers[kind]
+                self.handle(pos.Timer(self.ctx.clock.now(), kind))
+
+
+def _describe(c: pos.Emit) -> str:
+    parts = []
+    if c.market_price is not None:
+        parts.append(f"price={c.market_price}")
+    if c.target_price is not None:
+        parts.append(f"target={c.target_price.normalize():f}")
+    for k, v in (c.data or {}).items():
+        if v is not None:
+            parts.append(f"{k}={v}")
+    if c.error:
+        parts.append(f"error={c.error}")
+    return " ".join(parts)
+
+
+async def run_position_actor(ctx: ActorContext, aged_id: UUID) -> None:
+    """The child body the positions supervisor runs (restart type: transient)."""
+    state = await load_state(ctx, aged_id)
+    if state.status == "closed":
+        return
+    inbox_send, inbox = trio.open_memory_channel(64)
+    ctx.inboxes[aged_id] = inbox_send
+    feed = ctx.feeds.get(state.exchange)
+    ticks = feed.subscribe(state.symbol) if feed is not None else None
+    actor = PositionActor(ctx, state)
+    try:
+        actor.handle(pos.Start(ctx.clock.now()))
+        if actor.done:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(actor.run_timers)
+            if ticks is not None:
+                nursery.start_soon(_read_ticks, ctx, actor, ticks, nursery.cancel_scope)
+            async for message in inbox:
+                actor.handle(message)
+                if actor.done:
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        if ctx.inboxes.get(aged_id) is inbox_send:
+            del ctx.inboxes[aged_id]
+        if ticks is not None:
+            feed.unsubscribe(state.symbol, ticks)
+
+
+async def _read_ticks(ctx: ActorContext, actor: PositionActor, ticks, scope: trio.CancelScope) -> None:
+    async for tick in ticks:
+        if actor.state.aged_id in ctx.crash_on_next_tick:
+            ctx.crash_on_next_tick.discard(actor.state.aged_id)
+            raise InjectedCrash(f"injected crash in actor for {actor.state.symbol}")
+        actor._tick_received_at = tick.received_at
+        actor.handle(pos.Tick(ctx.clock.now(), tick.bid, tick.ask, tick.last))
+        if actor.done:
+            scope.cancel()
+            return

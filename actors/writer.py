@@ -1,0 +1,178 @@
+"""The storage writer: the one actor that writes actors' changes to PostgreSQL.
+
+Actors hand it :mod:`storage.ops` values with :meth:`StorageWriter.submit` (never
+blocks) or :meth:`StorageWriter.write` (waits until the write is durable, or until it
+is known that the database is away). It writes in arrival order, in batches, one
+trio→asyncio crossing per batch.
+
+The database is the memory, not the heartbeat. When it goes away the writer keeps
+everything in a buffer and retries with backoff, logging loudly; actors carry on.
+The buffer is bounded for *routine* rows only (sampled price checks): past
+``max_buffer`` those are dropped first, oldest first, and counted. Lifecycle writes
+(status, close orders, decisions) are never dropped. When the database comes back
+the buffer is flushed in order.
+
+A write the database refuses as invalid (a constraint violation) is not a database
+outage: that one write is logged with its error and dropped, and the rest go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Callable, Sequence
+
+import asyncpg
+import trio
+
+from storage import ops as op
+
+log = logging.getLogger("storage.writer")
+
+ROUTINE_EVENTS = frozenset({"price_check"})
+
+
+def _is_routine(item: op.WriteOp) -> bool:
+    return isinstance(item, op.AddEvent) and item.event_type in ROUTINE_EVENTS
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    return isinstance(exc, (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
+                            asyncpg.exceptions.RaiseError, ValueError, TypeError)) or (
+        isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", "") is not None
+        and str(getattr(exc, "sqlstate", "")).startswith(("22", "23", "42")))
+
+
+class StorageWriter:
+    """Ordered, batched, outage-tolerant writes.
+
+    ``write_batch`` is the database call (``Database.write_batch``); tests may pass
+    any async callable with the same contract.
+    """
+
+    def __init__(self, write_batch: Callable[[Sequence[op.WriteOp]], object], *, max_buffer: int = 100_000,
+                 max_batch: int = 2_000, retry_initial: float = 0.5, retry_max: float = 10.0,
+                 on_depth: Callable[[int], None] | None = None):
+        self._write_batch = write_batch
+        self._buffer: deque[tuple[op.WriteOp, trio.Event | None]] = deque()
+        self._wakeup = trio.Event()
+        self._flushed = trio.Event()
+        self._flushed.set()
+        self.max_buffer = max_buffer
+        self.max_batch = max_batch
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.database_up = True
+        self.dropped_routine = 0
+        self.rejected = 0
+        self.written = 0
+        self._on_depth = on_depth or (lambda depth: None)
+
+    @property
+    def depth(self) -> int:
+        return len(self._buffer)
+
+    def submit(self, *items: op.WriteOp) -> None:
+        """Queue writes. Never blocks, never fails."""
+        for item in items:
+            self._buffer.append((item, None))
+        self._after_enqueue()
+
+    async def write(self, *items: op.WriteOp, timeout: float = 5.0) -> bool:
+        """Queue writes and wait until they are committed.
+
+        True when committed; False when the database is away (the writes stay queued
+        and will be written in order when it returns).
+        """
+        if not items:
+            return True
+        if not self.database_up:
+            self.submit(*items)
+            return False
+        done = trio.Event()
+        for item in items[:-1]:
+            self._buffer.append((item, None))
+        self._buffer.append((items[-1], done))
+        self._after_enqueue()
+        with trio.move_on_after(timeout):
+            await done.wait()
+        return done.is_set() and self.database_up
+
+    async def wait_flushed(self) -> None:
+        """Wait until everything queued so far has been written."""
+        await self._flushed.wait()
+
+    def _after_enqueue(self) -> None:
+        self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
+        if len(self._buffer) > self.max_buffer:
+            self._shed_routine()
+        self._on_depth(len(self._buffer))
+        self._wakeup.set()
+
+    def _shed_routine(self) -> None:
+        excess = len(self._buffer) - self.max_buffer
+        kept: deque = deque()
+        dropped = 0
+        for entry in self._buffer:
+            if dropped < excess and entry[1] is None and _is_routine(entry[0]):
+                dropped += 1
+                continue
+            kept.append(entry)
+        self._buffer = kept
+        if dropped:
+            self.dropped_routine += dropped
+            log.error("write buffer full (%d): dropped %d routine price-check rows (total dropped %d)",
+                      self.max_buffer, dropped, self.dropped_routine)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The actor body: write until cancelled."""
+        task_status.started()
+        delay = self.retry_initial
+        while True:
+            if not self._buffer:
+                self._flushed.set()
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                continue
+            batch = [self._buffer[i] for i in range(min(self.max_batch, len(self._buffer)))]
+            try:
+                await self._write_batch([item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every failure is sorted below
+                if _is_data_error(exc):
+                    await self._write_one_by_one(len(batch))
+                    continue
+                if self.database_up:
+                    log.error("DATABASE UNAVAILABLE (%s: %s): buffering writes (%d queued); actors carry on",
+                              type(exc).__name__, exc, len(self._buffer))
+                self.database_up = False
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            self._commit(len(batch))
+            if not self.database_up:
+                log.warning("database is back: flushed %d buffered writes", len(batch))
+            self.database_up = True
+            delay = self.retry_initial
+
+    def _commit(self, n: int) -> None:
+        for _ in range(n):
+            _, done = self._buffer.popleft()
+            if done is not None:
+                done.set()
+        self.written += n
+        self._on_depth(len(self._buffer))
+
+    async def _write_one_by_one(self, n: int) -> None:
+        for _ in range(n):
+            item, done = self._buffer[0]
+            try:
+                await self._write_batch([item])
+            except Exception as exc:  # noqa: BLE001
+                if not _is_data_error(exc):
+                    raise
+                self.rejected += 1
+                log.error("database refused a write, dropped it: %r (%s: %s)", item, type(exc).__name__, exc)
+            self._buffer.popleft()
+            if done is not None:
+                done.set()
+            self.written += 1

@@ -1,0 +1,121 @@
+"""Test helpers: an in-memory tick source and a TCP proxy that can cut the database."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import trio
+
+from feeds.tick import Tick, open_tick_channel
+
+
+class MemoryFeed:
+    """A tick source for actor tests: ``push`` delivers a tick to every subscriber."""
+
+    def __init__(self, exchange: str):
+        self.exchange = exchange
+        self.subscribers: dict[str, list] = {}
+        self.subscribe_calls = 0
+
+    def subscribe(self, symbol: str):
+        sender, receiver = open_tick_channel()
+        self.subscribers.setdefault(symbol, []).append((sender, receiver))
+        self.subscribe_calls += 1
+        return receiver
+
+    def unsubscribe(self, symbol: str, receiver) -> None:
+        subs = self.subscribers.get(symbol, [])
+        for entry in list(subs):
+            if entry[1] is receiver:
+                subs.remove(entry)
+                entry[0].close()
+
+    def push(self, symbol: str, bid=None, ask=None, last=None) -> int:
+        d = lambda v: None if v is None else Decimal(v)  # noqa: E731
+        tick = Tick(self.exchange, symbol, d(bid), d(ask), d(last), None, trio.current_time())
+        for sender, _ in self.subscribers.get(symbol, []):
+            sender.send_latest(tick)
+        return len(self.subscribers.get(symbol, []))
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+class DatabaseProxy:
+    """A TCP proxy in front of PostgreSQL whose link can be cut and restored.
+
+    ``url`` is the database URL to use through the proxy. ``cut()`` drops every open
+    connection and refuses new ones; ``restore()`` accepts again.
+    """
+
+    def __init__(self, target_url: str):
+        parts = urlsplit(target_url)
+        query = parse_qs(parts.query)
+        self._unix = query.get("host", [None])[0]
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 5432
+        self._parts = parts
+        self.up = True
+        self._streams: list[trio.abc.Stream] = []
+        self.port = None
+
+    @property
+    def url(self) -> str:
+        user = self._parts.username or "postgres"
+        return urlunsplit((self._parts.scheme, f"{user}@127.0.0.1:{self.port}", self._parts.path, "", ""))
+
+    async def _connect_target(self):
+        if self._unix:
+            return await trio.open_unix_socket(f"{self._unix}/.s.PGSQL.{self._port}")
+        return await trio.open_tcp_stream(self._host, self._port)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        if not self.up:
+            await client.aclose()
+            return
+        try:
+            server = await self._connect_target()
+        except OSError:
+            await client.aclose()
+            return
+        self._streams += [client, server]
+
+        async def pump(a, b):
+            try:
+                while True:
+                    data = await a.receive_some(65536)
+                    if not data:
+                        break
+                    await b.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                for s in (a, b):
+                    try:
+                        await s.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+
+        async with trio.open_nursery() as n:
+            n.start_soon(pump, client, server)
+            n.start_soon(pump, server, client)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def cut(self) -> None:
+        self.up = False
+        streams, self._streams = self._streams, []
+        for s in streams:
+            try:
+                await s.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def restore(self) -> None:
+        self.up = True

@@ -1,0 +1,305 @@
+"""The actor runtime end to end on the in-memory exchange and a real PostgreSQL.
+
+Rules: the exchange is :class:`exchanges.memory.MemoryExchange` and ticks come from
+:class:`tests.support.MemoryFeed`; the database is real. Lifecycle tests run on trio's
+MockClock with a small autojump threshold (virtual time jumps only when every task
+has been idle for a few real milliseconds, so database round trips are never mistaken
+for idleness), with asyncpg's own command timeout off for the same reason.
+"""
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal as D
+
+import pytest
+import trio
+import trio.testing
+
+from actors.clock import PolicyClock
+from actors.position import Settings
+from exchanges.errors import RetryableError
+from exchanges.memory import MemoryExchange
+from service.runtime import Service, ServiceConfig
+from storage.repository import Database
+from tests.conftest import MONITORING_TABLES
+from tests.support import DatabaseProxy, MemoryFeed
+
+T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
+SYMBOL = "BTC/USDT:USDT"
+
+
+@pytest.fixture
+def mock_clock():
+    return trio.testing.MockClock(autojump_threshold=0.005)
+
+
+@pytest.fixture
+async def mdb(aio_loop, database_url):
+    """The test database, emptied, without asyncpg's command timeout (see the module rules)."""
+    database = await Database.connect(database_url, max_size=4, command_timeout=None)
+    await database.execute(f"TRUNCATE {MONITORING_TABLES} RESTART IDENTITY CASCADE")
+    try:
+        yield database
+    finally:
+        with trio.CancelScope(shield=True):
+            await database.close()
+
+
+def make_service(db, exchange, feed, *, origin, **cfg):
+    config = ServiceConfig(poll_interval=cfg.pop("poll_interval", 300.0),
+                           retry_delays=cfg.pop("retry_delays", (1.0, 3.0, 5.0)),
+                           settings=cfg.pop("settings", Settings(sample_interval=timedelta(minutes=10))), **cfg)
+    return Service(db, {"bybit": exchange}, {"bybit": feed}, config, PolicyClock(origin))
+
+
+async def push_prices(svc, feed, price_fn, every=60.0):
+    """Every ``every`` virtual seconds set the exchange's book and push a tick; price_fn(now) -> (bid, ask)."""
+    while True:
+        bid, ask = price_fn(svc.clock.now())
+        for ex in svc.exchanges.values():
+            for symbol in list(ex.positions) or [SYMBOL]:
+                ex.set_quote(symbol, bid, ask, bid)
+        feed.push(SYMBOL, bid=bid, ask=ask, last=bid)
+        await trio.sleep(every)
+
+
+async def wait_for(predicate, timeout=3600 * 60, interval=60.0):
+    with trio.fail_after(timeout):
+        while not await predicate():
+            await trio.sleep(interval)
+
+
+async def aged_row(db):
+    rows = await db.fetch("SELECT * FROM monitoring.aged_positions")
+    return rows[0] if rows else None
+
+
+async def test_forty_hour_lifecycle_grace_progressive_close(mock_clock, mdb):
+    db = mdb
+    ex = MemoryExchange(name="bybit")
+    ex.set_position(SYMBOL, "long", "2", "100", opened_at=T0)
+    ex.set_quote(SYMBOL, "99", "99.01", "99")
+    feed = MemoryFeed("bybit")
+    svc = make_service(db, ex, feed, origin=T0 + timedelta(hours=1))
+    started = trio.current_time()
+    async with trio.open_nursery() as n:
+        n.start_soon(svc.run)
+        n.start_soon(push_prices, svc, feed, lambda now: ("99", "99.01"), 600)
+
+        async def closed():
+            row = await aged_row(db)
+            return row is not None and row["status"] == "closed"
+        await wait_for(closed, interval=1800)
+        svc.shutdown()
+        n.cancel_scope.cancel()
+    virtual_hours = (trio.current_time() - started) / 3600
+    row = await aged_row(db)
+    # The target reaches 99 (1 % tolerance) two hours into progressive: age 13 h.
+    assert row["close_reason"] == "loss_acceptable" and row["phase_at_close"] == "progressive"
+    assert T0 + timedelta(hours=13) <= row["close_triggered_at"] <= T0 + timedelta(hours=13, minutes=10)
+    assert row["detected_at"] - T0 < timedelta(hours=3, seconds=1)  # detected at the aging instant
+    assert row["closed_qty"] == D(2) and row["close_price"] == D(99)
+    assert 11 < virtual_hours < 14
+    assert len(ex.orders) == 1 and ex.orders[0].client_order_id.endswith("-1")
+    assert SYMBOL not in ex.positions
+    history = [(h["from_status"], h["to_status"]) for h in await db.history(row["id"])]
+    assert history == [(None, "grace_active"), ("grace_active", "progressive_active"),
+                       ("progressive_active", "closed")]
+    events = [e["event_type"] for e in await db.events(row["id"])]
+    for needed in ("aged.position.detected", "aged.phase.changed", "aged.close.triggered", "aged.close.completed"):
+        assert needed in events
+    assert 0 < events.count("price_check") <= 70  # sampled at most every 10 minutes over 10 hours
+    [wal] = await db.close_orders(row["id"])
+    assert wal["state"] == "filled" and wal["filled_qty"] == D(2)
+    book = await db.fetch("SELECT status FROM monitoring.positions")
+    assert [b["status"] for b in book] == ["closed"]
+
+
+async def test_actor_crashed_mid_close_restarts_and_exactly_one_order_is_sent(mock_clock, mdb):
+    db = mdb
+    ex = MemoryExchange(name="bybit", latency=5.0)  # each exchange call takes 5 virtual seconds
+    ex.set_position(SYMBOL, "short", "1", "100", opened_at=T0)
+    ex.set_quote(SYMBOL, "99.5", "99.6")
+    feed = MemoryFeed("bybit")
+    svc = make_service(db, ex, feed, origin=T0 + timedelta(hours=5))  # in grace: target 99.8
+    async with trio.open_nursery() as n:
+        n.start_soon(svc.run)
+
+        async def triggered():
+            row = await aged_row(db)
+            return row is not None and row["close_triggered_at"] is not None
+        async def detected():
+            return await aged_row(db) is not None
+        await wait_for(detected, interval=0.5)
+        await trio.sleep(1)
+        ex.set_quote(SYMBOL, "99.5", "99.6")
+        feed.push(SYMBOL, bid="99.5", ask="99.6")
+        await wait_for(triggered, interval=0.2)
+        row = await aged_row(db)
+        svc.ctx.crash_on_next_tick.add(row["id"])
+        feed.push(SYMBOL, bid="99.5", ask="99.6")  # the actor crashes while the order is in flight
+
+        async def closed():
+            return (await aged_row(db))["status"] == "closed"
+        await wait_for(closed, interval=0.5)
+        restarts = svc.positions.children()
+        svc.shutdown()
+        n.cancel_scope.cancel()
+    assert len(ex.orders) == 1
+    row = await aged_row(db)
+    assert row["close_reason"] == "profitable"  # short from 100 closed at 99.6: +0.2 % net
+    assert all(c.restarts == 0 for c in restarts.values())  # the restarted actor finished and left
+    assert svc.positions.children() == {}
+
+
+async def test_runtime_restarted_mid_lifecycle_resumes_without_duplicate_orders(mock_clock, mdb):
+    db = mdb
+    ex = MemoryExchange(name="bybit")
+    ex.set_position(SYMBOL, "long", "1", "100", opened_at=T0)
+    ex.set_position("ETH/USDT:USDT", "short", "3", "2000", opened_at=T0 + timedelta(hours=1))
+    feed = MemoryFeed("bybit")
+
+    async def run_for(svc, hours, prices):
+        async with trio.open_nursery() as n:
+            n.start_soon(svc.run)
+            n.start_soon(push_prices, svc, feed, prices, 600)
+            await trio.sleep(hours * 3600)
+            svc.shutdown()
+            n.cancel_scope.cancel()
+
+    origin = T0 + timedelta(hours=2)
+    first = make_service(db, ex, feed, origin=origin)
+    await run_for(first, 8, lambda now: ("95", "95.1"))  # until age 10 h: both in grace, nothing closes
+    rows = await db.fetch("SELECT status FROM monitoring.aged_positions ORDER BY symbol")
+    assert [r["status"] for r in rows] == ["grace_active", "grace_active"]
+    assert ex.orders == []
+
+    # A new process: same database and exchange, a clock that went on from there.
+    second = make_service(db, ex, feed, origin=origin + timedelta(hours=8, seconds=1))
+    assert second.detector.polls == 0
+    await run_for(second, 20, lambda now: ("95", "95.1"))
+    rows = {r["symbol"]: r for r in await db.fetch("SELECT * FROM monitoring.aged_positions")}
+    assert rows[SYMBOL]["status"] == "closed" and rows[SYMBOL]["close_reason"] == "loss_acceptable"
+    # the long (95 bid) needs 5 % tolerance: 10 h into progressive, age 21 h
+    assert abs(rows[SYMBOL]["close_triggered_at"] - (T0 + timedelta(hours=21))) <= timedelta(minutes=10)
+    assert rows["ETH/USDT:USDT"]["status"] == "progressive_active"  # a short at 2000 with the ask at 95.1…
+    assert len([o for o in ex.orders if o.symbol == SYMBOL]) == 1
+    assert len(await db.history(rows[SYMBOL]["id"])) == 3
+
+
+async def test_failed_close_goes_to_error_and_is_retried_after_cooldown(mock_clock, mdb):
+    db = mdb
+    ex = MemoryExchange(name="bybit")
+    ex.set_position(SYMBOL, "long", "1", "100", opened_at=T0)
+    ex.fail_next(RetryableError("503 from exchange", code="503"), n=4)
+    feed = MemoryFeed("bybit")
+    settings = Settings(sample_interval=timedelta(minutes=10), error_cooldown=timedelta(minutes=15))
+    svc = make_service(db, ex, feed, origin=T0 + timedelta(hours=4), settings=settings)
+    async with trio.open_nursery() as n:
+        n.start_soon(svc.run)
+        n.start_soon(push_prices, svc, feed, lambda now: ("101", "101.1"), 300)
+
+        async def status_is(s):
+            row = await aged_row(db)
+            return row is not None and row["status"] == s
+        await wait_for(lambda: status_is("error"), interval=2)
+        err = await aged_row(db)
+        await wait_for(lambda: status_is("closed"), interval=60)
+        svc.shutdown()
+        n.cancel_scope.cancel()
+    row = await aged_row(db)
+    assert err["close_attempts"] == 4 and "503" in err["last_error_message"]
+    assert row["close_attempts"] == 5 and row["close_reason"] == "profitable"
+    assert row["closed_at"] - err["last_close_attempt"] >= timedelta(minutes=15)
+    assert len(ex.orders) == 1 and ex.orders[0].client_order_id.endswith("-5")
+    history = [h["to_status"] for h in await db.history(row["id"])]
+    assert history == ["grace_active", "error", "grace_active", "closed"]
+    failed = await db.events(row["id"], "aged.close.failed")
+    assert len(failed) == 1
+
+
+async def test_vanished_position_is_closed_as_manual(mock_clock, mdb):
+    db = mdb
+    ex = MemoryExchange(name="bybit")
+    ex.set_position(SYMBOL, "long", "1", "100", opened_at=T0)
+    feed = MemoryFeed("bybit")
+    svc = make_service(db, ex, feed, origin=T0 + timedelta(hours=4), poll_interval=30)
+    async with trio.open_nursery() as n:
+        n.start_soon(svc.run)
+        n.start_soon(push_prices, svc, feed, lambda now: ("90", "90.1"))
+        await trio.sleep(600)
+        ex.close_externally(SYMBOL)
+
+        async def closed():
+            return (await aged_row(db))["status"] == "closed"
+        await wait_for(closed, interval=1)
+        svc.shutdown()
+        n.cancel_scope.cancel()
+    row = await aged_row(db)
+    assert row["close_reason"] == "manual" and ex.orders == []
+
+
+async def test_trailing_stop_position_is_skipped(mock_clock, mdb):
+    db = mdb
+    ex = MemoryExchange(name="bybit")
+    ex.set_position(SYMBOL, "long", "1", "100", opened_at=T0)
+    feed = MemoryFeed("bybit")
+    pos = await db.upsert_open_position(exchange="bybit", symbol=SYMBOL, side="long", quantity=D(1),
+                                        entry_price=D(100), opened_at=T0, trailing_activated=True, source="bot")
+    svc = make_service(db, ex, feed, origin=T0 + timedelta(hours=2), poll_interval=120)
+    async with trio.open_nursery() as n:
+        n.start_soon(svc.run)
+        n.start_soon(push_prices, svc, feed, lambda now: ("120", "120.1"), 300)
+        await trio.sleep(3 * 3600)
+        assert (await aged_row(db))["status"] == "skipped" and ex.orders == []
+        await db.set_trailing(pos["id"], False)
+
+        async def closed():
+            return (await aged_row(db))["status"] == "closed"
+        await wait_for(closed, interval=1)
+        svc.shutdown()
+        n.cancel_scope.cancel()
+    assert len(ex.orders) == 1
+
+
+async def test_database_down_then_up_loses_nothing(aio_loop, database_url, db):
+    """Real clock: the proxy cuts real connections."""
+    async with trio.open_nursery() as n:
+        proxy = await n.start(DatabaseProxy(database_url).run)
+        pdb = await Database.connect(proxy.url, max_size=2, command_timeout=5)
+        ex = MemoryExchange(name="bybit")
+        ex.set_position(SYMBOL, "long", "1", "100", opened_at=T0)
+        feed = MemoryFeed("bybit")
+        svc = Service(pdb, {"bybit": ex}, {"bybit": feed},
+                      ServiceConfig(poll_interval=0.2, settings=Settings(sample_interval=timedelta(seconds=0))),
+                      PolicyClock(T0 + timedelta(hours=4), speed=60.0))  # a real second is a policy minute
+        svc.writer.retry_initial = 0.05
+        n.start_soon(svc.run)
+        with trio.fail_after(20):
+            while await aged_row(db) is None:
+                await trio.sleep(0.05)
+        await proxy.cut()
+        for i in range(20):  # ticks while the database is away: sampled checks pile up in the buffer
+            feed.push(SYMBOL, bid=f"{95 + i / 10}", ask="101")
+            await trio.sleep(0.05)
+        ex.set_quote(SYMBOL, "101", "101.1")
+        feed.push(SYMBOL, bid="101", ask="101.1")  # and the close happens during the outage
+        with trio.fail_after(20):
+            while SYMBOL in ex.positions:
+                await trio.sleep(0.05)
+        assert not svc.writer.database_up and svc.writer.depth > 0
+        proxy.restore()
+        with trio.fail_after(30):
+            while (await aged_row(db))["status"] != "closed":
+                await trio.sleep(0.1)
+        with trio.fail_after(10):
+            await svc.writer.wait_flushed()
+        svc.shutdown()
+        await pdb.close()
+        n.cancel_scope.cancel()
+    row = await aged_row(db)
+    assert row["close_reason"] == "profitable" and len(ex.orders) == 1
+    checks = await db.events(row["id"], "price_check")
+    assert len(checks) >= 20  # every sampled check made during the outage was written afterwards
+    [wal] = await db.close_orders(row["id"])
+    assert wal["state"] == "filled"
+    assert [h["to_status"] for h in await db.history(row["id"])] == ["grace_active", "closed"]
