@@ -127,8 +127,8 @@ class Executor:
         self._fills: dict[UUID, _Fills] = {}
         self._send, self._receive = trio.open_memory_channel(1000)
         self.stats = ExecutorStats()
-        self._on_submit = on_submit or (lambda exchange, seconds: None)
-        self._on_error = on_error or (lambda exchange, code: None)
+        self.on_submit = on_submit or (lambda exchange, seconds: None)
+        self.on_error = on_error or (lambda exchange, code: None)
 
     def submit(self, request: CloseRequest) -> None:
         """Queue a close request (never blocks)."""
@@ -212,7 +212,7 @@ class Executor:
             if req.tick_received_at is not None and attempt == req.next_attempt:
                 latency = trio.current_time() - req.tick_received_at
                 self.stats.submit_latencies.append(latency)
-                self._on_submit(req.exchange, latency)
+                self.on_submit(req.exchange, latency)
             log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, order_side,
                      remaining, f" limit IOC {limit_price}" if limit_price else " market", attempt)
             try:
@@ -345,7 +345,7 @@ class Executor:
     def _note_error(self, req: CloseRequest, exc: ExchangeError, stage: str) -> str:
         code = exc.code or type(exc).__name__
         self.stats.errors_by_code[code] = self.stats.errors_by_code.get(code, 0) + 1
-        self._on_error(req.exchange, code)
+        self.on_error(req.exchange, code)
         log.warning("%s %s: %s failed: %s (%s)", req.exchange, req.symbol, stage, type(exc).__name__, exc)
         return f"{type(exc).__name__}: {exc}"
 

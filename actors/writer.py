@@ -66,7 +66,7 @@ class StorageWriter:
         self.dropped_routine = 0
         self.rejected = 0
         self.written = 0
-        self._on_depth = on_depth or (lambda depth: None)
+        self.on_depth = on_depth or (lambda depth: None)
 
     @property
     def depth(self) -> int:
@@ -106,7 +106,7 @@ class StorageWriter:
         self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
         if len(self._buffer) > self.max_buffer:
             self._shed_routine()
-        self._on_depth(len(self._buffer))
+        self.on_depth(len(self._buffer))
         self._wakeup.set()
 
     def _shed_routine(self) -> None:
@@ -160,7 +160,7 @@ class StorageWriter:
             if done is not None:
                 done.set()
         self.written += n
-        self._on_depth(len(self._buffer))
+        self.on_depth(len(self._buffer))
 
     async def _write_one_by_one(self, n: int) -> None:
         for _ in range(n):

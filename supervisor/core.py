@@ -122,7 +122,7 @@ class Supervisor:
         self._period = period
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._on_restart = on_restart
+        self.on_restart = on_restart
         self._children: dict[str, _Child] = {}
         self._restart_times: deque[float] = deque()
         self._nursery: trio.Nursery | None = None
@@ -349,9 +349,9 @@ class Supervisor:
             restart=child.restarts,
             delay=f"{delay:.3f}s",
         )
-        if self._on_restart is not None:
+        if self.on_restart is not None:
             try:
-                self._on_restart(child.spec, child.restarts)
+                self.on_restart(child.spec, child.restarts)
             except Exception as exc:
                 self._log(
                     logging.WARNING, "on_restart_failed", child=child.spec.id, error=describe(exc)
