@@ -1,47 +1,72 @@
-"""Command line: ``python run.py [command]``.
+"""Command line: ``python run.py [command]``. With no command it runs the demo.
 
-With no command it runs the self-contained demo.
+Commands: ``demo`` (the default), ``live --config FILE [--dry-run]``, ``status``,
+``stats [--days N]``, ``migrate``, ``simulator``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import sys
 
 import trio
 import trio_asyncio
 
 import storage
+from actors.clock import PolicyClock
+from actors.policy import ConfigError, PolicyConfig
 from service.logs import configure_logging
 
 log = logging.getLogger("run")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py", description="Aged Position Manager")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... (default INFO)")
-    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... (default INFO)")
+    common.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="text for people (default), json for machines")
+    p = argparse.ArgumentParser(prog="run.py", description="Aged Position Manager", parents=[common])
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("migrate", help="apply database migrations and exit")
-    demo = sub.add_parser("demo", help="the self-contained demo (the default command)")
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    demo.add_argument("--speed", type=float, default=1.0, help="run the policy clock this many times faster")
+    demo = sub.add_parser("demo", parents=[common], help="the self-contained demo (the default command)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl+C)")
+    demo.add_argument("--speed", type=float, default=120.0,
+                      help="run the policy clock this many times faster (default 120: a minute is two hours)")
+    live = sub.add_parser("live", parents=[common], help="manage real positions (or any base URLs)")
+    live.add_argument("--config", required=True, help="TOML configuration file")
+    live.add_argument("--dry-run", action="store_true", help="real market data and positions; send nothing")
+    live.add_argument("--metrics-port", type=int, default=None, help="override [metrics] port (0 disables)")
+    status = sub.add_parser("status", parents=[common], help="the active aged positions now")
+    status.add_argument("--config", help="TOML configuration (for the policy and database)")
+    stats = sub.add_parser("stats", parents=[common], help="statistics from the database")
+    stats.add_argument("--days", type=float, default=7.0)
+    stats.add_argument("--config", help="TOML configuration (for the database)")
+    sub.add_parser("migrate", parents=[common], help="apply database migrations and exit")
+    simulator = sub.add_parser("simulator", parents=[common], help="run the exchange simulator standalone")
+    simulator.add_argument("--host", default="127.0.0.1")
+    simulator.add_argument("--port", type=int, default=8800)
+    simulator.add_argument("--seed", type=int, default=0)
     return p
 
 
-async def _migrate() -> int:
-    async with trio_asyncio.open_loop():
-        async with storage.open_database(migrate=False) as db:
-            applied = await db.migrate()
-            print(f"migrations applied: {', '.join(f'{v:03d}' for v in applied) or 'none (up to date)'}")
-    return 0
+def _load(path):
+    from service.config import load_config  # noqa: PLC0415
+    return load_config(path)
 
 
-async def _demo(args) -> int:
+DEMO_DATABASE = "aged_position_demo"
+
+
+async def _with_db(url, fn, migrate=True, **kw):
     async with trio_asyncio.open_loop():
-        async with storage.open_database() as db:
-            active = await db.active_aged_positions()
-            log.info("database ready; %d active aged positions", len(active))
+        async with storage.open_database(url, migrate=migrate, **kw) as db:
+            return await fn(db)
+
+
+async def _migrate(db) -> int:
+    applied = await db.migrate()
+    print(f"migrations applied: {', '.join(f'{v:03d}' for v in applied) or 'none (up to date)'}")
     return 0
 
 
@@ -49,14 +74,49 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     command = args.command or "demo"
-    if command == "demo" and not hasattr(args, "duration"):
-        args.duration, args.speed = None, 1.0
     try:
+        if command == "simulator":
+            from simulator.server import main as simulator_main  # noqa: PLC0415
+            return simulator_main(["--host", args.host, "--port", str(args.port), "--seed", str(args.seed)])
         if command == "migrate":
-            return trio.run(_migrate)
-        return trio.run(_demo, args)
+            return trio.run(_with_db, None, _migrate, False)
+        if command == "status":
+            from service.reports import status_table  # noqa: PLC0415
+            cfg = _load(args.config) if args.config else None
+            policy = cfg.policy if cfg else PolicyConfig()
+
+            async def show(db):
+                print(await status_table(db, PolicyClock().now(), policy))
+                return 0
+            return trio.run(_with_db, cfg.database_url if cfg else None, show)
+        if command == "stats":
+            from service.reports import stats_tables  # noqa: PLC0415
+            cfg = _load(args.config) if args.config else None
+
+            async def show(db):
+                print(stats_tables(await db.statistics(days=args.days)))
+                return 0
+            return trio.run(_with_db, cfg.database_url if cfg else None, show)
+        if command == "live":
+            from service.app import run_live  # noqa: PLC0415
+            cfg = _load(args.config)
+            return trio.run(_with_db, cfg.database_url,
+                            lambda db: run_live(cfg, db, dry_run=args.dry_run, metrics_port=args.metrics_port))
+        from service.demo import run_demo  # noqa: PLC0415
+        if args.command is None:
+            args.duration, args.speed = None, 120.0
+        if args.speed <= 0:
+            print("run.py: --speed must be positive", file=sys.stderr)
+            return 2
+        # The demo works in a database of its own, emptied at each start.
+        return trio.run(functools.partial(_with_db, None, lambda db: run_demo(db, duration=args.duration,
+                                                                            speed=args.speed),
+                                          database=DEMO_DATABASE, fresh_schema=True))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except storage.EmbeddedPostgresError as exc:
-        log.error("cannot start the embedded database: %s", exc)
+        print(f"cannot start the embedded database: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

@@ -7,6 +7,7 @@ import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
@@ -25,13 +26,32 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("APM_DATA_DIR") or PROJECT_ROOT / ".data")
 
 
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` on the same server."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def _ensure_database(url: str, name: str) -> None:
+    admin = await Database.connect(url, min_size=1, max_size=1)
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname=$1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
 @asynccontextmanager
-async def open_database(url: str | None = None, *, data_dir: Path | None = None,
-                        migrate: bool = True, max_size: int = 8) -> AsyncIterator[Database]:
+async def open_database(url: str | None = None, *, data_dir: Path | None = None, migrate: bool = True,
+                        max_size: int = 8, database: str | None = None,
+                        fresh_schema: bool = False) -> AsyncIterator[Database]:
     """Connect to ``url``, else ``$DATABASE_URL``, else an embedded server in ``data_dir``.
 
     Must be entered inside ``trio_asyncio.open_loop()``. Applies migrations unless
     ``migrate=False``. An embedded server started here is stopped on exit.
+    ``database`` switches to that database on the same server, creating it if needed;
+    ``fresh_schema`` drops its ``monitoring`` schema first (the demo starts clean each
+    run, in a database of its own).
     """
     url = url or os.environ.get("DATABASE_URL") or None
     embedded = None
@@ -39,7 +59,12 @@ async def open_database(url: str | None = None, *, data_dir: Path | None = None,
         embedded = EmbeddedPostgres(data_dir or default_data_dir() / "postgres")
         url = await trio.to_thread.run_sync(embedded.start)
     try:
+        if database is not None:
+            await _ensure_database(url, database)
+            url = with_database(url, database)
         db = await Database.connect(url, max_size=max_size)
+        if fresh_schema:
+            await db.execute("DROP SCHEMA IF EXISTS monitoring CASCADE")
         try:
             if migrate:
                 applied = await db.migrate()

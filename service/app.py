@@ -1,0 +1,98 @@
+"""Assembling and running the whole system (live, dry-run and the demo share this)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Mapping
+
+import trio
+
+from actors.clock import PolicyClock
+from exchanges.ccxt_adapter import CcxtExchange
+from exchanges.clients import credentials_from_env
+from exchanges.dry_run import DryRunExchange
+from exchanges.port import ExchangePort
+from feeds.feed import Feed
+from service.config import AppConfig, ExchangeConfig
+from service.runtime import Service, ServiceConfig
+
+log = logging.getLogger("service")
+
+
+@dataclass
+class FeedTimings:
+    stale_after: float = 10.0
+    rest_poll_interval: float = 2.0
+
+
+def service_config(app: AppConfig) -> ServiceConfig:
+    return ServiceConfig(policy=app.policy, settings=app.manager.settings, poll_interval=app.manager.poll_interval,
+                         retry_delays=app.manager.retry_delays,
+                         symbols={e.name: list(e.symbols) if e.symbols else None for e in app.exchanges})
+
+
+def make_exchange(cfg: ExchangeConfig, *, dry_run: bool, api_key: str | None = None,
+                  secret: str | None = None) -> ExchangePort:
+    if api_key is None and cfg.api_key_env:
+        api_key, secret = credentials_from_env(cfg.api_key_env, cfg.api_secret_env)
+        if not api_key or not secret:
+            raise SystemExit(f"exchange {cfg.name}: set the environment variables {cfg.api_key_env} and "
+                             f"{cfg.api_secret_env} (the API key and secret)")
+    port: ExchangePort = CcxtExchange.create(cfg.name, rest_url=cfg.rest_url, api_key=api_key, secret=secret)
+    return DryRunExchange(port) if dry_run else port
+
+
+def make_feeds(exchanges: Mapping[str, ExchangePort], ws_urls: Mapping[str, str],
+               timings: FeedTimings = FeedTimings()) -> dict[str, Feed]:
+    return {name: Feed(name, ws_urls[name], rest_quote=port.fetch_quote, stale_after=timings.stale_after,
+                       rest_poll_interval=timings.rest_poll_interval)
+            for name, port in exchanges.items()}
+
+
+@asynccontextmanager
+async def exchanges_open(exchanges: Mapping[str, ExchangePort]) -> AsyncIterator[None]:
+    try:
+        for port in exchanges.values():
+            await port.load_markets()
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            for port in exchanges.values():
+                try:
+                    await port.close()
+                except Exception as exc:  # noqa: BLE001 - closing must not hide the real outcome
+                    log.warning("closing %s: %s", port.name, exc)
+
+
+async def run_service(service: Service, *, before_run: Callable[[Service, trio.Nursery], None] | None = None) -> int:
+    """Run ``service`` until SIGINT/SIGTERM (exit 0) or escalation at the root (exit 1)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def on_signal():
+                async for signum in signals:
+                    log.info("%s received: shutting down", signal.Signals(signum).name)
+                    service.shutdown()
+                    return
+            nursery.start_soon(on_signal)
+            if before_run is not None:
+                before_run(service, nursery)
+            code = await service.run()
+            nursery.cancel_scope.cancel()
+    return code
+
+
+async def run_live(app: AppConfig, db, *, dry_run: bool, metrics_port: int | None = None) -> int:
+    exchanges = {e.name: make_exchange(e, dry_run=dry_run) for e in app.exchanges}
+    log.info("starting %s mode on %s", "DRY-RUN (nothing is sent)" if dry_run else "LIVE",
+             ", ".join(f"{e.name} ({e.rest_url or 'production'})" for e in app.exchanges))
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(exchanges_open(exchanges))
+        feeds = make_feeds(exchanges, {e.name: e.ws_url for e in app.exchanges})
+        service = Service(db, exchanges, feeds, service_config(app), PolicyClock())
+        from service.observability import install  # noqa: PLC0415 - optional layer
+        install(service, port=app.metrics_port if metrics_port is None else metrics_port,
+                webhook_url_env=app.webhook_url_env, telegram=app.telegram)
+        return await run_service(service)
