@@ -1,0 +1,160 @@
+"""``python run.py`` end to end: each subcommand as a real process.
+
+Rules: loopback only, port 0 for the simulator, the real clock; the process under test
+gets ``DATABASE_URL`` pointing at this run's test database (or its server, for the
+demo, which keeps a database of its own).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal as D
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors.policy import ConfigError
+from service.config import parse_config
+from simulator.server import serve_simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_py(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+VALID = {"exchanges": [{"name": "bybit"}]}
+
+
+@pytest.mark.parametrize("doc,key", [
+    ({}, "exchanges"),                                                          # missing key
+    ({"exchanges": [{"rest_url": "http://x"}]}, "exchanges[0].name"),           # missing key in a table
+    ({**VALID, "policy": {"max_age_hours": "three"}}, "max_age_hours"),         # wrong type
+    ({**VALID, "metrics": {"port": "9108"}}, "metrics.port"),                   # wrong type
+    ({"exchanges": [{"name": "kraken"}]}, "exchanges[0].name"),                 # unknown exchange
+    ({**VALID, "policy": {"grace_period_hours": -1}}, "grace_period_hours"),    # negative value
+    ({**VALID, "manager": {"error_cooldown_seconds": -5}}, "manager.error_cooldown_seconds"),
+    ({**VALID, "policy": {"max_loss_percent": 0.1}}, "max_loss_percent"),       # cap below the step
+    ({**VALID, "policy": {"max_age": 3}}, "max_age"),                           # unknown key
+    ({**VALID, "surprise": {}}, "surprise"),
+    ({"exchanges": [{"name": "bybit", "api_key_env": "K"}]}, "exchanges[0].api_secret_env"),
+])
+def test_config_errors_name_the_key(doc, key):
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert err.value.key == key
+
+
+def test_valid_config_and_defaults():
+    cfg = parse_config({**VALID, "policy": {"max_age_hours": 4, "commission_percent": 0.04},
+                        "manager": {"emergency_close_after_hours": 48}})
+    assert cfg.policy.max_age_hours == D(4) and cfg.policy.commission_percent == D("0.04")
+    assert cfg.manager.settings.emergency_close_after_hours == D(48)
+    assert cfg.exchanges[0].ws_url.startswith("wss://stream.bybit.com")
+    assert cfg.metrics_port == 9108
+
+
+def test_live_with_a_bad_config_file_exits_non_zero_naming_the_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[exchanges]]\nname = "bybit"\n[policy]\nloss_step_percent = -0.5\n')
+    out = run_py("live", "--config", str(path))
+    assert out.returncode == 2
+    assert "loss_step_percent" in out.stderr and "Traceback" not in out.stderr
+    path.write_text("this is = not [toml")
+    out = run_py("live", "--config", str(path))
+    assert out.returncode == 2 and "not valid TOML" in out.stderr
+
+
+def test_migrate_status_and_stats(database_url):
+    env = {"DATABASE_URL": database_url}
+    out = run_py("migrate", env=env)
+    assert out.returncode == 0 and "up to date" in out.stdout
+    out = run_py("status", env=env)
+    assert out.returncode == 0 and "No active aged positions" in out.stdout
+    out = run_py("stats", "--days", "3", env=env)
+    assert out.returncode == 0 and "last 3 days" in out.stdout and "success rate" in out.stdout
+
+
+def test_demo_reaches_a_close_and_a_restart_and_exits_cleanly(server_url):
+    out = run_py("demo", "--duration", "15", "--speed", "3600", env={"DATABASE_URL": server_url}, timeout=180)
+    log = out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "Traceback" not in log
+    assert "event=child_crashed" in log and "event=child_restarting" in log  # the injected crash
+    assert "aged.close.completed" in log
+    assert "RateLimitExceeded" in log and "(attempt 2)" in log  # the injected rejection, then the retry
+    summary = out.stdout
+    assert "Aged positions" in summary and summary.count("closed") >= 3
+    assert "XRP/USDT:USDT" in summary and "progressive_active" in summary  # the one that stays under water
+
+
+async def _live_run(db, tmp_path, *, dry_run: bool):
+    async with trio.open_nursery() as nursery:
+        sim = await nursery.start(serve_simulator)
+        info = sim.info()
+        opened = datetime.now(timezone.utc) - timedelta(hours=5)  # in grace: breakeven 100.2
+        sim.state.set_position("bybit", "BTCUSDT", "long", "0.5", "100", opened_at=opened)
+        sim.state.set_price("bybit", "BTCUSDT", bid=D("99"), ask=D("99.1"), last=D("99"))
+        config = tmp_path / "live.toml"
+        config.write_text(f"""
+[manager]
+poll_interval_seconds = 0.5
+[[exchanges]]
+name = "bybit"
+rest_url = "{info['bybit']['rest']}"
+ws_url = "{info['bybit']['ws']}"
+api_key_env = "TEST_BYBIT_KEY"
+api_secret_env = "TEST_BYBIT_SECRET"
+[metrics]
+port = 0
+""")
+        env = {**os.environ, "TEST_BYBIT_KEY": "sim-key", "TEST_BYBIT_SECRET": "sim-secret"}
+        args = [sys.executable, "run.py", "live", "--config", str(config)] + (["--dry-run"] if dry_run else [])
+        log_path = tmp_path / "live.log"
+        log_file = open(log_path, "wb")  # a file, not a pipe: the child never blocks on a full pipe
+        proc = await trio.lowlevel.open_process(args, cwd=ROOT, env={**env, "DATABASE_URL": db},
+                                                stdout=subprocess.DEVNULL, stderr=log_file)
+        try:
+            import storage.repository as repo  # noqa: PLC0415
+            database = await repo.Database.connect(db, max_size=1)
+            with trio.fail_after(60):
+                while not await database.fetch("SELECT id FROM monitoring.aged_positions"):
+                    await trio.sleep(0.2)
+            sim.state.set_price("bybit", "BTCUSDT", bid=D("100.5"), ask=D("100.6"), last=D("100.5"))
+            with trio.fail_after(60):
+                while not await database.fetch("SELECT id FROM monitoring.aged_positions WHERE status='closed'"):
+                    await trio.sleep(0.2)
+            [row] = await database.fetch("SELECT * FROM monitoring.aged_positions")
+            await database.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                code = await proc.wait()
+            log_file.close()
+            stderr = log_path.read_text()
+        orders = [o.record() for o in sim.state.orders]
+        position = sim.state.positions.get(("bybit", "BTCUSDT"))
+        nursery.cancel_scope.cancel()
+    return code, stderr, row, orders, position
+
+
+async def test_live_mode_closes_a_position_whose_price_crosses_its_target(aio_loop, db, database_url, tmp_path):
+    code, stderr, row, orders, position = await _live_run(database_url, tmp_path, dry_run=False)
+    assert code == 0, stderr
+    assert row["close_reason"] == "profitable" and row["close_price"] == D("100.5")
+    assert len(orders) == 1 and orders[0]["reduce_only"] and orders[0]["status"] == "filled"
+    assert position is None  # flat on the exchange
+    assert "sim-secret" not in stderr
+
+
+async def test_dry_run_sends_nothing(aio_loop, db, database_url, tmp_path):
+    code, stderr, row, orders, position = await _live_run(database_url, tmp_path, dry_run=True)
+    assert code == 0, stderr
+    assert row["status"] == "closed" and row["close_price"] == D("100.5")  # a simulated fill
+    assert orders == [] and position is not None  # nothing reached the exchange
+    assert "DRY RUN" in stderr
