@@ -1,0 +1,132 @@
+"""The per-position actor loop on trio's autojump MockClock: a 40-hour lifecycle in
+virtual time, freshest-tick semantics, and timers.
+
+Rules: no sockets and no database here — the storage writer writes into a list and
+the actor loads its row from a dict (the database paths are covered in
+test_runtime.py). The exchange is the in-memory one. autojump_threshold=0.
+"""
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal as D
+from uuid import uuid4
+
+import trio
+
+from actors.clock import PolicyClock
+from actors.events import EventBus
+from actors.executor import Executor
+from actors.policy import PolicyConfig
+from actors.position import Settings
+from actors.position_actor import ActorContext, run_position_actor
+from actors.writer import StorageWriter
+from exchanges.memory import MemoryExchange
+from storage import ops
+from tests.support import MemoryFeed
+
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+SYMBOL = "BTC/USDT:USDT"
+
+
+class RowStore:
+    """Just enough of the repository for load_state: one aged row, no orders."""
+
+    def __init__(self, row):
+        self.row = row
+
+    async def aged_position(self, aged_id):
+        return dict(self.row)
+
+    async def close_orders(self, aged_id):
+        return []
+
+
+def setup(origin, *, side="long", qty="1"):
+    aged_id = uuid4()
+    row = {"id": aged_id, "position_id": 1, "exchange": "bybit", "symbol": SYMBOL, "side": side,
+           "entry_price": D(100), "quantity": D(qty), "position_opened_at": T0, "status": "detected",
+           "closed_qty": D(0), "close_attempts": 0, "close_triggered_at": None, "last_price_check": None,
+           "last_checked_price": None}
+    written = []
+
+    async def write_batch(batch):
+        written.extend(batch)
+
+    ex = MemoryExchange(name="bybit")
+    ex.set_position(SYMBOL, side, qty, "100", opened_at=T0)
+    writer = StorageWriter(write_batch)
+    executor = Executor({"bybit": ex}, writer, RowStore(row).close_orders)
+    feed = MemoryFeed("bybit")
+    ctx = ActorContext(db=RowStore(row), writer=writer, executor=executor, bus=EventBus(),
+                       clock=PolicyClock(origin), config=PolicyConfig(),
+                       settings=Settings(sample_interval=timedelta(minutes=30)), feeds={"bybit": feed})
+    return aged_id, ctx, ex, feed, written
+
+
+def statuses(written):
+    return [w.fields["status"] for w in written if isinstance(w, ops.UpdateAged) and "status" in w.fields]
+
+
+async def test_forty_hour_lifecycle_on_the_mock_clock(autojump_clock):
+    aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=2))
+    steps = []
+    ctx.on_state = lambda new, old: steps.append(new.status)
+    async with trio.open_nursery() as n:
+        n.start_soon(ctx.writer.run)
+        n.start_soon(ctx.executor.run)
+        n.start_soon(run_position_actor, ctx, aged_id)
+
+        async def prices():
+            while True:  # the long is 8 % under water: it closes when the allowance reaches 8 %
+                ex.set_quote(SYMBOL, "92", "92.01")
+                feed.push(SYMBOL, bid="92", ask="92.01", last="92")
+                await trio.sleep(900)
+        n.start_soon(prices)
+        with trio.fail_after(40 * 3600):
+            while SYMBOL in ex.positions:
+                await trio.sleep(60)
+        await trio.sleep(1)
+        n.cancel_scope.cancel()
+    assert statuses(written) == ["grace_active", "progressive_active", "closed"]
+    [closed] = [w for w in written if isinstance(w, ops.UpdateAged) and w.fields.get("status") == "closed"]
+    assert closed.fields["close_reason"] == "loss_acceptable"
+    # 8 % is reached 15 h into progressive (acceleration after 10 h): age 26 h
+    assert T0 + timedelta(hours=26) <= ctx.clock.now() <= T0 + timedelta(hours=26, minutes=16)
+    assert len(ex.orders) == 1
+    phase_changes = [w for w in written if isinstance(w, ops.AddEvent) and w.event_type == "aged.phase.changed"]
+    assert len(phase_changes) == 2
+    checks = [w for w in written if isinstance(w, ops.AddEvent) and w.event_type == "price_check"]
+    assert 40 <= len(checks) <= 60  # one per 30 min over ~24 h of watching, not one per tick
+    assert any(isinstance(w, ops.ClosePosition) for w in written)
+
+
+async def test_phase_changes_come_from_timers_without_any_tick(autojump_clock):
+    aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=1))
+    async with trio.open_nursery() as n:
+        n.start_soon(ctx.writer.run)
+        n.start_soon(ctx.executor.run)
+        n.start_soon(run_position_actor, ctx, aged_id)
+        await trio.sleep(11 * 3600)
+        n.cancel_scope.cancel()
+    assert statuses(written) == ["grace_active", "progressive_active"]
+    [grace, progressive] = [w for w in written if isinstance(w, ops.UpdateAged) and "status" in w.fields]
+    assert grace.fields["grace_started_at"] == T0 + timedelta(hours=3)
+    assert progressive.fields["progressive_started_at"] == T0 + timedelta(hours=11)
+
+
+async def test_an_actor_that_falls_behind_decides_on_the_freshest_tick(autojump_clock):
+    aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=5))  # grace: target 100.2
+    decisions = []
+    ctx.on_state = lambda new, old: decisions.append(new.last_price)
+    async with trio.open_nursery() as n:
+        n.start_soon(ctx.writer.run)
+        n.start_soon(ctx.executor.run)
+        n.start_soon(run_position_actor, ctx, aged_id)
+        await trio.sleep(1)
+        decisions.clear()
+        for i in range(1000):  # a burst the actor cannot keep up with: no checkpoint in between
+            feed.push(SYMBOL, bid=f"{99 + i / 1000:.3f}", ask="101")
+        await trio.sleep(1)
+        n.cancel_scope.cancel()
+    # The first tick went straight to the waiting reader; of the 999 after it only the
+    # newest is left when the actor looks again. Nothing queued up.
+    assert decisions == [D("99.000"), D("99.999")]
