@@ -32,6 +32,7 @@ from uuid import UUID
 
 import trio
 
+from actors.failpoints import failpoint
 from actors.position import CloseResult
 from actors.ratelimit import RateLimiter
 from actors.writer import StorageWriter
@@ -202,6 +203,7 @@ class Executor:
                         return self._failed(req, fills, attempt - 1, last_error)
                     await trio.sleep(self.retry_delays[failures - 1])
                     continue
+            failpoint("before_wal")
             await self.writer.write(op.RecordCloseOrder(
                 client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange,
                 symbol=req.symbol, side=order_side, order_type="limit_ioc" if limit_price else "market",
@@ -215,9 +217,11 @@ class Executor:
                 self.on_submit(req.exchange, latency)
             log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, order_side,
                      remaining, f" limit IOC {limit_price}" if limit_price else " market", attempt)
+            failpoint("after_wal")
             try:
                 result = await self._call(req.exchange, port.create_close_order, req.symbol, req.side, remaining,
                                           cid, limit_price=limit_price)
+                failpoint("after_send")
             except UnknownOutcomeError as exc:
                 last_error = self._note_error(req, exc, "send")
                 result = await self._lookup(req, port, cid)
@@ -252,6 +256,7 @@ class Executor:
                 result = None
             if result is not None:
                 self._record(req, fills, cid, attempt, result)
+                failpoint("after_record")
             else:
                 fills.max_attempt = max(fills.max_attempt, attempt)
             attempt += 1

@@ -361,7 +361,10 @@ class CcxtExchange:
             side=side,
             qty=abs(amount),
             entry_price=_dec(row.get("entryPrice")) or Decimal(0),
-            opened_at=None,  # Binance does not report when a position was opened
+            # Binance does not report when a position was opened. Its last update time
+            # is never earlier than the opening, so used as the open time it can make a
+            # position age later, never sooner. (The book keeps the first value seen.)
+            opened_at=_ms_to_dt(row.get("updateTime")),
         )
 
     async def fetch_quote(self, symbol: str) -> Quote:

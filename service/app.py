@@ -90,7 +90,8 @@ async def run_live(app: AppConfig, db, *, dry_run: bool, metrics_port: int | Non
              ", ".join(f"{e.name} ({e.rest_url or 'production'})" for e in app.exchanges))
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(exchanges_open(exchanges))
-        feeds = make_feeds(exchanges, {e.name: e.ws_url for e in app.exchanges})
+        feeds = make_feeds(exchanges, {e.name: e.ws_url for e in app.exchanges},
+                           FeedTimings(app.manager.stale_after, app.manager.rest_poll_interval))
         service = Service(db, exchanges, feeds, service_config(app), PolicyClock())
         from service.observability import install  # noqa: PLC0415 - optional layer
         install(service, port=app.metrics_port if metrics_port is None else metrics_port,

@@ -8,6 +8,8 @@
     max_age_hours = 3
     [manager]                           # optional; how the actors behave around the policy
     poll_interval_seconds = 30
+    stale_after_seconds = 10            # no tick for this long: poll the price over REST
+    rest_poll_seconds = 2
     sample_interval_seconds = 60
     error_cooldown_seconds = 300
     retry_delays_seconds = [1, 3, 5]
@@ -30,7 +32,6 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ class ManagerConfig:
     poll_interval: float = 30.0
     retry_delays: tuple[float, ...] = (1.0, 3.0, 5.0)
     settings: Settings = field(default_factory=Settings)
+    stale_after: float = 10.0
+    rest_poll_interval: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ def _seconds(table: dict, key: str, prefix: str, default: float) -> float:
 def _manager(table: dict) -> ManagerConfig:
     p = "manager."
     _no_unknown(table, {"poll_interval_seconds", "sample_interval_seconds", "error_cooldown_seconds",
-                        "retry_delays_seconds", "emergency_close_after_hours", "material_change_percent"}, p)
+                        "retry_delays_seconds", "emergency_close_after_hours", "material_change_percent",
+                        "stale_after_seconds", "rest_poll_seconds"}, p)
     delays = table.get("retry_delays_seconds", [1, 3, 5])
     if not isinstance(delays, list) or not delays:
         raise ConfigError(p + "retry_delays_seconds", f"must be a non-empty list of seconds, got {delays!r}")
@@ -130,7 +134,12 @@ def _manager(table: dict) -> ManagerConfig:
         error_cooldown=timedelta(seconds=_seconds(table, "error_cooldown_seconds", p, 300.0)),
         emergency_close_after_hours=emergency,
     )
-    return ManagerConfig(poll_interval=poll, retry_delays=retry, settings=settings)
+    stale = _seconds(table, "stale_after_seconds", p, 10.0)
+    rest_poll = _seconds(table, "rest_poll_seconds", p, 2.0)
+    if stale <= 0 or rest_poll <= 0:
+        raise ConfigError(p + ("stale_after_seconds" if stale <= 0 else "rest_poll_seconds"), "must be positive")
+    return ManagerConfig(poll_interval=poll, retry_delays=retry, settings=settings, stale_after=stale,
+                         rest_poll_interval=rest_poll)
 
 
 def _exchange(i: int, table: Any) -> ExchangeConfig:
@@ -194,6 +203,3 @@ def load_config(path: str | Path) -> AppConfig:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
     return parse_config(doc)
 
-
-def decimal_or_none(value) -> Decimal | None:
-    return None if value is None else Decimal(str(value))

@@ -228,7 +228,7 @@ async def test_fetch_positions(sim, ex):
     await set_position(sim, ex, BTC, "long", "0.5", "60000")
     await set_position(sim, ex, ETH, "short", "2", "3000.5")
     positions = sorted(await ex.fetch_positions(), key=lambda p: p.symbol)
-    opened = T0 if ex.name == "bybit" else None  # Binance has no position open time
+    opened = T0  # Bybit: createdTime; Binance: updateTime (the simulator has not changed the positions since)
     assert positions == [
         ExchangePosition(ex.name, BTC, "long", Decimal("0.5"), Decimal("60000"), opened),
         ExchangePosition(ex.name, ETH, "short", Decimal("2"), Decimal("3000.5"), opened),
