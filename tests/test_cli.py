@@ -158,3 +158,10 @@ async def test_dry_run_sends_nothing(aio_loop, db, database_url, tmp_path):
     assert row["status"] == "closed" and row["close_price"] == D("100.5")  # a simulated fill
     assert orders == [] and position is not None  # nothing reached the exchange
     assert "DRY RUN" in stderr
+
+
+def test_the_example_config_is_valid():
+    from service.config import load_config  # noqa: PLC0415
+    cfg = load_config(ROOT / "config.example.toml")
+    assert [e.name for e in cfg.exchanges] == ["bybit", "binanceusdm"]
+    assert cfg.policy.max_age_hours == D(3) and cfg.manager.retry_delays == (1.0, 3.0, 5.0)
