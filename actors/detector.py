@@ -83,6 +83,11 @@ class Detector:
                 continue
             await self._sync_exchange(name, positions)
         book = await self.ctx.db.open_positions()
+        open_ids = {row["id"] for row in book}
+        for position_id in [p for p in self._timers if p not in open_ids]:
+            self._timers.pop(position_id).cancel()  # closed: forget it
+            aged = self._aged_ids.pop(position_id, None)
+            self._last_sent.pop(aged, None)
         for row in book:
             if self._allowed(row["exchange"], row["symbol"]):
                 self._ensure_timer(row)

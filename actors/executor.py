@@ -152,6 +152,8 @@ class Executor:
                 result = CloseResult(req.clock(), "failed", filled_qty=fills.total, avg_price=fills.vwap,
                                      attempts=max(fills.max_attempt, req.next_attempt - 1),
                                      error=f"{type(exc).__name__}: {exc}")
+        if result.outcome in ("flat", "vanished"):
+            self._fills.pop(req.aged_id, None)  # finished: nothing left to reconcile
         if req.reply is not None:
             try:
                 req.reply.send_nowait(result)

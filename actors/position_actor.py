@@ -190,6 +190,8 @@ async def run_position_actor(ctx: ActorContext, aged_id: UUID) -> None:
     finally:
         if ctx.inboxes.get(aged_id) is inbox_send:
             del ctx.inboxes[aged_id]
+        if actor.done:
+            ctx.state_cache.pop(aged_id, None)
         if ticks is not None:
             feed.unsubscribe(state.symbol, ticks)
 
