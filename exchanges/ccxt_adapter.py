@@ -162,6 +162,8 @@ class CcxtExchange:
         self._fill_poll_interval = float(fill_poll_interval)
         self._swap_symbols: frozenset[str] | None = None
         self._markets_lock = trio.Lock()
+        self._last_reload: float | None = None
+        self.market_reload_interval = 30.0
 
     @classmethod
     def create(
@@ -223,9 +225,21 @@ class CcxtExchange:
                 hint = None
             raise classify(exc, during_order_create=during_create, exchange=self.name, retry_after=hint) from exc
 
-    async def _ensure_markets(self) -> None:
+    async def _ensure_markets(self, symbols: Sequence[str] | None = None) -> None:
+        """Load markets once; reload when asked about a symbol not listed yet.
+
+        Exchanges list new markets all the time, and a trading bot may open a position on
+        one after we loaded the list. A reload for an unknown symbol happens at most once
+        per ``market_reload_interval`` seconds.
+        """
         if self._swap_symbols is None:
             await self._load_markets(only_if_missing=True)
+            return
+        if symbols and any(s not in self._swap_symbols for s in symbols):
+            now = trio.current_time()
+            if self._last_reload is None or now - self._last_reload >= self.market_reload_interval:
+                self._last_reload = now
+                await self._load_markets(only_if_missing=False)
 
     def _market(self, symbol: str) -> dict:
         if self._swap_symbols is None or symbol not in self._swap_symbols:
@@ -276,7 +290,7 @@ class CcxtExchange:
         return self._swap_symbols or frozenset()
 
     async def fetch_positions(self, symbols: Sequence[str] | None = None) -> list[ExchangePosition]:
-        await self._ensure_markets()
+        await self._ensure_markets(symbols)
         wanted = set(symbols) if symbols is not None else None
         if wanted is not None and not wanted:
             return []
@@ -368,7 +382,7 @@ class CcxtExchange:
         )
 
     async def fetch_quote(self, symbol: str) -> Quote:
-        await self._ensure_markets()
+        await self._ensure_markets([symbol])
         market = self._market(symbol)
         with self._errors():
             if self.name == "bybit":
@@ -464,7 +478,7 @@ class CcxtExchange:
             raise NonRetryableError("a client order id is required", exchange=self.name)
         if limit_price is not None and (not isinstance(limit_price, Decimal) or not limit_price.is_finite() or limit_price <= 0):
             raise NonRetryableError(f"limit_price must be a positive Decimal, not {limit_price!r}", exchange=self.name)
-        await self._ensure_markets()
+        await self._ensure_markets([symbol])
         self._market(symbol)
         order_side = "sell" if position_side == "long" else "buy"
         amount = self._close_qty(symbol, qty)
@@ -526,7 +540,7 @@ class CcxtExchange:
         return best
 
     async def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> OrderResult | None:
-        await self._ensure_markets()
+        await self._ensure_markets([symbol])
         market = self._market(symbol)
         with self._errors():
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import signal
 import sys
 
 import trio
@@ -71,6 +72,9 @@ async def _migrate(db) -> int:
 
 
 def main(argv: list[str]) -> int:
+    # SIGTERM before the service is up (while starting) stops as cleanly as Ctrl+C;
+    # once it runs, the service handles both signals itself.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     args = _parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     command = args.command or "demo"

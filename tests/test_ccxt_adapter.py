@@ -223,6 +223,22 @@ async def test_load_markets(ex):
 
 
 @needs_sim
+async def test_a_market_listed_after_loading_is_found_and_closable(sim, ex):
+    await set_position(sim, ex, "NEWCOIN/USDT:USDT", "long", "10", "2.5")
+    await set_prices(sim, ex, "NEWCOIN/USDT:USDT", "2.6", "2.61", "2.6")
+    [p] = await ex.fetch_positions(["NEWCOIN/USDT:USDT"])
+    assert p.qty == Decimal(10)
+    assert (await ex.fetch_quote("NEWCOIN/USDT:USDT")).bid == Decimal("2.6")
+    result = await ex.create_close_order("NEWCOIN/USDT:USDT", "long", Decimal(10), "apm-new-1")
+    assert result.filled_qty == Decimal(10)
+    # an unknown symbol does not reload the market list on every call
+    calls_before = ex._last_reload
+    with pytest.raises(NonRetryableError):
+        await ex.fetch_quote("NOPE/USDT:USDT")
+    assert ex._last_reload == calls_before
+
+
+@needs_sim
 async def test_fetch_positions(sim, ex):
     assert await ex.fetch_positions() == []
     await set_position(sim, ex, BTC, "long", "0.5", "60000")

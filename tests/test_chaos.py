@@ -162,6 +162,7 @@ async def chaos_env(aio_loop, db, database_url, tmp_path):
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.timeout(1800)
 async def test_kill_minus_nine_around_closes(chaos_env):
     nursery, sim, db, database_url, tmp_path = chaos_env
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "1")))
@@ -198,7 +199,6 @@ async def test_kill_minus_nine_around_closes(chaos_env):
     {"http_5xx": 3},
     {"rate_limit_429": 3},
     {"drop_reply": 2},
-    {"partial_fill_ratio": "0.4"},
 ])
 async def test_each_simulator_fault(chaos_env, fault):
     nursery, sim, db, database_url, tmp_path = chaos_env
@@ -210,6 +210,26 @@ async def test_each_simulator_fault(chaos_env, fault):
     await wait_closed(db, sim.state, made)
     assert await stop(proc) == 0
     await check_invariants(db, sim.state, made)
+
+
+async def test_partial_fills_leave_the_remainder_until_flat(chaos_env):
+    nursery, sim, db, database_url, tmp_path = chaos_env
+    manager = Manager(write_config(tmp_path / "chaos.toml", sim.info()), database_url, tmp_path)
+    from simulator.admin import apply_faults  # noqa: PLC0415
+    apply_faults(sim.state, sim.hub, {"partial_fill_ratio": "0.5"})
+    made = await open_positions(sim.state, db, "P")
+    proc = await manager.start()
+    with trio.fail_after(60):  # every order fills half: the positions shrink but stay open
+        while not all(sum(D(o.record()["filled_qty"] or 0) for o in sim.state.orders if o.record()["symbol"] == s)
+                      >= q / 2 for _, s, q in made):
+            await trio.sleep(0.2)
+    rows = await db.fetch("SELECT status FROM monitoring.aged_positions")
+    assert all(r["status"] != "closed" for r in rows)  # not closed while the exchange shows a remainder
+    sim.state.faults.partial_fill_ratio = None  # the book deepens: the remainder fills
+    await wait_closed(db, sim.state, made)
+    assert await stop(proc) == 0
+    await check_invariants(db, sim.state, made)
+    assert all(len([o for o in sim.state.orders if o.record()["symbol"] == s]) >= 2 for _, s, _ in made)
 
 
 async def test_position_closed_externally_is_recorded_as_manual(chaos_env):
