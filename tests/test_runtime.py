@@ -303,3 +303,22 @@ async def test_database_down_then_up_loses_nothing(aio_loop, database_url, db):
     [wal] = await db.close_orders(row["id"])
     assert wal["state"] == "filled"
     assert [h["to_status"] for h in await db.history(row["id"])] == ["grace_active", "closed"]
+
+
+class CrashingFeed(MemoryFeed):
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        raise ConnectionError("exchange unreachable")
+
+
+async def test_root_gives_up_with_exit_code_1_when_a_child_keeps_crashing(mock_clock, mdb, caplog):
+    caplog.set_level("INFO")
+    svc = Service(mdb, {"bybit": MemoryExchange(name="bybit")}, {"bybit": CrashingFeed("bybit")},
+                  ServiceConfig(poll_interval=60), PolicyClock(T0))
+    with trio.fail_after(600):
+        code = await svc.run()
+    assert code == 1
+    critical = [r for r in caplog.records if r.levelname == "CRITICAL"]
+    assert critical and "feed:bybit" in critical[-1].getMessage()
+    assert "ConnectionError: exchange unreachable" in critical[-1].getMessage()
+    restarts = [r for r in caplog.records if "event=child_restarting" in r.getMessage()]
+    assert len(restarts) == svc.config.root_intensity
