@@ -93,6 +93,22 @@ class _Fills:
         return sum((q * p for q, p in self.orders.values() if q > 0 and p is not None), Decimal(0)) / total
 
 
+class _Backoff:
+    """The retry schedule of one close request."""
+
+    def __init__(self, delays: tuple[float, ...]):
+        self.delays = delays
+        self.failures = 0
+
+    async def pause(self) -> bool:
+        """Wait before the next try; False (without waiting) once every retry is used."""
+        self.failures += 1
+        if self.failures > len(self.delays):
+            return False
+        await trio.sleep(self.delays[self.failures - 1])
+        return True
+
+
 @dataclass
 class ExecutorStats:
     attempts: int = 0
@@ -175,7 +191,7 @@ class Executor:
             remaining = await self._position_qty(req, port)
             return self._result(req, fills, remaining, attempt - 1, outcome=None)
 
-        failures = 0
+        backoff = _Backoff(self.retry_delays)
         partial_rounds = 0
         last_error = None
         limit_fallback = False
@@ -183,11 +199,9 @@ class Executor:
             try:
                 remaining = await self._position_qty(req, port)
             except ExchangeError as exc:
-                failures += 1
                 last_error = self._note_error(req, exc, "verify")
-                if failures > len(self.retry_delays):
+                if not await backoff.pause():
                     return self._failed(req, fills, attempt - 1, last_error)
-                await trio.sleep(self.retry_delays[failures - 1])
                 continue
             if remaining == 0:
                 return self._result(req, fills, Decimal(0), attempt - 1, outcome=None)
@@ -199,11 +213,9 @@ class Executor:
                 try:
                     limit_price = await self._limit_price(req, port)
                 except ExchangeError as exc:
-                    failures += 1
                     last_error = self._note_error(req, exc, "quote")
-                    if failures > len(self.retry_delays):
+                    if not await backoff.pause():
                         return self._failed(req, fills, attempt - 1, last_error)
-                    await trio.sleep(self.retry_delays[failures - 1])
                     continue
             failpoint("before_wal")
             await self.writer.write(op.RecordCloseOrder(
@@ -231,19 +243,16 @@ class Executor:
                     self._wal(cid, state="not_found", error_message=str(exc)[:500])
             except InsufficientLiquidityError as exc:
                 last_error = self._note_error(req, exc, "send")
-                self._wal(cid, state="rejected", error_code=exc.code, error_message=str(exc)[:500])
+                self._rejected(cid, exc)
                 fills.max_attempt = max(fills.max_attempt, attempt)
                 attempt += 1
-                if limit_fallback:
-                    failures += 1
-                    if failures > len(self.retry_delays):
-                        return self._failed(req, fills, attempt - 1, last_error)
-                    await trio.sleep(self.retry_delays[failures - 1])
+                if limit_fallback and not await backoff.pause():  # the IOC found no liquidity either
+                    return self._failed(req, fills, attempt - 1, last_error)
                 limit_fallback = True
                 continue
             except NonRetryableError as exc:
                 last_error = self._note_error(req, exc, "send")
-                self._wal(cid, state="rejected", error_code=exc.code, error_message=str(exc)[:500])
+                self._rejected(cid, exc)
                 fills.max_attempt = max(fills.max_attempt, attempt)
                 try:
                     remaining = await self._position_qty(req, port)
@@ -254,7 +263,7 @@ class Executor:
                 return self._failed(req, fills, attempt, last_error, remaining)
             except RetryableError as exc:
                 last_error = self._note_error(req, exc, "send")
-                self._wal(cid, state="rejected", error_code=exc.code, error_message=str(exc)[:500])
+                self._rejected(cid, exc)
                 result = None
             if result is not None:
                 self._record(req, fills, cid, attempt, result)
@@ -267,10 +276,8 @@ class Executor:
                 limit_fallback = False
                 if partial_rounds <= self.max_partial_rounds:
                     continue  # verify again: flat, or close the remainder at once
-            failures += 1
-            if failures > len(self.retry_delays):
+            if not await backoff.pause():
                 return self._failed(req, fills, attempt - 1, last_error)
-            await trio.sleep(self.retry_delays[failures - 1])
 
     async def _position_qty(self, req: CloseRequest, port: ExchangePort) -> Decimal:
         positions = await self._call(req.exchange, port.fetch_positions, [req.symbol])
@@ -345,6 +352,9 @@ class Executor:
         self._wal(cid, state=state, exchange_order_id=result.exchange_order_id, filled_qty=result.filled_qty,
                   avg_price=result.avg_price)
         fills.record(cid, attempt, result.filled_qty, result.avg_price)
+
+    def _rejected(self, cid: str, exc: ExchangeError) -> None:
+        self._wal(cid, state="rejected", error_code=exc.code, error_message=str(exc)[:500])
 
     def _wal(self, cid: str, **fields) -> None:
         self.writer.submit(op.UpdateCloseOrder(cid, {k: v for k, v in fields.items() if v is not None}))

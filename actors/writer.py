@@ -59,6 +59,7 @@ class StorageWriter:
         self._flushed = trio.Event()
         self._flushed.set()
         self.max_buffer = max_buffer
+        self.shutdown_flush_timeout = 5.0
         self.max_batch = max_batch
         self.retry_initial = retry_initial
         self.retry_max = retry_max
@@ -125,8 +126,22 @@ class StorageWriter:
                       self.max_buffer, dropped, self.dropped_routine)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """The actor body: write until cancelled."""
+        """The actor body: write until cancelled, then flush what is queued (a few seconds at most)."""
         task_status.started()
+        try:
+            await self._write_forever()
+        finally:
+            if self._buffer and self.database_up:
+                with trio.move_on_after(self.shutdown_flush_timeout, shield=True):
+                    while self._buffer:
+                        batch = [self._buffer[i] for i in range(min(self.max_batch, len(self._buffer)))]
+                        await self._write_batch([item for item, _ in batch])
+                        self._commit(len(batch))
+            if self._buffer:
+                log.error("stopping with %d writes not written (the database is away); "
+                          "the next start reconciles from the exchange", len(self._buffer))
+
+    async def _write_forever(self) -> None:
         delay = self.retry_initial
         while True:
             if not self._buffer:

@@ -114,7 +114,8 @@ async def http_request(method: str, url: str, body: bytes = b"", *, headers: Seq
             await stream.send_all(out)
             return await _read_response(stream, conn)
         except (h11.ProtocolError, trio.BrokenResourceError) as exc:
-            raise HttpError(f"{type(exc).__name__}: {exc}") from exc
+            detail = str(exc) or str(exc.__cause__ or "")
+            raise HttpError(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__) from exc
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -286,7 +287,6 @@ class Sink:
             text = text.replace(secret, "***")
         return text
 
-
     async def _pace(self) -> None:
         if self.min_interval > 0 and self._last_sent is not None:
             await trio.sleep_until(self._last_sent + self.min_interval)
@@ -297,14 +297,12 @@ class Sink:
         while True:
             await self._pace()
             try:
-                outcome, retry_after = await self.deliver_once(event)
+                outcome, retry_after, reason = await self.deliver_once(event)
             except (OSError, HttpError, trio.TooSlowError, ssl.SSLError) as exc:
                 reason = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
                 if isinstance(exc, trio.TooSlowError):
                     reason = f"no answer within {self.timeout}s"
                 outcome, retry_after = "retry", None
-            else:
-                reason = outcome
             if outcome == "ok":
                 self.delivered += 1
                 return
@@ -322,8 +320,8 @@ class Sink:
             self.retries_made += 1
             await trio.sleep(delay)
 
-    async def deliver_once(self, event: LifecycleEvent) -> tuple[str, float | None]:
-        """One attempt: ``("ok" | "retry" | "permanent", retry_after_seconds_or_None)``.
+    async def deliver_once(self, event: LifecycleEvent) -> tuple[str, float | None, str]:
+        """One attempt: ``("ok" | "retry" | "permanent", retry_after_seconds_or_None, detail)``.
 
         May raise OSError / HttpError / trio.TooSlowError (all retried).
         """
@@ -388,15 +386,13 @@ class WebhookSink(Sink):
         url = os.environ.get(env, "").strip()
         return cls(url, **kw) if url else None
 
-    async def deliver_once(self, event: LifecycleEvent) -> tuple[str, float | None]:
+    async def deliver_once(self, event: LifecycleEvent) -> tuple[str, float | None, str]:
         body = json.dumps(alert_payload(event)).encode()
         status, headers, _ = await http_request(
             "POST", self.url, body, headers=[("Content-Type", "application/json"), *self.headers],
             timeout=self.timeout)
-        outcome = _classify(status, headers)
-        if outcome[0] == "permanent":
-            log.error("alert sink %s: the receiver refused the alert with HTTP %d (not retried)", self.name, status)
-        return outcome
+        outcome, retry_after = _classify(status, headers)
+        return outcome, retry_after, f"HTTP {status}" + (" (not retried)" if outcome == "permanent" else "")
 
 
 class TelegramSink(Sink):
@@ -447,25 +443,24 @@ class TelegramSink(Sink):
             msg["parse_mode"] = self.parse_mode
         return msg
 
-    async def deliver_once(self, event: LifecycleEvent) -> tuple[str, float | None]:
+    async def deliver_once(self, event: LifecycleEvent) -> tuple[str, float | None, str]:
         url = f"{self.api_base}/bot{self._token}/sendMessage"
         body = json.dumps(self.message(event)).encode()
         status, headers, payload = await http_request(
             "POST", url, body, headers=[("Content-Type", "application/json")], timeout=self.timeout)
         outcome, retry_after = _classify(status, headers)
+        try:
+            answer = json.loads(payload)
+        except ValueError:
+            answer = {}
         if status == 429:
             try:
-                retry_after = float(json.loads(payload)["parameters"]["retry_after"])
-            except (ValueError, KeyError, TypeError):
+                retry_after = float(answer["parameters"]["retry_after"])
+            except (KeyError, TypeError, ValueError):
                 pass
-        if outcome == "permanent":
-            try:
-                description = str(json.loads(payload).get("description", ""))[:200]
-            except (ValueError, AttributeError):
-                description = ""
-            log.error("alert sink telegram: the Bot API refused the message with HTTP %d %s", status,
-                      self._scrub(description))
-        return outcome, retry_after
+        description = str(answer.get("description", ""))[:200] if isinstance(answer, dict) else ""
+        detail = self._scrub(f"HTTP {status} {description}".strip())
+        return outcome, retry_after, detail + (" (not retried)" if outcome == "permanent" else "")
 
 
 # --- the router ------------------------------------------------------------------------------
@@ -523,17 +518,23 @@ class AlertRouter:
         return ChildSpec(child_id, self.run, Restart.PERMANENT, kind="alerts", critical=False)
 
 
-def alert_router_from_env(*, notify: Iterable[str] = (), webhook_env: str = "ALERT_WEBHOOK_URL",
-                          telegram: bool | None = None, **sink_options: Any) -> AlertRouter:
-    """The CLI's router: a LogSink always; a WebhookSink when ``$ALERT_WEBHOOK_URL`` is set;
-    a TelegramSink when ``$TELEGRAM_BOT_TOKEN`` and ``$TELEGRAM_CHAT_ID`` are set
-    (``telegram=True`` makes their absence an error, ``False`` turns it off)."""
+def alert_router_from_env(*, webhook_url_env: str | None = None, telegram: bool = False,
+                          notify: Iterable[str] = (), **sink_options: Any) -> AlertRouter:
+    """The CLI's router, from the ``[alerts]`` configuration.
+
+    A :class:`LogSink` always. A :class:`WebhookSink` posting to the URL held in the
+    environment variable named ``webhook_url_env`` (if one is named, it must be set).
+    A :class:`TelegramSink` when ``telegram`` is true (``$TELEGRAM_BOT_TOKEN`` and
+    ``$TELEGRAM_CHAT_ID`` must be set). A missing variable is a ``ValueError`` naming
+    it; values are never shown. ``sink_options`` go to the webhook/Telegram sinks.
+    """
     sinks: list[Sink] = [LogSink()]
-    webhook = WebhookSink.from_env(webhook_env, **sink_options)
-    if webhook is not None:
+    if webhook_url_env:
+        webhook = WebhookSink.from_env(webhook_url_env, **sink_options)
+        if webhook is None:
+            raise ValueError(f"webhook alerts need the environment variable {webhook_url_env} (the webhook URL)")
         sinks.append(webhook)
-    have_telegram = bool(os.environ.get("TELEGRAM_BOT_TOKEN")) and bool(os.environ.get("TELEGRAM_CHAT_ID"))
-    if telegram or (telegram is None and have_telegram):
+    if telegram:
         sinks.append(TelegramSink(**sink_options))
     for sink in sinks:
         log.info("alerts: sink %s enabled", sink.name)

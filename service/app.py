@@ -11,12 +11,15 @@ from typing import AsyncIterator, Callable, Mapping
 import trio
 
 from actors.clock import PolicyClock
+from actors.events import ESCALATION, LifecycleEvent
 from exchanges.ccxt_adapter import CcxtExchange
 from exchanges.clients import credentials_from_env
 from exchanges.dry_run import DryRunExchange
 from exchanges.port import ExchangePort
 from feeds.feed import Feed
+from service.alerts import alert_router_from_env
 from service.config import AppConfig, ExchangeConfig
+from service.http import Observability
 from service.runtime import Service, ServiceConfig
 
 log = logging.getLogger("service")
@@ -67,6 +70,27 @@ async def exchanges_open(exchanges: Mapping[str, ExchangePort]) -> AsyncIterator
                     log.warning("closing %s: %s", port.name, exc)
 
 
+def build_service(db, exchanges: Mapping[str, ExchangePort], feeds: Mapping[str, Feed], config: ServiceConfig,
+                  clock: PolicyClock, *, http_port: int | None, webhook_url_env: str | None = None,
+                  telegram: bool = False) -> tuple[Service, Observability]:
+    """The service with its metrics, HTTP endpoint (``http_port`` None: none; 0: any free port) and alerts."""
+    obs = Observability(http_port=http_port,
+                        alerts=alert_router_from_env(webhook_url_env=webhook_url_env, telegram=telegram))
+    service = Service(db, exchanges, feeds, config, clock, extra_children=obs.children())
+    obs.attach(service)
+    return service, obs
+
+
+async def run_observed(service: Service, obs: Observability, **kw) -> int:
+    """:func:`run_service`, then make sure a critical alert about giving up goes out."""
+    code = await run_service(service, **kw)
+    if code != 0:
+        service.bus.publish(LifecycleEvent(ESCALATION, service.clock.now(), critical=True,
+                                           data={"message": "restart intensity exceeded; the service stopped"}))
+    await obs.flush_alerts(5.0)
+    return code
+
+
 async def run_service(service: Service, *, before_run: Callable[[Service, trio.Nursery], None] | None = None) -> int:
     """Run ``service`` until SIGINT/SIGTERM (exit 0) or escalation at the root (exit 1)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -92,8 +116,7 @@ async def run_live(app: AppConfig, db, *, dry_run: bool, metrics_port: int | Non
         await stack.enter_async_context(exchanges_open(exchanges))
         feeds = make_feeds(exchanges, {e.name: e.ws_url for e in app.exchanges},
                            FeedTimings(app.manager.stale_after, app.manager.rest_poll_interval))
-        service = Service(db, exchanges, feeds, service_config(app), PolicyClock())
-        from service.observability import install  # noqa: PLC0415 - optional layer
-        install(service, port=app.metrics_port if metrics_port is None else metrics_port,
-                webhook_url_env=app.webhook_url_env, telegram=app.telegram)
-        return await run_service(service)
+        service, obs = build_service(db, exchanges, feeds, service_config(app), PolicyClock(),
+                                     http_port=(app.metrics_port if metrics_port is None else metrics_port) or None,
+                                     webhook_url_env=app.webhook_url_env, telegram=app.telegram)
+        return await run_observed(service, obs)

@@ -13,6 +13,7 @@ policy hours); ``--duration`` stops after that many real seconds and prints a su
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -23,8 +24,8 @@ from actors.clock import PolicyClock
 from actors.events import DETECTED
 from actors.position import Settings
 from exchanges.ccxt_adapter import CcxtExchange
-from service.app import FeedTimings, exchanges_open, make_feeds, run_service
-from service.runtime import Service, ServiceConfig
+from service.app import FeedTimings, build_service, exchanges_open, make_feeds, run_observed
+from service.runtime import ServiceConfig
 from simulator.server import serve_simulator
 from simulator.state import RejectRule, SimState
 
@@ -96,7 +97,7 @@ async def _script_prices(state: SimState, clock: PolicyClock, origin) -> None:
         await trio.sleep(0.5)
 
 
-async def run_demo(db, *, duration: float | None, speed: float) -> int:
+async def run_demo(db, *, duration: float | None, speed: float, metrics_port: int | None = 9108) -> int:
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(serve_simulator, "127.0.0.1", 0, 7)
         log.info("simulator at %s (admin %s)", handle.base_url, handle.admin_url)
@@ -126,7 +127,11 @@ async def run_demo(db, *, duration: float | None, speed: float) -> int:
             cfg = ServiceConfig(
                 poll_interval=2.0, retry_delays=(1.0, 2.0, 3.0),
                 settings=Settings(sample_interval=seconds(600), error_cooldown=seconds(1800)))
-            service = Service(db, exchanges, feeds, cfg, clock)
+            http_port = metrics_port or None  # 0 on the command line: no endpoint
+            if http_port and not _port_free(http_port):
+                log.warning("port %d is in use: the demo's metrics go to a free port instead", http_port)
+                http_port = 0
+            service, obs = build_service(db, exchanges, feeds, cfg, clock, http_port=http_port)
             crash_target = next(p for p in POSITIONS if p.symbol.startswith("DOGE"))
 
             def inject_crash(event):
@@ -134,20 +139,34 @@ async def run_demo(db, *, duration: float | None, speed: float) -> int:
                     service.ctx.crash_on_next_tick.add(event.aged_id)
                     log.warning("demo: the actor for %s will crash on its next tick (injected)", event.symbol)
             service.bus.subscribe(inject_crash)
-            from service.observability import install  # noqa: PLC0415
-            install(service, port=0)
 
             def stop_later(svc, n):
+                if obs.endpoint is not None:
+                    n.start_soon(_announce_metrics, obs)
                 if duration is not None:
                     async def stopper():
                         await trio.sleep(duration)
                         log.info("demo: %.0f s are up", duration)
                         svc.shutdown()
                     n.start_soon(stopper)
-            code = await run_service(service, before_run=stop_later)
+            code = await run_observed(service, obs, before_run=stop_later)
         nursery.cancel_scope.cancel()
     await print_summary(db, clock)
     return code
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+async def _announce_metrics(obs) -> None:
+    port = await obs.endpoint.wait_bound()
+    log.info("metrics at http://127.0.0.1:%d/metrics (also /health and /stats)", port)
 
 
 async def print_summary(db, clock: PolicyClock) -> None:

@@ -231,10 +231,16 @@ async def test_escalation_alerts_and_flush_delivers_after_the_tree_stopped():
     assert json.loads(rx.requests[0]["body"])["type"] == ESCALATION
 
 
-async def test_delivery_counters_are_exported(monkeypatch):
-    monkeypatch.setenv("ALERT_WEBHOOK_URL", "http://127.0.0.1:9/never")
+async def test_router_from_the_environment_and_its_exported_counters(monkeypatch):
+    monkeypatch.delenv("APM_TEST_HOOK", raising=False)
     monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
-    router = alert_router_from_env(max_queue=2)
+    assert [s.name for s in alert_router_from_env().sinks] == ["log"]
+    with pytest.raises(ValueError, match="APM_TEST_HOOK"):
+        alert_router_from_env(webhook_url_env="APM_TEST_HOOK")
+    with pytest.raises(ValueError, match="TELEGRAM_BOT_TOKEN"):
+        alert_router_from_env(telegram=True)
+    monkeypatch.setenv("APM_TEST_HOOK", "http://127.0.0.1:9/never")
+    router = alert_router_from_env(webhook_url_env="APM_TEST_HOOK", max_queue=2)
     assert [s.name for s in router.sinks] == ["log", "webhook:http://127.0.0.1:9"]
     metrics = Metrics()
     metrics.watch_alerts(router)

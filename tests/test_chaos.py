@@ -118,6 +118,7 @@ async def wait_closed(db: Database, state, positions, timeout=90) -> None:
 
 
 async def stop(proc: trio.Process) -> int:
+    """SIGTERM: a clean stop, exit code 0, whatever the process was doing."""
     proc.send_signal(signal.SIGTERM)
     with trio.fail_after(30):
         return await proc.wait()

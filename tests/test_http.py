@@ -14,12 +14,16 @@ from decimal import Decimal as D
 from types import SimpleNamespace
 
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
-from service.http import http_child, http_endpoint
+from exchanges.memory import MemoryExchange
+from service.alerts import AlertRouter, LogSink
+from service.http import Observability, http_child, http_endpoint, install
+from service.runtime import Service
 from service.metrics import Metrics
 from storage.repository import Database
 from supervisor import ChildSpec, Restart, Supervisor
-from tests.support import DatabaseProxy
+from tests.support import DatabaseProxy, MemoryFeed
 
 
 async def get(port: int, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -191,3 +195,28 @@ async def test_stats_is_503_when_the_database_is_away(aio_loop, database_url):
             with trio.move_on_after(5):
                 await pdb.close()
         n.cancel_scope.cancel()
+
+
+async def test_observability_started_beside_an_already_built_service(db):
+    service = Service(db, {"bybit": MemoryExchange(name="bybit")}, {"bybit": MemoryFeed("bybit")})
+    disabled = install(Service(db, {}, {}), port=0)  # the CLI's 0: no endpoint, metrics and alerts attached
+    assert disabled.endpoint is None and [c.id for c in disabled.children()] == ["metrics", "alerts"]
+    obs = Observability(http_port=0, alerts=AlertRouter([LogSink()]), refresh_interval=0.05)
+    async with trio.open_nursery() as n:
+        n.start_soon(service.run)
+        n.start_soon(obs.start_children, service)
+        port = await obs.endpoint.wait_bound()
+        status, body = await get_json(port, "/health")
+        assert status == 200
+        root = body["supervisors"]["root"]["children"]
+        assert {"storage-writer", "executor", "feed:bybit", "positions", "detector", "metrics", "http",
+                "alerts"} <= set(root)
+        assert root["http"]["critical"] is False and body["storage"]["database_up"] is True
+        status, stats = await get_json(port, "/stats?days=1")
+        assert status == 200 and stats["historical"]["total_processed"] == 0
+        status, _, text = await get(port, "/metrics")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+        assert samples[("aged_supervisor_children", (("state", "running"), ("supervisor", "root")))] == 8
+        assert samples[("aged_alerts_delivered_total", (("sink", "log"),))] == 0
+        service.shutdown()

@@ -130,3 +130,20 @@ async def test_an_actor_that_falls_behind_decides_on_the_freshest_tick(autojump_
     # The first tick went straight to the waiting reader; of the 999 after it only the
     # newest is left when the actor looks again. Nothing queued up.
     assert decisions == [D("99.000"), D("99.999")]
+
+
+async def test_a_stopped_writer_flushes_what_is_queued(autojump_clock):
+    written = []
+
+    async def slow_write(batch):
+        await trio.sleep(0.5)
+        written.extend(batch)
+
+    writer = StorageWriter(slow_write, max_batch=10)
+    async with trio.open_nursery() as n:
+        n.start_soon(writer.run)
+        await trio.sleep(0)
+        writer.submit(*[ops.AddEvent(uuid4(), "price_check") for _ in range(35)])
+        await trio.sleep(0.1)
+        n.cancel_scope.cancel()  # a graceful stop while a batch is being written
+    assert len(written) == 35 and writer.depth == 0
