@@ -20,6 +20,7 @@ first saw the position — which can only make it age later, never sooner.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from datetime import datetime
 from decimal import Decimal
 from typing import Awaitable, Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ import asyncpg
 import trio
 
 from actors import position as pos
-from actors.events import DETECTED, LifecycleEvent
+from actors.events import CLOSE_COMPLETED, DETECTED, LifecycleEvent
 from actors.policy import Phase, aged_at, assess, breakeven_price
 from actors.position_actor import ActorContext
 from exchanges.errors import ExchangeError
@@ -57,7 +58,8 @@ class Detector:
         self._aged_ids: dict[int, UUID] = {}
         self.polls = 0
         self.detections = 0
-        self.detection_lag: list[float] = []  # seconds from aging instant to actor started (policy clock)
+        self.detection_lag: deque[float] = deque(maxlen=10_000)  # aging instant → row created, policy seconds
+        self.on_detected: Callable[[float], None] = lambda lag_seconds: None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -127,7 +129,10 @@ class Detector:
             return  # our own close did it; the database may not have caught up yet
         if not self.ctx.tell(aged["id"], pos.PositionVanished(self.ctx.clock.now())):
             # No actor runs: record the manual close (a no-op if a close got there first).
-            self.ctx.writer.submit(op.CloseVanished(aged["id"], self.ctx.clock.now()))
+            now = self.ctx.clock.now()
+            self.ctx.writer.submit(op.CloseVanished(aged["id"], now))
+            self.ctx.bus.publish(LifecycleEvent(CLOSE_COMPLETED, now, aged["id"], row["exchange"], row["symbol"],
+                                                {"close_reason": "manual", "filled_qty": "0", "attempts": 0}))
 
     async def _update_actors(self, book: list[dict]) -> None:
         for row in book:
@@ -181,6 +186,7 @@ class Detector:
             self.detections += 1
             lag = (now - crossing).total_seconds()
             self.detection_lag.append(lag)
+            self.on_detected(lag)
             data = {"phase": a.phase.value, "status": status, "target": str(a.target_price),
                     "age_hours": str(a.age_hours.quantize(Decimal("0.001")))}
             self.ctx.writer.submit(op.AddEvent(aged["id"], DETECTED, target_price=a.target_price, metadata=data,

@@ -24,6 +24,7 @@ and its successor reconciles on start.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
@@ -115,7 +116,7 @@ class ExecutorStats:
     retries: int = 0
     lookups: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
-    submit_latencies: list[float] = field(default_factory=list)
+    submit_latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))  # the most recent
 
 
 class Executor:
@@ -145,6 +146,7 @@ class Executor:
         self._send, self._receive = trio.open_memory_channel(1000)
         self.stats = ExecutorStats()
         self.on_submit = on_submit or (lambda exchange, seconds: None)
+        self.on_attempt: Callable[[str, int], None] = lambda exchange, attempt: None
         self.on_error = on_error or (lambda exchange, code: None)
 
     def submit(self, request: CloseRequest) -> None:
@@ -225,6 +227,7 @@ class Executor:
             self.stats.attempts += 1
             if attempt > 1:
                 self.stats.retries += 1
+            self.on_attempt(req.exchange, attempt)
             if req.tick_received_at is not None and attempt == req.next_attempt:
                 latency = trio.current_time() - req.tick_received_at
                 self.stats.submit_latencies.append(latency)

@@ -187,7 +187,6 @@ class Metrics:
         self._triggered: dict[Any, float | None] = {}  # aged_id -> trio time of aged.close.triggered
         self._last: dict[tuple, int] = {}  # previous readings of the actors' cumulative counters
         self._quote_labels: dict[str, set[str]] = {}
-        self._lag_seen = 0
         self._attempt_hook = False
         self._failures: dict[str, float] = {}
         self._unsubscribe: Callable[[], None] | None = None
@@ -213,6 +212,8 @@ class Metrics:
             _chain(service.executor, "on_attempt", self._guard("attempt", self._on_attempt))
             self._attempt_hook = True
         _chain(service.writer, "on_depth", self._guard("depth", self._on_depth))
+        _chain(service.detector, "on_detected",
+               self._guard("detected", lambda lag: self.detection_lag.observe(max(0.0, float(lag)))))
         for sup in (service.root, service.positions):
             _chain(sup, "on_restart", self._guard("restart", self._on_restart))
         self.refresh()
@@ -351,7 +352,7 @@ class Metrics:
             return
         for kind, step in (("recount", self._recount), ("feeds", self._refresh_feeds),
                            ("executor", self._refresh_executor), ("storage", self._refresh_storage),
-                           ("detector", self._refresh_detector), ("supervisors", self._refresh_supervisors)):
+                           ("supervisors", self._refresh_supervisors)):
             try:
                 step()
             except Exception:  # noqa: BLE001 - one broken part must not hide the others
@@ -429,16 +430,6 @@ class Metrics:
         self.database_up.set(1 if writer.database_up else 0)
         self._delta(self.dropped_routine, ("dropped_routine",), writer.dropped_routine)
         self._delta(self.rejected_writes, ("rejected",), getattr(writer, "rejected", 0))
-
-    def _refresh_detector(self) -> None:
-        lags = getattr(self.service.detector, "detection_lag", None)
-        if lags is None:
-            return
-        if len(lags) < self._lag_seen:
-            self._lag_seen = 0
-        for lag in lags[self._lag_seen:]:
-            self.detection_lag.observe(max(0.0, float(lag)))
-        self._lag_seen = len(lags)
 
     def _refresh_supervisors(self) -> None:
         for name, sup in (("root", self.service.root), ("positions", self.service.positions)):
