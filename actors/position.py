@@ -27,8 +27,8 @@ from typing import Any, Union
 from uuid import UUID
 
 from actors.policy import (
-    Assessment, CloseReason, Phase, PolicyConfig, assess, close_reason, executable_price, next_phase_change,
-    realised_pnl, should_close,
+    Assessment, CloseReason, Phase, PolicyConfig, aged_at, assess, close_reason, executable_price,
+    next_phase_change, realised_pnl, should_close,
 )
 
 ACTIVE = frozenset({"detected", "grace_active", "progressive_active"})
@@ -211,7 +211,6 @@ def _transition(s: PositionState, new_status: str, out: list, **fields) -> Posit
 
 
 def _phase_boundaries(s: PositionState) -> tuple[datetime, datetime]:
-    from actors.policy import aged_at  # noqa: PLC0415 - local to keep the import list short
     start = aged_at(s.opened_at, s.config)
     return start, start + timedelta(microseconds=int(s.config.grace_period_hours * 3_600_000_000))
 

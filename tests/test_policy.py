@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from actors.policy import (
-    Assessment, CloseReason, ConfigError, Phase, PolicyConfig, aged_at, assess, close_reason,
+    CloseReason, ConfigError, Phase, PolicyConfig, aged_at, assess, close_reason,
     executable_price, next_phase_change, realised_pnl, should_close,
 )
 

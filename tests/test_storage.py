@@ -14,7 +14,6 @@ import storage
 from storage import ops
 from storage.embedded import EmbeddedPostgres
 from storage.migrate import available_migrations
-from storage.repository import Database
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
