@@ -55,10 +55,12 @@ class Manager:
         self.runs += 1
         env = {**os.environ, "DATABASE_URL": self.database_url, "CHAOS_KEY": "sim-key",
                "CHAOS_SECRET": "sim-secret", "APM_FAILPOINTS": failpoints}
-        log = open(self.log_dir / f"manager-{self.runs:03d}.log", "wb")
-        return await trio.lowlevel.open_process(
+        log_path = self.log_dir / f"manager-{self.runs:03d}.log"
+        proc = await trio.lowlevel.open_process(
             [sys.executable, "run.py", "live", "--config", str(self.config)], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=log)
+            stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
+        proc.log_path = log_path
+        return proc
 
 
 def write_config(path: Path, info: dict, retry=(0.2, 0.5, 1.0)) -> Path:
@@ -118,7 +120,14 @@ async def wait_closed(db: Database, state, positions, timeout=90) -> None:
 
 
 async def stop(proc: trio.Process) -> int:
-    """SIGTERM: a clean stop, exit code 0, whatever the process was doing."""
+    """SIGTERM once the manager is up: a clean stop, exit code 0.
+
+    (A SIGTERM in the first milliseconds, before the interpreter runs any of our code,
+    ends the process the default way, -15: nothing to clean up then.)
+    """
+    with trio.fail_after(30):
+        while b"supervisor=root event=started" not in proc.log_path.read_bytes():
+            await trio.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     with trio.fail_after(30):
         return await proc.wait()
