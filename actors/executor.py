@@ -139,6 +139,9 @@ class Executor:
         self.slippage = liquidity_slippage_percent / 100
         self.max_partial_rounds = max_partial_rounds
         self.lookup_retries = lookup_retries
+        # How long a close may wait on the database (a write-ahead row, a read) before it
+        # goes on without it: the database is the memory, not the heartbeat.
+        self.db_timeout = 2.0
         self.limiters = {name: RateLimiter(requests_per_second, burst=max(1, int(requests_per_second)))
                          for name in self.exchanges}
         self._locks: dict[tuple[str, str], trio.Lock] = {}
@@ -223,7 +226,7 @@ class Executor:
             await self.writer.write(op.RecordCloseOrder(
                 client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange,
                 symbol=req.symbol, side=order_side, order_type="limit_ioc" if limit_price else "market",
-                requested_qty=remaining, limit_price=limit_price))
+                requested_qty=remaining, limit_price=limit_price), timeout=self.db_timeout)
             self.stats.attempts += 1
             if attempt > 1:
                 self.stats.retries += 1
@@ -310,11 +313,13 @@ class Executor:
 
     async def _reconcile(self, req: CloseRequest, port: ExchangePort) -> _Fills:
         fills = self._fills.setdefault(req.aged_id, _Fills())
+        rows = []
         try:
-            rows = await self.load_orders(req.aged_id)
-        except Exception as exc:  # noqa: BLE001 - database away: rely on memory and the exchange
-            log.warning("cannot read the write-ahead table (%s); reconciling from memory and the exchange", exc)
-            rows = []
+            with trio.fail_after(self.db_timeout):
+                rows = await self.load_orders(req.aged_id)
+        except Exception as exc:  # noqa: BLE001 - database away or slow: rely on memory and the exchange
+            log.warning("cannot read the write-ahead table (%s: %s); reconciling from memory and the exchange",
+                        type(exc).__name__, exc)
         for row in rows:
             if row["state"] in FINAL_STATES and row["client_order_id"] not in fills.orders:
                 fills.record(row["client_order_id"], row["attempt"], row["filled_qty"], row["avg_price"])
