@@ -45,7 +45,7 @@ DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceEr
 
 class Detector:
     def __init__(self, ctx: ActorContext, exchanges: Mapping[str, ExchangePort],
-                 start_actor: Callable[[UUID], Awaitable[None]], is_running: Callable[[UUID], bool], *,
+                 start_actor: Callable[..., Awaitable[None]], is_running: Callable[[UUID], bool], *,
                  poll_interval: float = 30.0, symbols: Mapping[str, Sequence[str] | None] | None = None):
         self.ctx = ctx
         self.exchanges = dict(exchanges)
@@ -166,7 +166,8 @@ class Detector:
                     await trio.sleep(0.001)
                 existing = await self._create_aged(row, crossing)
             self._remember(row["id"], existing["id"])
-            if existing["status"] != "closed" and not self.is_running(existing["id"]):
+            if (existing["status"] != "closed" and not self.is_running(existing["id"])
+                    and existing["id"] not in self.ctx.finished):
                 await self.start_actor(existing["id"])
         # the timer has done its job; keep the id so it is not scheduled again
 
@@ -197,9 +198,25 @@ class Detector:
         return aged
 
     async def ensure_actors(self) -> None:
-        """Start an actor for every active aged position that has none."""
-        for aged in await self.ctx.db.fetch(
-                "SELECT id, position_id FROM monitoring.aged_positions WHERE status <> 'closed'"):
-            self._remember(aged["position_id"], aged["id"])
-            if not self.is_running(aged["id"]):
-                await self.start_actor(aged["id"])
+        """Start an actor for every aged position not closed that has none.
+
+        Their rows and in-flight orders are read in two queries for all of them, so a
+        restart with a thousand positions does not cost two thousand round trips.
+        """
+        await self.ctx.writer.wait_flushed()
+        rows = await self.ctx.db.fetch("SELECT * FROM monitoring.aged_positions WHERE status <> 'closed'")
+        open_ids = {r["id"] for r in rows}
+        # An actor that finished while the query ran may look unfinished in its result.
+        self.ctx.finished &= open_ids
+        missing = [r for r in rows if not self.is_running(r["id"]) and r["id"] not in self.ctx.finished]
+        for r in rows:
+            self._remember(r["position_id"], r["id"])
+        if not missing:
+            return
+        inflight = {r["aged_position_id"] for r in await self.ctx.db.fetch(
+            "SELECT DISTINCT aged_position_id FROM monitoring.close_orders "
+            "WHERE state IN ('pending','unknown','open') AND aged_position_id = ANY($1::uuid[])",
+            [r["id"] for r in missing])}
+        for r in missing:
+            if not self.is_running(r["id"]) and r["id"] not in self.ctx.finished:
+                await self.start_actor(r["id"], preload=(r, r["id"] in inflight))

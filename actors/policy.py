@@ -22,6 +22,7 @@ from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any, Mapping
 
 __all__ = [
+    "Schedule",
     "ConfigError",
     "PolicyConfig",
     "Phase",
@@ -192,35 +193,55 @@ def assess(side: str, entry_price: Decimal, opened_at: datetime, now: datetime, 
     >>> from datetime import datetime, timezone, timedelta
     >>> t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     >>> a = assess("long", Decimal(100), t0, t0 + timedelta(hours=12), PolicyConfig())
-    >>> a.phase.value, a.loss_tolerance_percent, a.target_price
-    ('progressive', Decimal('0.5'), Decimal('99.5'))
+    >>> a.phase.value, a.loss_tolerance_percent == Decimal("0.5"), a.target_price
+    ('progressive', True, Decimal('99.5'))
+
+    To assess one position over and over (once per tick), build its :class:`Schedule`
+    once and call :meth:`Schedule.assess`: the same answers without re-checking the
+    arguments each time.
     """
-    side = normalize_side(side)
-    if not isinstance(entry_price, Decimal) or not entry_price.is_finite() or entry_price <= 0:
-        raise ValueError(f"entry_price must be a positive Decimal, got {entry_price!r}")
-    _check_time("opened_at", opened_at)
     _check_time("now", now)
+    return Schedule.of(side, entry_price, opened_at, config).assess(now)
 
-    age = _hours(now - opened_at)
-    over = age - config.max_age_hours
-    breakeven = breakeven_price(side, entry_price, config)
 
-    if over <= 0:
-        return Assessment(Phase.NOT_AGED, age, over, Decimal(0), None, breakeven)
-    if over <= config.grace_period_hours:
-        return Assessment(Phase.GRACE, age, over, Decimal(0), breakeven, breakeven)
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """One position's policy, checked once: ``Schedule.of(...).assess(now)``."""
 
-    with localcontext() as ctx:
-        ctx.prec = _PRECISION
-        p = over - config.grace_period_hours
-        step = config.loss_step_percent
-        accelerated = max(Decimal(0), p - config.acceleration_after_hours)
-        raw = (step * p + step * (config.acceleration_factor - 1) * accelerated).quantize(_TOLERANCE_QUANTUM)
-        tolerance = min(config.max_loss_percent, raw)
-        at_cap = raw >= config.max_loss_percent
-        factor = tolerance / 100
-        target = entry_price * (1 - factor) if side == "long" else entry_price * (1 + factor)
-    return Assessment(Phase.PROGRESSIVE, age, over, tolerance, target, breakeven, at_cap)
+    long: bool
+    entry_price: Decimal
+    opened_at: datetime
+    config: PolicyConfig
+    breakeven: Decimal
+
+    @classmethod
+    def of(cls, side: str, entry_price: Decimal, opened_at: datetime, config: PolicyConfig) -> "Schedule":
+        long = normalize_side(side) == "long"
+        if not isinstance(entry_price, Decimal) or not entry_price.is_finite() or entry_price <= 0:
+            raise ValueError(f"entry_price must be a positive Decimal, got {entry_price!r}")
+        _check_time("opened_at", opened_at)
+        return cls(long, entry_price, opened_at, config,
+                   breakeven_price("long" if long else "short", entry_price, config))
+
+    def assess(self, now: datetime) -> Assessment:
+        config = self.config
+        age = _hours(now - self.opened_at)
+        over = age - config.max_age_hours
+        if over <= 0:
+            return Assessment(Phase.NOT_AGED, age, over, Decimal(0), None, self.breakeven)
+        if over <= config.grace_period_hours:
+            return Assessment(Phase.GRACE, age, over, Decimal(0), self.breakeven, self.breakeven)
+        with localcontext() as ctx:
+            ctx.prec = _PRECISION
+            p = over - config.grace_period_hours
+            step = config.loss_step_percent
+            accelerated = max(Decimal(0), p - config.acceleration_after_hours)
+            raw = (step * p + step * (config.acceleration_factor - 1) * accelerated).quantize(_TOLERANCE_QUANTUM)
+            tolerance = min(config.max_loss_percent, raw)
+            factor = tolerance / 100
+            target = self.entry_price * (1 - factor) if self.long else self.entry_price * (1 + factor)
+        return Assessment(Phase.PROGRESSIVE, age, over, tolerance, target, self.breakeven,
+                          raw >= config.max_loss_percent)
 
 
 def _usable(price: Decimal | None) -> Decimal | None:

@@ -27,7 +27,7 @@ from typing import Any, Union
 from uuid import UUID
 
 from actors.policy import (
-    Assessment, CloseReason, Phase, PolicyConfig, aged_at, assess, close_reason, executable_price,
+    Assessment, CloseReason, Phase, PolicyConfig, Schedule, aged_at, close_reason, executable_price,
     next_phase_change, realised_pnl, should_close,
 )
 
@@ -82,8 +82,12 @@ class PositionState:
     error_until: datetime | None = None
     last_sample_at: datetime | None = None
     last_sample_distance: Decimal | None = None
-    last_price: Decimal | None = None
+    last_price: Decimal | None = None  # the last sampled executable price
     needs_reconcile: bool = False  # a close may have been in flight when we (re)started
+    schedule: Schedule = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedule", Schedule.of(self.side, self.entry_price, self.opened_at, self.config))
 
 
 # --- events -------------------------------------------------------------------------------
@@ -189,7 +193,7 @@ Command = Union[Persist, RequestClose, Emit, ScheduleTimer, Stop]
 # --- the machine --------------------------------------------------------------------------
 
 def _assess(s: PositionState, now: datetime) -> Assessment:
-    return assess(s.side, s.entry_price, s.opened_at, now, s.config)
+    return s.schedule.assess(now)
 
 
 def _hours_fields(s: PositionState, a: Assessment) -> dict[str, Any]:
@@ -269,31 +273,34 @@ def _maybe_close(s: PositionState, now: datetime, a: Assessment, price: Decimal 
                           "bid": None if bid is None else str(bid), "ask": None if ask is None else str(ask),
                           "emergency": emergency}))
     out.append(RequestClose(s.quantity, s.close_attempts + 1, emergency=emergency))
-    return replace(s, close_in_flight=True, close_triggered_at=now)
+    return replace(s, close_in_flight=True, close_triggered_at=now, last_price=price)
 
 
 def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
-    s, a = _sync_phase(s, e.now, out)
+    # The hot path: most ticks change nothing and return the same state object.
+    if s.status not in ACTIVE and s.status != "error":
+        return s  # skipped: a trailing stop manages it
+    a = _assess(s, e.now)
+    if s.status in ACTIVE and PHASE_STATUS[a.phase] != s.status:
+        s, a = _sync_phase(s, e.now, out)  # a phase boundary passed between timer and tick
     price = executable_price(s.side, e.bid, e.ask, e.last)
     if price is None:
         return s
-    s = replace(s, last_price=price)
     if s.status == "error" and s.error_until is not None and e.now >= s.error_until:
         s = _leave_error(s, e.now, out)
         a = _assess(s, e.now)
-    if a.target_price is not None and s.status in ACTIVE | {"error"}:
+    if a.target_price is not None:
         distance = _distance_percent(s.side, price, a.target_price)
-        due = s.last_sample_at is None or e.now - s.last_sample_at >= s.settings.sample_interval
-        moved = (s.last_sample_distance is None
-                 or abs(distance - s.last_sample_distance) >= s.settings.material_change_percent)
-        if due or moved:
+        due = (s.last_sample_distance is None or s.last_sample_at is None
+               or e.now - s.last_sample_at >= s.settings.sample_interval)
+        if due or abs(distance - s.last_sample_distance) >= s.settings.material_change_percent:
             out.append(Persist({"last_checked_price": price, "last_price_check": e.now,
                                 "target_price": a.target_price,
                                 "current_loss_tolerance_percent": a.loss_tolerance_percent,
                                 **_hours_fields(s, a)}))
             out.append(Emit("price_check", market_price=price, target_price=a.target_price,
                             distance_percent=distance))
-            s = replace(s, last_sample_at=e.now, last_sample_distance=distance)
+            s = replace(s, last_sample_at=e.now, last_sample_distance=distance, last_price=price)
     return _maybe_close(s, e.now, a, price, e.bid, e.ask, e.last, out)
 
 

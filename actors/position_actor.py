@@ -10,6 +10,7 @@ tick (the tick channel holds only the newest one).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Mapping, Protocol
@@ -54,6 +55,8 @@ class ActorContext:
     inboxes: dict[UUID, trio.MemorySendChannel] = field(default_factory=dict)
     state_cache: dict[UUID, pos.PositionState] = field(default_factory=dict)
     crash_on_next_tick: set[UUID] = field(default_factory=set)
+    # Aged positions whose actor finished (closed) and whose close the database may not show yet.
+    finished: set[UUID] = field(default_factory=set)
     on_state: Callable[[pos.PositionState, pos.PositionState | None], None] | None = None
 
     def tell(self, aged_id: UUID, event) -> bool:
@@ -93,7 +96,7 @@ class PositionActor:
         self.state = state
         self.done = False
         self._timers: dict[str, datetime] = {}
-        self._timer_changed = trio.Event()
+        self._wait_scope: trio.CancelScope | None = None  # the inbox wait, woken at the next timer
         self._tick_received_at: float | None = None
 
     def handle(self, event: pos.Event) -> None:
@@ -127,27 +130,35 @@ class PositionActor:
                 log.log(logging.CRITICAL if c.critical else logging.INFO, "%s %s %s %s %s", c.event_type,
                         s.exchange, s.symbol, s.side, _describe(c))
         elif isinstance(c, pos.ScheduleTimer):
-            current = self._timers.get(c.kind)
-            if current != c.at:
-                self._timers[c.kind] = c.at
-                self._timer_changed.set()
+            self._timers[c.kind] = c.at
+            if self._wait_scope is not None:
+                self._wait_scope.deadline = self.next_deadline()
         elif isinstance(c, pos.Stop):
             self.done = True
 
-    async def run_timers(self) -> None:
-        while True:
-            if not self._timers:
-                await self._timer_changed.wait()
-                self._timer_changed = trio.Event()
-                continue
-            kind, when = min(self._timers.items(), key=lambda kv: kv[1])
-            with trio.move_on_at(self.ctx.clock.trio_time(when)):
-                await self._timer_changed.wait()
-                self._timer_changed = trio.Event()
-                continue
-            if self._timers.get(kind) == when:
+    def next_deadline(self) -> float:
+        """The trio time of the earliest timer (inf without one)."""
+        if not self._timers:
+            return math.inf
+        return self.ctx.clock.trio_time(min(self._timers.values()))
+
+    def fire_due_timers(self) -> None:
+        now = trio.current_time()
+        for kind, when in sorted(self._timers.items(), key=lambda kv: kv[1]):
+            if self.ctx.clock.trio_time(when) <= now and self._timers.get(kind) == when:
                 del self._timers[kind]
                 self.handle(pos.Timer(self.ctx.clock.now(), kind))
+
+    async def next_message(self, inbox: trio.MemoryReceiveChannel):
+        """The next inbox message; None when a timer is due first (it has been handled)."""
+        with trio.CancelScope(deadline=self.next_deadline()) as scope:
+            self._wait_scope = scope
+            try:
+                return await inbox.receive()
+            finally:
+                self._wait_scope = None
+        self.fire_due_timers()
+        return None
 
 
 def _describe(c: pos.Emit) -> str:
@@ -164,9 +175,17 @@ def _describe(c: pos.Emit) -> str:
     return " ".join(parts)
 
 
-async def run_position_actor(ctx: ActorContext, aged_id: UUID) -> None:
-    """The child body the positions supervisor runs (restart type: transient)."""
-    state = await load_state(ctx, aged_id)
+async def run_position_actor(ctx: ActorContext, aged_id: UUID, preload: list | None = None) -> None:
+    """The child body the positions supervisor runs (restart type: transient).
+
+    ``preload`` is a one-shot list holding ``(row, has_inflight_orders)`` read for many
+    actors in one query; the first run uses it, a restart reads the database again.
+    """
+    if preload:
+        row, inflight = preload.pop()
+        state = pos.state_from_row(row, ctx.config, ctx.settings, inflight_orders=inflight)
+    else:
+        state = await load_state(ctx, aged_id)
     if state.status == "closed":
         return
     inbox_send, inbox = trio.open_memory_channel(64)
@@ -179,19 +198,19 @@ async def run_position_actor(ctx: ActorContext, aged_id: UUID) -> None:
         if actor.done:
             return
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(actor.run_timers)
             if ticks is not None:
                 nursery.start_soon(_read_ticks, ctx, actor, ticks, nursery.cancel_scope)
-            async for message in inbox:
-                actor.handle(message)
-                if actor.done:
-                    nursery.cancel_scope.cancel()
-                    break
+            while not actor.done:
+                message = await actor.next_message(inbox)
+                if message is not None:
+                    actor.handle(message)
+            nursery.cancel_scope.cancel()
     finally:
         if ctx.inboxes.get(aged_id) is inbox_send:
             del ctx.inboxes[aged_id]
         if actor.done:
             ctx.state_cache.pop(aged_id, None)
+            ctx.finished.add(aged_id)
         if ticks is not None:
             feed.unsubscribe(state.symbol, ticks)
 

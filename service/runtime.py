@@ -73,7 +73,7 @@ class Service:
         self.ctx = ActorContext(db=db, writer=self.writer, executor=self.executor, bus=self.bus, clock=self.clock,
                                 config=self.config.policy, settings=self.config.settings, feeds=self.feeds)
         self.positions = Supervisor("positions", intensity=self.config.positions_intensity,
-                                    period=self.config.positions_period, backoff_initial=0.05, backoff_max=5.0)
+                                    period=self.config.positions_period, backoff_initial=0.01, backoff_max=5.0)
         self.detector = Detector(self.ctx, self.exchanges, self.start_actor, self.is_watching,
                                  poll_interval=self.config.poll_interval, symbols=self.config.symbols)
         children = [
@@ -94,13 +94,14 @@ class Service:
     def is_watching(self, aged_id: UUID) -> bool:
         return self.positions.has_child(self.child_id(aged_id))
 
-    async def start_actor(self, aged_id: UUID) -> None:
+    async def start_actor(self, aged_id: UUID, preload: tuple[dict, bool] | None = None) -> None:
         while not self.positions.running:
             await trio.sleep(0.005)
         if self.is_watching(aged_id):
             return
         await self.positions.start_child(ChildSpec(
-            self.child_id(aged_id), functools.partial(run_position_actor, self.ctx, aged_id),
+            self.child_id(aged_id),
+            functools.partial(run_position_actor, self.ctx, aged_id, [preload] if preload else None),
             Restart.TRANSIENT, kind="position"))
 
     async def _run_positions(self) -> None:

@@ -63,7 +63,7 @@ class Database:
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 8,
-                      command_timeout: float | None = 10.0, connect_timeout: float = 10.0) -> "Database":
+                      command_timeout: float | None = 10.0, connect_timeout: float | None = 10.0) -> "Database":
         pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
             url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=command_timeout,
             timeout=connect_timeout)

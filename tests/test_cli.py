@@ -70,7 +70,7 @@ def test_live_with_a_bad_config_file_exits_non_zero_naming_the_key(tmp_path):
     assert out.returncode == 2 and "not valid TOML" in out.stderr
 
 
-def test_migrate_status_and_stats(database_url):
+async def test_migrate_status_and_stats(db, database_url):  # db: empty tables
     env = {"DATABASE_URL": database_url}
     out = run_py("migrate", env=env)
     assert out.returncode == 0 and "up to date" in out.stdout

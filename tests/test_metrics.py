@@ -49,7 +49,7 @@ def mock_clock():
 
 @pytest.fixture
 async def mdb(aio_loop, database_url):
-    database = await Database.connect(database_url, max_size=4, command_timeout=None, connect_timeout=10**7)
+    database = await Database.connect(database_url, max_size=4, command_timeout=None, connect_timeout=None)
     await database.execute(f"TRUNCATE {MONITORING_TABLES} RESTART IDENTITY CASCADE")
     try:
         yield database

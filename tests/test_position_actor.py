@@ -15,6 +15,7 @@ import trio
 from actors.clock import PolicyClock
 from actors.events import EventBus
 from actors.executor import Executor
+from actors import position
 from actors.policy import PolicyConfig
 from actors.position import Settings
 from actors.position_actor import ActorContext, run_position_actor
@@ -113,10 +114,16 @@ async def test_phase_changes_come_from_timers_without_any_tick(autojump_clock):
     assert progressive.fields["progressive_started_at"] == T0 + timedelta(hours=11)
 
 
-async def test_an_actor_that_falls_behind_decides_on_the_freshest_tick(autojump_clock):
+async def test_an_actor_that_falls_behind_decides_on_the_freshest_tick(autojump_clock, monkeypatch):
     aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=5))  # grace: target 100.2
     decisions = []
-    ctx.on_state = lambda new, old: decisions.append(new.last_price)
+    real_step = position.step
+
+    def recording_step(state, event):
+        if isinstance(event, position.Tick):
+            decisions.append(event.bid)
+        return real_step(state, event)
+    monkeypatch.setattr(position, "step", recording_step)
     async with trio.open_nursery() as n:
         n.start_soon(ctx.writer.run)
         n.start_soon(ctx.executor.run)

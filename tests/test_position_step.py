@@ -267,3 +267,22 @@ class PositionMachine(RuleBasedStateMachine):
 
 TestPositionMachine = PositionMachine.TestCase
 TestPositionMachine.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+def test_a_state_loaded_from_the_database_samples_on_its_first_tick():
+    row = {"id": uuid4(), "position_id": 1, "exchange": "bybit", "symbol": "BTC/USDT:USDT", "side": "long",
+           "entry_price": D(100), "quantity": D(1), "position_opened_at": T0, "status": "grace_active",
+           "closed_qty": D(0), "close_attempts": 0, "close_triggered_at": None, "last_price_check": h(6),
+           "last_checked_price": D(99)}
+    s = state_from_row(row, PolicyConfig(), Settings(), inflight_orders=False)
+    s, _ = step(s, Start(h(6.001)))
+    s, cmds = step(s, Tick(h(6.002), bid=D("99.5")))
+    assert [e.event_type for e in of(Emit, cmds)] == ["price_check"]
+
+
+def test_ordinary_ticks_leave_the_state_object_untouched():
+    s, _ = step(new_state(), Start(h(5)))
+    s, _ = step(s, Tick(h(5), bid=D(99)))
+    for i in range(1, 50):
+        s2, cmds = step(s, Tick(h(5) + timedelta(seconds=i), bid=D(99)))
+        assert s2 is s and cmds == []

@@ -35,7 +35,7 @@ def mock_clock():
 @pytest.fixture
 async def mdb(aio_loop, database_url):
     """The test database, emptied, without asyncpg's command timeout (see the module rules)."""
-    database = await Database.connect(database_url, max_size=4, command_timeout=None, connect_timeout=10**7)
+    database = await Database.connect(database_url, max_size=4, command_timeout=None, connect_timeout=None)
     await database.execute(f"TRUNCATE {MONITORING_TABLES} RESTART IDENTITY CASCADE")
     try:
         yield database
