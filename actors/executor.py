@@ -131,10 +131,11 @@ class Executor:
                  *, retry_delays: tuple[float, ...] = (1.0, 3.0, 5.0), requests_per_second: float = 10.0,
                  liquidity_slippage_percent: Decimal = Decimal(1), max_partial_rounds: int = 10,
                  lookup_retries: int = 3, on_submit: Callable[[str, float], None] | None = None,
-                 on_error: Callable[[str, str], None] | None = None):
+                 on_error: Callable[[str, str], None] | None = None, write_direct=None):
         self.exchanges = dict(exchanges)
         self.writer = writer
         self.load_orders = load_orders
+        self.write_direct = write_direct  # Database.write_batch, for write-ahead rows
         self.retry_delays = tuple(retry_delays)
         self.slippage = liquidity_slippage_percent / 100
         self.max_partial_rounds = max_partial_rounds
@@ -209,6 +210,8 @@ class Executor:
                     return self._failed(req, fills, attempt - 1, last_error)
                 continue
             if remaining == 0:
+                if fills.total == 0:
+                    await self._probe_own_orders(req, port, fills, attempt)
                 return self._result(req, fills, Decimal(0), attempt - 1, outcome=None)
 
             cid = client_order_id(req.aged_id, attempt)
@@ -223,10 +226,10 @@ class Executor:
                         return self._failed(req, fills, attempt - 1, last_error)
                     continue
             failpoint("before_wal")
-            await self.writer.write(op.RecordCloseOrder(
+            await self._write_ahead(op.RecordCloseOrder(
                 client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange,
                 symbol=req.symbol, side=order_side, order_type="limit_ioc" if limit_price else "market",
-                requested_qty=remaining, limit_price=limit_price), timeout=self.db_timeout)
+                requested_qty=remaining, limit_price=limit_price))
             self.stats.attempts += 1
             if attempt > 1:
                 self.stats.retries += 1
@@ -285,6 +288,46 @@ class Executor:
             if not await backoff.pause():
                 return self._failed(req, fills, attempt - 1, last_error)
 
+    async def _probe_own_orders(self, req: CloseRequest, port: ExchangePort, fills: _Fills, attempt: int) -> None:
+        """The position is flat and we know of no fill: was it one of our orders after all?
+
+        (An order sent while the database was away, by a process that then died, left no
+        row behind; its deterministic client order id is still on the exchange.)
+        """
+        for a in range(1, max(attempt, 2)):
+            cid = client_order_id(req.aged_id, a)
+            if cid in fills.orders:
+                continue
+            try:
+                result = await self._lookup(req, port, cid)
+            except UnknownOutcomeError:
+                return
+            if result is not None and result.filled_qty > 0:
+                log.info("found our own order %s on the exchange: filled %s", cid, result.filled_qty)
+                self.writer.submit(op.RecordCloseOrder(
+                    client_order_id=cid, aged_id=req.aged_id, attempt=a, exchange=req.exchange,
+                    symbol=req.symbol, side="sell" if req.side == "long" else "buy", order_type="market",
+                    requested_qty=result.requested_qty or result.filled_qty))
+                self._record(req, fills, cid, a, result)
+
+    async def _write_ahead(self, row: op.RecordCloseOrder) -> None:
+        """Commit the write-ahead row before the order is sent.
+
+        It goes straight to the database on its own connection rather than queueing
+        behind the storage writer's batches. If the database is away or slow it is
+        queued in the writer instead (before any update of that order) and the close
+        goes on: the deterministic client order id lets a restart find the order.
+        """
+        if self.write_direct is not None and self.writer.database_up:
+            try:
+                with trio.fail_after(self.db_timeout):
+                    await self.write_direct([row])
+                return
+            except Exception as exc:  # noqa: BLE001 - database away: the writer keeps it
+                log.warning("write-ahead row %s not committed (%s: %s); queued, sending anyway",
+                            row.client_order_id, type(exc).__name__, exc)
+        self.writer.submit(row)
+
     async def _position_qty(self, req: CloseRequest, port: ExchangePort) -> Decimal:
         positions = await self._call(req.exchange, port.fetch_positions, [req.symbol])
         for p in positions:
@@ -313,6 +356,11 @@ class Executor:
 
     async def _reconcile(self, req: CloseRequest, port: ExchangePort) -> _Fills:
         fills = self._fills.setdefault(req.aged_id, _Fills())
+        if req.next_attempt == 1 and not req.reconcile_only and not fills.orders:
+            # A first close with no restart behind it (the actor reconciles first after
+            # a restart) has no earlier orders to read; the position check before the
+            # send covers the rest. This keeps a database read off the tick→order path.
+            return fills
         rows = []
         try:
             with trio.fail_after(self.db_timeout):

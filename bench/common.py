@@ -259,8 +259,9 @@ def make_service(db, exchange, feed, *, poll_interval: float = 3600.0, requests_
                         poll_interval=poll_interval, requests_per_second=requests_per_second)
     exchanges = {EXCHANGE: exchange} if exchange is not None else {}
     if observed:
-        from service.app import build_service  # noqa: PLC0415
+        from service.app import build_service, tune_gc  # noqa: PLC0415
         svc, _obs = build_service(db, exchanges, {EXCHANGE: feed}, cfg, PolicyClock(), http_port=None)
+        tune_gc()  # as run_service does before the service runs
         return svc
     return Service(db, exchanges, {EXCHANGE: feed}, cfg, PolicyClock())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -91,8 +92,22 @@ async def run_observed(service: Service, obs: Observability, **kw) -> int:
     return code
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections on the tick path.
+
+    Everything built at start-up (modules, markets, the service) is moved out of the
+    collector's sight, and the young generation is allowed to grow before a
+    collection: full collections otherwise pause the process for 100+ ms under a
+    heavy tick load, which is exactly the latency a close must not pay.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 async def run_service(service: Service, *, before_run: Callable[[Service, trio.Nursery], None] | None = None) -> int:
     """Run ``service`` until SIGINT/SIGTERM (exit 0) or escalation at the root (exit 1)."""
+    tune_gc()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             async def on_signal():

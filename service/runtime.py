@@ -69,7 +69,7 @@ class Service:
         self.writer = StorageWriter(db.write_batch)
         self.executor = Executor(self.exchanges, self.writer, db.close_orders,
                                  retry_delays=self.config.retry_delays,
-                                 requests_per_second=self.config.requests_per_second)
+                                 requests_per_second=self.config.requests_per_second, write_direct=db.write_batch)
         self.ctx = ActorContext(db=db, writer=self.writer, executor=self.executor, bus=self.bus, clock=self.clock,
                                 config=self.config.policy, settings=self.config.settings, feeds=self.feeds)
         self.positions = Supervisor("positions", intensity=self.config.positions_intensity,

@@ -37,6 +37,15 @@ CLOSE_ORDER_UPDATABLE = frozenset({
 ACTIVE_STATUSES = ("detected", "grace_pending", "grace_active", "progressive_active", "error")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook: skip asyncpg's server-side RESET ALL round trip.
+
+    Nothing here leaves session state behind (no SET, no LISTEN; the migration lock is
+    released explicitly), so the default reset would be a wasted round trip on every
+    query. asyncpg still does its client-side clean-up.
+    """
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=lambda v: json.dumps(v, default=str), decoder=json.loads,
@@ -66,7 +75,7 @@ class Database:
                       command_timeout: float | None = 10.0, connect_timeout: float | None = 10.0) -> "Database":
         pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
             url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=command_timeout,
-            timeout=connect_timeout)
+            timeout=connect_timeout, reset=_keep_session)
         return cls(pool)
 
     async def close(self) -> None:
@@ -229,6 +238,9 @@ class Database:
         Runs of :class:`~storage.ops.AddEvent` are written with one ``executemany``.
         """
         async def job(conn):
+            if len(batch) == 1 and not isinstance(batch[0], op.AddEvent):
+                await _apply(conn, batch[0])  # one statement is atomic on its own: one round trip
+                return
             async with conn.transaction():
                 pending_events: list[tuple] = []
                 for item in batch:
