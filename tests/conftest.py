@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import trio
+import trio.testing
 import trio_asyncio
 
 from storage.embedded import EmbeddedPostgres
@@ -119,6 +120,29 @@ async def aio_loop():
 async def db(aio_loop, database_url):
     """A connected :class:`Database` on empty tables."""
     database = await Database.connect(database_url, max_size=4)
+    await database.execute(f"TRUNCATE {MONITORING_TABLES} RESTART IDENTITY CASCADE")
+    try:
+        yield database
+    finally:
+        with trio.CancelScope(shield=True):
+            await database.close()
+
+
+@pytest.fixture
+def mock_clock():
+    """trio's MockClock for runtime tests that also talk to PostgreSQL.
+
+    Virtual time jumps only after every task has been idle for 5 real milliseconds, so a
+    database round trip in flight is never mistaken for idleness.
+    """
+    return trio.testing.MockClock(autojump_threshold=0.005)
+
+
+@pytest.fixture
+async def mdb(aio_loop, database_url):
+    """The test database on empty tables, with no asyncpg timeouts (which would fire
+    when the mock clock jumps ahead)."""
+    database = await Database.connect(database_url, max_size=4, command_timeout=None, connect_timeout=None)
     await database.execute(f"TRUNCATE {MONITORING_TABLES} RESTART IDENTITY CASCADE")
     try:
         yield database

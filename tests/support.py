@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import trio
 
+from actors.clock import PolicyClock
+from actors.position import Settings
 from feeds.tick import Tick, open_tick_channel
+
+
+def make_service(db, exchange, feed, *, origin, **cfg):
+    """A Service on one in-memory exchange named bybit, with test-friendly defaults."""
+    from service.runtime import Service, ServiceConfig  # noqa: PLC0415
+
+    config = ServiceConfig(poll_interval=cfg.pop("poll_interval", 300.0),
+                           retry_delays=cfg.pop("retry_delays", (1.0, 3.0, 5.0)),
+                           settings=cfg.pop("settings", Settings(sample_interval=timedelta(minutes=10))), **cfg)
+    return Service(db, {"bybit": exchange}, {"bybit": feed}, config, PolicyClock(origin))
 
 
 class MemoryFeed:

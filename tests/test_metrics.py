@@ -33,29 +33,15 @@ from service.alerts import AlertRouter, LogSink
 from service.http import Observability
 from service.metrics import Metrics
 from service.runtime import Service, ServiceConfig
-from storage.repository import Database
-from tests.conftest import MONITORING_TABLES
-from tests.support import MemoryFeed
+from tests.support import MemoryFeed, make_service
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
 SYMBOL = "BTC/USDT:USDT"
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "aged-positions.json"
 
 
-@pytest.fixture
-def mock_clock():
-    return trio.testing.MockClock(autojump_threshold=0.005)
 
 
-@pytest.fixture
-async def mdb(aio_loop, database_url):
-    database = await Database.connect(database_url, max_size=4, command_timeout=None, connect_timeout=None)
-    await database.execute(f"TRUNCATE {MONITORING_TABLES} RESTART IDENTITY CASCADE")
-    try:
-        yield database
-    finally:
-        with trio.CancelScope(shield=True):
-            await database.close()
 
 
 def value(metrics: Metrics, name: str, **labels) -> float:
@@ -63,11 +49,6 @@ def value(metrics: Metrics, name: str, **labels) -> float:
     return 0.0 if v is None else v
 
 
-def make_service(db, exchange, feed, *, origin, **cfg):
-    config = ServiceConfig(poll_interval=cfg.pop("poll_interval", 300.0),
-                           retry_delays=cfg.pop("retry_delays", (1.0, 3.0, 5.0)),
-                           settings=cfg.pop("settings", Settings(sample_interval=timedelta(minutes=10))), **cfg)
-    return Service(db, {"bybit": exchange}, {"bybit": feed}, config, PolicyClock(origin))
 
 
 async def push_prices(svc, feed, bid, ask, every):

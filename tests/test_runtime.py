@@ -10,7 +10,6 @@ for idleness), with asyncpg's own command timeout off for the same reason.
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
-import pytest
 import trio
 import trio.testing
 
@@ -20,35 +19,16 @@ from exchanges.errors import RetryableError
 from exchanges.memory import MemoryExchange
 from service.runtime import Service, ServiceConfig
 from storage.repository import Database
-from tests.conftest import MONITORING_TABLES
-from tests.support import DatabaseProxy, MemoryFeed
+from tests.support import DatabaseProxy, MemoryFeed, make_service
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
 SYMBOL = "BTC/USDT:USDT"
 
 
-@pytest.fixture
-def mock_clock():
-    return trio.testing.MockClock(autojump_threshold=0.005)
 
 
-@pytest.fixture
-async def mdb(aio_loop, database_url):
-    """The test database, emptied, without asyncpg's command timeout (see the module rules)."""
-    database = await Database.connect(database_url, max_size=4, command_timeout=None, connect_timeout=None)
-    await database.execute(f"TRUNCATE {MONITORING_TABLES} RESTART IDENTITY CASCADE")
-    try:
-        yield database
-    finally:
-        with trio.CancelScope(shield=True):
-            await database.close()
 
 
-def make_service(db, exchange, feed, *, origin, **cfg):
-    config = ServiceConfig(poll_interval=cfg.pop("poll_interval", 300.0),
-                           retry_delays=cfg.pop("retry_delays", (1.0, 3.0, 5.0)),
-                           settings=cfg.pop("settings", Settings(sample_interval=timedelta(minutes=10))), **cfg)
-    return Service(db, {"bybit": exchange}, {"bybit": feed}, config, PolicyClock(origin))
 
 
 async def push_prices(svc, feed, price_fn, every=60.0):
