@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 from uuid import UUID
 
 import trio
@@ -61,7 +61,7 @@ class CloseRequest:
     side: str  # the position's side: "long" | "short"
     qty: Decimal
     next_attempt: int
-    reply: trio.MemorySendChannel | None
+    reply: Any  # the actor's mailbox (anything with send_nowait), or None
     clock: Callable[[], datetime]
     reconcile_only: bool = False
     emergency: bool = False

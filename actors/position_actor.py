@@ -1,16 +1,15 @@
 """The per-position actor: a thin trio loop around :func:`actors.position.step`.
 
-It loads its state from the database on every (re)start, subscribes to its symbol's
-ticks, and feeds ticks, timers and messages (close results, position updates) into
-``step``. Carrying out the commands never blocks: writes go to the storage writer,
-closes to the executor, events to the bus. So the loop always decides on the freshest
-tick (the tick channel holds only the newest one).
+It loads its state from the database on every (re)start, subscribes its mailbox to
+its symbol's ticks, and feeds ticks, timers and messages (close results, position
+updates) into ``step`` — one task, one mailbox. Carrying out the commands never
+blocks: writes go to the storage writer, closes to the executor, events to the bus.
+So the loop always decides on the freshest tick (the mailbox keeps only the newest).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Mapping, Protocol
@@ -23,7 +22,10 @@ from actors.clock import PolicyClock
 from actors.events import EventBus, LifecycleEvent
 from actors.executor import CloseRequest, Executor
 from actors.policy import PolicyConfig
+from actors.mailbox import Mailbox
+from actors.timers import TimerService
 from actors.writer import StorageWriter
+from feeds.tick import Tick as FeedTick
 from storage import ops as op
 
 log = logging.getLogger("actors.position")
@@ -32,7 +34,7 @@ INFLIGHT_STATES = frozenset({"pending", "unknown", "open"})
 
 
 class TickSource(Protocol):
-    def subscribe(self, symbol: str) -> trio.MemoryReceiveChannel: ...
+    def subscribe(self, symbol: str, sender=None): ...
     def unsubscribe(self, symbol: str, receiver) -> None: ...
 
 
@@ -52,9 +54,10 @@ class ActorContext:
     config: PolicyConfig
     settings: pos.Settings
     feeds: Mapping[str, TickSource] = field(default_factory=dict)
-    inboxes: dict[UUID, trio.MemorySendChannel] = field(default_factory=dict)
+    inboxes: dict[UUID, Mailbox] = field(default_factory=dict)
     state_cache: dict[UUID, pos.PositionState] = field(default_factory=dict)
     crash_on_next_tick: set[UUID] = field(default_factory=set)
+    timers: TimerService = field(default_factory=TimerService)  # someone must run timers.run()
     # Aged positions whose actor finished (closed) and whose close the database may not show yet.
     finished: set[UUID] = field(default_factory=set)
     on_state: Callable[[pos.PositionState, pos.PositionState | None], None] | None = None
@@ -90,13 +93,19 @@ async def load_state(ctx: ActorContext, aged_id: UUID) -> pos.PositionState:
     return pos.state_from_row(row, ctx.config, ctx.settings, inflight_orders=inflight)
 
 
+@dataclass(frozen=True, slots=True)
+class TimerDue:
+    kind: str
+    at: datetime
+
+
 class PositionActor:
-    def __init__(self, ctx: ActorContext, state: pos.PositionState):
+    def __init__(self, ctx: ActorContext, state: pos.PositionState, mailbox: Mailbox):
         self.ctx = ctx
         self.state = state
+        self.mailbox = mailbox
         self.done = False
         self._timers: dict[str, datetime] = {}
-        self._wait_scope: trio.CancelScope | None = None  # the inbox wait, woken at the next timer
         self._tick_received_at: float | None = None
 
     def handle(self, event: pos.Event) -> None:
@@ -130,35 +139,16 @@ class PositionActor:
                 log.log(logging.CRITICAL if c.critical else logging.INFO, "%s %s %s %s %s", c.event_type,
                         s.exchange, s.symbol, s.side, _describe(c))
         elif isinstance(c, pos.ScheduleTimer):
-            self._timers[c.kind] = c.at
-            if self._wait_scope is not None:
-                self._wait_scope.deadline = self.next_deadline()
+            if self._timers.get(c.kind) != c.at:
+                self._timers[c.kind] = c.at
+                self.ctx.timers.schedule(self.ctx.clock.trio_time(c.at), self.mailbox, TimerDue(c.kind, c.at))
         elif isinstance(c, pos.Stop):
             self.done = True
 
-    def next_deadline(self) -> float:
-        """The trio time of the earliest timer (inf without one)."""
-        if not self._timers:
-            return math.inf
-        return self.ctx.clock.trio_time(min(self._timers.values()))
-
-    def fire_due_timers(self) -> None:
-        now = trio.current_time()
-        for kind, when in sorted(self._timers.items(), key=lambda kv: kv[1]):
-            if self.ctx.clock.trio_time(when) <= now and self._timers.get(kind) == when:
-                del self._timers[kind]
-                self.handle(pos.Timer(self.ctx.clock.now(), kind))
-
-    async def next_message(self, inbox: trio.MemoryReceiveChannel):
-        """The next inbox message; None when a timer is due first (it has been handled)."""
-        with trio.CancelScope(deadline=self.next_deadline()) as scope:
-            self._wait_scope = scope
-            try:
-                return await inbox.receive()
-            finally:
-                self._wait_scope = None
-        self.fire_due_timers()
-        return None
+    def timer_due(self, due: TimerDue) -> None:
+        if self._timers.get(due.kind) == due.at:  # else replaced by a later one meanwhile
+            del self._timers[due.kind]
+            self.handle(pos.Timer(self.ctx.clock.now(), due.kind))
 
 
 def _describe(c: pos.Emit) -> str:
@@ -188,40 +178,32 @@ async def run_position_actor(ctx: ActorContext, aged_id: UUID, preload: list | N
         state = await load_state(ctx, aged_id)
     if state.status == "closed":
         return
-    inbox_send, inbox = trio.open_memory_channel(64)
-    ctx.inboxes[aged_id] = inbox_send
+    mailbox = Mailbox()
+    ctx.inboxes[aged_id] = mailbox
     feed = ctx.feeds.get(state.exchange)
-    ticks = feed.subscribe(state.symbol) if feed is not None else None
-    actor = PositionActor(ctx, state)
+    if feed is not None:
+        feed.subscribe(state.symbol, mailbox)
+    actor = PositionActor(ctx, state, mailbox)
     try:
         actor.handle(pos.Start(ctx.clock.now()))
-        if actor.done:
-            return
-        async with trio.open_nursery() as nursery:
-            if ticks is not None:
-                nursery.start_soon(_read_ticks, ctx, actor, ticks, nursery.cancel_scope)
-            while not actor.done:
-                message = await actor.next_message(inbox)
-                if message is not None:
-                    actor.handle(message)
-            nursery.cancel_scope.cancel()
+        while not actor.done:
+            message = await mailbox.receive()
+            if isinstance(message, TimerDue):
+                actor.timer_due(message)
+                continue
+            if isinstance(message, FeedTick):
+                if aged_id in ctx.crash_on_next_tick:
+                    ctx.crash_on_next_tick.discard(aged_id)
+                    raise InjectedCrash(f"injected crash in actor for {state.symbol}")
+                actor._tick_received_at = message.received_at
+                message = pos.Tick(ctx.clock.now(), message.bid, message.ask, message.last)
+            actor.handle(message)
     finally:
-        if ctx.inboxes.get(aged_id) is inbox_send:
+        if ctx.inboxes.get(aged_id) is mailbox:
             del ctx.inboxes[aged_id]
         if actor.done:
             ctx.state_cache.pop(aged_id, None)
             ctx.finished.add(aged_id)
-        if ticks is not None:
-            feed.unsubscribe(state.symbol, ticks)
-
-
-async def _read_ticks(ctx: ActorContext, actor: PositionActor, ticks, scope: trio.CancelScope) -> None:
-    async for tick in ticks:
-        if actor.state.aged_id in ctx.crash_on_next_tick:
-            ctx.crash_on_next_tick.discard(actor.state.aged_id)
-            raise InjectedCrash(f"injected crash in actor for {actor.state.symbol}")
-        actor._tick_received_at = tick.received_at
-        actor.handle(pos.Tick(ctx.clock.now(), tick.bid, tick.ask, tick.last))
-        if actor.done:
-            scope.cancel()
-            return
+        if feed is not None:
+            feed.unsubscribe(state.symbol, mailbox)
+        mailbox.close()

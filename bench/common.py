@@ -301,8 +301,11 @@ class PushFeed:
         self.exchange = exchange
         self.subscribers: dict[str, list] = {}
 
-    def subscribe(self, sym: str):
-        sender, receiver = open_tick_channel()
+    def subscribe(self, sym: str, sender=None):
+        if sender is None:
+            sender, receiver = open_tick_channel()
+        else:
+            receiver = sender
         self.subscribers.setdefault(sym, []).append((sender, receiver))
         return receiver
 

@@ -241,14 +241,20 @@ class Feed:
 
     # -- subscriptions (sync, callable from any task) ------------------------------------
 
-    def subscribe(self, symbol: str) -> trio.MemoryReceiveChannel:
+    def subscribe(self, symbol: str, sender=None):
         """Start receiving ticks of ``symbol`` (unified, e.g. "BTC/USDT:USDT").
 
-        Returns the receive side of a size-1 latest-tick channel. Raises ValueError for a
-        symbol that is not a unified linear symbol.
+        Returns the receive side of a size-1 latest-tick channel. Or pass your own
+        ``sender`` (anything with ``send_latest(tick) -> bool`` and ``close()``, such as
+        an actor's :class:`actors.mailbox.Mailbox`): ticks go to it, and it is also the
+        handle to unsubscribe with. Raises ValueError for a symbol that is not a unified
+        linear symbol.
         """
         exchange_symbol_id(symbol)  # validates
-        sender, receiver = open_tick_channel()
+        if sender is None:
+            sender, receiver = open_tick_channel()
+        else:
+            receiver = sender
         subs = self._subs.get(symbol)
         if subs is None:
             subs = self._subs[symbol] = {}

@@ -79,6 +79,7 @@ class Service:
         children = [
             ChildSpec("storage-writer", self.writer.run, Restart.PERMANENT, kind="writer"),
             ChildSpec("executor", self.executor.run, Restart.PERMANENT, kind="executor"),
+            ChildSpec("timers", self.ctx.timers.run, Restart.PERMANENT, kind="timers"),
             *[ChildSpec(f"feed:{name}", feed.run, Restart.PERMANENT, kind="feed") for name, feed in self.feeds.items()],
             ChildSpec("positions", self._run_positions, Restart.PERMANENT, kind="supervisor"),
             ChildSpec("detector", self.detector.run, Restart.PERMANENT, kind="detector"),

@@ -31,8 +31,11 @@ class MemoryFeed:
         self.subscribers: dict[str, list] = {}
         self.subscribe_calls = 0
 
-    def subscribe(self, symbol: str):
-        sender, receiver = open_tick_channel()
+    def subscribe(self, symbol: str, sender=None):
+        if sender is None:
+            sender, receiver = open_tick_channel()
+        else:
+            receiver = sender
         self.subscribers.setdefault(symbol, []).append((sender, receiver))
         self.subscribe_calls += 1
         return receiver

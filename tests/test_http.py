@@ -217,6 +217,6 @@ async def test_observability_started_beside_an_already_built_service(db):
         status, _, text = await get(port, "/metrics")
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families(text.decode()) for s in family.samples}
-        assert samples[("aged_supervisor_children", (("state", "running"), ("supervisor", "root")))] == 8
+        assert samples[("aged_supervisor_children", (("state", "running"), ("supervisor", "root")))] == 9
         assert samples[("aged_alerts_delivered_total", (("sink", "log"),))] == 0
         service.shutdown()

@@ -74,6 +74,7 @@ async def test_forty_hour_lifecycle_on_the_mock_clock(autojump_clock):
     async with trio.open_nursery() as n:
         n.start_soon(ctx.writer.run)
         n.start_soon(ctx.executor.run)
+        n.start_soon(ctx.timers.run)
         n.start_soon(run_position_actor, ctx, aged_id)
 
         async def prices():
@@ -105,6 +106,7 @@ async def test_phase_changes_come_from_timers_without_any_tick(autojump_clock):
     async with trio.open_nursery() as n:
         n.start_soon(ctx.writer.run)
         n.start_soon(ctx.executor.run)
+        n.start_soon(ctx.timers.run)
         n.start_soon(run_position_actor, ctx, aged_id)
         await trio.sleep(11 * 3600)
         n.cancel_scope.cancel()
@@ -127,6 +129,7 @@ async def test_an_actor_that_falls_behind_decides_on_the_freshest_tick(autojump_
     async with trio.open_nursery() as n:
         n.start_soon(ctx.writer.run)
         n.start_soon(ctx.executor.run)
+        n.start_soon(ctx.timers.run)
         n.start_soon(run_position_actor, ctx, aged_id)
         await trio.sleep(1)
         decisions.clear()
@@ -134,9 +137,8 @@ async def test_an_actor_that_falls_behind_decides_on_the_freshest_tick(autojump_
             feed.push(SYMBOL, bid=f"{99 + i / 1000:.3f}", ask="101")
         await trio.sleep(1)
         n.cancel_scope.cancel()
-    # The first tick went straight to the waiting reader; of the 999 after it only the
-    # newest is left when the actor looks again. Nothing queued up.
-    assert decisions == [D("99.000"), D("99.999")]
+    # The mailbox keeps only the newest unread tick: one decision, on the freshest price.
+    assert decisions == [D("99.999")]
 
 
 async def test_a_stopped_writer_flushes_what_is_queued(autojump_clock):
@@ -154,3 +156,21 @@ async def test_a_stopped_writer_flushes_what_is_queued(autojump_clock):
         await trio.sleep(0.1)
         n.cancel_scope.cancel()  # a graceful stop while a batch is being written
     assert len(written) == 35 and writer.depth == 0
+
+
+async def test_mailbox_reads_control_messages_in_order_before_the_newest_tick():
+    from actors.mailbox import Mailbox  # noqa: PLC0415
+    box = Mailbox()
+    box.send_latest("tick-1")
+    box.send_nowait("result")
+    box.send_latest("tick-2")
+    box.send_nowait("update")
+    assert [await box.receive() for _ in range(3)] == ["result", "update", "tick-2"]
+    assert box.replaced == 1
+    box.close()
+    assert not box.send_latest("late")
+    import pytest  # noqa: PLC0415
+    with pytest.raises(trio.ClosedResourceError):
+        box.send_nowait("late")
+    with pytest.raises(trio.EndOfChannel):
+        await box.receive()
