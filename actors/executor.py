@@ -24,7 +24,6 @@ and its successor reconciles on start.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
@@ -46,6 +45,11 @@ from storage import ops as op
 log = logging.getLogger("actors.executor")
 
 FINAL_STATES = frozenset({"filled", "rejected", "canceled", "not_found", "partially_filled"})
+
+
+def _order_side(position_side: str) -> str:
+    """A long is closed by a sell, a short by a buy."""
+    return "sell" if position_side == "long" else "buy"
 
 
 def client_order_id(aged_id: UUID, attempt: int) -> str:
@@ -116,7 +120,6 @@ class ExecutorStats:
     retries: int = 0
     lookups: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
-    submit_latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))  # the most recent
 
 
 class Executor:
@@ -215,7 +218,7 @@ class Executor:
                 return self._result(req, fills, Decimal(0), attempt - 1, outcome=None)
 
             cid = client_order_id(req.aged_id, attempt)
-            order_side = "sell" if req.side == "long" else "buy"
+            order_side = _order_side(req.side)
             limit_price = None
             if limit_fallback:
                 try:
@@ -235,9 +238,7 @@ class Executor:
                 self.stats.retries += 1
             self.on_attempt(req.exchange, attempt)
             if req.tick_received_at is not None and attempt == req.next_attempt:
-                latency = trio.current_time() - req.tick_received_at
-                self.stats.submit_latencies.append(latency)
-                self.on_submit(req.exchange, latency)
+                self.on_submit(req.exchange, trio.current_time() - req.tick_received_at)
             log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, order_side,
                      remaining, f" limit IOC {limit_price}" if limit_price else " market", attempt)
             failpoint("after_wal")
@@ -304,11 +305,7 @@ class Executor:
                 return
             if result is not None and result.filled_qty > 0:
                 log.info("found our own order %s on the exchange: filled %s", cid, result.filled_qty)
-                self.writer.submit(op.RecordCloseOrder(
-                    client_order_id=cid, aged_id=req.aged_id, attempt=a, exchange=req.exchange,
-                    symbol=req.symbol, side="sell" if req.side == "long" else "buy", order_type="market",
-                    requested_qty=result.requested_qty or result.filled_qty))
-                self._record(req, fills, cid, a, result)
+                self._adopt(req, fills, cid, a, result)
 
     async def _write_ahead(self, row: op.RecordCloseOrder) -> None:
         """Commit the write-ahead row before the order is sent.
@@ -391,12 +388,18 @@ class Executor:
                 continue
             log.info("reconciled order %s: %s filled %s", cid, result.status, result.filled_qty)
             if attempt in extra:
-                self.writer.submit(op.RecordCloseOrder(
-                    client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange,
-                    symbol=req.symbol, side="sell" if req.side == "long" else "buy", order_type="market",
-                    requested_qty=max(result.requested_qty or result.filled_qty, Decimal("1e-18"))))
-            self._record(req, fills, cid, attempt, result)
+                self._adopt(req, fills, cid, attempt, result)
+            else:
+                self._record(req, fills, cid, attempt, result)
         return fills
+
+    def _adopt(self, req: CloseRequest, fills: _Fills, cid: str, attempt: int, result: OrderResult) -> None:
+        """Record an order of ours the write-ahead table never saw (found on the exchange)."""
+        self.writer.submit(op.RecordCloseOrder(
+            client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange, symbol=req.symbol,
+            side=_order_side(req.side), order_type="market",
+            requested_qty=max(result.requested_qty or result.filled_qty, Decimal("1e-18"))))
+        self._record(req, fills, cid, attempt, result)
 
     def _record(self, req: CloseRequest, fills: _Fills, cid: str, attempt: int, result: OrderResult) -> None:
         state = {"closed": "filled", "canceled": "canceled", "rejected": "rejected", "open": "open"}.get(

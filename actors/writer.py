@@ -1,9 +1,9 @@
 """The storage writer: the one actor that writes actors' changes to PostgreSQL.
 
-Actors hand it :mod:`storage.ops` values with :meth:`StorageWriter.submit` (never
-blocks) or :meth:`StorageWriter.write` (waits until the write is durable, or until it
-is known that the database is away). It writes in arrival order, in batches, one
-trio→asyncio crossing per batch.
+Actors hand it :mod:`storage.ops` values with :meth:`StorageWriter.submit`, which
+never blocks; :meth:`StorageWriter.wait_flushed` waits until everything submitted so
+far is written. It writes in arrival order, in batches, one trio→asyncio crossing per
+batch.
 
 The database is the memory, not the heartbeat. When it goes away the writer keeps
 everything in a buffer and retries with backoff, logging loudly; actors carry on.
@@ -54,7 +54,7 @@ class StorageWriter:
                  max_batch: int = 2_000, retry_initial: float = 0.5, retry_max: float = 10.0,
                  on_depth: Callable[[int], None] | None = None):
         self._write_batch = write_batch
-        self._buffer: deque[tuple[op.WriteOp, trio.Event | None]] = deque()
+        self._buffer: deque[op.WriteOp] = deque()
         self._wakeup = trio.Event()
         self._flushed = trio.Event()
         self._flushed.set()
@@ -75,29 +75,8 @@ class StorageWriter:
 
     def submit(self, *items: op.WriteOp) -> None:
         """Queue writes. Never blocks, never fails."""
-        for item in items:
-            self._buffer.append((item, None))
+        self._buffer.extend(items)
         self._after_enqueue()
-
-    async def write(self, *items: op.WriteOp, timeout: float = 5.0) -> bool:
-        """Queue writes and wait until they are committed.
-
-        True when committed; False when the database is away (the writes stay queued
-        and will be written in order when it returns).
-        """
-        if not items:
-            return True
-        if not self.database_up:
-            self.submit(*items)
-            return False
-        done = trio.Event()
-        for item in items[:-1]:
-            self._buffer.append((item, None))
-        self._buffer.append((items[-1], done))
-        self._after_enqueue()
-        with trio.move_on_after(timeout):
-            await done.wait()
-        return done.is_set() and self.database_up
 
     async def wait_flushed(self) -> None:
         """Wait until everything queued so far has been written."""
@@ -115,7 +94,7 @@ class StorageWriter:
         kept: deque = deque()
         dropped = 0
         for entry in self._buffer:
-            if dropped < excess and entry[1] is None and _is_routine(entry[0]):
+            if dropped < excess and _is_routine(entry):
                 dropped += 1
                 continue
             kept.append(entry)
@@ -134,8 +113,8 @@ class StorageWriter:
             if self._buffer and self.database_up:
                 with trio.move_on_after(self.shutdown_flush_timeout, shield=True):
                     while self._buffer:
-                        batch = [self._buffer[i] for i in range(min(self.max_batch, len(self._buffer)))]
-                        await self._write_batch([item for item, _ in batch])
+                        batch = self._next_batch()
+                        await self._write_batch(batch)
                         self._commit(len(batch))
             if self._buffer:
                 log.error("stopping with %d writes not written (the database is away); "
@@ -149,9 +128,9 @@ class StorageWriter:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            batch = [self._buffer[i] for i in range(min(self.max_batch, len(self._buffer)))]
+            batch = self._next_batch()
             try:
-                await self._write_batch([item for item, _ in batch])
+                await self._write_batch(batch)
             except Exception as exc:  # noqa: BLE001 - every failure is sorted below
                 if _is_data_error(exc):
                     await self._write_one_by_one(len(batch))
@@ -169,17 +148,18 @@ class StorageWriter:
             self.database_up = True
             delay = self.retry_initial
 
+    def _next_batch(self) -> list[op.WriteOp]:
+        return [self._buffer[i] for i in range(min(self.max_batch, len(self._buffer)))]
+
     def _commit(self, n: int) -> None:
         for _ in range(n):
-            _, done = self._buffer.popleft()
-            if done is not None:
-                done.set()
+            self._buffer.popleft()
         self.written += n
         self.on_depth(len(self._buffer))
 
     async def _write_one_by_one(self, n: int) -> None:
         for _ in range(n):
-            item, done = self._buffer[0]
+            item = self._buffer[0]
             try:
                 await self._write_batch([item])
             except Exception as exc:  # noqa: BLE001
@@ -188,6 +168,4 @@ class StorageWriter:
                 self.rejected += 1
                 log.error("database refused a write, dropped it: %r (%s: %s)", item, type(exc).__name__, exc)
             self._buffer.popleft()
-            if done is not None:
-                done.set()
             self.written += 1

@@ -24,7 +24,7 @@ After the first failing rate, the gap to the last sustained rate is bisected.
 tick_to_order — with ``background_rate`` deltas/s flowing, the blaster moves the bid of
 a chosen set of symbols over the target, one symbol per ``cross_interval``. The
 executor itself measures from ``Tick.received_at`` (the feed got the frame) to the
-moment it calls ``create_close_order`` (``executor.stats.submit_latencies``).
+moment it calls ``create_close_order`` (its ``on_submit`` hook).
 The executor's rate limiter is set very high here (``requests_per_second``) so that
 the numbers are about our path, not about a 10 requests/s exchange budget.
 """
@@ -270,12 +270,17 @@ async def _profile_window(rig, rate: int, window: float, warmup: float, out: str
 async def _tick_to_order(rig: _Rig, db, positions: int, *, background_rate: int, crossings: int,
                          cross_interval: float, warmup: float, offset: int = 0) -> dict:
     svc = rig.svc
-    ex_stats = svc.executor.stats
+    lat: list[float] = []
+    previous_on_submit = svc.executor.on_submit
+
+    def on_submit(exchange: str, seconds: float) -> None:
+        previous_on_submit(exchange, seconds)
+        lat.append(seconds)
+    svc.executor.on_submit = on_submit
     load_orders = svc.executor.load_orders = _Timed(getattr(svc.executor.load_orders, "fn", svc.executor.load_orders))
-    write = svc.writer.write = _Timed(getattr(svc.writer.write, "fn", svc.writer.write))
+    write = svc.executor.write_direct = _Timed(getattr(svc.executor.write_direct, "fn", svc.executor.write_direct))
     port = svc.executor.exchanges[EXCHANGE]
     fetch = port.fetch_positions = _Timed(getattr(port.fetch_positions, "fn", port.fetch_positions))
-    ex_stats.submit_latencies.clear()
     closed0 = await db.fetchval("SELECT count(*) FROM monitoring.aged_positions WHERE status='closed'")
     # cross a spread-out fraction of the book, grace and progressive alike
     chosen = [i * positions // crossings + offset for i in range(crossings)]
@@ -288,7 +293,7 @@ async def _tick_to_order(rig: _Rig, db, positions: int, *, background_rate: int,
     with CpuWindow(rig.blaster.proc.pid) as cpu:
         await rig.blaster.command(f"CROSS {cross_interval} {ids}")
         with trio.move_on_after(crossings * cross_interval + 15):
-            while len(ex_stats.submit_latencies) < crossings:
+            while len(lat) < crossings:
                 await trio.sleep(0.05)
     m1, t1 = rig.feed.stats.messages, time.monotonic()
     samples = list(rig.samples)
@@ -298,7 +303,7 @@ async def _tick_to_order(rig: _Rig, db, positions: int, *, background_rate: int,
     with trio.move_on_after(10):
         while len(svc.ctx.inboxes) > watching - crossings:
             await trio.sleep(0.05)
-    lat = list(ex_stats.submit_latencies)
+    svc.executor.on_submit = previous_on_submit
     lags = [x / 1000 for x in (lag_us_from_price(p, ns) for ns, p in samples) if x is not None]
     closed = await db.fetchval("SELECT count(*) FROM monitoring.aged_positions WHERE status='closed'") - closed0
     return {
