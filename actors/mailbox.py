@@ -8,6 +8,13 @@ which keeps an actor down to a single trio task.
 The feed writes ticks with :meth:`Mailbox.send_latest` (the same call a
 :class:`feeds.tick.LatestTickSender` answers); everyone else sends control messages
 with :meth:`Mailbox.send_nowait`. Control messages are read before a waiting tick.
+
+Most ticks change nothing: the price is still short of the target, no sample is due.
+The actor publishes a :class:`actors.position.QuietBand` after each event it handles
+(:meth:`Mailbox.set_band`); a tick inside it is counted and dropped without waking the
+actor, because ``step`` would return the state unchanged and do nothing. A tick is
+judged against the band only while the mailbox is otherwise empty — with a message
+waiting, the band may be out of date, so the tick is kept for the actor as usual.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import trio
 
 
 class Mailbox:
-    __slots__ = ("_messages", "_tick", "_waiter", "closed", "replaced")
+    __slots__ = ("_messages", "_tick", "_waiter", "closed", "replaced", "quiet", "_band", "_band_until")
 
     def __init__(self) -> None:
         self._messages: deque = deque()
@@ -26,6 +33,15 @@ class Mailbox:
         self._waiter: trio.Event | None = None
         self.closed = False
         self.replaced = 0  # ticks overwritten before the actor read them
+        self.quiet = 0  # ticks dropped inside the actor's quiet band
+        self._band = None
+        self._band_until = 0.0
+
+    def set_band(self, band, until: float = 0.0) -> None:
+        """Drop ticks that ``band`` calls quiet and that arrive before ``until`` (trio
+        time). ``None`` hands every tick to the actor."""
+        self._band = band
+        self._band_until = until
 
     def _wake(self) -> None:
         if self._waiter is not None:
@@ -36,6 +52,11 @@ class Mailbox:
         """Leave ``tick`` for the actor, replacing an unread one. False once closed."""
         if self.closed:
             return False
+        band = self._band
+        if (band is not None and self._tick is None and not self._messages
+                and trio.current_time() < self._band_until and band.quiet_price(tick.bid, tick.ask, tick.last)):
+            self.quiet += 1
+            return True
         if self._tick is not None:
             self.replaced += 1
         self._tick = tick

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Protocol
 from uuid import UUID
 
@@ -31,6 +31,9 @@ from storage import ops as op
 log = logging.getLogger("actors.position")
 
 INFLIGHT_STATES = frozenset({"pending", "unknown", "open"})
+# A quiet band ends this much early on the trio clock, so that rounding between trio time
+# and policy time can never let a tick through that arrives as the band runs out.
+_BAND_GUARD = timedelta(microseconds=10)
 
 
 class TickSource(Protocol):
@@ -61,6 +64,13 @@ class ActorContext:
     # Aged positions whose actor finished (closed) and whose close the database may not show yet.
     finished: set[UUID] = field(default_factory=set)
     on_state: Callable[[pos.PositionState, pos.PositionState | None], None] | None = None
+
+    def inject_crash(self, aged_id: UUID) -> None:
+        """Make the actor of ``aged_id`` crash on its next tick (fault injection: demo, tests)."""
+        self.crash_on_next_tick.add(aged_id)
+        inbox = self.inboxes.get(aged_id)
+        if inbox is not None:
+            inbox.set_band(None)  # the next tick must reach the actor
 
     def tell(self, aged_id: UUID, event) -> bool:
         """Send a message to a running actor; False if none runs."""
@@ -116,6 +126,18 @@ class PositionActor:
             self.ctx.on_state(self.state, before)
         for command in commands:
             self._carry_out(command)
+        self._publish_band()
+
+    def _publish_band(self) -> None:
+        """Tell the mailbox which ticks it may drop: those ``step`` would ignore."""
+        ctx = self.ctx
+        band = None
+        if not self.done and self.state.aged_id not in ctx.crash_on_next_tick:
+            band = pos.quiet_band(self.state, ctx.clock.now())
+        if band is None:
+            self.mailbox.set_band(None)
+        else:
+            self.mailbox.set_band(band, ctx.clock.trio_time(band.until - _BAND_GUARD))
 
     def _carry_out(self, c: pos.Command) -> None:
         s = self.state

@@ -92,7 +92,7 @@ async def bench_restart(url: str, *, positions: int = 100, crashes: int = 7, gap
                     i = (k * 37) % positions
                     aged_id = book.aged_ids[i]
                     old_inbox = svc.ctx.inboxes[aged_id]
-                    svc.ctx.crash_on_next_tick.add(aged_id)
+                    svc.ctx.inject_crash(aged_id)
                     crashed_at = trio.current_time()
                     feed.push(symbol(i), D("50.1"), D("60"), D("50.1"))
                     await wait_until(lambda: any(t > crashed_at for t in steps.get(aged_id, ()))

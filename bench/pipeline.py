@@ -7,9 +7,14 @@ aged position) with the real :class:`feeds.feed.Feed` connected to :mod:`bench.b
 whose orders fill at once, so order latency is ours, not the network's.
 
 max_ticks_per_s — the offered rate (deltas/s, round-robin over all subscribed symbols)
-is stepped up. Every delta carries its scheduled send time, and each actor decision
-(``ctx.on_state`` after a tick: the feed's latest tick of that symbol, counted once)
-yields a lag sample. A rate is *sustained* when,
+is stepped up. Every delta carries its scheduled send time, and each decision on a
+tick yields a lag sample. A tick is decided either by its actor (``ctx.on_state`` after
+a tick: the feed's latest tick of that symbol, counted once) or, when it falls inside
+the actor's quiet band (:class:`actors.position.QuietBand`: ``step`` would change
+nothing), by the actor's mailbox, which drops it without waking the actor — then the
+decision is timed when the feed's fan-out returns. The blaster's prices drift by
+fractions of a cent, so after each actor's first sample nearly every tick is quiet;
+``quiet`` in the details counts them. A rate is *sustained* when,
 over the measuring window:
 
 * the feed received at least 95 % of the offered deltas (no backlog in the socket;
@@ -92,6 +97,9 @@ class _Rig:
     def replaced(self) -> int:
         return sum(s.replaced for subs in self.feed._subs.values() for s in subs.values())
 
+    def quiet(self) -> int:
+        return sum(s.quiet for subs in self.feed._subs.values() for s in subs.values())
+
     async def drain(self, limit: float = 20.0) -> None:
         """Wait until no more frames arrive (the blaster was told to stop)."""
         with trio.move_on_after(limit):
@@ -106,7 +114,7 @@ class _Rig:
         await trio.sleep(warmup)
         stats = self.feed.stats
         self.samples.clear()
-        m0, r0, t0 = stats.messages, self.replaced(), time.monotonic()
+        m0, r0, q0, t0 = stats.messages, self.replaced(), self.quiet(), time.monotonic()
         depth0 = self.svc.writer.depth
         gc_pauses.clear()
         with CpuWindow(self.blaster.proc.pid) as cpu:
@@ -116,7 +124,7 @@ class _Rig:
             if profile is not None:
                 profile.stop()
         samples = list(self.samples)
-        m1, r1, t1 = stats.messages, self.replaced(), time.monotonic()
+        m1, r1, q1, t1 = stats.messages, self.replaced(), self.quiet(), time.monotonic()
         depth1 = self.svc.writer.depth
         pauses = list(gc_pauses)
         await self.blaster.command("RATE 0")
@@ -129,7 +137,7 @@ class _Rig:
                 lags.append((decided_ns, lag / 1000.0))  # ms
         received = m1 - m0
         out = {"offered_per_s": rate, "received_per_s": round(received / elapsed), "decisions": len(lags),
-               "received": received, "coalesced": r1 - r0, "cpu": cpu.shares,
+               "received": received, "coalesced": r1 - r0, "quiet": q1 - q0, "cpu": cpu.shares,
                "writer_depth": [depth0, depth1],
                "gc": {"collections": len(pauses), "gen2": sum(1 for g, _ in pauses if g == 2),
                       "total_ms": round(sum(d for _, d in pauses) * 1000, 1),
@@ -182,6 +190,17 @@ async def _start(url: str, positions: int, blaster: Blaster, nursery, *, request
             decided[new.symbol] = tick
             append((mono(), tick.bid))
     add_on_state(svc, on_state)
+    fan_out = feed._fan_out
+
+    def fan_out_and_count_quiet(symbol, subs, tick):
+        # A tick inside its actor's quiet band is decided here, in the mailbox: step would
+        # have changed nothing, so the actor is not woken. One subscriber per symbol here.
+        before = sum(box.quiet for box in subs.values())
+        fan_out(symbol, subs, tick)
+        if sum(box.quiet for box in subs.values()) != before:
+            decided[symbol] = tick
+            append((mono(), tick.bid))
+    feed._fan_out = fan_out_and_count_quiet
     nursery.start_soon(svc.run)
     await wait_until(lambda: len(svc.ctx.inboxes) == positions, timeout=120, what="actors watching")
     await wait_until(lambda: len(feed.live_symbols) == positions and feed.stats.ticks >= positions,

@@ -90,7 +90,7 @@ async def test_lifecycle_moves_every_metric_once(mock_clock, mdb):
 
         # an actor crash is a supervisor restart; the restarted actor is still one position
         [aged_id] = list(svc.ctx.state_cache)
-        svc.ctx.crash_on_next_tick.add(aged_id)
+        svc.ctx.inject_crash(aged_id)
         await until(lambda: value(metrics, "aged_supervisor_restarts_total", kind="position") == 1)
         metrics.refresh()
         assert value(metrics, "aged_positions_by_phase", phase="grace") == 1

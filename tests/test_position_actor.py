@@ -174,3 +174,66 @@ async def test_mailbox_reads_control_messages_in_order_before_the_newest_tick():
         box.send_nowait("late")
     with pytest.raises(trio.EndOfChannel):
         await box.receive()
+
+
+async def test_mailbox_drops_ticks_inside_the_quiet_band_without_waking_the_actor():
+    from types import SimpleNamespace as Frame  # noqa: PLC0415
+
+    from actors.mailbox import Mailbox  # noqa: PLC0415
+    from actors.position import QuietBand  # noqa: PLC0415
+
+    def tick(bid):
+        return Frame(bid=D(bid), ask=None, last=None)
+    box = Mailbox()
+    now = trio.current_time()
+    box.set_band(QuietBand(True, D(99), D(100), T0), now + 10)
+    assert box.send_latest(tick("99.5")) and box.quiet == 1
+    assert box._tick is None and box._waiter is None  # nothing for the actor
+    loud = tick("100")  # on the bound: not quiet
+    box.send_latest(loud)
+    assert box.quiet == 1 and await box.receive() is loud
+    box.send_nowait("result")  # with a message waiting the band may be stale: keep the tick
+    box.send_latest(tick("99.5"))
+    assert [await box.receive(), box.quiet] == ["result", 1]
+    assert (await box.receive()).bid == D("99.5")
+    box.set_band(QuietBand(True, D(99), D(100), T0), now)  # run out
+    box.send_latest(tick("99.5"))
+    assert box.quiet == 1 and (await box.receive()).bid == D("99.5")
+    box.set_band(None)
+    box.send_latest(tick("99.5"))
+    assert box.quiet == 1 and (await box.receive()).bid == D("99.5")
+
+
+async def test_quiet_ticks_do_not_wake_the_actor_and_a_crossing_still_closes(autojump_clock, monkeypatch):
+    aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=12))  # progressive: target 99.5
+    stepped = []
+    real_step = position.step
+
+    def recording_step(state, event):
+        if isinstance(event, position.Tick):
+            stepped.append(event.bid)
+        return real_step(state, event)
+    monkeypatch.setattr(position, "step", recording_step)
+    async with trio.open_nursery() as n:
+        n.start_soon(ctx.writer.run)
+        n.start_soon(ctx.executor.run)
+        n.start_soon(ctx.timers.run)
+        n.start_soon(run_position_actor, ctx, aged_id)
+        await trio.sleep(1)
+        feed.push(SYMBOL, bid="99.0", ask="99.01")  # the first tick is sampled: the band is set
+        await trio.sleep(1)
+        assert stepped == [D("99.0")]
+        box = ctx.inboxes[aged_id]
+        for i in range(1000):
+            feed.push(SYMBOL, bid=f"{99 + i / 10000:.4f}", ask="99.2")
+            await trio.sleep(0.01)
+        assert stepped == [D("99.0")] and box.quiet == 1000
+        ex.set_quote(SYMBOL, "99.5", "99.51")
+        feed.push(SYMBOL, bid="99.5", ask="99.51")  # reaches the target
+        with trio.fail_after(60):
+            while SYMBOL in ex.positions:
+                await trio.sleep(0.1)
+        n.cancel_scope.cancel()
+    assert stepped == [D("99.0"), D("99.5")]
+    assert len(ex.orders) == 1
+    assert statuses(written)[-1] == "closed"

@@ -115,7 +115,7 @@ async def test_actor_crashed_mid_close_restarts_and_exactly_one_order_is_sent(mo
         feed.push(SYMBOL, bid="99.5", ask="99.6")
         await wait_for(triggered, interval=0.2)
         row = await aged_row(db)
-        svc.ctx.crash_on_next_tick.add(row["id"])
+        svc.ctx.inject_crash(row["id"])
         feed.push(SYMBOL, bid="99.5", ask="99.6")  # the actor crashes while the order is in flight
 
         async def closed():
