@@ -1,5 +1,8 @@
 """ws_raw_msgs_per_s: trio-websocket receive + json.loads of Bybit ticker frames, no logic.
 
+trio-websocket is opened with the feed's own queue and read sizes, so that the limit and
+the feed are measured on the same footing.
+
 The server is :mod:`bench.blaster` in raw mode, in another process, sending a
 pre-encoded block of deltas as fast as the socket takes them. The client counts the
 messages it receives and decodes per second of wall time, after a short warm-up.
@@ -15,10 +18,12 @@ from trio_websocket import open_websocket_url
 
 from bench.blaster import raw_block
 from bench.common import Blaster, CpuWindow, median
+from feeds.feed import MESSAGE_QUEUE_SIZE, RECEIVE_BUFFER_SIZE
 
 
 async def _measure_once(url: str, seconds: float, warmup: float, decode) -> float:
-    async with open_websocket_url(url, disconnect_timeout=2) as ws:
+    async with open_websocket_url(url, disconnect_timeout=2, message_queue_size=MESSAGE_QUEUE_SIZE,
+                                  receive_buffer_size=RECEIVE_BUFFER_SIZE) as ws:
         get = ws.get_message
         clock = time.perf_counter
         end_warm = clock() + warmup

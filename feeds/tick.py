@@ -9,15 +9,18 @@ never queues more than one tick.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 import trio
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(NamedTuple):
+    """One price update of one symbol. A named tuple: immutable, shared by every
+    subscriber, and about three times cheaper to build than a frozen dataclass — a feed
+    builds one per frame."""
+
     exchange: str
     symbol: str  # unified, e.g. "BTC/USDT:USDT"
     bid: Decimal | None
