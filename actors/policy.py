@@ -32,6 +32,7 @@ __all__ = [
     "assess",
     "should_close",
     "executable_price",
+    "executable_price_for",
     "close_reason",
     "realised_pnl",
     "aged_at",
@@ -257,7 +258,13 @@ def executable_price(side: str, bid: Decimal | None = None, ask: Decimal | None 
     The last trade price is used only when that side of the book is unknown.
     Nonsense prices (zero, negative, NaN) count as unknown.
     """
-    book = _usable(bid) if normalize_side(side) == "long" else _usable(ask)
+    return executable_price_for(normalize_side(side) == "long", bid, ask, last)
+
+
+def executable_price_for(long: bool, bid: Decimal | None, ask: Decimal | None,
+                         last: Decimal | None) -> Decimal | None:
+    """:func:`executable_price` with the side already known (``long``): the per-tick form."""
+    book = _usable(bid if long else ask)
     return book if book is not None else _usable(last)
 
 

@@ -28,7 +28,7 @@ from uuid import UUID
 
 from actors.policy import (
     Assessment, CloseReason, Phase, PolicyConfig, Schedule, aged_at, close_reason, executable_price,
-    next_phase_change, realised_pnl, should_close,
+    executable_price_for, next_phase_change, realised_pnl, should_close,
 )
 
 ACTIVE = frozenset({"detected", "grace_active", "progressive_active"})
@@ -329,11 +329,9 @@ class QuietBand:
 
     def quiet_price(self, bid: Decimal | None, ask: Decimal | None, last: Decimal | None) -> bool:
         """True if a tick with these prices is quiet (time aside)."""
-        price = bid if self.long else ask
-        if price is None or not price.is_finite() or price <= 0:
-            price = last
-            if price is None or not price.is_finite() or price <= 0:
-                return True  # no executable price: step only checks the phase, which holds until `until`
+        price = executable_price_for(self.long, bid, ask, last)
+        if price is None:
+            return True  # no executable price: step only checks the phase, which holds until `until`
         low, high = self.low, self.high
         return (low is None or price > low) and (high is None or price < high)
 
@@ -357,7 +355,7 @@ def quiet_band(s: PositionState, now: datetime) -> QuietBand | None:
     """
     long = s.side == "long"
     horizon = now + s.settings.sample_interval
-    if s.status == "closed" or (s.status not in ACTIVE and s.status != "error"):
+    if s.status not in ACTIVE and s.status != "error":
         return QuietBand(long, None, None, horizon)  # step ignores ticks in these statuses
     a = _assess(s, now)
     if s.status in ACTIVE and PHASE_STATUS[a.phase] != s.status:

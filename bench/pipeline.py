@@ -195,14 +195,12 @@ async def _start(url: str, positions: int, blaster: Blaster, nursery, *, request
     def fan_out_and_count_quiet(symbol, subs, tick):
         # A tick inside its actor's quiet band is decided here, in the mailbox: step would
         # have changed nothing, so the actor is not woken. One subscriber per symbol here.
-        for box in subs.values():
-            before = box.quiet
-            fan_out(symbol, subs, tick)
-            if box.quiet != before:
-                decided[symbol] = tick
-                append((mono(), tick.bid))
-            return
+        box = next(iter(subs.values()))
+        before = box.quiet
         fan_out(symbol, subs, tick)
+        if box.quiet != before:
+            decided[symbol] = tick
+            append((mono(), tick.bid))
     feed._fan_out = fan_out_and_count_quiet
     nursery.start_soon(svc.run)
     await wait_until(lambda: len(svc.ctx.inboxes) == positions, timeout=120, what="actors watching")

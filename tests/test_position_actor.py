@@ -63,6 +63,19 @@ def setup(origin, *, side="long", qty="1"):
     return aged_id, ctx, ex, feed, written
 
 
+def bids_stepped_on(monkeypatch) -> list:
+    """Record the bid of every tick that reaches ``position.step`` (the list fills as they do)."""
+    bids = []
+    real_step = position.step
+
+    def recording_step(state, event):
+        if isinstance(event, position.Tick):
+            bids.append(event.bid)
+        return real_step(state, event)
+    monkeypatch.setattr(position, "step", recording_step)
+    return bids
+
+
 def statuses(written):
     return [w.fields["status"] for w in written if isinstance(w, ops.UpdateAged) and "status" in w.fields]
 
@@ -118,14 +131,7 @@ async def test_phase_changes_come_from_timers_without_any_tick(autojump_clock):
 
 async def test_an_actor_that_falls_behind_decides_on_the_freshest_tick(autojump_clock, monkeypatch):
     aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=5))  # grace: target 100.2
-    decisions = []
-    real_step = position.step
-
-    def recording_step(state, event):
-        if isinstance(event, position.Tick):
-            decisions.append(event.bid)
-        return real_step(state, event)
-    monkeypatch.setattr(position, "step", recording_step)
+    decisions = bids_stepped_on(monkeypatch)
     async with trio.open_nursery() as n:
         n.start_soon(ctx.writer.run)
         n.start_soon(ctx.executor.run)
@@ -206,14 +212,7 @@ async def test_mailbox_drops_ticks_inside_the_quiet_band_without_waking_the_acto
 
 async def test_quiet_ticks_do_not_wake_the_actor_and_a_crossing_still_closes(autojump_clock, monkeypatch):
     aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=12))  # progressive: target 99.5
-    stepped = []
-    real_step = position.step
-
-    def recording_step(state, event):
-        if isinstance(event, position.Tick):
-            stepped.append(event.bid)
-        return real_step(state, event)
-    monkeypatch.setattr(position, "step", recording_step)
+    stepped = bids_stepped_on(monkeypatch)
     async with trio.open_nursery() as n:
         n.start_soon(ctx.writer.run)
         n.start_soon(ctx.executor.run)

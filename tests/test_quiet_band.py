@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, event, given, settings, strategies as st
 from hypothesis.stateful import rule
 
-from actors.position import QuietBand, Settings, Start, Tick, quiet_band, step
+from actors.position import CloseResult, QuietBand, Settings, Start, Tick, quiet_band, step
 from tests.test_position_step import PositionMachine, h, new_state
 
 _TINY = D("1e-12")
@@ -32,14 +32,10 @@ def _tick(band: QuietBand, at, price: D) -> Tick:
 
 
 def assert_quiet_is_a_no_op(s, band, at, price):
-    assert band.quiet_price(*_as_prices(band, price))
-    s2, cmds = step(s, _tick(band, at, price))
+    tick = _tick(band, at, price)
+    assert band.quiet_price(tick.bid, tick.ask, tick.last)
+    s2, cmds = step(s, tick)
     assert cmds == [] and s2 == s, (band, at, price, cmds)
-
-
-def _as_prices(band, price):
-    t = _tick(band, None, price)
-    return t.bid, t.ask, t.last
 
 
 class QuietBandMachine(PositionMachine):
@@ -76,7 +72,6 @@ TestQuietBandMachine.settings = settings(max_examples=400, stateful_step_count=5
 def test_a_quiet_tick_is_a_no_op_for_a_watched_position(side, start_h, offset, since, interval_s, material,
                                                         emergency_h, fail_first, cooldown_s, data):
     """Positions under watch — grace, progressive, error, a close in flight — after a sample."""
-    from actors.position import CloseResult  # noqa: PLC0415
     settings_ = Settings(sample_interval=timedelta(seconds=interval_s), material_change_percent=material,
                          error_cooldown=timedelta(seconds=cooldown_s), emergency_close_after_hours=emergency_h)
     at = h(start_h)
@@ -176,7 +171,6 @@ def test_the_band_ends_when_an_emergency_close_falls_due():
 
 
 def test_the_band_ends_with_the_error_cool_down():
-    from actors.position import CloseResult  # noqa: PLC0415
     s, _ = step(new_state(settings=Settings(error_cooldown=timedelta(seconds=30))), Start(h(12)))
     s, _ = step(s, Tick(h(12), bid=D("99.6")))  # crosses: a close is requested
     assert s.close_in_flight
