@@ -21,7 +21,6 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
 import trio
-import trio_asyncio
 
 from actors.policy import PolicyConfig, aged_at
 from bench.common import (
@@ -29,13 +28,14 @@ from bench.common import (
     PushFeed, connect, make_service, median, memory_exchange, percentile, seed_aged, symbol,
     wait_until,
 )
+from service.asyncio_bridge import open_asyncio_loop
 
 
 async def bench_detection(url: str, *, positions: int = 10, first_after: float = 1.0,
                           spacing: float = 0.25) -> dict:
     from exchanges.memory import MemoryExchange  # noqa: PLC0415
     config = PolicyConfig()
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         db = await connect(url)
         try:
             ex = MemoryExchange(name="bybit")
@@ -70,7 +70,7 @@ async def bench_detection(url: str, *, positions: int = 10, first_after: float =
 
 
 async def bench_restart(url: str, *, positions: int = 100, crashes: int = 7, gap: float = 0.3) -> dict:
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         db = await connect(url)
         try:
             book = await seed_aged(db, positions)

@@ -23,11 +23,11 @@ import gc
 import tracemalloc
 
 import trio
-import trio_asyncio
 
 from bench.common import (
     EXCHANGE, Blaster, connect, make_service, rss_bytes, running_children, seed_aged, wait_until,
 )
+from service.asyncio_bridge import open_asyncio_loop
 
 
 async def _add_actors(svc, feed, db, positions: int) -> None:
@@ -47,7 +47,7 @@ def _settled_traced() -> int:
 
 async def bench_memory(url: str, *, positions: int = 1000, settle_s: float = 12.0) -> dict:
     from feeds.feed import Feed  # noqa: PLC0415
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         db = await connect(url)
         try:
             async with Blaster("feed") as blaster:

@@ -43,13 +43,13 @@ import pstats
 import time
 
 import trio
-import trio_asyncio
 
 from bench.common import (
     add_on_state,
     EXCHANGE, Blaster, CpuWindow, connect, lag_us_from_price, median, memory_exchange, make_service,
     percentile, running_children, seed_aged, symbol_id, wait_until,
 )
+from service.asyncio_bridge import open_asyncio_loop
 
 GROWTH_LIMIT_MS = 10.0
 MEDIAN_LIMIT_MS = 25.0
@@ -360,7 +360,7 @@ async def bench_pipeline(url: str, *, positions: int = 1000, start_rate: int = 2
 async def _bench_pipeline(url, positions, start_rate, factor, bisect, window, warmup, max_steps,
                           background_rate, crossings, cross_interval, requests_per_second,
                           profile_rate, profile_out, floor) -> dict:
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         async with Blaster("feed") as blaster:
             async with trio.open_nursery() as nursery:
                 began = time.monotonic()

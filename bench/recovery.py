@@ -23,14 +23,14 @@ import sys
 import time
 
 import trio
-import trio_asyncio
 
 from bench.common import PROJECT_ROOT, Blaster, connect, seed_aged
+from service.asyncio_bridge import open_asyncio_loop
 
 
 async def bench_recovery(url: str, *, positions: int = 1000, repeats: int = 1) -> dict:
     runs = []
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         async with Blaster("feed") as blaster:
             for _ in range(repeats):
                 db = await connect(url)

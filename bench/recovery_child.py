@@ -10,7 +10,6 @@ import json  # noqa: E402
 from datetime import datetime  # noqa: E402
 
 import trio  # noqa: E402
-import trio_asyncio  # noqa: E402
 
 import service.app  # noqa: E402,F401 - the real service's import graph (ccxt, feeds, storage, ...)
 from actors.clock import PolicyClock  # noqa: E402
@@ -19,6 +18,7 @@ from service.runtime import ServiceConfig  # noqa: E402
 from storage import open_database  # noqa: E402
 
 from bench.common import EXCHANGE, configure_logging, memory_exchange  # noqa: E402
+from service.asyncio_bridge import open_asyncio_loop  # noqa: E402
 
 T_IMPORTED = time.time()
 
@@ -26,7 +26,7 @@ T_IMPORTED = time.time()
 async def main() -> dict:
     n = int(os.environ["BENCH_N"])
     marks = {}
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         async with open_database(os.environ["BENCH_DB_URL"]) as db:
             marks["db_open_s"] = time.time() - T0
             calls = {"n": 0}

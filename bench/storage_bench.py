@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 from decimal import Decimal as D
 
 import trio
-import trio_asyncio
 
 from actors.writer import StorageWriter
 from bench.common import connect, seed_aged
 from storage import ops as op
+from service.asyncio_bridge import open_asyncio_loop
 
 
 def _rows(aged_ids, count: int) -> list:
@@ -40,7 +40,7 @@ def _rows(aged_ids, count: int) -> list:
 
 
 async def bench_events(url: str, *, rows: int = 100_000, chunk: int = 5_000, max_depth: int = 20_000) -> dict:
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         db = await connect(url)
         try:
             book = await seed_aged(db, 50)

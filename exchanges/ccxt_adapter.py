@@ -2,7 +2,7 @@
 
 :class:`CcxtExchange` implements :class:`exchanges.port.ExchangePort`. Its methods are
 trio-native; each ccxt call crosses into asyncio with ``trio_asyncio.aio_as_trio``, so
-they must run inside ``trio_asyncio.open_loop()`` (the service opens one loop for the
+they must run inside ``service.asyncio_bridge.open_asyncio_loop()`` (the service opens one loop for the
 process; tests use the ``aio_loop`` fixture).
 
 Guarantees:

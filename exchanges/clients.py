@@ -185,7 +185,7 @@ def make_ccxt_client(
     """A configured ``ccxt.async_support`` client for ``"bybit"`` or ``"binanceusdm"``.
 
     The client is not opened here; its aiohttp session is created on first use, on the
-    running asyncio loop (so the first call must happen inside ``trio_asyncio.open_loop``).
+    running asyncio loop (so the first call must happen inside ``service.asyncio_bridge.open_asyncio_loop``).
     """
     config: dict[str, Any] = {
         "timeout": int(timeout_ms),

@@ -13,12 +13,12 @@ import signal
 import sys
 
 import trio
-import trio_asyncio
 
 import storage
 from actors.clock import PolicyClock
 from actors.policy import ConfigError, PolicyConfig
 from service.logs import configure_logging
+from service.asyncio_bridge import open_asyncio_loop
 
 log = logging.getLogger("run")
 
@@ -61,7 +61,7 @@ DEMO_DATABASE = "aged_position_demo"
 
 
 async def _with_db(url, fn, migrate=True, **kw):
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         async with storage.open_database(url, migrate=migrate, **kw) as db:
             return await fn(db)
 

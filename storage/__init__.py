@@ -47,7 +47,7 @@ async def open_database(url: str | None = None, *, data_dir: Path | None = None,
                         fresh_schema: bool = False) -> AsyncIterator[Database]:
     """Connect to ``url``, else ``$DATABASE_URL``, else an embedded server in ``data_dir``.
 
-    Must be entered inside ``trio_asyncio.open_loop()``. Applies migrations unless
+    Must be entered inside ``service.asyncio_bridge.open_asyncio_loop()``. Applies migrations unless
     ``migrate=False``. An embedded server started here is stopped on exit.
     ``database`` switches to that database on the same server, creating it if needed;
     ``fresh_schema`` drops its ``monitoring`` schema first (the demo starts clean each

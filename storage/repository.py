@@ -1,7 +1,7 @@
 """The repository: trio-native async functions over asyncpg.
 
 asyncpg is an asyncio library; this program runs on trio. One asyncio loop is opened
-at the top of the program (``async with trio_asyncio.open_loop():``) and every
+at the top of the program (``async with service.asyncio_bridge.open_asyncio_loop():``) and every
 method here crosses into it with :func:`trio_asyncio.aio_as_trio`. A crossing costs
 tens of microseconds, so callers batch writes (:meth:`Database.write_batch`) rather
 than crossing once per tick.

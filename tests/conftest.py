@@ -21,11 +21,11 @@ import asyncpg
 import pytest
 import trio
 import trio.testing
-import trio_asyncio
 
 from storage.embedded import EmbeddedPostgres
 from storage.migrate import apply_migrations
 from storage.repository import Database
+from service.asyncio_bridge import open_asyncio_loop
 
 MONITORING_TABLES = (
     "monitoring.close_orders, monitoring.aged_positions_monitoring, monitoring.aged_positions_history, "
@@ -112,7 +112,7 @@ def database_url(server_url):
 @pytest.fixture
 async def aio_loop():
     """An asyncio loop on top of trio, for asyncpg and ccxt (one per test)."""
-    async with trio_asyncio.open_loop() as loop:
+    async with open_asyncio_loop() as loop:
         yield loop
 
 
