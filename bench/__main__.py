@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(out))
     print(f"\n{size} run: {details['total_seconds']} s; wrote {args.out}")
+    floor = ((details["benches"].get("pipeline") or {}).get("details") or {}).get("durable_commit_floor_ms")
+    if floor:
+        print(f"floor under tick_to_order: one durable write-ahead commit alone (idle, own connection) "
+              f"p50 {_fmt(floor['p50_ms'])} / p99 {_fmt(floor['p99_ms'])} ms")
     misses = [k for k in KEYS if target(k, out)[1] is False]
     if misses:
         print("targets missed: " + ", ".join(misses))

@@ -32,6 +32,11 @@ executor itself measures from ``Tick.received_at`` (the feed got the frame) to t
 moment it calls ``create_close_order`` (its ``on_submit`` hook).
 The executor's rate limiter is set very high here (``requests_per_second``) so that
 the numbers are about our path, not about a 10 requests/s exchange budget.
+
+Every close commits its write-ahead row before the order goes out, so tick_to_order
+can be no shorter than one durable commit. ``durable_commit_floor_ms`` in the details
+measures that commit alone, on a dedicated connection with the service stopped
+(:func:`bench.storage_bench.durable_commit_floor`).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from bench.common import (
     EXCHANGE, Blaster, CpuWindow, connect, lag_us_from_price, median, memory_exchange, make_service,
     percentile, running_children, seed_aged, symbol_id, wait_until,
 )
+from bench.storage_bench import durable_commit_floor
 from service.asyncio_bridge import open_asyncio_loop
 
 GROWTH_LIMIT_MS = 10.0
@@ -347,19 +353,19 @@ async def bench_pipeline(url: str, *, positions: int = 1000, start_rate: int = 2
                          bisect: int = 3, window: float = 5.0, warmup: float = 1.0, max_steps: int = 12,
                          background_rate: int = 10_000, crossings: int = 200, cross_interval: float = 0.05,
                          requests_per_second: float = 1e6, profile_rate: int | None = None,
-                         profile_out: str | None = None, floor: int = 250) -> dict:
+                         profile_out: str | None = None, floor: int = 250, commit_probes: int = 300) -> dict:
     gc.callbacks.append(_gc_callback)
     try:
         return await _bench_pipeline(url, positions, start_rate, factor, bisect, window, warmup, max_steps,
                                      background_rate, crossings, cross_interval, requests_per_second,
-                                     profile_rate, profile_out, floor)
+                                     profile_rate, profile_out, floor, commit_probes)
     finally:
         gc.callbacks.remove(_gc_callback)
 
 
 async def _bench_pipeline(url, positions, start_rate, factor, bisect, window, warmup, max_steps,
                           background_rate, crossings, cross_interval, requests_per_second,
-                          profile_rate, profile_out, floor) -> dict:
+                          profile_rate, profile_out, floor, commit_probes) -> dict:
     async with open_asyncio_loop():
         async with Blaster("feed") as blaster:
             async with trio.open_nursery() as nursery:
@@ -393,6 +399,8 @@ async def _bench_pipeline(url, positions, start_rate, factor, bisect, window, wa
                 nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
                 await db.close()
+            # the floor under tick_to_order: what one durable write-ahead commit costs here, idle
+            info["durable_commit_floor_ms"] = await durable_commit_floor(url, commits=commit_probes)
     details = {**info, **t2o.pop("details")}
     return {"max_ticks_per_s": best, **t2o, "details": details}
 

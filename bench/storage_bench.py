@@ -74,3 +74,37 @@ async def bench_events(url: str, *, rows: int = 100_000, chunk: int = 5_000, max
     return {"events_per_s": round(rows / elapsed),
             "details": {"rows": rows, "seconds": round(elapsed, 3), "batches": len(batches),
                         "mean_batch": round(sum(batches) / len(batches)) if batches else 0}}
+
+
+async def durable_commit_floor(url: str, *, commits: int = 300, pause: float = 0.002) -> dict:
+    """p50/p99 of one durable single-row commit: the least a write-ahead row can cost.
+
+    A dedicated asyncpg connection (no pool), one INSERT per commit into a scratch
+    table shaped like a write-ahead row, nothing else running. Must run inside the
+    asyncio loop. The table is dropped afterwards.
+    """
+    import asyncpg  # noqa: PLC0415
+    import trio_asyncio  # noqa: PLC0415
+    from uuid import uuid4  # noqa: PLC0415
+
+    from bench.common import percentile  # noqa: PLC0415
+
+    conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(url)
+    run = trio_asyncio.aio_as_trio(conn.execute)
+    try:
+        await run("DROP TABLE IF EXISTS bench_commit_probe")
+        await run("CREATE TABLE bench_commit_probe (client_order_id text PRIMARY KEY, aged_position_id uuid, "
+                  "attempt int, requested_qty numeric, state text, created_at timestamptz DEFAULT now())")
+        seconds = []
+        for k in range(commits):
+            began = time.perf_counter()
+            await run("INSERT INTO bench_commit_probe (client_order_id, aged_position_id, attempt, requested_qty, state)"
+                      " VALUES ($1, $2, 1, $3, 'pending')", f"probe-{k}", uuid4(), D("0.5"))
+            seconds.append(time.perf_counter() - began)
+            await trio.sleep(pause)
+        await run("DROP TABLE bench_commit_probe")
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio_asyncio.aio_as_trio(conn.close)()
+    return {"commits": commits, "p50_ms": round(percentile(seconds, 50) * 1000, 3),
+            "p99_ms": round(percentile(seconds, 99) * 1000, 3)}

@@ -18,6 +18,9 @@ async def test_every_bench_produces_its_keys_as_positive_numbers(database_url):
         for key in bench.keys:
             results[key] = result.get(key)
         assert isinstance(result.get("details"), dict), bench.name
+        if bench.name == "pipeline":
+            floor = result["details"]["durable_commit_floor_ms"]
+            assert floor["commits"] == 20 and 0 < floor["p50_ms"] <= floor["p99_ms"], floor
     assert set(results) == set(KEYS)
     for key in KEYS:
         value = results[key]
