@@ -8,7 +8,10 @@ place. For each request, under that symbol's lock:
 2. Verify the position (``fetch_positions``): gone → report it; a changed size → close
    the current size.
 3. Record the order in the write-ahead table, *then* send a reduce-only MARKET order
-   with a deterministic client order id (aged position id + attempt number).
+   with a deterministic client order id (aged position id + attempt number). A close
+   triggered by a tick holds the storage writer (:meth:`StorageWriter.hold`) from the
+   moment it is queued until its first write-ahead row is committed, so that row does
+   not wait behind the audit rows of the same decision.
 4. On failure retry with backoff (``retry_delays``, default 1 s, 3 s, 5 s). An unknown
    outcome (timeout, lost reply) is looked up by client order id before any new
    attempt. Errors retrying cannot fix are not retried. A market order the book
@@ -35,7 +38,7 @@ import trio
 from actors.failpoints import failpoint
 from actors.position import CloseResult
 from actors.ratelimit import RateLimiter
-from actors.writer import StorageWriter
+from actors.writer import NoHold, StorageWriter
 from exchanges.errors import (
     ExchangeError, InsufficientLiquidityError, NonRetryableError, RetryableError, UnknownOutcomeError,
 )
@@ -158,25 +161,28 @@ class Executor:
 
     def submit(self, request: CloseRequest) -> None:
         """Queue a close request (never blocks)."""
-        self._send.send_nowait(request)
+        fast = request.tick_received_at is not None and self.write_direct is not None
+        self._send.send_nowait((request, self.writer.hold() if fast else NoHold()))
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             task_status.started()
-            async for request in self._receive:
-                nursery.start_soon(self._handle, request)
+            async for request, hold in self._receive:
+                nursery.start_soon(self._handle, request, hold)
 
-    async def _handle(self, req: CloseRequest) -> None:
+    async def _handle(self, req: CloseRequest, hold=NoHold()) -> None:
         lock = self._locks.setdefault((req.exchange, req.symbol), trio.Lock())
         async with lock:
             try:
-                result = await self._close(req)
+                result = await self._close(req, hold)
             except Exception as exc:  # noqa: BLE001 - a close must always answer its actor
                 log.exception("close of %s %s failed unexpectedly", req.exchange, req.symbol)
                 fills = self._fills.get(req.aged_id, _Fills())
                 result = CloseResult(req.clock(), "failed", filled_qty=fills.total, avg_price=fills.vwap,
                                      attempts=max(fills.max_attempt, req.next_attempt - 1),
                                      error=f"{type(exc).__name__}: {exc}")
+            finally:
+                hold.release()
         if result.outcome in ("flat", "vanished"):
             self._fills.pop(req.aged_id, None)  # finished: nothing left to reconcile
         if req.reply is not None:
@@ -192,7 +198,7 @@ class Executor:
         await self.limiters[exchange].acquire()
         return await fn(*args, **kw)
 
-    async def _close(self, req: CloseRequest) -> CloseResult:
+    async def _close(self, req: CloseRequest, hold=NoHold()) -> CloseResult:
         port = self.exchanges[req.exchange]
         fills = await self._reconcile(req, port)
         attempt = max(req.next_attempt, fills.max_attempt + 1)
@@ -233,6 +239,7 @@ class Executor:
                 client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange,
                 symbol=req.symbol, side=order_side, order_type="limit_ioc" if limit_price else "market",
                 requested_qty=remaining, limit_price=limit_price))
+            hold.release()
             self.stats.attempts += 1
             if attempt > 1:
                 self.stats.retries += 1

@@ -14,6 +14,12 @@ the buffer is flushed in order.
 
 A write the database refuses as invalid (a constraint violation) is not a database
 outage: that one write is logged with its error and dropped, and the rest go on.
+
+A write that must be committed on its own before something else happens (the
+executor's write-ahead row, before its order is sent) can take a :meth:`~StorageWriter.hold`:
+the writer starts no new batch until the hold is released, so the two commits do
+not queue behind each other on the disk. A hold only reorders; it lapses on its own
+after ``max_hold`` seconds.
 """
 
 from __future__ import annotations
@@ -36,6 +42,27 @@ def _is_routine(item: op.WriteOp) -> bool:
     return isinstance(item, op.AddEvent) and item.event_type in ROUTINE_EVENTS
 
 
+class WriterHold:
+    """Returned by :meth:`StorageWriter.hold`; call :meth:`release` when your write is done."""
+
+    __slots__ = ("_writer", "deadline")
+
+    def __init__(self, writer: "StorageWriter", deadline: float):
+        self._writer = writer
+        self.deadline = deadline
+
+    def release(self) -> None:
+        """Let the writer go on. Releasing twice is harmless."""
+        self._writer._release(self)
+
+
+class NoHold:
+    """A hold that holds nothing (for callers that sometimes need none)."""
+
+    def release(self) -> None:
+        pass
+
+
 def _is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
                             asyncpg.exceptions.RaiseError, ValueError, TypeError)) or (
@@ -52,7 +79,7 @@ class StorageWriter:
 
     def __init__(self, write_batch: Callable[[Sequence[op.WriteOp]], object], *, max_buffer: int = 100_000,
                  max_batch: int = 2_000, retry_initial: float = 0.5, retry_max: float = 10.0,
-                 on_depth: Callable[[int], None] | None = None):
+                 on_depth: Callable[[int], None] | None = None, max_hold: float = 0.02):
         self._write_batch = write_batch
         self._buffer: deque[op.WriteOp] = deque()
         self._wakeup = trio.Event()
@@ -68,6 +95,9 @@ class StorageWriter:
         self.rejected = 0
         self.written = 0
         self.on_depth = on_depth or (lambda depth: None)
+        self.max_hold = max_hold
+        self._holds: set[WriterHold] = set()
+        self._holds_changed = trio.Event()
 
     @property
     def depth(self) -> int:
@@ -81,6 +111,34 @@ class StorageWriter:
     async def wait_flushed(self) -> None:
         """Wait until everything queued so far has been written."""
         await self._flushed.wait()
+
+    def hold(self) -> WriterHold:
+        """Ask the writer to start no new batch until the returned hold is released.
+
+        For a write that goes to the database on its own connection and must be
+        committed as fast as possible (the write-ahead row of an order about to be
+        sent): a batch of audit rows committing at the same moment makes it wait for
+        the disk twice. A batch already being written is not stopped. The hold lapses
+        by itself ``max_hold`` seconds after it was taken, so a forgotten one delays
+        the writer by that much once, never more.
+        """
+        hold = WriterHold(self, trio.current_time() + self.max_hold)
+        self._holds.add(hold)
+        return hold
+
+    def _release(self, hold: WriterHold) -> None:
+        self._holds.discard(hold)
+        self._holds_changed.set()
+
+    async def _wait_for_holds(self) -> None:
+        while self._holds:
+            now = trio.current_time()
+            self._holds = {h for h in self._holds if h.deadline > now}
+            if not self._holds:
+                return
+            self._holds_changed = trio.Event()
+            with trio.move_on_at(min(h.deadline for h in self._holds)):
+                await self._holds_changed.wait()
 
     def _after_enqueue(self) -> None:
         self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
@@ -128,6 +186,7 @@ class StorageWriter:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
+            await self._wait_for_holds()
             batch = self._next_batch()
             try:
                 await self._write_batch(batch)
