@@ -119,8 +119,9 @@ class StorageWriter:
         committed as fast as possible (the write-ahead row of an order about to be
         sent): a batch of audit rows committing at the same moment makes it wait for
         the disk twice. A batch already being written is not stopped. The hold lapses
-        by itself ``max_hold`` seconds after it was taken, so a forgotten one delays
-        the writer by that much once, never more.
+        by itself ``max_hold`` seconds after it was taken, and the writer never waits
+        longer than ``max_hold`` before a batch however many holds keep coming, so
+        holds only reorder writes: they cannot starve the writer.
         """
         hold = WriterHold(self, trio.current_time() + self.max_hold)
         self._holds.add(hold)
@@ -131,13 +132,15 @@ class StorageWriter:
         self._holds_changed.set()
 
     async def _wait_for_holds(self) -> None:
+        # Never longer than max_hold in all, however many holds keep arriving.
+        give_up = trio.current_time() + self.max_hold
         while self._holds:
             now = trio.current_time()
             self._holds = {h for h in self._holds if h.deadline > now}
-            if not self._holds:
+            if not self._holds or now >= give_up:
                 return
             self._holds_changed = trio.Event()
-            with trio.move_on_at(min(h.deadline for h in self._holds)):
+            with trio.move_on_at(min(give_up, *(h.deadline for h in self._holds))):
                 await self._holds_changed.wait()
 
     def _after_enqueue(self) -> None:

@@ -67,6 +67,27 @@ async def test_a_forgotten_hold_lapses_after_max_hold(autojump_clock):
     assert starts[1] == second
 
 
+async def test_holds_that_keep_coming_delay_a_batch_by_max_hold_at_most(autojump_clock):
+    log = []
+    writer = StorageWriter(recorder(log, "writer"), max_hold=0.05)
+    async with trio.open_nursery() as n:
+        n.start_soon(writer.run)
+
+        async def a_close_every_5_ms():
+            while True:
+                writer.hold()  # each one would lapse after 50 ms on its own
+                await trio.sleep(0.005)
+        n.start_soon(a_close_every_5_ms)
+        await trio.sleep(0.001)
+        wanted = trio.current_time()
+        writer.submit(event())
+        with trio.fail_after(1):  # starved: the batch would never start
+            await writer.wait_flushed()
+        n.cancel_scope.cancel()
+    [started] = [t for name, what, t in log if what == "start"]
+    assert started - wanted <= 0.05 + 1e-9
+
+
 def executor_with(log: list, qty="1"):
     ex = MemoryExchange(name="bybit")
     ex.set_position(SYMBOL, "long", qty, "100", opened_at=T0)
