@@ -15,11 +15,14 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from decimal import Decimal as D
+from uuid import uuid4
 
+import asyncpg
 import trio
+import trio_asyncio
 
 from actors.writer import StorageWriter
-from bench.common import connect, seed_aged
+from bench.common import connect, percentile, seed_aged
 from storage import ops as op
 from service.asyncio_bridge import open_asyncio_loop
 
@@ -83,12 +86,6 @@ async def durable_commit_floor(url: str, *, commits: int = 300, pause: float = 0
     table shaped like a write-ahead row, nothing else running. Must run inside the
     asyncio loop. The table is dropped afterwards.
     """
-    import asyncpg  # noqa: PLC0415
-    import trio_asyncio  # noqa: PLC0415
-    from uuid import uuid4  # noqa: PLC0415
-
-    from bench.common import percentile  # noqa: PLC0415
-
     conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(url)
     run = trio_asyncio.aio_as_trio(conn.execute)
     try:
