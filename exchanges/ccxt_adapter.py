@@ -38,7 +38,12 @@ Rate limiting is ccxt's ``enableRateLimit`` token bucket, one per client (the pr
 shares one :class:`CcxtExchange` per exchange).
 
 Known limits: one-way position mode only (hedge mode would need ``positionIdx`` /
-``positionSide``); USDT-settled linear perpetuals only. Bybit's ``createdTime`` is
+``positionSide`` on every order). :meth:`CcxtExchange.position_mode` tells which mode
+the account is in, and the service refuses to start on a hedge-mode account; a
+hedge-mode position that shows up later (Binance ``positionSide`` LONG/SHORT, Bybit
+``positionIdx`` 1/2) is not reported by ``fetch_positions``, with one error logged per
+symbol and side, because no order this adapter sends could close it.
+USDT-settled linear perpetuals only. Bybit's ``createdTime`` is
 used as ``opened_at`` as the brief asks; check against the real exchange whether it is
 the current position's open time or the first position ever on the symbol.
 """
@@ -46,6 +51,7 @@ the current position's open time or the first position ever on the symbol.
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
@@ -58,6 +64,8 @@ from exchanges.classify import classify, is_order_not_found
 from exchanges.clients import make_ccxt_client
 from exchanges.errors import ExchangeError, NonRetryableError
 from exchanges.port import ExchangePosition, OrderResult, Quote
+
+log = logging.getLogger("exchanges.ccxt")
 from exchanges.symbols import unified_symbol
 
 __all__ = ["CcxtExchange"]
@@ -162,6 +170,7 @@ class CcxtExchange:
         self._fill_poll_interval = float(fill_poll_interval)
         self._swap_symbols: frozenset[str] | None = None
         self._markets_lock = trio.Lock()
+        self._hedge_rows_reported: set[tuple[str, str]] = set()
         self._last_reload: float | None = None
         self.market_reload_interval = 30.0
 
@@ -308,6 +317,29 @@ class CcxtExchange:
             positions = [p for p in positions if p.symbol in wanted]
         return positions
 
+    async def position_mode(self) -> str:
+        """The account's position mode: ``"one_way"``, ``"hedge"``, or ``"unknown"``.
+
+        Binance says so (``GET /fapi/v1/positionSide/dual``). Bybit has no such call: its
+        open USDT positions tell (``positionIdx`` 0 is one-way, 1 and 2 are hedge), so
+        with none open the answer is ``"unknown"``.
+        """
+        with self._errors():
+            if self.name == "bybit":
+                rows = await self._bybit_position_rows(None)
+                if not rows:
+                    return "unknown"
+                return "hedge" if any(str(r.get("positionIdx") or "0") in ("1", "2") for r in rows) else "one_way"
+            reply = await self._aio(self._client.fapiPrivateGetPositionSideDual)
+        dual = (reply or {}).get("dualSidePosition")
+        return "hedge" if dual is True or str(dual).lower() == "true" else "one_way"
+
+    def _hedge_row(self, symbol_id: str, side: str) -> None:
+        if (symbol_id, side) not in self._hedge_rows_reported:
+            self._hedge_rows_reported.add((symbol_id, side))
+            log.error("%s: %s %s is a hedge-mode position; only one-way mode is supported, so it is not "
+                      "managed (switch the account to one-way mode to have it managed)", self.name, symbol_id, side)
+
     async def _bybit_position_rows(self, wanted: set[str] | None) -> list[dict]:
         base: dict[str, Any] = {"category": "linear", "limit": 200}
         if wanted is not None and len(wanted) == 1:
@@ -342,6 +374,9 @@ class CcxtExchange:
             side = "short"
         else:
             return None
+        if str(row.get("positionIdx") or "0") in ("1", "2"):
+            self._hedge_row(str(row.get("symbol")), side)
+            return None
         symbol = self._unified_from_id(str(row.get("symbol") or ""))
         if symbol is None:
             return None
@@ -359,13 +394,10 @@ class CcxtExchange:
         amount = _dec(row.get("positionAmt"))
         if amount is None or amount == 0:
             return None
-        position_side = str(row.get("positionSide") or "BOTH").upper()
-        if position_side == "LONG":
-            side = "long"
-        elif position_side == "SHORT":
-            side = "short"
-        else:
-            side = "long" if amount > 0 else "short"
+        side = "long" if amount > 0 else "short"
+        if str(row.get("positionSide") or "BOTH").upper() != "BOTH":
+            self._hedge_row(str(row.get("symbol")), str(row.get("positionSide")).lower())
+            return None
         symbol = self._unified_from_id(str(row.get("symbol") or ""))
         if symbol is None:
             return None

@@ -34,6 +34,9 @@ class DryRunExchange:
     async def load_markets(self) -> None:
         await self.inner.load_markets()
 
+    async def position_mode(self) -> str:
+        return await self.inner.position_mode()
+
     async def fetch_positions(self, symbols: Sequence[str] | None = None) -> list[ExchangePosition]:
         out = []
         for p in await self.inner.fetch_positions(symbols):

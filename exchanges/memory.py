@@ -50,6 +50,7 @@ __all__ = ["MemoryExchange", "MemoryOrder"]
 
 PORT_METHODS = (
     "load_markets",
+    "position_mode",
     "fetch_positions",
     "fetch_quote",
     "create_close_order",
@@ -118,6 +119,7 @@ class MemoryExchange:
     strict_reduce_only_qty: bool = False
     partial_fill_ratio: Decimal | None = None
     latency: float = 0.0  # trio.sleep per call (virtual time under MockClock)
+    mode: str = "one_way"  # what position_mode() answers
 
     positions: dict[str, _Position] = field(default_factory=dict)
     quotes: dict[str, Quote] = field(default_factory=dict)
@@ -237,6 +239,10 @@ class MemoryExchange:
 
     async def load_markets(self) -> None:
         await self._enter("load_markets")
+
+    async def position_mode(self) -> str:
+        await self._enter("position_mode")
+        return self.mode
 
     async def fetch_positions(self, symbols: Sequence[str] | None = None) -> list[ExchangePosition]:
         await self._enter("fetch_positions", symbols)

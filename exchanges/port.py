@@ -61,6 +61,9 @@ class ExchangePort(Protocol):
 
     async def load_markets(self) -> None: ...
 
+    async def position_mode(self) -> str:
+        """``"one_way"``, ``"hedge"`` or ``"unknown"``. Only one-way accounts can be managed."""
+
     async def fetch_positions(self, symbols: Sequence[str] | None = None) -> list[ExchangePosition]:
         """Open positions (non-zero size) on the account, optionally only these symbols."""
 

@@ -71,6 +71,31 @@ async def exchanges_open(exchanges: Mapping[str, ExchangePort]) -> AsyncIterator
                     log.warning("closing %s: %s", port.name, exc)
 
 
+HEDGE_MODE_HELP = ("only one-way position mode is supported: every close is a reduce-only order without a "
+                   "position side. Switch the account to one-way mode (Binance: Preferences → Position Mode; "
+                   "Bybit: per symbol, in the position settings), or leave this exchange out of the configuration")
+
+
+async def hedge_mode_accounts(exchanges: Mapping[str, ExchangePort]) -> list[str]:
+    """The exchanges whose account is in hedge mode (which this service cannot manage).
+
+    An exchange that cannot answer is logged and passed: the service starts, retries it,
+    and ignores any hedge-mode position it finds later.
+    """
+    hedged = []
+    for name, port in exchanges.items():
+        try:
+            mode = await port.position_mode()
+        except Exception as exc:  # noqa: BLE001 - an unreachable exchange must not stop the others
+            log.warning("%s: could not read the account's position mode (%s: %s)", name, type(exc).__name__, exc)
+            continue
+        if mode == "hedge":
+            hedged.append(name)
+        elif mode == "unknown":
+            log.info("%s: position mode not known yet (no open positions)", name)
+    return hedged
+
+
 def build_service(db, exchanges: Mapping[str, ExchangePort], feeds: Mapping[str, Feed], config: ServiceConfig,
                   clock: PolicyClock, *, http_port: int | None, webhook_url_env: str | None = None,
                   telegram: bool = False) -> tuple[Service, Observability]:
@@ -129,6 +154,11 @@ async def run_live(app: AppConfig, db, *, dry_run: bool, metrics_port: int | Non
              ", ".join(f"{e.name} ({e.rest_url or 'production'})" for e in app.exchanges))
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(exchanges_open(exchanges))
+        hedged = await hedge_mode_accounts(exchanges)
+        for name in hedged:
+            log.critical("%s: the account is in hedge mode; %s", name, HEDGE_MODE_HELP)
+        if hedged:
+            return 2
         feeds = make_feeds(exchanges, {e.name: e.ws_url for e in app.exchanges},
                            FeedTimings(app.manager.stale_after, app.manager.rest_poll_interval))
         service, obs = build_service(db, exchanges, feeds, service_config(app), PolicyClock(),

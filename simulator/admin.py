@@ -12,6 +12,10 @@
   the walk; ``"volatility"``, ``"drift"``, ``"spread_bps"`` tune the walk.
 * ``POST /_sim/step`` ``{"n": 1}`` — advance the random walk by hand.
 * ``GET|POST|DELETE /_sim/faults`` — see :func:`apply_faults`.
+* ``GET /_sim/mode``; ``POST /_sim/mode`` ``{"exchange", "hedge": true|false}`` — the
+  account's position mode: hedge mode shows positions as Binance ``positionSide``
+  LONG/SHORT and Bybit ``positionIdx`` 1/2, and Binance's ``/fapi/v1/positionSide/dual``
+  says so.
 * ``POST /_sim/reset`` — forget positions, orders and faults.
 
 Bad input answers HTTP 400 ``{"error": "..."}``; nothing a client sends crashes the
@@ -354,6 +358,17 @@ class AdminAPI:
 
         return await self._guard(request, go)
 
+    async def mode(self, request: Request) -> Response:
+        async def go(request):
+            if request.method == "POST":
+                body = await _json_body(request)
+                if set(body) != {"exchange", "hedge"} or not isinstance(body["hedge"], bool):
+                    raise BadInput('expected {"exchange": ..., "hedge": true|false}')
+                self.state.hedge_mode[normalize_exchange(body["exchange"])] = body["hedge"]
+            return json_response({ex: ("hedge" if h else "one_way") for ex, h in self.state.hedge_mode.items()})
+
+        return await self._guard(request, go)
+
     async def reset(self, request: Request) -> Response:
         async def go(request):
             self.state.reset()
@@ -380,6 +395,7 @@ class AdminAPI:
             Route("/_sim/prices", self.prices, methods=["GET", "POST"]),
             Route("/_sim/step", self.step, methods=["POST"]),
             Route("/_sim/faults", self.faults, methods=["GET", "POST", "DELETE"]),
+            Route("/_sim/mode", self.mode, methods=["GET", "POST"]),
             Route("/_sim/reset", self.reset, methods=["POST"]),
             Route("/_sim/{path:path}", self.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ]

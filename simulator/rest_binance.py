@@ -369,6 +369,9 @@ class BinanceAPI:
             entry = pos.entry_price
             upnl = pos.unrealised_pnl(mark)
             updated = dt_ms(pos.updated_at)
+        position_side = "BOTH"
+        if st.hedge_mode[EXCHANGE] and pos is not None:
+            position_side = "LONG" if pos.side == "long" else "SHORT"
         notional = amt * mark
         im = abs(notional) / 10
         mm = abs(notional) * Decimal("0.004")
@@ -376,7 +379,7 @@ class BinanceAPI:
         if v3:
             return {
                 "symbol": m.symbol_id,
-                "positionSide": "BOTH",
+                "positionSide": position_side,
                 "positionAmt": m.fmt_qty(amt),
                 "entryPrice": dstr(entry) if pos else "0.0",
                 "breakEvenPrice": dstr(entry) if pos else "0.0",
@@ -411,7 +414,7 @@ class BinanceAPI:
             "isolatedWallet": "0",
             "symbol": m.symbol_id,
             "unRealizedProfit": dstr(upnl.quantize(q8)),
-            "positionSide": "BOTH",
+            "positionSide": position_side,
             "updateTime": updated,
         }
 
@@ -445,7 +448,7 @@ class BinanceAPI:
         err, _ = await self._signed(request)
         if err is not None:
             return err
-        return json_response({"dualSidePosition": False})
+        return json_response({"dualSidePosition": self.state.hedge_mode[EXCHANGE]})
 
     # -- orders
 

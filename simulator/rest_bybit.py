@@ -372,8 +372,11 @@ class BybitAPI:
                 "cumRealisedPnl": dstr(pos.realised_pnl),
                 "curRealisedPnl": dstr(pos.realised_pnl),
             }
+        idx = 0
+        if self.state.hedge_mode[EXCHANGE]:
+            idx = 2 if pos is not None and pos.side == "short" else 1
         return {
-            "positionIdx": 0,
+            "positionIdx": idx,
             "riskId": 1,
             "riskLimitValue": "2000000",
             "symbol": m.symbol_id,

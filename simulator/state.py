@@ -483,6 +483,8 @@ class SimState:
         self._id_rng = random.Random(f"{seed}/order-ids")
         self._binance_next_id = 8_389_765_000_000 + random.Random(f"{seed}/binance-ids").randrange(10**6) * 1000
         self.faults = Faults()
+        # Position mode per exchange: False = one-way (what the manager supports), True = hedge.
+        self.hedge_mode: dict[str, bool] = {ex: False for ex in EXCHANGES}
         self.steps = 0
         if default_markets:
             for ex in EXCHANGES:
@@ -989,10 +991,11 @@ class SimState:
         self._orders_by_client_id.clear()
 
     def reset(self) -> None:
-        """Forget positions, orders and faults (markets and prices stay)."""
+        """Forget positions, orders and faults, back to one-way mode (markets and prices stay)."""
         self.positions.clear()
         self.clear_orders()
         self.faults.clear()
+        self.hedge_mode = {ex: False for ex in EXCHANGES}
 
     def quotes_snapshot(self) -> list[dict]:
         out = []

@@ -257,6 +257,23 @@ async def test_fetch_positions(sim, ex):
 
 
 @needs_sim
+async def test_position_mode_and_hedge_mode_positions(sim, ex, caplog):
+    # Binance answers from its account setting; Bybit only from open positions.
+    assert await ex.position_mode() == ("unknown" if ex.name == "bybit" else "one_way")
+    await set_position(sim, ex, BTC, "long", "0.5", "60000")
+    assert await ex.position_mode() == "one_way"
+    assert len(await ex.fetch_positions()) == 1
+    await admin(sim, "POST", "/mode", {"exchange": ex.name, "hedge": True})
+    assert await ex.position_mode() == "hedge"
+    # a hedge-mode position cannot be closed by our orders: not reported, one error per symbol and side
+    assert await ex.fetch_positions() == [] and await ex.fetch_positions([BTC]) == []
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "hedge-mode" in r.getMessage()]
+    assert len(errors) == 1 and "BTCUSDT" in errors[0], errors
+    await admin(sim, "POST", "/mode", {"exchange": ex.name, "hedge": False})
+    assert [p.symbol for p in await ex.fetch_positions()] == [BTC]
+
+
+@needs_sim
 async def test_fetch_quote(sim, ex):
     await set_prices(sim, ex, BTC, "60000.1", "60000.3", "60000.2")
     q = await ex.fetch_quote(BTC)

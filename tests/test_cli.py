@@ -160,6 +160,45 @@ async def test_dry_run_sends_nothing(aio_loop, db, database_url, tmp_path):
     assert "DRY RUN" in stderr
 
 
+async def test_live_refuses_a_hedge_mode_account_and_sends_nothing(tmp_path, database_url):
+    async with trio.open_nursery() as nursery:
+        sim = await nursery.start(serve_simulator)
+        info = sim.info()
+        sim.state.hedge_mode["binanceusdm"] = True
+        sim.state.set_position("binanceusdm", "BTCUSDT", "long", "0.5", "100",
+                               opened_at=datetime.now(timezone.utc) - timedelta(hours=5))
+        config = tmp_path / "live.toml"
+        config.write_text(f"""
+[[exchanges]]
+name = "binanceusdm"
+rest_url = "{info['binanceusdm']['rest']}"
+ws_url = "{info['binanceusdm']['ws']}"
+api_key_env = "TEST_BINANCE_KEY"
+api_secret_env = "TEST_BINANCE_SECRET"
+[metrics]
+port = 0
+""")
+        env = {"TEST_BINANCE_KEY": "sim-key", "TEST_BINANCE_SECRET": "sim-secret", "DATABASE_URL": database_url}
+        out = await trio.to_thread.run_sync(lambda: run_py("live", "--config", str(config), env=env, timeout=60))
+        orders = list(sim.state.orders)
+        nursery.cancel_scope.cancel()
+    assert out.returncode == 2, out.stderr
+    assert "binanceusdm: the account is in hedge mode" in out.stderr and "one-way" in out.stderr
+    assert orders == []
+
+
+async def test_hedge_mode_check_names_hedged_accounts_and_passes_unreachable_ones(caplog):
+    from exchanges.errors import RetryableError  # noqa: PLC0415
+    from exchanges.memory import MemoryExchange  # noqa: PLC0415
+    from service.app import hedge_mode_accounts  # noqa: PLC0415
+    down = MemoryExchange(name="down")
+    down.fail_next(RetryableError("timeout"), method="position_mode")
+    exchanges = {"one": MemoryExchange(name="one"), "two": MemoryExchange(name="two", mode="hedge"),
+                 "new": MemoryExchange(name="new", mode="unknown"), "down": down}
+    assert await hedge_mode_accounts(exchanges) == ["two"]
+    assert any("down: could not read the account's position mode" in r.getMessage() for r in caplog.records)
+
+
 def test_the_example_config_is_valid():
     from service.config import load_config  # noqa: PLC0415
     cfg = load_config(ROOT / "config.example.toml")

@@ -330,6 +330,9 @@ BAD = [
     ("POST", "/faults", {"http_5xx": 1, "partial_fill_ratio": "2"}),  # all-or-nothing
     ("POST", "/step", {"n": "many"}),
     ("GET", "/orders?exchange=nyse", None),
+    ("POST", "/mode", {"exchange": "bybit", "hedge": "yes"}),
+    ("POST", "/mode", {"exchange": "nyse", "hedge": True}),
+    ("POST", "/mode", {"exchange": "bybit"}),
 ]
 
 
@@ -359,6 +362,15 @@ async def test_unknown_paths_and_methods(sim):
     # the server is still fine
     s, _ = await http("GET", sim.admin_url + "/info")
     assert s == 200
+
+
+async def test_position_mode_set_and_shown(sim):
+    s, r = await http("GET", sim.admin_url + "/mode")
+    assert s == 200 and r == {"bybit": "one_way", "binanceusdm": "one_way"}
+    s, r = await http("POST", sim.admin_url + "/mode", {"exchange": "binanceusdm", "hedge": True})
+    assert s == 200 and r == {"bybit": "one_way", "binanceusdm": "hedge"}
+    await http("POST", sim.admin_url + "/reset")
+    assert sim.state.hedge_mode == {"bybit": False, "binanceusdm": False}
 
 
 async def test_reset_forgets_positions_orders_and_faults(sim):
