@@ -320,9 +320,11 @@ class CcxtExchange:
     async def position_mode(self) -> str:
         """The account's position mode: ``"one_way"``, ``"hedge"``, or ``"unknown"``.
 
-        Binance says so (``GET /fapi/v1/positionSide/dual``). Bybit has no such call: its
-        open USDT positions tell (``positionIdx`` 0 is one-way, 1 and 2 are hedge), so
-        with none open the answer is ``"unknown"``.
+        Open positions tell first (Binance ``positionSide`` BOTH is one-way, LONG/SHORT
+        hedge; Bybit ``positionIdx`` 0 is one-way, 1 and 2 hedge). With none open, Binance
+        is asked (``GET /fapi/v1/positionSide/dual``; it weighs 30 against the request
+        budget, so ccxt holds the next call back about 1.5 s, harmless when there is
+        nothing to watch). Bybit has no such call, so a flat Bybit account is ``"unknown"``.
         """
         with self._errors():
             if self.name == "bybit":
@@ -330,6 +332,10 @@ class CcxtExchange:
                 if not rows:
                     return "unknown"
                 return "hedge" if any(str(r.get("positionIdx") or "0") in ("1", "2") for r in rows) else "one_way"
+            rows = await self._aio(self._client.fapiPrivateV3GetPositionRisk, {})
+            sides = {str(r.get("positionSide") or "BOTH").upper() for r in rows or [] if _dec(r.get("positionAmt"))}
+            if sides:
+                return "one_way" if sides == {"BOTH"} else "hedge"
             reply = await self._aio(self._client.fapiPrivateGetPositionSideDual)
         dual = (reply or {}).get("dualSidePosition")
         return "hedge" if dual is True or str(dual).lower() == "true" else "one_way"
