@@ -64,11 +64,11 @@ from exchanges.classify import classify, is_order_not_found
 from exchanges.clients import make_ccxt_client
 from exchanges.errors import ExchangeError, NonRetryableError
 from exchanges.port import ExchangePosition, OrderResult, Quote
-
-log = logging.getLogger("exchanges.ccxt")
 from exchanges.symbols import unified_symbol
 
 __all__ = ["CcxtExchange"]
+
+log = logging.getLogger("exchanges.ccxt")
 
 _BYBIT_STATUS = {
     "New": "open",
