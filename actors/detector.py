@@ -20,7 +20,6 @@ first saw the position — which can only make it age later, never sooner.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from datetime import datetime
 from decimal import Decimal
 from typing import Awaitable, Callable, Mapping, Sequence
@@ -58,7 +57,7 @@ class Detector:
         self._aged_ids: dict[int, UUID] = {}
         self.polls = 0
         self.detections = 0
-        self.detection_lag: deque[float] = deque(maxlen=10_000)  # aging instant → row created, policy seconds
+        # called with the seconds from the aging instant to the row created (policy clock)
         self.on_detected: Callable[[float], None] = lambda lag_seconds: None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -186,7 +185,6 @@ class Detector:
         if created:
             self.detections += 1
             lag = (now - crossing).total_seconds()
-            self.detection_lag.append(lag)
             self.on_detected(lag)
             data = {"phase": a.phase.value, "status": status, "target": str(a.target_price),
                     "age_hours": str(a.age_hours.quantize(Decimal("0.001")))}

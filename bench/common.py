@@ -9,7 +9,6 @@ or the smoke test) and empties the monitoring tables before it starts.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import statistics
@@ -21,15 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import trio
 
 from actors.policy import PolicyConfig, assess, breakeven_price
 from actors.position import PHASE_STATUS, Settings
-from feeds.tick import Tick, open_tick_channel
+from storage import with_database
 from storage.migrate import apply_migrations
+from storage.probe import answers
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -76,31 +75,12 @@ def configure_logging() -> None:
 
 # --- the bench database ---------------------------------------------------------------------
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
 def _run_asyncio(coro):
     loop = asyncio.new_event_loop()  # trio_asyncio may have replaced the policy: use a private loop
     try:
         return loop.run_until_complete(coro)
     finally:
         loop.close()
-
-
-def _answers(url: str) -> bool:
-    async def probe():
-        conn = await asyncpg.connect(url, timeout=2)
-        try:
-            await conn.fetchval("SELECT 1")
-        finally:
-            await conn.close()
-    try:
-        _run_asyncio(probe())
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not usable"
-        return False
 
 
 class BenchDatabase:
@@ -117,7 +97,7 @@ class BenchDatabase:
         url = os.environ.get("DATABASE_URL")
         if url:
             self.where = "DATABASE_URL"
-        elif _answers(LOCAL_PG):
+        elif answers(LOCAL_PG):
             url, self.where = LOCAL_PG, "127.0.0.1:5432"
         else:
             from storage import default_data_dir  # noqa: PLC0415
@@ -292,42 +272,6 @@ async def wait_until(predicate, *, timeout: float, interval: float = 0.01, what:
     return trio.current_time() - began
 
 
-# --- an in-process tick source ------------------------------------------------------------
-
-class PushFeed:
-    """A tick source with the Feed's subscribe/unsubscribe; ``push`` fans a tick out at once."""
-
-    def __init__(self, exchange: str = EXCHANGE):
-        self.exchange = exchange
-        self.subscribers: dict[str, list] = {}
-
-    def subscribe(self, sym: str, sender=None):
-        if sender is None:
-            sender, receiver = open_tick_channel()
-        else:
-            receiver = sender
-        self.subscribers.setdefault(sym, []).append((sender, receiver))
-        return receiver
-
-    def unsubscribe(self, sym: str, receiver) -> None:
-        subs = self.subscribers.get(sym, [])
-        for entry in list(subs):
-            if entry[1] is receiver:
-                subs.remove(entry)
-                entry[0].close()
-
-    def push(self, sym: str, bid: Decimal, ask: Decimal, last: Decimal | None = None) -> int:
-        tick = Tick(self.exchange, sym, bid, ask, last, None, trio.current_time())
-        subs = self.subscribers.get(sym, [])
-        for sender, _ in subs:
-            sender.send_latest(tick)
-        return len(subs)
-
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
-
-
 # --- the blaster subprocess ---------------------------------------------------------------
 
 class Blaster:
@@ -392,20 +336,9 @@ def lag_us_from_price(price: Decimal, decided_ns: int) -> int | None:
     return (decided_ns // 1000 - sent_us) % ENCODE_MOD
 
 
-def cpu_seconds() -> float:
-    return time.process_time()
-
-
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def fmt_exc(exc: BaseException) -> str:
-    out = io.StringIO()
-    import traceback  # noqa: PLC0415
-    traceback.print_exception(exc, file=out)
-    return out.getvalue()
 
 
 # --- CPU accounting (to tell our load from the machine's) ---------------------------------

@@ -24,10 +24,11 @@ import trio
 
 from actors.policy import PolicyConfig, aged_at
 from bench.common import (
-    add_on_state,
-    PushFeed, connect, make_service, median, memory_exchange, percentile, seed_aged, symbol,
+    EXCHANGE, add_on_state,
+    connect, make_service, median, memory_exchange, percentile, seed_aged, symbol,
     wait_until,
 )
+from feeds.memory import MemoryFeed
 from service.asyncio_bridge import open_asyncio_loop
 
 
@@ -44,7 +45,7 @@ async def bench_detection(url: str, *, positions: int = 10, first_after: float =
                 crossing = now + timedelta(seconds=first_after + i * spacing)
                 ex.set_position(symbol(i), "long", "1", "100",
                                 opened_at=crossing - timedelta(microseconds=int(config.max_age_hours * 3_600_000_000)))
-            feed = PushFeed()
+            feed = MemoryFeed(EXCHANGE)
             svc = make_service(db, ex, feed, config=config)
             seen: dict = {}
 
@@ -52,11 +53,17 @@ async def bench_detection(url: str, *, positions: int = 10, first_after: float =
                 if new.aged_id not in seen:
                     seen[new.aged_id] = (svc.clock.now() - aged_at(new.opened_at, config)).total_seconds()
             add_on_state(svc, on_state)
+            lag_row: list[float] = []
+            metrics_hook = svc.detector.on_detected
+
+            def on_detected(lag: float) -> None:
+                metrics_hook(lag)
+                lag_row.append(lag)
+            svc.detector.on_detected = on_detected
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(svc.run)
                 await wait_until(lambda: len(seen) == positions, timeout=first_after + positions * spacing + 30)
                 subscribed = sum(len(v) for v in feed.subscribers.values())
-                lag_row = list(svc.detector.detection_lag)
                 svc.shutdown()
                 nursery.cancel_scope.cancel()
         finally:
@@ -75,7 +82,7 @@ async def bench_restart(url: str, *, positions: int = 100, crashes: int = 7, gap
         try:
             book = await seed_aged(db, positions)
             ex = memory_exchange(positions, book.now)
-            feed = PushFeed()
+            feed = MemoryFeed(EXCHANGE)
             svc = make_service(db, ex, feed)
             steps: dict = {}
 

@@ -17,9 +17,9 @@ A starlette app served by hypercorn on trio (:func:`hypercorn.trio.serve`):
     datetimes ISO 8601). **400** for a bad ``days``; **503** with
     ``{"error": ...}`` when the database does not answer within ``stats_timeout``.
 
-Wiring, from the CLI (one entry point, :class:`Observability`). Either build it
-first and hand its children to the Service (they find the service when they start,
-so ``attach`` must come before ``run``)::
+Wiring, from the CLI (one entry point, :class:`Observability`; ``service.app.build_service``
+does this): build it first and hand its children to the Service (they find the service
+when they start, so ``attach`` must come before ``run``)::
 
     obs = Observability(http_port=cfg.metrics_port or None,       # config 0 -> disabled
                         alerts=alert_router_from_env(webhook_url_env=cfg.webhook_url_env,
@@ -28,12 +28,6 @@ so ``attach`` must come before ``run``)::
     obs.attach(service)
     code = await service.run()
     await obs.flush_alerts(5)        # e.g. the escalation alert, after the tree stopped
-
-or, for a service that is already built (what ``service.app.run_live`` does now)::
-
-    obs = install(service, port=metrics_port, webhook_url_env=..., telegram=...)
-    code = await run_service(service, before_run=lambda svc, nursery: nursery.start_soon(obs.start_children))
-    await obs.flush_alerts(5)
 
 Ports: :func:`http_child` / :class:`HttpEndpoint` bind the port they are given;
 ``0`` means an ephemeral port (tests), learnt from :attr:`HttpEndpoint.port` or
@@ -62,7 +56,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.alerts import AlertRouter, alert_router_from_env
+from service.alerts import AlertRouter
 from service.metrics import Metrics
 from supervisor import ChildSpec, Restart
 
@@ -300,48 +294,10 @@ class Observability:
             specs.append(self.alerts.child())
         return specs
 
-    async def start_children(self, service: Any = None) -> None:
-        """For a service built without :meth:`children`: attach, wait until its root
-        supervisor runs, then start the children on it (dynamic children of root).
-
-        Run it beside ``service.run()``, e.g. ``nursery.start_soon(obs.start_children, service)``
-        from :func:`service.app.run_service`'s ``before_run``.
-        """
-        if service is not None:
-            self.attach(service)
-        root = self._service().root
-        while not root.running:
-            await trio.sleep(0.01)
-        for spec in self.children():
-            if not root.running:
-                return  # stopped meanwhile
-            if not root.has_child(spec.id):
-                try:
-                    await root.start_child(spec)
-                except RuntimeError:
-                    if root.running:
-                        raise
-                    return
-
     async def flush_alerts(self, timeout: float = 5.0) -> bool:
         """Deliver queued alerts (e.g. an escalation) after the service stopped; True if all went out."""
         return True if self.alerts is None else await self.alerts.flush(timeout)
 
 
-def install(service: Any, *, port: int | None, host: str = "127.0.0.1", webhook_url_env: str | None = None,
-            telegram: bool = False, notify: Any = (), refresh_interval: float = 5.0) -> Observability:
-    """Everything for a service that is already built (the CLI's ``[metrics]``/``[alerts]``).
-
-    ``port`` 0 or None disables the HTTP endpoint (the CLI's convention). Attaches the
-    metrics and alerts at once; the supervised children still have to be started:
-    ``nursery.start_soon(obs.start_children)`` beside ``service.run()``.
-    """
-    obs = Observability(http_host=host, http_port=port or None, refresh_interval=refresh_interval,
-                        alerts=alert_router_from_env(webhook_url_env=webhook_url_env, telegram=telegram,
-                                                     notify=notify))
-    obs.attach(service)
-    return obs
-
-
 __all__ = ["HttpEndpoint", "Observability", "create_app", "health_report", "http_child", "http_endpoint",
-           "install", "jsonable"]
+           "jsonable"]

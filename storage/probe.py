@@ -14,12 +14,17 @@ async def _probe(url: str) -> None:
         await conn.close()
 
 
-def main() -> int:
+def answers(url: str) -> bool:
+    """True if a PostgreSQL server answers at ``url`` within 2 s. Call it outside any event loop."""
     try:
-        asyncio.run(_probe(sys.argv[1]))
-    except Exception:
-        return 1
-    return 0
+        asyncio.run(_probe(url))
+    except Exception:  # noqa: BLE001 - any failure means "not usable"
+        return False
+    return True
+
+
+def main() -> int:
+    return 0 if answers(sys.argv[1]) else 1
 
 
 if __name__ == "__main__":

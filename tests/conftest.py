@@ -14,14 +14,15 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import trio
 import trio.testing
 
+from storage import with_database
 from storage.embedded import EmbeddedPostgres
 from storage.migrate import apply_migrations
 from storage.repository import Database
@@ -31,11 +32,6 @@ MONITORING_TABLES = (
     "monitoring.close_orders, monitoring.aged_positions_monitoring, monitoring.aged_positions_history, "
     "monitoring.aged_positions, monitoring.positions"
 )
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 def _run_asyncio(coro):
@@ -91,7 +87,7 @@ def database_url(server_url):
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
-        conn = await asyncpg.connect(_with_database(server_url, name))
+        conn = await asyncpg.connect(with_database(server_url, name))
         try:
             await apply_migrations(conn)
         finally:
@@ -105,7 +101,7 @@ def database_url(server_url):
             await conn.close()
 
     _run_asyncio(setup())
-    yield _with_database(server_url, name)
+    yield with_database(server_url, name)
     _run_asyncio(teardown())
 
 
@@ -116,16 +112,22 @@ async def aio_loop():
         yield loop
 
 
-@pytest.fixture
-async def db(aio_loop, database_url):
-    """A connected :class:`Database` on empty tables."""
-    database = await Database.connect(database_url, max_size=4)
+@asynccontextmanager
+async def _empty_database(url: str, **connect_options):
+    database = await Database.connect(url, max_size=4, **connect_options)
     await database.execute(f"TRUNCATE {MONITORING_TABLES} RESTART IDENTITY CASCADE")
     try:
         yield database
     finally:
         with trio.CancelScope(shield=True):
             await database.close()
+
+
+@pytest.fixture
+async def db(aio_loop, database_url):
+    """A connected :class:`Database` on empty tables."""
+    async with _empty_database(database_url) as database:
+        yield database
 
 
 @pytest.fixture
@@ -142,10 +144,5 @@ def mock_clock():
 async def mdb(aio_loop, database_url):
     """The test database on empty tables, with no asyncpg timeouts (which would fire
     when the mock clock jumps ahead)."""
-    database = await Database.connect(database_url, max_size=4, command_timeout=None, connect_timeout=None)
-    await database.execute(f"TRUNCATE {MONITORING_TABLES} RESTART IDENTITY CASCADE")
-    try:
+    async with _empty_database(database_url, command_timeout=None, connect_timeout=None) as database:
         yield database
-    finally:
-        with trio.CancelScope(shield=True):
-            await database.close()

@@ -1,16 +1,15 @@
-"""Test helpers: an in-memory tick source and a TCP proxy that can cut the database."""
+"""Test helpers: a service builder, price pushing, and a TCP proxy that can cut the database."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import trio
 
 from actors.clock import PolicyClock
 from actors.position import Settings
-from feeds.tick import Tick, open_tick_channel
+from feeds.memory import MemoryFeed  # noqa: F401 - tests import it from here
 
 
 def make_service(db, exchange, feed, *, origin, **cfg):
@@ -23,40 +22,16 @@ def make_service(db, exchange, feed, *, origin, **cfg):
     return Service(db, {"bybit": exchange}, {"bybit": feed}, config, PolicyClock(origin))
 
 
-class MemoryFeed:
-    """A tick source for actor tests: ``push`` delivers a tick to every subscriber."""
-
-    def __init__(self, exchange: str):
-        self.exchange = exchange
-        self.subscribers: dict[str, list] = {}
-        self.subscribe_calls = 0
-
-    def subscribe(self, symbol: str, sender=None):
-        if sender is None:
-            sender, receiver = open_tick_channel()
-        else:
-            receiver = sender
-        self.subscribers.setdefault(symbol, []).append((sender, receiver))
-        self.subscribe_calls += 1
-        return receiver
-
-    def unsubscribe(self, symbol: str, receiver) -> None:
-        subs = self.subscribers.get(symbol, [])
-        for entry in list(subs):
-            if entry[1] is receiver:
-                subs.remove(entry)
-                entry[0].close()
-
-    def push(self, symbol: str, bid=None, ask=None, last=None) -> int:
-        d = lambda v: None if v is None else Decimal(v)  # noqa: E731
-        tick = Tick(self.exchange, symbol, d(bid), d(ask), d(last), None, trio.current_time())
-        for sender, _ in self.subscribers.get(symbol, []):
-            sender.send_latest(tick)
-        return len(self.subscribers.get(symbol, []))
-
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
+async def push_prices(svc, feed, price_fn, every=60.0, symbol="BTC/USDT:USDT"):
+    """Every ``every`` virtual seconds set the exchange's book and push a tick of ``symbol``;
+    ``price_fn(now) -> (bid, ask)``."""
+    while True:
+        bid, ask = price_fn(svc.clock.now())
+        for ex in svc.exchanges.values():
+            for held in list(ex.positions) or [symbol]:
+                ex.set_quote(held, bid, ask, bid)
+        feed.push(symbol, bid=bid, ask=ask, last=bid)
+        await trio.sleep(every)
 
 
 class DatabaseProxy:

@@ -18,8 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exchanges.memory import MemoryExchange
 from service.alerts import AlertRouter, LogSink
-from service.http import Observability, http_child, http_endpoint, install
-from service.runtime import Service
+from actors.clock import PolicyClock
+from service.app import build_service
+from service.http import Observability, http_child, http_endpoint
+from service.runtime import Service, ServiceConfig
 from service.metrics import Metrics
 from storage.repository import Database
 from supervisor import ChildSpec, Restart, Supervisor
@@ -197,14 +199,16 @@ async def test_stats_is_503_when_the_database_is_away(aio_loop, database_url):
         n.cancel_scope.cancel()
 
 
-async def test_observability_started_beside_an_already_built_service(db):
-    service = Service(db, {"bybit": MemoryExchange(name="bybit")}, {"bybit": MemoryFeed("bybit")})
-    disabled = install(Service(db, {}, {}), port=0)  # the CLI's 0: no endpoint, metrics and alerts attached
+async def test_observability_built_with_the_service(db):
+    # the CLI's port 0 is http_port=None: no endpoint, metrics and alerts attached
+    _, disabled = build_service(db, {}, {}, ServiceConfig(), PolicyClock(), http_port=None)
     assert disabled.endpoint is None and [c.id for c in disabled.children()] == ["metrics", "alerts"]
     obs = Observability(http_port=0, alerts=AlertRouter([LogSink()]), refresh_interval=0.05)
+    service = Service(db, {"bybit": MemoryExchange(name="bybit")}, {"bybit": MemoryFeed("bybit")},
+                      extra_children=obs.children())
+    obs.attach(service)
     async with trio.open_nursery() as n:
         n.start_soon(service.run)
-        n.start_soon(obs.start_children, service)
         port = await obs.endpoint.wait_bound()
         status, body = await get_json(port, "/health")
         assert status == 200

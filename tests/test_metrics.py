@@ -33,31 +33,16 @@ from service.alerts import AlertRouter, LogSink
 from service.http import Observability
 from service.metrics import Metrics
 from service.runtime import Service, ServiceConfig
-from tests.support import MemoryFeed, make_service
+from tests.support import MemoryFeed, make_service, push_prices
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
 SYMBOL = "BTC/USDT:USDT"
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "aged-positions.json"
 
 
-
-
-
-
 def value(metrics: Metrics, name: str, **labels) -> float:
     v = metrics.registry.get_sample_value(name, labels)
     return 0.0 if v is None else v
-
-
-
-
-async def push_prices(svc, feed, bid, ask, every):
-    while True:
-        for ex in svc.exchanges.values():
-            for symbol in list(ex.positions) or [SYMBOL]:
-                ex.set_quote(symbol, bid, ask, bid)
-        feed.push(SYMBOL, bid=bid, ask=ask, last=bid)
-        await trio.sleep(every)
 
 
 async def until(predicate, timeout=3600 * 60, interval=600.0):
@@ -81,7 +66,7 @@ async def test_lifecycle_moves_every_metric_once(mock_clock, mdb):
     async with trio.open_nursery() as n:
         n.start_soon(svc.run)
         n.start_soon(metrics.run_refresher, svc, 300.0)
-        n.start_soon(push_prices, svc, feed, "99", "99.01", 600)
+        n.start_soon(push_prices, svc, feed, lambda now: ("99", "99.01"), 600)
 
         await until(lambda: value(metrics, "aged_positions_by_phase", phase="grace") == 1)
         assert value(metrics, "aged_positions_detected_total") == 1
@@ -149,7 +134,7 @@ async def test_failed_closes_and_exchange_errors_are_counted(mock_clock, mdb):
     metrics.attach(svc)
     async with trio.open_nursery() as n:
         n.start_soon(svc.run)
-        n.start_soon(push_prices, svc, feed, "101", "101.1", 300)
+        n.start_soon(push_prices, svc, feed, lambda now: ("101", "101.1"), 300)
         await until(lambda: value(metrics, "aged_positions_active", status="error") == 1, interval=2)
         assert value(metrics, "aged_position_closes_total", phase="grace", reason="error", success="false") == 1
         await until(lambda: value(metrics, "aged_positions_closed_total", close_reason="profitable") == 1)
@@ -255,7 +240,7 @@ async def test_metrics_scraped_over_http_change_while_the_system_runs(db):
 
         # a position that ages a policy minute from now, then a price above breakeven
         ex.set_position(SYMBOL, "long", "1", "100", opened_at=clock.now() - timedelta(hours=2, minutes=59))
-        n.start_soon(push_prices, svc, feed, "101", "101.1", 0.05)
+        n.start_soon(push_prices, svc, feed, lambda now: ("101", "101.1"), 0.05)
         with trio.fail_after(15):
             while value(obs.metrics, "aged_positions_closed_total", close_reason="profitable") < 1:
                 await trio.sleep(0.05)

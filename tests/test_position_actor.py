@@ -63,6 +63,14 @@ def setup(origin, *, side="long", qty="1"):
     return aged_id, ctx, ex, feed, written
 
 
+def start_actor(nursery, ctx, aged_id) -> None:
+    """The actor and what it needs running: writer, executor, timers."""
+    nursery.start_soon(ctx.writer.run)
+    nursery.start_soon(ctx.executor.run)
+    nursery.start_soon(ctx.timers.run)
+    nursery.start_soon(run_position_actor, ctx, aged_id)
+
+
 def bids_stepped_on(monkeypatch) -> list:
     """Record the bid of every tick that reaches ``position.step`` (the list fills as they do)."""
     bids = []
@@ -85,10 +93,7 @@ async def test_forty_hour_lifecycle_on_the_mock_clock(autojump_clock):
     steps = []
     ctx.on_state = lambda new, old: steps.append(new.status)
     async with trio.open_nursery() as n:
-        n.start_soon(ctx.writer.run)
-        n.start_soon(ctx.executor.run)
-        n.start_soon(ctx.timers.run)
-        n.start_soon(run_position_actor, ctx, aged_id)
+        start_actor(n, ctx, aged_id)
 
         async def prices():
             while True:  # the long is 8 % under water: it closes when the allowance reaches 8 %
@@ -117,10 +122,7 @@ async def test_forty_hour_lifecycle_on_the_mock_clock(autojump_clock):
 async def test_phase_changes_come_from_timers_without_any_tick(autojump_clock):
     aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=1))
     async with trio.open_nursery() as n:
-        n.start_soon(ctx.writer.run)
-        n.start_soon(ctx.executor.run)
-        n.start_soon(ctx.timers.run)
-        n.start_soon(run_position_actor, ctx, aged_id)
+        start_actor(n, ctx, aged_id)
         await trio.sleep(11 * 3600)
         n.cancel_scope.cancel()
     assert statuses(written) == ["grace_active", "progressive_active"]
@@ -133,10 +135,7 @@ async def test_an_actor_that_falls_behind_decides_on_the_freshest_tick(autojump_
     aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=5))  # grace: target 100.2
     decisions = bids_stepped_on(monkeypatch)
     async with trio.open_nursery() as n:
-        n.start_soon(ctx.writer.run)
-        n.start_soon(ctx.executor.run)
-        n.start_soon(ctx.timers.run)
-        n.start_soon(run_position_actor, ctx, aged_id)
+        start_actor(n, ctx, aged_id)
         await trio.sleep(1)
         decisions.clear()
         for i in range(1000):  # a burst the actor cannot keep up with: no checkpoint in between
@@ -214,10 +213,7 @@ async def test_quiet_ticks_do_not_wake_the_actor_and_a_crossing_still_closes(aut
     aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=12))  # progressive: target 99.5
     stepped = bids_stepped_on(monkeypatch)
     async with trio.open_nursery() as n:
-        n.start_soon(ctx.writer.run)
-        n.start_soon(ctx.executor.run)
-        n.start_soon(ctx.timers.run)
-        n.start_soon(run_position_actor, ctx, aged_id)
+        start_actor(n, ctx, aged_id)
         await trio.sleep(1)
         feed.push(SYMBOL, bid="99.0", ask="99.01")  # the first tick is sampled: the band is set
         await trio.sleep(1)

@@ -19,27 +19,10 @@ from exchanges.errors import RetryableError
 from exchanges.memory import MemoryExchange
 from service.runtime import Service, ServiceConfig
 from storage.repository import Database
-from tests.support import DatabaseProxy, MemoryFeed, make_service
+from tests.support import DatabaseProxy, MemoryFeed, make_service, push_prices
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
 SYMBOL = "BTC/USDT:USDT"
-
-
-
-
-
-
-
-
-async def push_prices(svc, feed, price_fn, every=60.0):
-    """Every ``every`` virtual seconds set the exchange's book and push a tick; price_fn(now) -> (bid, ask)."""
-    while True:
-        bid, ask = price_fn(svc.clock.now())
-        for ex in svc.exchanges.values():
-            for symbol in list(ex.positions) or [SYMBOL]:
-                ex.set_quote(symbol, bid, ask, bid)
-        feed.push(SYMBOL, bid=bid, ask=ask, last=bid)
-        await trio.sleep(every)
 
 
 async def wait_for(predicate, timeout=3600 * 60, interval=60.0):
