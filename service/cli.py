@@ -61,9 +61,24 @@ DEMO_DATABASE = "aged_position_demo"
 
 
 async def _with_db(url, fn, migrate=True, **kw):
-    async with open_asyncio_loop():
-        async with storage.open_database(url, migrate=migrate, **kw) as db:
-            return await fn(db)
+    try:
+        async with open_asyncio_loop():
+            async with storage.open_database(url, migrate=migrate, **kw) as db:
+                return await fn(db)
+    except BaseExceptionGroup as group:
+        # The asyncio loop's nurseries wrap an embedded-server failure in exception
+        # groups; unwrap it so that main() reports it in one line.
+        embedded, rest = group.split(storage.EmbeddedPostgresError)
+        if embedded is None or rest is not None:
+            raise
+        raise _first_leaf(embedded) from None
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _migrate(db) -> int:
@@ -122,7 +137,7 @@ def main(argv: list[str]) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except storage.EmbeddedPostgresError as exc:
-        print(f"cannot start the embedded database: {exc}", file=sys.stderr)
+        print(f"cannot start the embedded database: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

@@ -23,7 +23,7 @@ import trio
 import trio.testing
 
 from storage import with_database
-from storage.embedded import EmbeddedPostgres
+from storage.embedded import EmbeddedPostgres, fallback_dir
 from storage.migrate import apply_migrations
 from storage.repository import Database
 from service.asyncio_bridge import open_asyncio_loop
@@ -45,6 +45,8 @@ def _run_asyncio(coro):
 def _project_tmp_dir() -> Path:
     # Under the project, not /tmp/pytest-of-*: when tests run as root the embedded
     # server runs as 'postgres', which cannot enter pytest's private temp folders.
+    # (When the project itself is in a private folder, the server keeps its data in
+    # storage.embedded.fallback_dir instead; _remove_tmp_dir removes that too.)
     base = Path(__file__).resolve().parent.parent / ".data" / "test-tmp"
     base.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(dir=base))
@@ -52,12 +54,19 @@ def _project_tmp_dir() -> Path:
     return path
 
 
+def _remove_tmp_dir(path: Path) -> None:
+    """Remove ``path`` and the temp folders of any embedded server whose data dir was in it."""
+    for directory in [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        shutil.rmtree(fallback_dir(directory), ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def embedded_dir():
     """An empty directory for an embedded PostgreSQL, removed afterwards."""
     path = _project_tmp_dir()
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    _remove_tmp_dir(path)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +82,7 @@ def server_url():
         yield server.start()
     finally:
         server.stop()
-        shutil.rmtree(path, ignore_errors=True)
+        _remove_tmp_dir(path)
 
 
 @pytest.fixture(scope="session")
