@@ -24,25 +24,217 @@
     [metrics]
     port = 9108                         # optional; 0 disables
 
-Every mistake is one :class:`ConfigError` naming the key (``exchanges[0].name``).
+Every setting is declared once, in :data:`SETTINGS`: its type, its allowed range and
+its default. The ranges are what a trader could mean (no position is managed on a
+schedule longer than ten years) and keep all date arithmetic at run time far from
+overflow. Every mistake is one :class:`ConfigError` naming the key by its full path
+(``manager.retry_delays_seconds[1]``, ``exchanges[0].name``), the value and what is
+allowed; ``run.py`` prints it on one line and exits with status 2.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+from urllib.parse import urlsplit
 
-from actors.policy import ConfigError, PolicyConfig, _to_decimal
+from actors.policy import ConfigError, PolicyConfig
 from actors.position import Settings
 
 EXCHANGES = {
     "bybit": {"ws_url": "wss://stream.bybit.com/v5/public/linear"},
     "binanceusdm": {"ws_url": "wss://fstream.binance.com/ws"},
 }
-SECTIONS = {"database", "policy", "manager", "exchanges", "metrics", "alerts"}
+
+TEN_YEARS_HOURS = Decimal(87600)
+
+# The kinds of value a setting holds.
+NUMBER = "number"            # int or float in the file; a Decimal in the program
+SECONDS = "seconds"          # int or float in the file; a float (seconds) in the program
+SECONDS_LIST = "seconds list"  # a list of SECONDS
+INTEGER = "integer"
+BOOL = "bool"
+CHOICE = "choice"            # one of `choices`
+URL = "url"                  # a URL with one of `choices` as its scheme
+ENV_NAME = "env name"        # the name of an environment variable
+SYMBOLS = "symbols"          # a list of unified symbols such as "BTC/USDT:USDT"
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SYMBOL = re.compile(r"[^/:\s]+/[^/:\s]+:[^/:\s]+")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of the configuration file.
+
+    ``min``/``max`` bound numbers (and each item of a list of seconds); they are
+    inclusive unless ``min_open``/``max_open``. ``items`` bounds the length of a list.
+    ``default`` is the value when the key is absent (``None``: not set / off).
+    """
+
+    key: str
+    kind: str
+    default: Any = None
+    min: Decimal | None = None
+    max: Decimal | None = None
+    min_open: bool = False
+    max_open: bool = False
+    unit: str = ""
+    doc: str = ""
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    items: tuple[int, int] = (1, 1)
+
+    def range_text(self) -> str:
+        """``"at least 1 and at most 604800 seconds"``."""
+        lo = f"{'more than' if self.min_open else 'at least'} {self.min}"
+        hi = f"{'less than' if self.max_open else 'at most'} {self.max}"
+        return f"{lo} and {hi}{' ' + self.unit if self.unit else ''}"
+
+    def parse(self, path: str, value: Any) -> Any:
+        """The program's value for ``value`` found at ``path``; :class:`ConfigError` if it is not allowed."""
+        if self.kind in (NUMBER, SECONDS):
+            number = self._in_range(path, value)
+            return float(number) if self.kind == SECONDS else number
+        if self.kind == SECONDS_LIST:
+            lo, hi = self.items
+            if not isinstance(value, list) or not lo <= len(value) <= hi:
+                raise ConfigError(path, f"must be a list of {lo} to {hi} numbers of seconds, got {value!r}")
+            return tuple(float(self._in_range(f"{path}[{i}]", v)) for i, v in enumerate(value))
+        if self.kind == INTEGER:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(path, f"must be a whole number ({self.range_text()}), got {_shown(value)}")
+            if not self.min <= value <= self.max:
+                raise ConfigError(path, f"{value!r} is out of range: must be {self.range_text()}")
+            return value
+        if self.kind == BOOL:
+            if not isinstance(value, bool):
+                raise ConfigError(path, f"must be true or false, got {_shown(value)}")
+            return value
+        if not isinstance(value, str) and self.kind != SYMBOLS:
+            raise ConfigError(path, f"must be a string, got {_shown(value)}")
+        if self.kind == CHOICE:
+            if value not in self.choices:
+                raise ConfigError(path, f"must be one of {', '.join(self.choices)}, got {value!r}")
+            return value
+        if self.kind == URL:
+            return _url(path, value, self.choices)
+        if self.kind == ENV_NAME:
+            if not _ENV_NAME.fullmatch(value):
+                raise ConfigError(path, f"must be the name of an environment variable (letters, digits, _), "
+                                        f"got {value!r}")
+            return value
+        if self.kind == SYMBOLS:
+            lo, hi = self.items
+            if (not isinstance(value, list) or not lo <= len(value) <= hi
+                    or not all(isinstance(s, str) and _SYMBOL.fullmatch(s) for s in value)):
+                raise ConfigError(path, f"must be a list of {lo} to {hi} unified symbols such as "
+                                        f"\"BTC/USDT:USDT\", got {value!r}")
+            return tuple(value)
+        raise AssertionError(f"unknown kind {self.kind!r}")  # pragma: no cover
+
+    def _in_range(self, path: str, value: Any) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+            raise ConfigError(path, f"must be a number ({self.range_text()}), got {_shown(value)}")
+        if (isinstance(value, float) and not math.isfinite(value)) or (
+                isinstance(value, Decimal) and not value.is_finite()):
+            raise ConfigError(path, f"must be a finite number ({self.range_text()}), got {value!r}")
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        too_low = number <= self.min if self.min_open else number < self.min
+        too_high = number >= self.max if self.max_open else number > self.max
+        if too_low or too_high:
+            raise ConfigError(path, f"{value!r} is out of range: must be {self.range_text()}")
+        return number
+
+
+def _shown(value: Any) -> str:
+    """``value`` with its kind, as the file spells it: ``string '3'``, ``boolean true``."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    kind = {str: "string", list: "list", dict: "table"}.get(type(value), type(value).__name__)
+    return f"{kind} {value!r}"
+
+
+def _url(path: str, value: str, schemes: tuple[str, ...]) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(path, f"is not a valid URL ({exc}): {value!r}") from None
+    if parts.scheme not in schemes or any(c.isspace() for c in value):
+        raise ConfigError(path, f"must be a URL starting {' or '.join(s + '://' for s in schemes)}, got {value!r}")
+    if not parts.hostname and not parts.scheme.startswith("postgres"):  # postgresql:///db: a local socket
+        raise ConfigError(path, f"must name a host, got {value!r}")
+    return value
+
+
+def _hours(key: str, default: Any, doc: str, *, minimum: str = "0", **kw) -> Setting:
+    return Setting(key, NUMBER, None if default is None else Decimal(default), Decimal(minimum), TEN_YEARS_HOURS,
+                   unit="hours", doc=doc, **kw)
+
+
+def _seconds(key: str, default: float, minimum: str, maximum: int, doc: str) -> Setting:
+    return Setting(key, SECONDS, default, Decimal(minimum), Decimal(maximum), unit="seconds", doc=doc)
+
+
+def _percent(key: str, default: str, minimum: str, maximum: int, doc: str, *, unit: str = "percent",
+             **kw) -> Setting:
+    return Setting(key, NUMBER, Decimal(default), Decimal(minimum), Decimal(maximum), unit=unit, doc=doc, **kw)
+
+
+SETTINGS: dict[str, tuple[Setting, ...]] = {
+    "database": (
+        Setting("url", URL, choices=("postgresql", "postgres"),
+                doc="the PostgreSQL server; else DATABASE_URL, else an embedded server"),
+    ),
+    "policy": (
+        _hours("max_age_hours", 3, "a position is aged once strictly older than this", minimum="0.01"),
+        _hours("grace_period_hours", 8, "after aging, close only at breakeven for this long"),
+        _percent("loss_step_percent", "0.5", "0.001", 100, "the accepted loss grows this much per hour",
+                 unit="percent per hour", max_open=True),
+        _hours("acceleration_after_hours", 10, "hours of the progressive phase before the step speeds up"),
+        Setting("acceleration_factor", NUMBER, Decimal("1.2"), Decimal(1), Decimal(100),
+                doc="how much faster the loss grows after acceleration_after_hours"),
+        _percent("max_loss_percent", "10", "0.001", 100, "the largest accepted loss", max_open=True),
+        _percent("commission_percent", "0.1", "0", 10, "the taker fee of one side (breakeven pays two)"),
+    ),
+    "manager": (
+        _seconds("poll_interval_seconds", 30.0, "0.5", 3600, "how often the position book is synced"),
+        _seconds("stale_after_seconds", 10.0, "0.5", 3600, "no tick for this long: poll the price over REST"),
+        _seconds("rest_poll_seconds", 2.0, "0.5", 3600, "how often a stale symbol's price is polled"),
+        _seconds("sample_interval_seconds", 60.0, "1", 86400, "at most one routine price-check row per this"),
+        _percent("material_change_percent", "0.5", "0.001", 100,
+                 "…unless the distance to target moved this many points", unit="percentage points"),
+        _seconds("error_cooldown_seconds", 300.0, "1", 604800, "after a close failed on every attempt, retry after"),
+        Setting("retry_delays_seconds", SECONDS_LIST, (1.0, 3.0, 5.0), Decimal("0.1"), Decimal(300),
+                unit="seconds", items=(1, 10), doc="the pauses between the attempts of one close"),
+        _hours("emergency_close_after_hours", None, "force a close at any price once this old (after aging); "
+               "off when absent", minimum="0.01", min_open=True),
+    ),
+    "exchanges": (  # each [[exchanges]] table
+        Setting("name", CHOICE, required=True, choices=tuple(EXCHANGES), doc="the exchange"),
+        Setting("rest_url", URL, choices=("https", "http"), doc="the REST API; production when absent"),
+        Setting("ws_url", URL, choices=("wss", "ws"), doc="the public stream; production when absent"),
+        Setting("api_key_env", ENV_NAME, doc="the environment variable holding the API key"),
+        Setting("api_secret_env", ENV_NAME, doc="the environment variable holding the API secret"),
+        Setting("symbols", SYMBOLS, items=(1, 1000), doc="manage only these symbols; all when absent"),
+    ),
+    "metrics": (
+        Setting("port", INTEGER, 9108, Decimal(0), Decimal(65535),
+                doc="Prometheus /metrics, /health, /stats; 0 disables"),
+    ),
+    "alerts": (
+        Setting("webhook_url_env", ENV_NAME, doc="the environment variable holding the webhook URL"),
+        Setting("telegram", BOOL, False, doc="send alerts to Telegram (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID)"),
+    ),
+}
+SECTIONS = set(SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -75,101 +267,71 @@ class AppConfig:
     telegram: bool = False
 
 
-def _table(doc: dict, key: str) -> dict:
-    value = doc.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"must be a table, got {type(value).__name__}")
-    return value
-
-
-def _no_unknown(table: dict, known: set[str], prefix: str) -> None:
+def _section(table: Any, path: str, settings: tuple[Setting, ...]) -> dict[str, Any]:
+    """Every setting of one table, parsed, with the defaults of the absent ones."""
+    if not isinstance(table, dict):
+        raise ConfigError(path, f"must be a table, got {_shown(table)}")
+    known = {s.key: s for s in settings}
     for key in table:
         if key not in known:
-            raise ConfigError(f"{prefix}{key}", f"unknown setting (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{path}.{key}", f"unknown setting (known: {', '.join(sorted(known))})")
+    values = {}
+    for s in settings:
+        if s.key in table:
+            values[s.key] = s.parse(f"{path}.{s.key}", table[s.key])
+        elif s.required:
+            raise ConfigError(f"{path}.{s.key}", "is required")
+        else:
+            values[s.key] = s.default
+    return values
 
 
-def _str(table: dict, key: str, prefix: str, *, required: bool = False) -> str | None:
-    value = table.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(f"{prefix}{key}", "is required")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{prefix}{key}", f"must be a non-empty string, got {value!r}")
-    return value
+def _policy(values: dict[str, Any]) -> PolicyConfig:
+    if values["max_loss_percent"] < values["loss_step_percent"]:
+        raise ConfigError("policy.max_loss_percent", f"{values['max_loss_percent']} must be at least "
+                                                     f"policy.loss_step_percent ({values['loss_step_percent']})")
+    try:
+        return PolicyConfig(**values)
+    except ConfigError as exc:  # PolicyConfig's own checks, should they ever be stricter
+        raise ConfigError(f"policy.{exc.key}", str(exc)[len(exc.key) + 2:]) from None
 
 
-def _seconds(table: dict, key: str, prefix: str, default: float) -> float:
-    if key not in table:
-        return default
-    value = _to_decimal(f"{prefix}{key}", table[key])
-    if value < 0:
-        raise ConfigError(f"{prefix}{key}", f"must not be negative, got {value}")
-    return float(value)
-
-
-def _manager(table: dict) -> ManagerConfig:
-    p = "manager."
-    _no_unknown(table, {"poll_interval_seconds", "sample_interval_seconds", "error_cooldown_seconds",
-                        "retry_delays_seconds", "emergency_close_after_hours", "material_change_percent",
-                        "stale_after_seconds", "rest_poll_seconds"}, p)
-    delays = table.get("retry_delays_seconds", [1, 3, 5])
-    if not isinstance(delays, list) or not delays:
-        raise ConfigError(p + "retry_delays_seconds", f"must be a non-empty list of seconds, got {delays!r}")
-    retry = tuple(_seconds({"d": d}, "d", p + "retry_delays_seconds", 0) for d in delays)
-    emergency = table.get("emergency_close_after_hours")
-    if emergency is not None:
-        emergency = _to_decimal(p + "emergency_close_after_hours", emergency)
-        if emergency <= 0:
-            raise ConfigError(p + "emergency_close_after_hours", f"must be positive, got {emergency}")
-    material = _to_decimal(p + "material_change_percent", table.get("material_change_percent", "0.5"))
-    if material < 0:
-        raise ConfigError(p + "material_change_percent", f"must not be negative, got {material}")
-    poll = _seconds(table, "poll_interval_seconds", p, 30.0)
-    if poll <= 0:
-        raise ConfigError(p + "poll_interval_seconds", "must be positive")
+def _manager(values: dict[str, Any], policy: PolicyConfig) -> ManagerConfig:
+    emergency = values["emergency_close_after_hours"]
+    if emergency is not None and emergency <= policy.max_age_hours:
+        raise ConfigError("manager.emergency_close_after_hours",
+                          f"{emergency} must be more than policy.max_age_hours ({policy.max_age_hours})")
     settings = Settings(
-        sample_interval=timedelta(seconds=_seconds(table, "sample_interval_seconds", p, 60.0)),
-        material_change_percent=material,
-        error_cooldown=timedelta(seconds=_seconds(table, "error_cooldown_seconds", p, 300.0)),
+        sample_interval=timedelta(seconds=values["sample_interval_seconds"]),
+        material_change_percent=values["material_change_percent"],
+        error_cooldown=timedelta(seconds=values["error_cooldown_seconds"]),
         emergency_close_after_hours=emergency,
     )
-    stale = _seconds(table, "stale_after_seconds", p, 10.0)
-    rest_poll = _seconds(table, "rest_poll_seconds", p, 2.0)
-    if stale <= 0 or rest_poll <= 0:
-        raise ConfigError(p + ("stale_after_seconds" if stale <= 0 else "rest_poll_seconds"), "must be positive")
-    return ManagerConfig(poll_interval=poll, retry_delays=retry, settings=settings, stale_after=stale,
-                         rest_poll_interval=rest_poll)
+    return ManagerConfig(poll_interval=values["poll_interval_seconds"], retry_delays=values["retry_delays_seconds"],
+                         settings=settings, stale_after=values["stale_after_seconds"],
+                         rest_poll_interval=values["rest_poll_seconds"])
 
 
 def _exchange(i: int, table: Any) -> ExchangeConfig:
-    p = f"exchanges[{i}]."
+    path = f"exchanges[{i}]"
     if not isinstance(table, dict):
-        raise ConfigError(f"exchanges[{i}]", "must be a table ([[exchanges]])")
-    _no_unknown(table, {"name", "rest_url", "ws_url", "api_key_env", "api_secret_env", "symbols"}, p)
-    name = _str(table, "name", p, required=True)
-    if name not in EXCHANGES:
-        raise ConfigError(p + "name", f"unknown exchange {name!r} (supported: {', '.join(EXCHANGES)})")
-    symbols = table.get("symbols")
-    if symbols is not None:
-        if not isinstance(symbols, list) or not all(isinstance(s, str) and ":" in s for s in symbols):
-            raise ConfigError(p + "symbols", "must be a list of unified symbols such as \"BTC/USDT:USDT\"")
-        symbols = tuple(symbols)
-    key_env, secret_env = _str(table, "api_key_env", p), _str(table, "api_secret_env", p)
-    if (key_env is None) != (secret_env is None):
-        raise ConfigError(p + ("api_secret_env" if secret_env is None else "api_key_env"),
+        raise ConfigError(path, "must be a table ([[exchanges]])")
+    v = _section(table, path, SETTINGS["exchanges"])
+    if (v["api_key_env"] is None) != (v["api_secret_env"] is None):
+        raise ConfigError(f"{path}.{'api_secret_env' if v['api_secret_env'] is None else 'api_key_env'}",
                           "api_key_env and api_secret_env go together")
-    return ExchangeConfig(name=name, rest_url=_str(table, "rest_url", p),
-                          ws_url=_str(table, "ws_url", p) or EXCHANGES[name]["ws_url"],
-                          api_key_env=key_env, api_secret_env=secret_env, symbols=symbols)
+    return ExchangeConfig(name=v["name"], rest_url=v["rest_url"], ws_url=v["ws_url"] or EXCHANGES[v["name"]]["ws_url"],
+                          api_key_env=v["api_key_env"], api_secret_env=v["api_secret_env"], symbols=v["symbols"])
 
 
-def parse_config(doc: dict) -> AppConfig:
-    _no_unknown(doc, SECTIONS, "")
-    database = _table(doc, "database")
-    _no_unknown(database, {"url"}, "database.")
-    policy = PolicyConfig.from_mapping(_table(doc, "policy"))
-    manager = _manager(_table(doc, "manager"))
+def parse_config(doc: Mapping[str, Any]) -> AppConfig:
+    """The configuration in ``doc`` (a parsed TOML document); :class:`ConfigError` on the first mistake."""
+    for key in doc:
+        if key not in SECTIONS:
+            raise ConfigError(key, f"unknown section (known: {', '.join(sorted(SECTIONS))})")
+    database = _section(doc.get("database", {}), "database", SETTINGS["database"])
+    policy = _policy(_section(doc.get("policy", {}), "policy", SETTINGS["policy"]))
+    manager = _manager(_section(doc.get("manager", {}), "manager", SETTINGS["manager"]), policy)
     raw_exchanges = doc.get("exchanges", [])
     if not isinstance(raw_exchanges, list) or not raw_exchanges:
         raise ConfigError("exchanges", "at least one [[exchanges]] table is required")
@@ -177,19 +339,11 @@ def parse_config(doc: dict) -> AppConfig:
     names = [e.name for e in exchanges]
     if len(set(names)) != len(names):
         raise ConfigError("exchanges", "each exchange may appear once")
-    metrics = _table(doc, "metrics")
-    _no_unknown(metrics, {"port"}, "metrics.")
-    port = metrics.get("port", 9108)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError("metrics.port", f"must be a port number 0-65535 (0 disables), got {port!r}")
-    alerts = _table(doc, "alerts")
-    _no_unknown(alerts, {"webhook_url_env", "telegram"}, "alerts.")
-    telegram = alerts.get("telegram", False)
-    if not isinstance(telegram, bool):
-        raise ConfigError("alerts.telegram", "must be true or false")
-    return AppConfig(database_url=_str(database, "url", "database."), policy=policy, manager=manager,
-                     exchanges=exchanges, metrics_port=port,
-                     webhook_url_env=_str(alerts, "webhook_url_env", "alerts."), telegram=telegram)
+    metrics = _section(doc.get("metrics", {}), "metrics", SETTINGS["metrics"])
+    alerts = _section(doc.get("alerts", {}), "alerts", SETTINGS["alerts"])
+    return AppConfig(database_url=database["url"], policy=policy, manager=manager, exchanges=exchanges,
+                     metrics_port=metrics["port"], webhook_url_env=alerts["webhook_url_env"],
+                     telegram=alerts["telegram"])
 
 
 def load_config(path: str | Path) -> AppConfig:
@@ -197,9 +351,10 @@ def load_config(path: str | Path) -> AppConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{path} is not UTF-8 text") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
     return parse_config(doc)
-

@@ -34,13 +34,13 @@ VALID = {"exchanges": [{"name": "bybit"}]}
 @pytest.mark.parametrize("doc,key", [
     ({}, "exchanges"),                                                          # missing key
     ({"exchanges": [{"rest_url": "http://x"}]}, "exchanges[0].name"),           # missing key in a table
-    ({**VALID, "policy": {"max_age_hours": "three"}}, "max_age_hours"),         # wrong type
+    ({**VALID, "policy": {"max_age_hours": "three"}}, "policy.max_age_hours"),  # wrong type
     ({**VALID, "metrics": {"port": "9108"}}, "metrics.port"),                   # wrong type
     ({"exchanges": [{"name": "kraken"}]}, "exchanges[0].name"),                 # unknown exchange
-    ({**VALID, "policy": {"grace_period_hours": -1}}, "grace_period_hours"),    # negative value
+    ({**VALID, "policy": {"grace_period_hours": -1}}, "policy.grace_period_hours"),  # negative value
     ({**VALID, "manager": {"error_cooldown_seconds": -5}}, "manager.error_cooldown_seconds"),
-    ({**VALID, "policy": {"max_loss_percent": 0.1}}, "max_loss_percent"),       # cap below the step
-    ({**VALID, "policy": {"max_age": 3}}, "max_age"),                           # unknown key
+    ({**VALID, "policy": {"max_loss_percent": 0.1}}, "policy.max_loss_percent"),  # cap below the step
+    ({**VALID, "policy": {"max_age": 3}}, "policy.max_age"),                    # unknown key
     ({**VALID, "surprise": {}}, "surprise"),
     ({"exchanges": [{"name": "bybit", "api_key_env": "K"}]}, "exchanges[0].api_secret_env"),
 ])
@@ -64,7 +64,7 @@ def test_live_with_a_bad_config_file_exits_non_zero_naming_the_key(tmp_path):
     path.write_text('[[exchanges]]\nname = "bybit"\n[policy]\nloss_step_percent = -0.5\n')
     out = run_py("live", "--config", str(path))
     assert out.returncode == 2
-    assert "loss_step_percent" in out.stderr and "Traceback" not in out.stderr
+    assert "policy.loss_step_percent" in out.stderr and "Traceback" not in out.stderr
     path.write_text("this is = not [toml")
     out = run_py("live", "--config", str(path))
     assert out.returncode == 2 and "not valid TOML" in out.stderr
