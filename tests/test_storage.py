@@ -35,8 +35,9 @@ async def test_migrations_are_recorded_and_a_second_apply_is_a_no_op(db):
     assert versions == [m.version for m in available_migrations()]
     tables = {r["table_name"] for r in await db.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema='monitoring'")}
-    assert {"positions", "aged_positions", "aged_positions_history", "aged_positions_monitoring",
+    assert {"episodes", "aged_positions", "aged_positions_history", "aged_positions_monitoring",
             "close_orders", "active_aged_positions", "aged_positions_statistics"} <= tables
+    assert "positions" not in tables  # that name belongs to the trading bot's own book
 
 
 async def test_an_edited_applied_migration_is_refused(db):
