@@ -319,6 +319,9 @@ async def test_the_bot_book_gives_the_open_time_and_is_closed_after_our_close(mo
             e = await open_episode(mdb)
             assert e["opened_at"] == T0 + timedelta(hours=1) and e["opened_at_source"] == "bot"
             assert e["bot_position_id"] == 1
+            # detected an hour late: the phase instants are the policy's, not the detection's
+            aged = (await aged_rows(mdb))[0]
+            assert aged["grace_started_at"] == T0 + timedelta(hours=4) and aged["detected_at"] >= T0 + timedelta(hours=5)
             prices.set("100.3", "100.4")
 
             async def closed():
@@ -335,3 +338,24 @@ async def test_the_bot_book_gives_the_open_time_and_is_closed_after_our_close(mo
         assert bot["exit_reason"] == "aged_grace" and bot["closed_at"] is not None
     finally:
         await mdb.execute("DROP TABLE IF EXISTS monitoring.positions")
+
+
+async def test_detected_late_in_progressive_records_the_policy_instants(mock_clock, mdb):
+    ex = MemoryExchange(name="bybit")
+    aged_long(ex)
+    prices = Prices("90", "90.1")
+    feed = MemoryFeed("bybit")
+    svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=20), poll_interval=POLL)
+    async with trio.open_nursery() as n:
+        n.start_soon(svc.run)
+        n.start_soon(prices.run, ex, feed)
+
+        async def detected():
+            return bool(await aged_rows(mdb))
+        await wait_for(detected, "detected")
+        svc.shutdown()
+        n.cancel_scope.cancel()
+    row = (await aged_rows(mdb))[0]
+    assert row["status"] == "progressive_active"
+    assert row["grace_started_at"] == T0 + timedelta(hours=3)
+    assert row["progressive_started_at"] == T0 + timedelta(hours=11)
