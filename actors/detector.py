@@ -1,26 +1,36 @@
-"""The detector: keeps the position book in sync and starts an actor the instant a
-position ages.
+"""The detector: follows position *episodes* and starts an actor the instant one ages.
 
-Every ``poll_interval`` seconds it reads each exchange's open positions into
-``monitoring.positions`` (rows an external trading bot wrote are honoured too: their
-open time and trailing-stop flag win). For every open position it keeps one timer set
-for the instant the position crosses ``max_age_hours``; when it fires, the
-``aged_positions`` row is created and the actor started — at that instant, not at the
-next poll. A position that disappears from the exchange is closed in the book, and
-its actor is told (reason ``manual`` unless our own close did it).
+Every ``poll_interval`` seconds it reads each exchange's open positions and brings the
+book (``monitoring.episodes``) in line. An episode runs from flat to flat on one
+(exchange, symbol, side); what the detector does with each position it sees:
 
-Each poll also checks that every active aged position has a running actor, so an
-aged position is never forgotten, whatever else has restarted.
+* nothing open in the book: a new episode. Its open time comes, in order of trust,
+  from the trading bot's own row (``monitoring.positions``, when the database has the
+  bot's table), from the exchange (Bybit ``openTime`` when non-zero), from the fill
+  history (the fill that took the position from flat), or else it is the moment first
+  seen. A position may age later than it truly should, never sooner.
+* an open episode on the other side: a flip. The old episode ends, a new one starts.
+* an open episode on the same side that changed since the last look (size, entry or
+  the exchange's update time): the fills since the last look say whether it went flat
+  and was opened again (a re-entry: a new episode that starts young) or was averaged
+  into / partly reduced (the same episode: the actor gets the new size and entry).
+  When the fills cannot be read, a changed position is taken as a new episode.
 
-Binance does not report when a position was opened. There the open time is taken
-from the book (written by the trading bot) or, failing that, the moment the detector
-first saw the position — which can only make it age later, never sooner.
+An open episode missing from a snapshot is looked up on its own before it ends, so
+one incomplete answer does not end it. A row the exchange adapter cannot read is
+skipped there (one error per symbol); one the detector cannot store is skipped here.
+
+For every open episode it keeps one timer set for the instant the episode crosses
+``max_age_hours``; when it fires, the ``aged_positions`` row is created and the actor
+started — at that instant, not at the next poll. When an episode ends, its actor is
+told (reason ``manual`` unless our own close did it). Each poll also checks that
+every active aged position has a running actor.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Awaitable, Callable, Mapping, Sequence
 from uuid import UUID
@@ -28,24 +38,31 @@ from uuid import UUID
 import asyncpg
 import trio
 
+from actors import episodes as ep
 from actors import position as pos
 from actors.events import CLOSE_COMPLETED, DETECTED, LifecycleEvent
 from actors.policy import Phase, aged_at, assess, breakeven_price
 from actors.position_actor import ActorContext
 from exchanges.errors import ExchangeError
-from exchanges.port import ExchangePort
+from exchanges.port import ExchangePort, ExchangePosition
+from exchanges.symbols import unified_symbol
 from storage import ops as op
 
 log = logging.getLogger("actors.detector")
 
 DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                    asyncpg.CannotConnectNowError, trio.TooSlowError)
+# How the trading bot names exchanges in its book.
+BOT_EXCHANGE_NAMES = {"binance": "binanceusdm", "binanceusdm": "binanceusdm", "bybit": "bybit"}
+BOT_SIDES = {"long": "long", "buy": "long", "short": "short", "sell": "short"}
+FILL_WINDOW = timedelta(days=7)
 
 
 class Detector:
     def __init__(self, ctx: ActorContext, exchanges: Mapping[str, ExchangePort],
                  start_actor: Callable[..., Awaitable[None]], is_running: Callable[[UUID], bool], *,
-                 poll_interval: float = 30.0, symbols: Mapping[str, Sequence[str] | None] | None = None):
+                 poll_interval: float = 30.0, symbols: Mapping[str, Sequence[str] | None] | None = None,
+                 fill_history: timedelta = timedelta(days=30), clock_skew: timedelta = timedelta(seconds=5)):
         self.ctx = ctx
         self.exchanges = dict(exchanges)
         self.start_actor = start_actor
@@ -55,6 +72,11 @@ class Detector:
         self._timers: dict[int, trio.CancelScope] = {}
         self._last_sent: dict[UUID, tuple] = {}
         self._aged_ids: dict[int, UUID] = {}
+        self._bad_symbols: set[tuple[str, str]] = set()
+        # how far back the fill history is searched for an opening, and the allowance
+        # between the exchange's clock and ours
+        self.fill_history = fill_history
+        self.clock_skew = clock_skew
         self.polls = 0
         self.detections = 0
         # called with the seconds from the aging instant to the row created (policy clock)
@@ -101,22 +123,161 @@ class Detector:
         return allow is None or symbol in allow
 
     async def _sync_exchange(self, name: str, positions) -> None:
-        seen = set()
+        port = self.exchanges[name]
         now = self.ctx.clock.now()
+        book = {row["symbol"]: row for row in await self.ctx.db.open_positions(name)}
+        bot = await self._bot_rows(name)
+        seen: set[str] = set()
         for p in positions:
             if not self._allowed(name, p.symbol):
                 continue
             seen.add(p.symbol)
-            await self.ctx.db.upsert_open_position(
-                exchange=name, symbol=p.symbol, side=p.side, quantity=p.qty, entry_price=p.entry_price,
-                opened_at=p.opened_at or now)
-        for row in await self.ctx.db.open_positions(name):
-            if row["symbol"] not in seen and self._allowed(name, row["symbol"]):
+            await self._follow_guarded(port, p, book.get(p.symbol), bot.get(p.symbol), now)
+        for symbol, row in book.items():
+            if symbol in seen or not self._allowed(name, symbol):
+                continue
+            # Missing from the snapshot: ask for this symbol alone before ending the episode.
+            try:
+                again = [q for q in await port.fetch_positions([symbol]) if q.symbol == symbol]
+            except ExchangeError as exc:
+                log.warning("%s %s missing from the position list and the look-up failed (%s); "
+                            "kept open until the next poll", name, symbol, exc)
+                continue
+            if again:
+                log.warning("%s %s was missing from one position list; a look-up shows it open", name, symbol)
+                await self._follow_guarded(port, again[0], row, bot.get(symbol), now)
+            else:
                 await self._vanished(row)
+
+    async def _follow_guarded(self, port: ExchangePort, p: ExchangePosition, row: dict | None,
+                              bot_row: dict | None, now: datetime) -> None:
+        key = (p.exchange, p.symbol)
+        problem = _unusable(p)
+        if problem is None:
+            try:
+                await self._follow(port, p, row, bot_row, now)
+                self._bad_symbols.discard(key)
+                return
+            except ExchangeError as exc:
+                log.warning("%s %s: cannot follow the position this poll (%s)", p.exchange, p.symbol, exc)
+                return
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                problem = f"the book refused it ({type(exc).__name__}: {exc})"
+        if key not in self._bad_symbols:
+            self._bad_symbols.add(key)
+            log.error("%s %s: position skipped, %s", p.exchange, p.symbol, problem)
+
+    async def _follow(self, port: ExchangePort, p: ExchangePosition, row: dict | None, bot_row: dict | None,
+                      now: datetime) -> None:
+        db = self.ctx.db
+        if row is None:
+            await self._start_episode(port, p, bot_row, now, end_previous=None)
+            return
+        if row["side"] != p.side:
+            log.info("%s %s flipped %s -> %s: a new episode", p.exchange, p.symbol, row["side"], p.side)
+            await self._start_episode(port, p, bot_row, now, end_previous="flip", ended=row)
+            return
+        reentry = await self._reentered_at(port, p, row, bot_row, now)
+        if reentry is not None:
+            log.info("%s %s %s went flat and was opened again at %s: a new episode", p.exchange, p.symbol, p.side,
+                     reentry.at.isoformat())
+            await self._start_episode(port, p, bot_row, now, end_previous="reentry", ended=row, known=reentry)
+            return
+        await db.upsert_open_position(
+            exchange=p.exchange, symbol=p.symbol, side=p.side, quantity=p.qty, entry_price=p.entry_price,
+            opened_at=row["opened_at"], seen_at=now, exchange_updated_at=p.updated_at,
+            trailing_activated=None if bot_row is None else bool(bot_row["trailing_activated"]),
+            bot_position_id=None if bot_row is None else bot_row["id"])
+
+    async def _reentered_at(self, port: ExchangePort, p: ExchangePosition, row: dict, bot_row: dict | None,
+                            now: datetime) -> ep.OpenTime | None:
+        """A new opening of the same side since the last look, or None (the same episode)."""
+        skew = self.clock_skew
+        if bot_row is not None and row["bot_position_id"] is not None and bot_row["id"] != row["bot_position_id"]:
+            return ep.OpenTime(bot_row["opened_at"], ep.BOT)  # the bot's book has a new row: a new episode
+        if p.opened_at is not None and p.opened_at > row["opened_at"] + skew and row["opened_at_source"] != ep.BOT:
+            return ep.OpenTime(p.opened_at, ep.EXCHANGE)
+        changed = (p.qty != row["quantity"] or p.entry_price != row["entry_price"]
+                   or (p.updated_at is not None and row["exchange_updated_at"] is not None
+                       and p.updated_at != row["exchange_updated_at"]))
+        if not changed:
+            return None
+        last_look = row["last_seen_at"]
+        try:
+            fills = await port.fetch_fills(p.symbol, last_look - skew, now + skew)
+        except ExchangeError as exc:
+            if p.qty == row["quantity"] and p.entry_price == row["entry_price"]:
+                raise  # only the update time moved: look again next poll
+            log.warning("%s %s changed (size %s -> %s, entry %s -> %s) and the fill history cannot be read (%s): "
+                        "taken as a new episode, which can only make it age later", p.exchange, p.symbol,
+                        row["quantity"], p.qty, row["entry_price"], p.entry_price, exc)
+            return ep.OpenTime(now, ep.FIRST_SEEN)
+        at = ep.reentered_at(fills, p.side, p.qty, last_look=last_look, opened_at=row["opened_at"], skew=skew)
+        return None if at is None else ep.OpenTime(at, ep.FILLS)
+
+    async def _open_time(self, port: ExchangePort, p: ExchangePosition, bot_row: dict | None,
+                         now: datetime) -> ep.OpenTime:
+        if bot_row is not None and bot_row["opened_at"] is not None:
+            return ep.OpenTime(bot_row["opened_at"], ep.BOT)
+        if p.opened_at is not None:
+            return ep.OpenTime(p.opened_at, ep.EXCHANGE)
+        # Walk the fill history back, a window at a time, until the opening fill shows.
+        earliest = now - self.fill_history
+        fills: list = []
+        hi = now + self.clock_skew
+        try:
+            while hi > earliest:
+                lo = max(earliest, hi - FILL_WINDOW)
+                fills = list(await port.fetch_fills(p.symbol, lo, hi)) + fills
+                if ep.opening_fill(fills, p.side, p.qty) is not None:
+                    break
+                hi = lo - timedelta(milliseconds=1)
+        except ExchangeError as exc:
+            log.warning("%s %s: fill history unavailable (%s); open time is the moment first seen",
+                        p.exchange, p.symbol, exc)
+            return ep.OpenTime(now, ep.FIRST_SEEN)
+        return ep.open_time(fills, p.side, p.qty, window_start=earliest, first_seen=now)
+
+    async def _start_episode(self, port: ExchangePort, p: ExchangePosition, bot_row: dict | None, now: datetime, *,
+                             end_previous: str | None, ended: dict | None = None,
+                             known: ep.OpenTime | None = None) -> None:
+        if bot_row is not None and ended is not None and bot_row["id"] == ended["bot_position_id"]:
+            bot_row = None  # the bot's row belongs to the episode that ended
+        opened = known if known is not None else await self._open_time(port, p, bot_row, now)
+        if opened.at > now:
+            opened = ep.OpenTime(now, opened.source)  # a clock ahead of ours never makes it older
+        row = await self.ctx.db.start_episode(
+            end_previous=end_previous, exchange=p.exchange, symbol=p.symbol, side=p.side, quantity=p.qty,
+            entry_price=p.entry_price, opened_at=opened.at, opened_at_source=opened.source, seen_at=now,
+            exchange_updated_at=p.updated_at, bot_position_id=None if bot_row is None else bot_row["id"],
+            trailing_activated=bool(bot_row["trailing_activated"]) if bot_row is not None else False)
+        log.info("episode %s %s %s %s opened %s (%s)", row["id"], p.exchange, p.symbol, p.side,
+                 opened.at.isoformat(), opened.source)
+        if ended is not None:
+            await self._episode_ended(ended)
+
+    async def _bot_rows(self, exchange: str) -> dict[str, dict]:
+        """The trading bot's open rows for ``exchange``, by unified symbol."""
+        out: dict[str, dict] = {}
+        for r in await self.ctx.db.bot_positions():
+            if BOT_EXCHANGE_NAMES.get(str(r["exchange"]).lower()) != exchange:
+                continue
+            side = BOT_SIDES.get(str(r["side"]).lower())
+            try:
+                symbol = unified_symbol(str(r["symbol"]).replace("/", "").split(":")[0])
+            except ValueError:
+                continue
+            if side is None or r["opened_at"] is None:
+                continue
+            out[symbol] = {**r, "side": side}
+        return out
 
     async def _vanished(self, row: dict) -> None:
         log.info("position %s %s %s is gone from the exchange", row["exchange"], row["symbol"], row["side"])
-        await self.ctx.db.close_position(row["id"])
+        await self.ctx.db.close_position(row["id"], self.ctx.clock.now(), "flat")
+        await self._episode_ended(row)
+
+    async def _episode_ended(self, row: dict) -> None:
         scope = self._timers.pop(row["id"], None)
         if scope is not None:
             scope.cancel()
@@ -138,10 +299,16 @@ class Detector:
             aged = self._aged_ids.get(row["id"])
             if aged is None:
                 continue
-            key = (row["quantity"], row["trailing_activated"])
-            if self._last_sent.get(aged) != key:
+            key = (row["quantity"], row["entry_price"], row["trailing_activated"])
+            state = self.ctx.state_cache.get(aged)
+            # Sent again while the actor's state differs (an update that arrived during a
+            # close is applied after it; the close's own result may set another size).
+            differs = state is not None and (state.quantity, state.entry_price) != (row["quantity"],
+                                                                                   row["entry_price"])
+            if self._last_sent.get(aged) != key or differs:
                 if self.ctx.tell(aged, pos.PositionUpdate(self.ctx.clock.now(), quantity=row["quantity"],
-                                                         trailing_active=row["trailing_activated"])):
+                                                         trailing_active=row["trailing_activated"],
+                                                         entry_price=row["entry_price"])):
                     self._last_sent[aged] = key
 
     # --- aging timers --------------------------------------------------------------------
@@ -163,7 +330,10 @@ class Detector:
                 while assess(row["side"], row["entry_price"], row["opened_at"], self.ctx.clock.now(),
                              self.ctx.config).phase is Phase.NOT_AGED:
                     await trio.sleep(0.001)
-                existing = await self._create_aged(row, crossing)
+                current = await self.ctx.db.episode(row["id"])  # size and entry as they are now
+                if current is None or current["status"] != "open":
+                    return
+                existing = await self._create_aged(current, crossing)
             self._remember(row["id"], existing["id"])
             if (existing["status"] != "closed" and not self.is_running(existing["id"])
                     and existing["id"] not in self.ctx.finished):
@@ -177,11 +347,14 @@ class Detector:
         now = self.ctx.clock.now()
         a = assess(row["side"], row["entry_price"], row["opened_at"], now, self.ctx.config)
         status = "skipped" if row["trailing_activated"] else pos.PHASE_STATUS[a.phase]
+        grace_start = aged_at(row["opened_at"], self.ctx.config)
         aged, created = await self.ctx.db.create_aged_position(
             row, detected_at=now, status=status, target_price=a.target_price,
             breakeven_price=breakeven_price(row["side"], row["entry_price"], self.ctx.config),
             loss_tolerance_percent=a.loss_tolerance_percent, hours_aged=a.age_hours,
-            config=self.ctx.config.as_dict())
+            config=self.ctx.config.as_dict(), grace_started_at=grace_start,
+            progressive_started_at=grace_start + timedelta(
+                microseconds=int(self.ctx.config.grace_period_hours * 3_600_000_000)))
         if created:
             self.detections += 1
             lag = (now - crossing).total_seconds()
@@ -218,3 +391,13 @@ class Detector:
         for r in missing:
             if not self.is_running(r["id"]) and r["id"] not in self.ctx.finished:
                 await self.start_actor(r["id"], preload=(r, r["id"] in inflight))
+
+
+def _unusable(p: ExchangePosition) -> str | None:
+    """Why a position as read cannot be followed, or None."""
+    if p.side not in ("long", "short"):
+        return f"side {p.side!r} is neither long nor short"
+    for name, value in (("size", p.qty), ("entry price", p.entry_price)):
+        if not isinstance(value, Decimal) or not value.is_finite() or value <= 0:
+            return f"{name} {value!r} is not a positive number"
+    return None

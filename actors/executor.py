@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Callable, Mapping
 from uuid import UUID
 
 import trio
 
+from actors.episodes import reentered_at
 from actors.failpoints import failpoint
-from actors.position import CloseResult
+from actors.position import CloseResult, PositionUpdate
 from actors.ratelimit import RateLimiter
 from actors.writer import NoHold, StorageWriter
 from exchanges.errors import (
@@ -48,6 +49,18 @@ from storage import ops as op
 log = logging.getLogger("actors.executor")
 
 FINAL_STATES = frozenset({"filled", "rejected", "canceled", "not_found", "partially_filled"})
+
+
+class EpisodeChanged(Exception):
+    """The episode's position has another entry price than the actor decided on."""
+
+    def __init__(self, qty: Decimal, entry_price: Decimal):
+        super().__init__(f"position now {qty} at entry {entry_price}")
+        self.qty, self.entry_price = qty, entry_price
+
+
+_EPISODE_CHECK_WINDOW = timedelta(days=7) - timedelta(seconds=10)
+_CLOCK_SKEW = timedelta(seconds=5)
 
 
 def _order_side(position_side: str) -> str:
@@ -73,6 +86,10 @@ class CloseRequest:
     reconcile_only: bool = False
     emergency: bool = False
     tick_received_at: float | None = None  # trio time of the tick that triggered it
+    # The episode as the actor knows it: a position on the exchange that no longer
+    # matches is checked against the fill history before anything is sent.
+    entry_price: Decimal | None = None
+    opened_at: datetime | None = None
 
 
 @dataclass
@@ -175,6 +192,21 @@ class Executor:
         async with lock:
             try:
                 result = await self._close(req, hold)
+            except EpisodeChanged as changed:
+                # Nothing was sent. The actor learns the new size and entry first, then that
+                # its close did nothing; it decides again against the new targets.
+                log.warning("%s %s %s: not closing, the position changed to %s at entry %s (averaged into); "
+                            "targets follow the new entry", req.exchange, req.symbol, req.side, changed.qty,
+                            changed.entry_price)
+                if req.reply is not None:
+                    try:
+                        req.reply.send_nowait(PositionUpdate(req.clock(), quantity=changed.qty,
+                                                             entry_price=changed.entry_price))
+                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                fills = self._fills.get(req.aged_id, _Fills())
+                result = CloseResult(req.clock(), "open", filled_qty=fills.total, avg_price=fills.vwap,
+                                     attempts=max(fills.max_attempt, req.next_attempt - 1))
             except Exception as exc:  # noqa: BLE001 - a close must always answer its actor
                 log.exception("close of %s %s failed unexpectedly", req.exchange, req.symbol)
                 fills = self._fills.get(req.aged_id, _Fills())
@@ -333,11 +365,40 @@ class Executor:
         self.writer.submit(row)
 
     async def _position_qty(self, req: CloseRequest, port: ExchangePort) -> Decimal:
+        """What is left to close of *this* episode (0 when the position is gone)."""
         positions = await self._call(req.exchange, port.fetch_positions, [req.symbol])
         for p in positions:
             if p.symbol == req.symbol and p.side == req.side and p.qty > 0:
+                if await self._another_episode(req, port, p):
+                    return Decimal(0)
+                if (req.entry_price is not None and p.entry_price != req.entry_price
+                        and not self._fills.get(req.aged_id, _Fills()).total):
+                    raise EpisodeChanged(p.qty, p.entry_price)
                 return p.qty
         return Decimal(0)
+
+    async def _another_episode(self, req: CloseRequest, port: ExchangePort, p) -> bool:
+        """True if the position on the exchange is a later episode than the one to close.
+
+        Only asked when the position no longer matches what the actor knows (another
+        entry price, or more than it asked to close): averaging in, or closed and opened
+        again between two looks of the detector. The fills of the last 7 days (one
+        request) show an opening after the episode's own if it was re-entered.
+        """
+        if req.entry_price is None or req.opened_at is None:
+            return False
+        if p.entry_price == req.entry_price and p.qty <= req.qty:
+            return False
+        now = req.clock()
+        fills = await self._call(req.exchange, port.fetch_fills, req.symbol,
+                                 max(req.opened_at, now - _EPISODE_CHECK_WINDOW), now + _CLOCK_SKEW)
+        at = reentered_at(fills, req.side, p.qty, last_look=req.opened_at, opened_at=req.opened_at, skew=_CLOCK_SKEW)
+        if at is not None:
+            log.warning("%s %s %s: not closing, the position on the exchange was opened again at %s "
+                        "(a new episode); this aged position is over", req.exchange, req.symbol, req.side,
+                        at.isoformat())
+            return True
+        return False
 
     async def _limit_price(self, req: CloseRequest, port: ExchangePort) -> Decimal:
         quote = await self._call(req.exchange, port.fetch_quote, req.symbol)

@@ -27,7 +27,7 @@ from typing import Any, Union
 from uuid import UUID
 
 from actors.policy import (
-    Assessment, CloseReason, Phase, PolicyConfig, Schedule, aged_at, close_reason, executable_price,
+    Assessment, CloseReason, Phase, PolicyConfig, Schedule, aged_at, breakeven_price, close_reason, executable_price,
     executable_price_for, next_phase_change, realised_pnl, should_close,
 )
 
@@ -84,6 +84,8 @@ class PositionState:
     last_sample_distance: Decimal | None = None
     last_price: Decimal | None = None  # the last sampled executable price
     needs_reconcile: bool = False  # a close may have been in flight when we (re)started
+    pending_update: "PositionUpdate | None" = None  # arrived while a close was in flight; applied after it
+    ended_during_close: bool = False  # the episode ended while our close was in flight
     schedule: Schedule = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -136,9 +138,21 @@ class CloseResult:
 
 @dataclass(frozen=True, slots=True)
 class PositionUpdate:
+    """The exchange (or the trading bot's book) shows the episode changed: a new size
+    (averaging in, a partial reduction by someone else), a new average entry, or the
+    trailing stop switched. ``None`` fields are unchanged."""
+
     now: datetime
     quantity: Decimal | None = None
     trailing_active: bool | None = None
+    entry_price: Decimal | None = None
+
+    def merged_with(self, later: "PositionUpdate") -> "PositionUpdate":
+        return PositionUpdate(
+            later.now,
+            quantity=later.quantity if later.quantity is not None else self.quantity,
+            trailing_active=later.trailing_active if later.trailing_active is not None else self.trailing_active,
+            entry_price=later.entry_price if later.entry_price is not None else self.entry_price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +446,7 @@ def _finish(s: PositionState, now: datetime, reason: CloseReason, out: list, *, 
                           "pnl_percent": str(fields.get("actual_pnl_percent"))}))
     out.append(Stop())
     return replace(s, close_in_flight=False, needs_reconcile=False, closed_qty=total_filled, quantity=Decimal(0),
-                   close_attempts=attempts)
+                   close_attempts=attempts, pending_update=None)
 
 
 def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionState:
@@ -447,11 +461,17 @@ def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionSta
     if e.outcome in ("flat", "vanished"):
         return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=e.avg_price if total > 0 else None,
                        total_filled=total, order_id=e.last_order_id, attempts=attempts)
+    if s.ended_during_close:
+        return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=e.avg_price if total > 0 else None,
+                       total_filled=total, order_id=e.last_order_id, attempts=attempts)
     remaining = original - total
     if e.remaining_qty is not None:
         remaining = min(e.remaining_qty, remaining)
+    pending = s.pending_update
+    if pending is not None and e.remaining_qty is not None:
+        pending = replace(pending, quantity=None)  # the exchange's size after the close is the fresher one
     s = replace(s, close_in_flight=False, needs_reconcile=False, quantity=max(Decimal(0), remaining),
-                closed_qty=total, close_attempts=attempts)
+                closed_qty=total, close_attempts=attempts, pending_update=None)
     fields = {"close_attempts": attempts, "quantity": s.quantity, "closed_qty": s.closed_qty}
     if e.outcome == "failed":
         until = e.now + s.settings.error_cooldown
@@ -462,9 +482,10 @@ def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionSta
         out.append(Emit("aged.close.failed", success=False, error=e.error, critical=True,
                         data={"attempts": attempts, "retry_after": until.isoformat()}))
         out.append(ScheduleTimer(until, "cooldown"))
-        return replace(s, error_until=until)
+        s = replace(s, error_until=until)
+        return s if pending is None else _apply_update(s, pending, out)
     out.append(Persist(fields))
-    return s
+    return s if pending is None else _apply_update(s, pending, out)
 
 
 def _on_timer(s: PositionState, e: Timer, out: list) -> PositionState:
@@ -480,10 +501,35 @@ def _on_timer(s: PositionState, e: Timer, out: list) -> PositionState:
 def _on_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:
     if s.status == "closed":
         return s
-    if e.quantity is not None and e.quantity != s.quantity and not s.close_in_flight:
-        s = replace(s, quantity=e.quantity)
-        out.append(Persist({"quantity": e.quantity}))
-    if e.trailing_active is True and s.status in ACTIVE | {"error"} and not s.close_in_flight:
+    if s.close_in_flight:
+        # Not now: the close decides what is left. Kept, and applied once its result is in.
+        pending = e if s.pending_update is None else s.pending_update.merged_with(e)
+        return replace(s, pending_update=pending)
+    return _apply_update(s, e, out)
+
+
+def _apply_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:
+    changes: dict[str, Any] = {}
+    if e.quantity is not None and e.quantity > 0 and e.quantity != s.quantity:
+        changes["quantity"] = e.quantity
+    if e.entry_price is not None and e.entry_price > 0 and e.entry_price != s.entry_price:
+        changes["entry_price"] = e.entry_price
+    if changes:
+        old_qty, old_entry = s.quantity, s.entry_price
+        # A new entry means a new breakeven and new targets at once; the next tick is
+        # sampled against them (no quiet band carries over from the old ones).
+        s = replace(s, **changes, last_sample_distance=None)
+        fields: dict[str, Any] = {"quantity": s.quantity}
+        if "entry_price" in changes:
+            a = _assess(s, e.now)
+            fields.update(entry_price=s.entry_price, target_price=a.target_price,
+                          breakeven_price=breakeven_price(s.side, s.entry_price, s.config),
+                          current_loss_tolerance_percent=a.loss_tolerance_percent)
+        out.append(Persist(fields))
+        out.append(Emit("position.changed", target_price=fields.get("target_price"),
+                        data={"old_quantity": str(old_qty), "new_quantity": str(s.quantity),
+                              "old_entry_price": str(old_entry), "new_entry_price": str(s.entry_price)}))
+    if e.trailing_active is True and s.status in ACTIVE | {"error"}:
         s = _transition(s, "skipped", out)
         out.append(Emit("skipped", data={"reason": "trailing stop active"}))
     elif e.trailing_active is False and s.status == "skipped":
@@ -495,8 +541,13 @@ def _on_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:
 
 
 def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionState:
-    if s.status == "closed" or s.close_in_flight:
-        return s  # our own close is in flight: its result will tell what happened
+    if s.status == "closed":
+        return s
+    if s.close_in_flight:
+        # Our own close may have done it: its result tells. If that result leaves the
+        # position open, the episode ended anyway (closed by someone else, re-entered or
+        # flipped), and whatever is open now belongs to another episode.
+        return replace(s, ended_during_close=True)
     return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=None, total_filled=s.closed_qty, order_id=None,
                    attempts=s.close_attempts)
 

@@ -143,13 +143,18 @@ class PositionActor:
         s = self.state
         if isinstance(c, pos.Persist):
             self.ctx.writer.submit(op.UpdateAged(s.aged_id, c.fields))
-            if c.fields.get("status") == "closed":
-                self.ctx.writer.submit(op.ClosePosition(s.position_id, c.fields.get("closed_at")))
+            if c.fields.get("status") == "closed" and c.fields.get("close_reason") not in (None, "manual"):
+                # Our close made the episode flat. (Anything else that ends an episode, the
+                # detector sees on the exchange and records itself.)
+                phase = c.fields.get("phase_at_close")
+                self.ctx.writer.submit(op.ClosePosition(s.position_id, c.fields.get("closed_at"),
+                                                        f"aged_{phase}" if phase else "aged"))
         elif isinstance(c, pos.RequestClose):
             self.ctx.executor.submit(CloseRequest(
                 aged_id=s.aged_id, exchange=s.exchange, symbol=s.symbol, side=s.side, qty=c.qty,
                 next_attempt=c.next_attempt, reply=self.ctx.inboxes.get(s.aged_id), clock=self.ctx.clock.now,
-                reconcile_only=c.reconcile_only, emergency=c.emergency, tick_received_at=self._tick_received_at))
+                reconcile_only=c.reconcile_only, emergency=c.emergency, tick_received_at=self._tick_received_at,
+                entry_price=s.entry_price, opened_at=s.opened_at))
         elif isinstance(c, pos.Emit):
             self.ctx.writer.submit(op.AddEvent(
                 s.aged_id, c.event_type, market_price=c.market_price, target_price=c.target_price,

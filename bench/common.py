@@ -34,7 +34,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 MONITORING_TABLES = (
     "monitoring.close_orders, monitoring.aged_positions_monitoring, monitoring.aged_positions_history, "
-    "monitoring.aged_positions, monitoring.positions"
+    "monitoring.aged_positions, monitoring.episodes"
 )
 EXCHANGE = "bybit"
 ENTRY = Decimal(100)
@@ -187,8 +187,8 @@ async def seed_aged(db, count: int, now: datetime | None = None, config: PolicyC
     syms = [symbol(i) for i in idx]
     opened = [opened_at_for(i, now) for i in idx]
     rows = await db.fetch(
-        """INSERT INTO monitoring.positions (exchange, symbol, side, quantity, entry_price, opened_at, source)
-           SELECT $1, s, 'long', 1, 100, o, 'exchange' FROM unnest($2::text[], $3::timestamptz[]) AS t(s, o)
+        """INSERT INTO monitoring.episodes (exchange, symbol, side, quantity, entry_price, opened_at, opened_at_source, first_seen_at, last_seen_at)
+           SELECT $1, s, 'long', 1, 100, o, 'bot', o, o FROM unnest($2::text[], $3::timestamptz[]) AS t(s, o)
            RETURNING id, symbol""", EXCHANGE, syms, opened)
     pid = {r["symbol"]: r["id"] for r in rows}
     statuses, targets, tolerances, hours = [], [], [], []

@@ -43,9 +43,18 @@ the account is in, and the service refuses to start on a hedge-mode account; a
 hedge-mode position that shows up later (Binance ``positionSide`` LONG/SHORT, Bybit
 ``positionIdx`` 1/2) is not reported by ``fetch_positions``, with one error logged per
 symbol and side, because no order this adapter sends could close it.
-USDT-settled linear perpetuals only. Bybit's ``createdTime`` is
-used as ``opened_at`` as the brief asks; check against the real exchange whether it is
-the current position's open time or the first position ever on the symbol.
+USDT-settled linear perpetuals only.
+
+Open time. Neither exchange's position row says reliably when *this* position was
+opened. Bybit's ``createdTime`` is the first time a position was ever created on the
+symbol (v5 docs, "Get Position Info") and Binance's ``updateTime`` moves on every
+change; neither is used as an open time. ``opened_at`` is Bybit's ``openTime`` when
+the row carries a non-zero one, else ``None``; ``updated_at`` (Bybit ``updatedTime``,
+Binance ``updateTime``) tells the detector that something changed. The opening
+itself is found in the fill history (:meth:`CcxtExchange.fetch_fills`).
+
+A position row that cannot be read (no side, a size or entry price that is not a
+positive number, an unknown symbol) is skipped, with one error per symbol.
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ import trio_asyncio
 from exchanges.classify import classify, is_order_not_found
 from exchanges.clients import make_ccxt_client
 from exchanges.errors import ExchangeError, NonRetryableError
-from exchanges.port import ExchangePosition, OrderResult, Quote
+from exchanges.port import ExchangePosition, Fill, OrderResult, Quote
 from exchanges.symbols import unified_symbol
 
 __all__ = ["CcxtExchange"]
@@ -94,6 +103,8 @@ _BINANCE_STATUS = {
 }
 
 _MAX_POSITION_PAGES = 50
+_MAX_FILL_PAGES = 200
+_FILL_WINDOW_MS = 7 * 24 * 3600 * 1000  # both exchanges answer at most 7 days per request
 
 
 def _dec(value: Any) -> Decimal | None:
@@ -127,6 +138,10 @@ def _ms_to_dt(value: Any) -> datetime | None:
     if ms is None or ms <= 0:
         return None
     return datetime.fromtimestamp(float(ms) / 1000.0, tz=timezone.utc)
+
+
+def _dt_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
 
 
 def _header(headers: Any, name: str) -> str | None:
@@ -171,6 +186,7 @@ class CcxtExchange:
         self._swap_symbols: frozenset[str] | None = None
         self._markets_lock = trio.Lock()
         self._hedge_rows_reported: set[tuple[str, str]] = set()
+        self._bad_rows_reported: set[str] = set()
         self._last_reload: float | None = None
         self.market_reload_interval = 30.0
 
@@ -385,15 +401,19 @@ class CcxtExchange:
             return None
         symbol = self._unified_from_id(str(row.get("symbol") or ""))
         if symbol is None:
-            return None
-        entry = _dec(row.get("avgPrice")) or _dec(row.get("entryPrice")) or Decimal(0)
+            return self._bad_row(row.get("symbol"), "unknown symbol")
+        entry = _price(row.get("avgPrice")) or _price(row.get("entryPrice"))
+        if entry is None:
+            return self._bad_row(row.get("symbol"), f"entry price {row.get('avgPrice')!r} is not a positive number")
+        self._bad_rows_reported.discard(str(row.get("symbol")))
         return ExchangePosition(
             exchange=self.name,
             symbol=symbol,
             side=side,
             qty=abs(qty),
             entry_price=entry,
-            opened_at=_ms_to_dt(row.get("createdTime")),
+            opened_at=_ms_to_dt(row.get("openTime")),  # 0 or absent: unknown (never createdTime)
+            updated_at=_ms_to_dt(row.get("updatedTime")),
         )
 
     def _parse_binance_position(self, row: dict) -> ExchangePosition | None:
@@ -406,18 +426,95 @@ class CcxtExchange:
             return None
         symbol = self._unified_from_id(str(row.get("symbol") or ""))
         if symbol is None:
-            return None
+            return self._bad_row(row.get("symbol"), "unknown symbol")
+        entry = _price(row.get("entryPrice"))
+        if entry is None:
+            return self._bad_row(row.get("symbol"), f"entry price {row.get('entryPrice')!r} is not a positive number")
+        self._bad_rows_reported.discard(str(row.get("symbol")))
         return ExchangePosition(
             exchange=self.name,
             symbol=symbol,
             side=side,
             qty=abs(amount),
-            entry_price=_dec(row.get("entryPrice")) or Decimal(0),
-            # Binance does not report when a position was opened. Its last update time
-            # is never earlier than the opening, so used as the open time it can make a
-            # position age later, never sooner. (The book keeps the first value seen.)
-            opened_at=_ms_to_dt(row.get("updateTime")),
+            entry_price=entry,
+            opened_at=None,  # Binance does not report when a position was opened
+            updated_at=_ms_to_dt(row.get("updateTime")),
         )
+
+    def _bad_row(self, symbol_id: Any, why: str) -> None:
+        key = str(symbol_id)
+        if key not in self._bad_rows_reported:
+            self._bad_rows_reported.add(key)
+            log.error("%s: position row for %s skipped: %s", self.name, key, why)
+        return None
+
+    async def fetch_fills(self, symbol: str, since: datetime, until: datetime) -> list[Fill]:
+        """Our account's fills on ``symbol`` between ``since`` and ``until``, oldest first.
+
+        Binance ``GET /fapi/v1/userTrades`` and Bybit ``GET /v5/execution/list`` both
+        answer at most 7 days per request, so the span is walked in 7-day windows. Bybit
+        pages by cursor; a Binance window that comes back full (1,000 rows) is split in
+        halves. Bybit funding rows (``execType`` Funding) move no position and are left
+        out; every other execution type (trades, liquidations, ADL, block trades) is kept.
+        """
+        await self._ensure_markets([symbol])
+        market_id = self._market(symbol)["id"]
+        start, end = _dt_ms(since), _dt_ms(until)
+        fills: list[Fill] = []
+        with self._errors():
+            lo = start
+            while lo <= end:
+                hi = min(end, lo + _FILL_WINDOW_MS - 1)
+                if self.name == "bybit":
+                    fills.extend(await self._bybit_fills(market_id, lo, hi))
+                else:
+                    fills.extend(await self._binance_fills(market_id, lo, hi))
+                lo = hi + 1
+        fills = [f for f in fills if f is not None]
+        unique = {f.fill_id: f for f in fills}
+        return sorted(unique.values(), key=lambda f: (f.time, f.fill_id))
+
+    async def _bybit_fills(self, market_id: str, lo: int, hi: int) -> list[Fill]:
+        out: list[Fill] = []
+        cursor: str | None = None
+        seen: set[str] = set()
+        for _ in range(_MAX_FILL_PAGES):
+            params: dict[str, Any] = {"category": "linear", "symbol": market_id, "startTime": lo, "endTime": hi,
+                                      "limit": 100}
+            if cursor:
+                params["cursor"] = cursor
+            response = await self._aio(self._client.privateGetV5ExecutionList, params)
+            result = (response or {}).get("result") or {}
+            page = result.get("list") or []
+            for row in page:
+                if str(row.get("execType") or "Trade") == "Funding":
+                    continue
+                out.append(self._parse_fill(row, "execId", "execTime", "execQty", "execPrice", "orderLinkId"))
+            cursor = result.get("nextPageCursor") or None
+            if not cursor or not page or cursor in seen:
+                break
+            seen.add(cursor)
+        return [f for f in out if f is not None]
+
+    async def _binance_fills(self, market_id: str, lo: int, hi: int, depth: int = 0) -> list[Fill]:
+        rows = await self._aio(self._client.fapiPrivateGetUserTrades,
+                               {"symbol": market_id, "startTime": lo, "endTime": hi, "limit": 1000})
+        rows = rows or []
+        if len(rows) >= 1000 and hi > lo and depth < 20:
+            mid = (lo + hi) // 2
+            return (await self._binance_fills(market_id, lo, mid, depth + 1)
+                    + await self._binance_fills(market_id, mid + 1, hi, depth + 1))
+        return [f for f in (self._parse_fill(r, "id", "time", "qty", "price", None) for r in rows) if f is not None]
+
+    def _parse_fill(self, row: dict, id_key: str, time_key: str, qty_key: str, price_key: str,
+                    client_key: str | None) -> Fill | None:
+        side = str(row.get("side") or "").lower()
+        qty, price, at = _dec(row.get(qty_key)), _price(row.get(price_key)), _ms_to_dt(row.get(time_key))
+        if side not in ("buy", "sell") or qty is None or qty <= 0 or price is None or at is None:
+            log.error("%s: fill row skipped (cannot read side, quantity, price or time): %r", self.name, row)
+            return None
+        return Fill(fill_id=str(row.get(id_key)), time=at, side=side, qty=qty, price=price,
+                    client_order_id=(str(row.get(client_key)) or None) if client_key else None)
 
     async def fetch_quote(self, symbol: str) -> Quote:
         await self._ensure_markets([symbol])

@@ -10,13 +10,14 @@ was "filled", so the rest of the system behaves exactly as it would live.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from decimal import Decimal
 from typing import Sequence
 
 from dataclasses import replace
 
 from exchanges.errors import InsufficientLiquidityError, NonRetryableError
-from exchanges.port import ExchangePort, ExchangePosition, OrderResult, Quote
+from exchanges.port import ExchangePort, ExchangePosition, Fill, OrderResult, Quote
 
 log = logging.getLogger("exchanges.dry_run")
 
@@ -47,6 +48,11 @@ class DryRunExchange:
 
     async def fetch_quote(self, symbol: str) -> Quote:
         return await self.inner.fetch_quote(symbol)
+
+    async def fetch_fills(self, symbol: str, since: datetime, until: datetime) -> list[Fill]:
+        # The real account's fills: simulated closes never reach the history, so a
+        # position this dry run closed in full simply drops out of fetch_positions.
+        return await self.inner.fetch_fills(symbol, since, until)
 
     async def create_close_order(self, symbol: str, position_side: str, qty: Decimal, client_order_id: str, *,
                                  limit_price: Decimal | None = None) -> OrderResult:

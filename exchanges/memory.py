@@ -44,7 +44,7 @@ from exchanges.errors import (
     NonRetryableError,
     UnknownOutcomeError,
 )
-from exchanges.port import ExchangePosition, OrderResult, Quote
+from exchanges.port import ExchangePosition, Fill, OrderResult, Quote
 
 __all__ = ["MemoryExchange", "MemoryOrder"]
 
@@ -53,6 +53,7 @@ PORT_METHODS = (
     "position_mode",
     "fetch_positions",
     "fetch_quote",
+    "fetch_fills",
     "create_close_order",
     "fetch_order_by_client_id",
 )
@@ -124,6 +125,7 @@ class MemoryExchange:
     positions: dict[str, _Position] = field(default_factory=dict)
     quotes: dict[str, Quote] = field(default_factory=dict)
     orders: list[MemoryOrder] = field(default_factory=list)
+    fills: dict[str, list[Fill]] = field(default_factory=dict)  # scripted fill history per symbol
     rejections: list[tuple[str, str, BaseException]] = field(default_factory=list)
     calls: list[tuple[str, tuple]] = field(default_factory=list)
     closed: bool = False
@@ -259,6 +261,10 @@ class MemoryExchange:
             for symbol, p in sorted(self.positions.items())
             if wanted is None or symbol in wanted
         ]
+
+    async def fetch_fills(self, symbol: str, since: datetime, until: datetime) -> list[Fill]:
+        await self._enter("fetch_fills", symbol, since, until)
+        return sorted((f for f in self.fills.get(symbol, []) if since <= f.time <= until), key=lambda f: f.time)
 
     async def fetch_quote(self, symbol: str) -> Quote:
         await self._enter("fetch_quote", symbol)

@@ -28,7 +28,24 @@ class ExchangePosition:
     side: str  # "long" | "short"
     qty: Decimal  # always > 0
     entry_price: Decimal
-    opened_at: datetime | None = None  # when the exchange tells us; else None
+    # When this position was opened, only where the exchange reports it reliably
+    # (Bybit's non-zero ``openTime``); otherwise None and the fill history tells.
+    opened_at: datetime | None = None
+    # The exchange's own time of the last change to the position (Bybit
+    # ``updatedTime``, Binance ``updateTime``): a change since the last look.
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One execution on our account: ``side`` is the order side, ``"buy"`` or ``"sell"``."""
+
+    fill_id: str
+    time: datetime
+    side: str
+    qty: Decimal
+    price: Decimal
+    client_order_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,9 @@ class ExchangePort(Protocol):
 
     async def fetch_quote(self, symbol: str) -> Quote:
         """Best bid, best ask and last price for one symbol (REST)."""
+
+    async def fetch_fills(self, symbol: str, since: datetime, until: datetime) -> list[Fill]:
+        """Our fills on ``symbol`` between ``since`` and ``until`` (inclusive), oldest first."""
 
     async def create_close_order(
         self,

@@ -59,8 +59,12 @@ class UpdateCloseOrder:
 
 @dataclass(frozen=True, slots=True)
 class ClosePosition:
+    """The service closed this episode. ``exit_reason`` (``aged_<phase>``) also closes the
+    trading bot's row for it, when there is one and that is switched on."""
+
     position_id: int
     closed_at: datetime | None = None
+    exit_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,21 +19,27 @@ from typing import Any, Iterable, Sequence
 from uuid import UUID
 
 import asyncpg
+import logging
 import trio_asyncio
 
 from storage import ops as op
 from storage.migrate import apply_migrations
+
+log = logging.getLogger("storage.repository")
 
 AGED_UPDATABLE = frozenset({
     "status", "grace_started_at", "progressive_started_at", "close_triggered_at", "closed_at",
     "target_price", "breakeven_price", "current_loss_tolerance_percent", "last_price_check",
     "last_checked_price", "close_attempts", "last_close_attempt", "last_error_message", "hours_aged",
     "hours_in_grace", "hours_in_progressive", "closed_qty", "quantity", "close_price", "close_order_id",
-    "actual_pnl", "actual_pnl_percent", "close_reason", "phase_at_close",
+    "actual_pnl", "actual_pnl_percent", "close_reason", "phase_at_close", "entry_price",
 })
 CLOSE_ORDER_UPDATABLE = frozenset({
     "state", "exchange_order_id", "filled_qty", "avg_price", "error_code", "error_message",
 })
+# The trading bot's table, when the database has one (never created or altered here).
+BOT_BOOK_REQUIRED = frozenset({"id", "exchange", "symbol", "side", "status", "opened_at"})
+BOT_BOOK_CLOSE = frozenset({"closed_at", "exit_reason"})
 ACTIVE_STATUSES = ("detected", "grace_pending", "grace_active", "progressive_active", "error")
 
 
@@ -69,6 +75,10 @@ class Database:
 
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
+        self._bot_columns: frozenset[str] | None = None
+        # After a confirmed close by the service, mark the trading bot's row closed
+        # (status, closed_at, exit_reason = 'aged_<phase>'), as the original bot did.
+        self.update_bot_book = True
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 8,
@@ -109,66 +119,110 @@ class Database:
         """Apply missing migrations; return the versions applied now."""
         return await self._call(apply_migrations)
 
-    # --- the position book -------------------------------------------------------------
+    # --- the position book: one row per episode ----------------------------------------
 
     async def upsert_open_position(self, *, exchange: str, symbol: str, side: str, quantity: Decimal,
                                    entry_price: Decimal, opened_at: datetime, trailing_activated: bool | None = None,
-                                   source: str = "exchange") -> dict:
-        """Insert or refresh the open position for ``(exchange, symbol)``.
+                                   source: str = "first_seen", seen_at: datetime | None = None,
+                                   exchange_updated_at: datetime | None = None,
+                                   bot_position_id: int | None = None) -> dict:
+        """Refresh the open episode of ``(exchange, symbol)``, or start one.
 
-        A side flip (the old position was closed and a new one opened) closes the old
-        row and starts a new one. An existing row keeps its ``opened_at`` (the trading
-        bot's, or the first sighting when the exchange reports none), so a position
-        never ages later or sooner because of a poll. ``trailing_activated=None``
-        keeps what the book has (an external bot may set it).
+        An open episode on the same side keeps its ``opened_at`` and takes the new size
+        and entry. On the other side (a flip) the old episode ends and a new one starts.
+        ``trailing_activated=None`` keeps what the book has.
         """
         async def job(conn):
             async with conn.transaction():
                 row = await conn.fetchrow(
-                    "SELECT * FROM monitoring.positions WHERE exchange=$1 AND symbol=$2 AND status='open' FOR UPDATE",
+                    "SELECT * FROM monitoring.episodes WHERE exchange=$1 AND symbol=$2 AND status='open' FOR UPDATE",
                     exchange, symbol)
-                if row is not None and row["side"] != side:
-                    await conn.execute(
-                        "UPDATE monitoring.positions SET status='closed', closed_at=now(), updated_at=now() "
-                        "WHERE id=$1", row["id"])
-                    row = None
-                if row is None:
-                    row = await conn.fetchrow(
-                        """INSERT INTO monitoring.positions
-                           (exchange, symbol, side, quantity, entry_price, opened_at, trailing_activated, source)
-                           VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING *""",
-                        exchange, symbol, side, quantity, entry_price, opened_at, bool(trailing_activated), source)
-                else:
-                    row = await conn.fetchrow(
-                        """UPDATE monitoring.positions SET quantity=$2, entry_price=$3,
-                           trailing_activated=COALESCE($4, trailing_activated), updated_at=now()
+                if row is not None and row["side"] == side:
+                    return dict(await conn.fetchrow(
+                        """UPDATE monitoring.episodes SET quantity=$2, entry_price=$3,
+                           trailing_activated=COALESCE($4, trailing_activated),
+                           last_seen_at=COALESCE($5, now()), exchange_updated_at=COALESCE($6, exchange_updated_at),
+                           bot_position_id=COALESCE($7, bot_position_id), updated_at=now()
                            WHERE id=$1 RETURNING *""",
-                        row["id"], quantity, entry_price, trailing_activated)
-                return dict(row)
+                        row["id"], quantity, entry_price, trailing_activated, seen_at, exchange_updated_at,
+                        bot_position_id))
+                return await _start_episode(
+                    conn, end_previous="flip" if row is not None else None, exchange=exchange, symbol=symbol,
+                    side=side, quantity=quantity, entry_price=entry_price, opened_at=opened_at,
+                    opened_at_source=source, seen_at=seen_at, exchange_updated_at=exchange_updated_at,
+                    bot_position_id=bot_position_id, trailing_activated=bool(trailing_activated))
         return await self._call(job)
 
-    async def open_positions(self, exchange: str | None = None) -> list[dict]:
-        if exchange is None:
-            return await self.fetch("SELECT * FROM monitoring.positions WHERE status='open' ORDER BY id")
-        return await self.fetch(
-            "SELECT * FROM monitoring.positions WHERE status='open' AND exchange=$1 ORDER BY id", exchange)
+    async def start_episode(self, *, end_previous: str | None, exchange: str, symbol: str, side: str,
+                            quantity: Decimal, entry_price: Decimal, opened_at: datetime, opened_at_source: str,
+                            seen_at: datetime, exchange_updated_at: datetime | None = None,
+                            bot_position_id: int | None = None, trailing_activated: bool = False) -> dict:
+        """Start a new episode, first ending the open one (``end_previous`` is its end reason)."""
+        async def job(conn):
+            async with conn.transaction():
+                return await _start_episode(
+                    conn, end_previous=end_previous, exchange=exchange, symbol=symbol, side=side, quantity=quantity,
+                    entry_price=entry_price, opened_at=opened_at, opened_at_source=opened_at_source,
+                    seen_at=seen_at, exchange_updated_at=exchange_updated_at, bot_position_id=bot_position_id,
+                    trailing_activated=trailing_activated)
+        return await self._call(job)
 
-    async def close_position(self, position_id: int, closed_at: datetime | None = None) -> None:
+    async def episode(self, episode_id: int) -> dict | None:
+        rows = await self.fetch("SELECT * FROM monitoring.episodes WHERE id=$1", episode_id)
+        return rows[0] if rows else None
+
+    async def open_positions(self, exchange: str | None = None) -> list[dict]:
+        """Open episodes (of one exchange, or all)."""
+        if exchange is None:
+            return await self.fetch("SELECT * FROM monitoring.episodes WHERE status='open' ORDER BY id")
+        return await self.fetch(
+            "SELECT * FROM monitoring.episodes WHERE status='open' AND exchange=$1 ORDER BY id", exchange)
+
+    async def close_position(self, position_id: int, closed_at: datetime | None = None,
+                             reason: str = "flat") -> None:
+        """End an episode: the exchange shows the position flat (or re-entered, or flipped)."""
         await self.execute(
-            "UPDATE monitoring.positions SET status='closed', quantity=0, closed_at=COALESCE($2, now()), "
-            "updated_at=now() WHERE id=$1 AND status='open'", position_id, closed_at)
+            "UPDATE monitoring.episodes SET status='closed', quantity=0, closed_at=COALESCE($2, now()), "
+            "end_reason=$3, updated_at=now() WHERE id=$1 AND status='open'", position_id, closed_at, reason)
 
     async def set_trailing(self, position_id: int, active: bool) -> None:
-        await self.execute("UPDATE monitoring.positions SET trailing_activated=$2, updated_at=now() WHERE id=$1",
+        await self.execute("UPDATE monitoring.episodes SET trailing_activated=$2, updated_at=now() WHERE id=$1",
                            position_id, active)
+
+    # --- the trading bot's own book (read; written only after our confirmed close) ---------
+
+    async def bot_book_columns(self) -> frozenset[str]:
+        """Columns of the trading bot's ``monitoring.positions``; empty when it has none."""
+        if self._bot_columns is None:
+            rows = await self.fetch(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema='monitoring' AND table_name='positions'")
+            cols = frozenset(r["column_name"] for r in rows)
+            self._bot_columns = cols if BOT_BOOK_REQUIRED <= cols else frozenset()
+        return self._bot_columns
+
+    async def bot_positions(self) -> list[dict]:
+        """The bot's open rows (``status = 'active'``), or ``[]`` when there is no bot book."""
+        cols = await self.bot_book_columns()
+        if not cols:
+            return []
+        trailing = "trailing_activated" if "trailing_activated" in cols else "false"
+        return await self.fetch(
+            f"SELECT id, exchange, symbol, side, opened_at, {trailing} AS trailing_activated "
+            "FROM monitoring.positions WHERE status='active' ORDER BY id")
 
     # --- aged positions ----------------------------------------------------------------
 
     async def create_aged_position(self, position: dict, *, detected_at: datetime, status: str,
                                    target_price: Decimal | None, breakeven_price: Decimal,
                                    loss_tolerance_percent: Decimal, hours_aged: Decimal,
-                                   config: dict) -> tuple[dict, bool]:
-        """Create the aged row for ``position`` unless it exists. Returns ``(row, created)``."""
+                                   config: dict, grace_started_at: datetime | None = None,
+                                   progressive_started_at: datetime | None = None) -> tuple[dict, bool]:
+        """Create the aged row for ``position`` unless it exists. Returns ``(row, created)``.
+
+        ``grace_started_at``/``progressive_started_at`` are policy instants (derived from
+        the open time), written only for the phases the status has reached.
+        """
         async def job(conn):
             row = await conn.fetchrow(
                 """INSERT INTO monitoring.aged_positions
@@ -176,12 +230,13 @@ class Database:
                     status, target_price, breakeven_price, current_loss_tolerance_percent, hours_aged, config,
                     grace_started_at, progressive_started_at)
                    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,
-                           CASE WHEN $9::text IN ('grace_active','progressive_active') THEN $8::timestamptz END,
-                           CASE WHEN $9::text = 'progressive_active' THEN $8::timestamptz END)
+                           CASE WHEN $9::text IN ('grace_active','progressive_active') THEN $15::timestamptz END,
+                           CASE WHEN $9::text = 'progressive_active' THEN $16::timestamptz END)
                    ON CONFLICT (position_id) DO NOTHING RETURNING *""",
                 position["id"], position["symbol"], position["exchange"], position["side"],
                 position["entry_price"], position["quantity"], position["opened_at"], detected_at, status,
-                target_price, breakeven_price, loss_tolerance_percent, hours_aged, config)
+                target_price, breakeven_price, loss_tolerance_percent, hours_aged, config,
+                grace_started_at or detected_at, progressive_started_at or detected_at)
             if row is not None:
                 return dict(row), True
             row = await conn.fetchrow("SELECT * FROM monitoring.aged_positions WHERE position_id=$1", position["id"])
@@ -237,9 +292,12 @@ class Database:
 
         Runs of :class:`~storage.ops.AddEvent` are written with one ``executemany``.
         """
+        bot = self.update_bot_book and bool(BOT_BOOK_CLOSE <= await self.bot_book_columns()) \
+            if any(isinstance(item, op.ClosePosition) and item.exit_reason for item in batch) else False
+
         async def job(conn):
-            if len(batch) == 1 and not isinstance(batch[0], op.AddEvent):
-                await _apply(conn, batch[0])  # one statement is atomic on its own: one round trip
+            if len(batch) == 1 and not isinstance(batch[0], (op.AddEvent, op.ClosePosition)):
+                await _apply(conn, batch[0], bot)  # one statement is atomic on its own: one round trip
                 return
             async with conn.transaction():
                 pending_events: list[tuple] = []
@@ -250,7 +308,7 @@ class Database:
                     if pending_events:
                         await _insert_events(conn, pending_events)
                         pending_events = []
-                    await _apply(conn, item)
+                    await _apply(conn, item, bot)
                 if pending_events:
                     await _insert_events(conn, pending_events)
         await self._call(job)
@@ -344,7 +402,26 @@ async def _insert_events(conn, rows: Iterable[tuple]) -> None:
            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,COALESCE($10, now()))""", list(rows))
 
 
-async def _apply(conn, item: op.WriteOp) -> None:
+async def _start_episode(conn, *, end_previous: str | None, exchange: str, symbol: str, side: str,
+                         quantity: Decimal, entry_price: Decimal, opened_at: datetime, opened_at_source: str,
+                         seen_at: datetime | None, exchange_updated_at: datetime | None, bot_position_id: int | None,
+                         trailing_activated: bool) -> dict:
+    if end_previous is not None:
+        await conn.execute(
+            "UPDATE monitoring.episodes SET status='closed', quantity=0, closed_at=COALESCE($3, now()), end_reason=$4, "
+            "updated_at=now() WHERE exchange=$1 AND symbol=$2 AND status='open'",
+            exchange, symbol, seen_at, end_previous)
+    row = await conn.fetchrow(
+        """INSERT INTO monitoring.episodes
+           (exchange, symbol, side, quantity, entry_price, opened_at, opened_at_source, first_seen_at, last_seen_at,
+            exchange_updated_at, bot_position_id, trailing_activated)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,COALESCE($8, now()),COALESCE($8, now()),$9,$10,$11) RETURNING *""",
+        exchange, symbol, side, quantity, entry_price, opened_at, opened_at_source, seen_at, exchange_updated_at,
+        bot_position_id, trailing_activated)
+    return dict(row)
+
+
+async def _apply(conn, item: op.WriteOp, bot_book: bool = False) -> None:
     if isinstance(item, op.UpdateAged):
         if not item.fields:
             return
@@ -369,8 +446,17 @@ async def _apply(conn, item: op.WriteOp) -> None:
             "UPDATE monitoring.aged_positions SET status='closed', close_reason='manual', closed_at=$2 "
             "WHERE id=$1 AND status <> 'closed'", item.aged_id, item.closed_at)
     elif isinstance(item, op.ClosePosition):
-        await conn.execute(
-            "UPDATE monitoring.positions SET status='closed', quantity=0, closed_at=COALESCE($2, now()), "
-            "updated_at=now() WHERE id=$1 AND status='open'", item.position_id, item.closed_at)
+        bot_id = await conn.fetchval(
+            "UPDATE monitoring.episodes SET status='closed', quantity=0, closed_at=COALESCE($2, now()), "
+            "end_reason='closed_by_service', updated_at=now() WHERE id=$1 AND status='open' RETURNING bot_position_id",
+            item.position_id, item.closed_at)
+        if bot_book and bot_id is not None and item.exit_reason:
+            try:
+                async with conn.transaction():  # a savepoint: the bot's table must never block our writes
+                    await conn.execute(
+                        "UPDATE monitoring.positions SET status='closed', closed_at=COALESCE($2, now()), "
+                        "exit_reason=$3 WHERE id=$1 AND status='active'", bot_id, item.closed_at, item.exit_reason)
+            except asyncpg.PostgresError as exc:
+                log.error("could not mark the trading bot's position %s closed: %s", bot_id, exc)
     else:
         raise TypeError(f"unknown write op {item!r}")

@@ -30,7 +30,7 @@ from service.asyncio_bridge import open_asyncio_loop
 
 MONITORING_TABLES = (
     "monitoring.close_orders, monitoring.aged_positions_monitoring, monitoring.aged_positions_history, "
-    "monitoring.aged_positions, monitoring.positions"
+    "monitoring.aged_positions, monitoring.episodes"
 )
 
 

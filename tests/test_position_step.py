@@ -286,3 +286,55 @@ def test_ordinary_ticks_leave_the_state_object_untouched():
     for i in range(1, 50):
         s2, cmds = step(s, Tick(h(5) + timedelta(seconds=i), bid=D(99)))
         assert s2 is s and cmds == []
+
+
+# --- episodes: averaging in, reductions, updates during a close --------------------------
+
+def test_averaging_in_moves_breakeven_and_targets_at_once():
+    s, _ = step(new_state(), Start(h(5)))
+    s, _ = step(s, Tick(h(5.1), bid=D("100.1"), ask=D("100.2")))
+    s, cmds = step(s, PositionUpdate(h(5.2), quantity=D(4), entry_price=D(105)))
+    assert s.quantity == D(4) and s.entry_price == D(105)
+    [p] = of(Persist, cmds)
+    assert p.fields["entry_price"] == D(105) and p.fields["breakeven_price"] == D("105.21")
+    assert p.fields["target_price"] == D("105.21")
+    [e] = of(Emit, cmds)
+    assert e.event_type == "position.changed"
+    assert e.data == {"old_quantity": "2", "new_quantity": "4", "old_entry_price": "100", "new_entry_price": "105"}
+    # 100.5 was above the old breakeven (100.2), it is below the new one: no close
+    s, cmds = step(s, Tick(h(5.3), bid=D("100.5"), ask=D("100.6")))
+    assert not of(RequestClose, cmds)
+    s, cmds = step(s, Tick(h(5.4), bid=D("105.25"), ask=D("105.3")))
+    [close] = of(RequestClose, cmds)
+    assert close.qty == D(4)  # the whole size, once
+
+
+def test_an_update_during_a_close_is_applied_after_it():
+    s, _ = step(new_state(), Start(h(5)))
+    s, cmds = step(s, Tick(h(6), bid=D("100.3"), ask=D("100.4")))
+    assert of(RequestClose, cmds) and s.close_in_flight
+    s, cmds = step(s, PositionUpdate(h(6.01), quantity=D(3), entry_price=D(101)))
+    assert cmds == [] and s.quantity == D(2) and s.entry_price == D(100)  # kept, not dropped
+    s, cmds = step(s, CloseResult(h(6.02), "failed", attempts=3, error="boom"))
+    assert s.status == "error" and s.entry_price == D(101) and s.quantity == D(3)
+    assert "position.changed" in [e.event_type for e in of(Emit, cmds)]
+    assert s.pending_update is None
+
+
+def test_after_a_partial_close_the_exchange_size_wins_over_an_older_update():
+    s, _ = step(new_state(), Start(h(5)))
+    s, _ = step(s, Tick(h(6), bid=D("100.3"), ask=D("100.4")))
+    s, _ = step(s, PositionUpdate(h(6.01), quantity=D(5), entry_price=D(101)))
+    s, _ = step(s, CloseResult(h(6.02), "open", filled_qty=D(1), avg_price=D("100.3"), remaining_qty=D(1),
+                               attempts=1))
+    assert s.quantity == D(1) and s.entry_price == D(101) and not s.close_in_flight
+
+
+def test_an_episode_that_ended_during_our_close_is_finished_after_it():
+    s, _ = step(new_state(), Start(h(5)))
+    s, _ = step(s, Tick(h(6), bid=D("100.3"), ask=D("100.4")))
+    s, cmds = step(s, PositionVanished(h(6.01)))
+    assert cmds == [] and s.status == "grace_active"
+    s, cmds = step(s, CloseResult(h(6.02), "failed", attempts=3, error="rejected"))
+    assert s.status == "closed" and of(Stop, cmds)
+    assert [p.fields["close_reason"] for p in of(Persist, cmds) if "close_reason" in p.fields] == ["manual"]

@@ -73,7 +73,7 @@ async def test_forty_hour_lifecycle_grace_progressive_close(mock_clock, mdb):
     assert 0 < events.count("price_check") <= 70  # sampled at most every 10 minutes over 10 hours
     [wal] = await db.close_orders(row["id"])
     assert wal["state"] == "filled" and wal["filled_qty"] == D(2)
-    book = await db.fetch("SELECT status FROM monitoring.positions")
+    book = await db.fetch("SELECT status FROM monitoring.episodes")
     assert [b["status"] for b in book] == ["closed"]
 
 

@@ -11,6 +11,9 @@ import asyncpg
 import pytest
 
 import storage
+import trio_asyncio
+from storage import with_database
+from storage.repository import Database
 from storage import ops
 from storage.embedded import EmbeddedPostgres
 from storage.migrate import available_migrations
@@ -35,8 +38,9 @@ async def test_migrations_are_recorded_and_a_second_apply_is_a_no_op(db):
     assert versions == [m.version for m in available_migrations()]
     tables = {r["table_name"] for r in await db.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema='monitoring'")}
-    assert {"positions", "aged_positions", "aged_positions_history", "aged_positions_monitoring",
+    assert {"episodes", "aged_positions", "aged_positions_history", "aged_positions_monitoring",
             "close_orders", "active_aged_positions", "aged_positions_statistics"} <= tables
+    assert "positions" not in tables  # that name belongs to the trading bot's own book
 
 
 async def test_an_edited_applied_migration_is_refused(db):
@@ -231,3 +235,95 @@ def test_embedded_server_refuses_a_socket_path_that_is_too_long(tmp_path):
     deep = tmp_path / ("x" * 120)
     with pytest.raises(storage.EmbeddedPostgresError, match="DATABASE_URL"):
         EmbeddedPostgres(deep).start()
+
+
+# --- beside the trading bot; upgrading a book from before episodes ------------------------
+
+BOT_TABLE = """
+CREATE TABLE monitoring.positions (
+    id serial PRIMARY KEY, symbol text NOT NULL, exchange text NOT NULL, side text NOT NULL,
+    quantity numeric NOT NULL, entry_price numeric NOT NULL, status text NOT NULL DEFAULT 'active',
+    opened_at timestamptz NOT NULL, trailing_activated boolean NOT NULL DEFAULT false,
+    closed_at timestamptz, exit_reason text)
+"""
+
+
+async def _fresh_database(database_url, name):
+    import asyncpg as apg
+    admin = await trio_asyncio.aio_as_trio(apg.connect)(database_url)
+    await trio_asyncio.aio_as_trio(admin.execute)(f'DROP DATABASE IF EXISTS "{name}"')
+    await trio_asyncio.aio_as_trio(admin.execute)(f'CREATE DATABASE "{name}"')
+    await trio_asyncio.aio_as_trio(admin.close)()
+    return with_database(database_url, name)
+
+
+async def _drop_database(database_url, name):
+    import asyncpg as apg
+    admin = await trio_asyncio.aio_as_trio(apg.connect)(database_url)
+    await trio_asyncio.aio_as_trio(admin.execute)(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await trio_asyncio.aio_as_trio(admin.close)()
+
+
+async def test_migrations_leave_the_trading_bots_table_alone(aio_loop, database_url):
+    url = await _fresh_database(database_url, "apm_bot_book_test")
+    try:
+        database = await Database.connect(url)
+        try:
+            await database.execute("CREATE SCHEMA monitoring")
+            await database.execute(BOT_TABLE)
+            await database.execute("INSERT INTO monitoring.positions (symbol, exchange, side, quantity, entry_price, "
+                                   "opened_at) VALUES ('BTCUSDT', 'binance', 'long', 1, 100, $1)", T0)
+            before = await database.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema='monitoring' AND table_name='positions' ORDER BY ordinal_position")
+            assert await database.migrate() == [m.version for m in available_migrations()]
+            after = await database.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema='monitoring' AND table_name='positions' ORDER BY ordinal_position")
+            assert before == after
+            [bot] = await database.bot_positions()
+            assert bot["symbol"] == "BTCUSDT" and bot["opened_at"] == T0
+            assert await database.open_positions() == []  # our own book is separate
+        finally:
+            await database.close()
+    finally:
+        await _drop_database(database_url, "apm_bot_book_test")
+
+
+async def test_a_book_from_before_episodes_is_renamed_and_kept(aio_loop, database_url):
+    """A database whose migration 001 created the service's book as monitoring.positions."""
+    from pathlib import Path
+    legacy = (Path(__file__).parent / "fixtures" / "legacy_001_schema.sql").read_text(encoding="utf-8")
+    url = await _fresh_database(database_url, "apm_legacy_book_test")
+    try:
+        database = await Database.connect(url)
+        try:
+            await database.execute("CREATE SCHEMA monitoring; CREATE TABLE monitoring.schema_migrations ("
+                                   "version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, "
+                                   "applied_at timestamptz NOT NULL DEFAULT now())")
+            await database.execute(legacy)
+            import hashlib
+            await database.execute("INSERT INTO monitoring.schema_migrations (version, name, checksum) "
+                                   "VALUES (1, 'schema', $1)", hashlib.sha256(legacy.encode()).hexdigest())
+            pos_id = await database.fetchval(
+                "INSERT INTO monitoring.positions (exchange, symbol, side, quantity, entry_price, opened_at, source) "
+                "VALUES ('bybit', 'BTC/USDT:USDT', 'long', 1, 100, $1, 'exchange') RETURNING id", T0)
+            await database.execute(
+                "INSERT INTO monitoring.aged_positions (position_id, symbol, exchange, side, entry_price, quantity, "
+                "position_opened_at, status) VALUES ($1, 'BTC/USDT:USDT', 'bybit', 'long', 100, 1, $2, 'grace_active')",
+                pos_id, T0)
+            assert await database.migrate() == [m.version for m in available_migrations() if m.version > 1]
+            [book] = await database.open_positions()
+            assert book["id"] == pos_id and book["opened_at_source"] == "legacy"
+            assert (await database.aged_position_for(pos_id))["status"] == "grace_active"
+            tables = {r["table_name"] for r in await database.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema='monitoring'")}
+            assert "positions" not in tables  # the name is free for the trading bot
+            # a new episode after the upgrade gets the next id
+            new = await database.upsert_open_position(exchange="bybit", symbol="ETH/USDT:USDT", side="long",
+                                                      quantity=D(1), entry_price=D(1), opened_at=T0)
+            assert new["id"] == pos_id + 1
+        finally:
+            await database.close()
+    finally:
+        await _drop_database(database_url, "apm_legacy_book_test")

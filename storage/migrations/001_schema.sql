@@ -1,9 +1,13 @@
--- The position book, the aged-position lifecycle, its trigger-written history,
+-- The position book (episodes), the aged-position lifecycle, its trigger-written history,
 -- the event log and the write-ahead table of close orders.
 
 CREATE SCHEMA IF NOT EXISTS monitoring;
 
-CREATE TABLE monitoring.positions (
+-- The service's own position book: one row per position *episode*, from the moment
+-- (exchange, symbol, side) goes from flat to non-flat until it is flat again. A
+-- re-entry or a side flip is a new episode. (monitoring.positions is the trading
+-- bot's table, if it has one; the service never creates or alters it.)
+CREATE TABLE monitoring.episodes (
     id                  bigserial PRIMARY KEY,
     exchange            text        NOT NULL,
     symbol              text        NOT NULL,
@@ -11,19 +15,26 @@ CREATE TABLE monitoring.positions (
     quantity            numeric     NOT NULL CHECK (quantity >= 0),
     entry_price         numeric     NOT NULL CHECK (entry_price > 0),
     opened_at           timestamptz NOT NULL,
+    -- where opened_at came from, in order of trust
+    opened_at_source    text        NOT NULL CHECK (opened_at_source IN (
+                            'bot', 'fills', 'fills_bound', 'exchange', 'first_seen', 'legacy')),
+    first_seen_at       timestamptz NOT NULL,
+    last_seen_at        timestamptz NOT NULL,        -- the last look that showed this episode
+    exchange_updated_at timestamptz,                 -- the exchange's own last-change time at that look
+    bot_position_id     bigint,                      -- the trading bot's row for this episode, if any
     trailing_activated  boolean     NOT NULL DEFAULT false,
     status              text        NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
-    source              text        NOT NULL DEFAULT 'exchange',
+    end_reason          text        CHECK (end_reason IN ('flat', 'reentry', 'flip', 'closed_by_service')),
     closed_at           timestamptz,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
--- One-way mode: at most one open position per exchange and symbol.
-CREATE UNIQUE INDEX positions_one_open ON monitoring.positions (exchange, symbol) WHERE status = 'open';
+-- One-way mode: at most one open episode per exchange and symbol.
+CREATE UNIQUE INDEX episodes_one_open ON monitoring.episodes (exchange, symbol) WHERE status = 'open';
 
 CREATE TABLE monitoring.aged_positions (
     id                              uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    position_id                     bigint      NOT NULL UNIQUE REFERENCES monitoring.positions (id),
+    position_id                     bigint      NOT NULL UNIQUE REFERENCES monitoring.episodes (id),
     symbol                          text        NOT NULL,
     exchange                        text        NOT NULL,
     side                            text        NOT NULL CHECK (side IN ('long', 'short')),
