@@ -43,6 +43,7 @@ from actors import position as pos
 from actors.events import CLOSE_COMPLETED, DETECTED, LifecycleEvent
 from actors.policy import Phase, aged_at, assess, breakeven_price
 from actors.position_actor import ActorContext
+from exchanges import logfmt
 from exchanges.errors import ExchangeError
 from exchanges.port import ExchangePort, ExchangePosition
 from exchanges.symbols import unified_symbol
@@ -365,7 +366,8 @@ class Detector:
                                                at=now))
             self.ctx.bus.publish(LifecycleEvent(DETECTED, now, aged["id"], row["exchange"], row["symbol"], data))
             log.info("%s %s %s %s phase=%s target=%s", DETECTED, row["exchange"], row["symbol"], row["side"],
-                     a.phase.value, a.target_price)
+                     a.phase.value,
+                     logfmt.price(a.target_price, self.ctx.executor.price_tick(row["exchange"], row["symbol"])))
         return aged
 
     async def ensure_actors(self) -> None:

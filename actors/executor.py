@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 from typing import Any, Callable, Mapping
 from uuid import UUID
 
@@ -40,6 +40,7 @@ from actors.failpoints import failpoint
 from actors.position import CloseResult, PositionUpdate
 from actors.ratelimit import RateLimiter
 from actors.writer import NoHold, StorageWriter
+from exchanges import logfmt
 from exchanges.errors import (
     ExchangeError, InsufficientLiquidityError, NonRetryableError, RetryableError, UnknownOutcomeError,
 )
@@ -176,6 +177,11 @@ class Executor:
         self.on_attempt: Callable[[str, int], None] = lambda exchange, attempt: None
         self.on_error = on_error or (lambda exchange, code: None)
 
+    def price_tick(self, exchange: str, symbol: str) -> Decimal | None:
+        """The market's price tick, to show prices in log lines as the exchange does; None when not known."""
+        tick = getattr(self.exchanges.get(exchange), "price_tick", None)
+        return tick(symbol) if tick is not None else None
+
     def submit(self, request: CloseRequest) -> None:
         """Queue a close request (never blocks)."""
         fast = request.tick_received_at is not None and self.write_direct is not None
@@ -279,7 +285,7 @@ class Executor:
             if req.tick_received_at is not None and attempt == req.next_attempt:
                 self.on_submit(req.exchange, trio.current_time() - req.tick_received_at)
             log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, order_side,
-                     remaining, f" limit IOC {limit_price}" if limit_price else " market", attempt)
+                     logfmt.qty(remaining), self._limit_text(req, limit_price, order_side), attempt)
             failpoint("after_wal")
             try:
                 result = await self._call(req.exchange, port.create_close_order, req.symbol, req.side, remaining,
@@ -343,7 +349,7 @@ class Executor:
             except UnknownOutcomeError:
                 return
             if result is not None and result.filled_qty > 0:
-                log.info("found our own order %s on the exchange: filled %s", cid, result.filled_qty)
+                log.info("found our own order %s on the exchange: filled %s", cid, logfmt.qty(result.filled_qty))
                 self._adopt(req, fills, cid, a, result)
 
     async def _write_ahead(self, row: op.RecordCloseOrder) -> None:
@@ -400,6 +406,12 @@ class Executor:
             return True
         return False
 
+    def _limit_text(self, req: CloseRequest, limit_price: Decimal | None, order_side: str) -> str:
+        if not limit_price:
+            return " market"
+        rounding = ROUND_FLOOR if order_side == "sell" else ROUND_CEILING  # as the adapter sends it
+        return f" limit IOC {logfmt.price(limit_price, self.price_tick(req.exchange, req.symbol), rounding)}"
+
     async def _limit_price(self, req: CloseRequest, port: ExchangePort) -> Decimal:
         quote = await self._call(req.exchange, port.fetch_quote, req.symbol)
         ref = (quote.bid if req.side == "long" else quote.ask) or quote.last
@@ -454,7 +466,7 @@ class Executor:
                 if attempt in {r["attempt"] for r in unresolved}:
                     self._wal(cid, state="not_found")
                 continue
-            log.info("reconciled order %s: %s filled %s", cid, result.status, result.filled_qty)
+            log.info("reconciled order %s: %s filled %s", cid, result.status, logfmt.qty(result.filled_qty))
             if attempt in extra:
                 self._adopt(req, fills, cid, attempt, result)
             else:

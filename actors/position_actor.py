@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Callable, Mapping, Protocol
 from uuid import UUID
 
@@ -25,6 +26,7 @@ from actors.policy import PolicyConfig
 from actors.mailbox import Mailbox
 from actors.timers import TimerService
 from actors.writer import StorageWriter
+from exchanges import logfmt
 from feeds.tick import Tick as FeedTick
 from storage import ops as op
 
@@ -164,7 +166,7 @@ class PositionActor:
                 self.ctx.bus.publish(LifecycleEvent(c.event_type, self.ctx.clock.now(), s.aged_id, s.exchange,
                                                     s.symbol, dict(c.data or {}), c.critical))
                 log.log(logging.CRITICAL if c.critical else logging.INFO, "%s %s %s %s %s", c.event_type,
-                        s.exchange, s.symbol, s.side, _describe(c))
+                        s.exchange, s.symbol, s.side, _describe(c, self._price_tick()))
         elif isinstance(c, pos.ScheduleTimer):
             if self._timers.get(c.kind) != c.at:
                 self._timers[c.kind] = c.at
@@ -172,24 +174,29 @@ class PositionActor:
         elif isinstance(c, pos.Stop):
             self.done = True
 
+    def _price_tick(self):
+        """The market's price tick when the executor's exchange knows it (log lines only)."""
+        tick = getattr(self.ctx.executor, "price_tick", None)
+        return tick(self.state.exchange, self.state.symbol) if tick is not None else None
+
     def timer_due(self, due: TimerDue) -> None:
         if self._timers.get(due.kind) == due.at:  # else replaced by a later one meanwhile
             del self._timers[due.kind]
             self.handle(pos.Timer(self.ctx.clock.now(), due.kind))
 
 
-def _describe(c: pos.Emit) -> str:
+def _describe(c: pos.Emit, tick: Decimal | None = None) -> str:
+    """The event's numbers for a log line: prices on the tick, percentages to 3 places."""
     parts = []
     if c.market_price is not None:
-        parts.append(f"price={c.market_price}")
+        parts.append(f"price={logfmt.price(c.market_price, tick)}")
     if c.target_price is not None:
-        parts.append(f"target={c.target_price.normalize():f}")
-    for k, v in (c.data or {}).items():
-        if v is not None:
-            parts.append(f"{k}={v}")
+        parts.append(f"target={logfmt.price(c.target_price, tick)}")
+    if c.data:
+        parts.append(logfmt.fields(c.data, tick))
     if c.error:
         parts.append(f"error={c.error}")
-    return " ".join(parts)
+    return " ".join(p for p in parts if p)
 
 
 async def run_position_actor(ctx: ActorContext, aged_id: UUID, preload: list | None = None) -> None:

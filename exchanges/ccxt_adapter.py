@@ -309,6 +309,23 @@ class CcxtExchange:
                 }
             self._swap_symbols = frozenset(swap)
 
+    def price_tick(self, symbol: str) -> Decimal | None:
+        """The market's price tick from the loaded markets (for display); None when not known."""
+        from ccxt.base.decimal_to_precision import DECIMAL_PLACES
+
+        try:
+            market = self._client.market(symbol)
+        except Exception:  # noqa: BLE001 - markets not loaded, unknown symbol: no tick
+            return None
+        raw = (market.get("precision") or {}).get("price")
+        if getattr(self._client, "precisionMode", None) == DECIMAL_PLACES and raw is not None:
+            try:
+                return Decimal(1).scaleb(-int(raw))
+            except (TypeError, ValueError):
+                return None
+        tick = _dec(raw)
+        return tick if tick is not None and tick > 0 else None
+
     @property
     def symbols(self) -> frozenset[str]:
         """Linear perpetual symbols known after :meth:`load_markets` (empty before)."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Sequence
 
 from dataclasses import replace
 
+from exchanges import logfmt
 from exchanges.errors import InsufficientLiquidityError, NonRetryableError
 from exchanges.port import ExchangePort, ExchangePosition, Fill, OrderResult, Quote
 
@@ -54,6 +55,10 @@ class DryRunExchange:
         # position this dry run closed in full simply drops out of fetch_positions.
         return await self.inner.fetch_fills(symbol, since, until)
 
+    def price_tick(self, symbol: str) -> Decimal | None:
+        tick = getattr(self.inner, "price_tick", None)
+        return tick(symbol) if tick is not None else None
+
     async def create_close_order(self, symbol: str, position_side: str, qty: Decimal, client_order_id: str, *,
                                  limit_price: Decimal | None = None) -> OrderResult:
         if client_order_id in self.orders:
@@ -76,9 +81,14 @@ class DryRunExchange:
         result = OrderResult(client_order_id, f"dry-{len(self.orders) + 1}",
                              "closed" if fill == qty else "canceled", fill, price if fill else None, qty)
         self.orders[client_order_id] = result
+        tick = self.price_tick(symbol)
+        limit = ""
+        if limit_price:  # shown rounded the way it would be sent: down for a sell, up for a buy
+            rounding = ROUND_FLOOR if position_side == "long" else ROUND_CEILING
+            limit = f", limit IOC {logfmt.price(limit_price, tick, rounding)}"
         log.warning("DRY RUN: would %s %s %s (reduce-only%s); simulated fill %s at %s",
-                    "sell" if position_side == "long" else "buy", qty, symbol,
-                    f", limit IOC {limit_price}" if limit_price else ", market", fill, price)
+                    "sell" if position_side == "long" else "buy", logfmt.qty(qty), symbol,
+                    limit or ", market", logfmt.qty(fill), logfmt.price(price, tick))
         return result
 
     async def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> OrderResult | None:

@@ -121,6 +121,7 @@ class MemoryExchange:
     partial_fill_ratio: Decimal | None = None
     latency: float = 0.0  # trio.sleep per call (virtual time under MockClock)
     mode: str = "one_way"  # what position_mode() answers
+    tick_size: Decimal | None = None  # what price_tick() answers (for every symbol)
 
     positions: dict[str, _Position] = field(default_factory=dict)
     quotes: dict[str, Quote] = field(default_factory=dict)
@@ -265,6 +266,9 @@ class MemoryExchange:
     async def fetch_fills(self, symbol: str, since: datetime, until: datetime) -> list[Fill]:
         await self._enter("fetch_fills", symbol, since, until)
         return sorted((f for f in self.fills.get(symbol, []) if since <= f.time <= until), key=lambda f: f.time)
+
+    def price_tick(self, symbol: str) -> Decimal | None:
+        return self.tick_size
 
     async def fetch_quote(self, symbol: str) -> Quote:
         await self._enter("fetch_quote", symbol)

@@ -111,4 +111,7 @@ class ExchangePort(Protocol):
     async def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> OrderResult | None:
         """Look an order up by its client order id; ``None`` if the exchange never saw it."""
 
+    def price_tick(self, symbol: str) -> Decimal | None:
+        """The market's price tick, to show prices as the exchange does; None when not known."""
+
     async def close(self) -> None: ...

@@ -52,6 +52,7 @@ import h11
 import trio
 
 from actors.events import ESCALATION, LifecycleEvent
+from exchanges import logfmt
 from supervisor import ChildSpec, Restart
 
 log = logging.getLogger("alerts")
@@ -168,7 +169,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def alert_text(event: LifecycleEvent) -> str:
-    """A short, human-readable description of an event (plain text)."""
+    """A short, human-readable description of an event (plain text, numbers rounded for reading)."""
     head = f"{'CRITICAL' if event.critical else 'INFO'} {event.type}"
     where = " ".join(x for x in (event.exchange, event.symbol) if x)
     lines = [head + (f" {where}" if where else "")]
@@ -176,7 +177,9 @@ def alert_text(event: LifecycleEvent) -> str:
         lines.append(f"aged position {event.aged_id}")
     data = dict(event.data or {})
     error = data.pop("error", None)
-    details = " ".join(f"{k}={_jsonable(v)}" for k, v in data.items() if v is not None)
+    # for people: percentages to 3 places, prices to 8 significant digits (the payload's data keeps them whole)
+    details = " ".join(f"{k}={logfmt.value(k, v) if logfmt.formatter_for(k) else _jsonable(v)}"
+                       for k, v in data.items() if v is not None)
     if details:
         lines.append(details)
     if error:

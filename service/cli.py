@@ -1,7 +1,7 @@
 """Command line: ``python run.py [command]``. With no command it runs the demo.
 
 Commands: ``demo`` (the default), ``live --config FILE [--dry-run]``, ``status``,
-``stats [--days N]``, ``migrate``, ``simulator``.
+``stats [--days N]``, ``migrate``, ``simulator [--port N] [--api-key KEY:SECRET] ...``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from actors.clock import PolicyClock
 from actors.policy import ConfigError, PolicyConfig
 from service.logs import configure_logging
 from service.asyncio_bridge import open_asyncio_loop
+from simulator import options as simulator_options
 
 log = logging.getLogger("run")
 
@@ -45,10 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--days", type=float, default=7.0)
     stats.add_argument("--config", help="TOML configuration (for the database)")
     sub.add_parser("migrate", parents=[common], help="apply database migrations and exit")
-    simulator = sub.add_parser("simulator", parents=[common], help="run the exchange simulator standalone")
-    simulator.add_argument("--host", default="127.0.0.1")
-    simulator.add_argument("--port", type=int, default=8800)
-    simulator.add_argument("--seed", type=int, default=0)
+    simulator = sub.add_parser("simulator", parents=[common],
+                               help="the exchange simulator alone; prints its API keys and a config for live",
+                               description=simulator_options.DESCRIPTION,
+                               formatter_class=simulator_options.HelpFormatter)
+    simulator_options.add_arguments(simulator)
+    simulator.set_defaults(subparser=simulator)  # for its usage errors
     return p
 
 
@@ -96,8 +99,8 @@ def main(argv: list[str]) -> int:
     command = args.command or "demo"
     try:
         if command == "simulator":
-            from simulator.server import main as simulator_main  # noqa: PLC0415
-            return simulator_main(["--host", args.host, "--port", str(args.port), "--seed", str(args.seed)])
+            from simulator.server import run as run_simulator  # noqa: PLC0415
+            return run_simulator(simulator_options.check_arguments(args.subparser, args))
         if command == "migrate":
             return trio.run(_with_db, None, _migrate, False)
         if command == "status":

@@ -26,6 +26,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from simulator.admin import info_for
 from simulator.app import build_app
+from simulator.options import DESCRIPTION, HelpFormatter, add_arguments, check_arguments, startup_text
 from simulator.state import SimState
 
 log = logging.getLogger(__name__)
@@ -140,41 +141,14 @@ def _single_leaf(group: BaseExceptionGroup) -> BaseException | None:
 
 
 def banner(handle: SimulatorHandle) -> str:
-    i = handle.info()
-    return (
-        f"simulator: admin {handle.admin_url}  "
-        f"(bybit rest {i['bybit']['rest']}, ws {i['bybit']['ws']}, "
-        f"binanceusdm rest {i['binanceusdm']['rest']}, ws {i['binanceusdm']['ws']})"
-    )
+    """The URLs, the accepted keys and a ready ``run.py live`` configuration."""
+    return startup_text(handle.base_url, handle.info(), handle.state.api_keys)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="simulator", description="Local Bybit v5 / Binance USD-M exchange simulator")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8800, help="port (default 8800; 0 = any free port)")
-    p.add_argument("--seed", type=int, default=0, help="price path seed (default 0)")
-    p.add_argument("--tick-interval", type=float, default=0.25, help="seconds between price steps (0 = none)")
-    p.add_argument(
-        "--api-key",
-        action="append",
-        metavar="KEY:SECRET",
-        help="accepted API key and secret (repeatable; default sim-key:sim-secret)",
-    )
-    args = p.parse_args(argv)
-    if not (0 <= args.port <= 65535):
-        p.error("--port must be 0..65535")
-    if args.tick_interval < 0:
-        p.error("--tick-interval must be >= 0")
-    keys = None
-    if args.api_key:
-        keys = {}
-        for item in args.api_key:
-            key, sep, secret = item.partition(":")
-            if not sep or not key or not secret:
-                p.error(f"--api-key wants KEY:SECRET, got {item!r}")
-            keys[key] = secret
-    args.api_keys = keys
-    return args
+    p = argparse.ArgumentParser(prog="simulator", description=DESCRIPTION, formatter_class=HelpFormatter)
+    add_arguments(p)
+    return check_arguments(p, p.parse_args(argv))
 
 
 async def _cli(args: argparse.Namespace) -> None:
@@ -198,7 +172,11 @@ async def _cli(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``simulator --host H --port N --seed S``: serve until Ctrl+C / SIGTERM, exit 0."""
-    args = _parse_args(argv)
+    return run(_parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve with checked options (:func:`simulator.options.check_arguments`) until Ctrl+C / SIGTERM."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         trio.run(_cli, args)

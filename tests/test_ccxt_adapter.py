@@ -223,6 +223,15 @@ async def test_load_markets(ex):
 
 
 @needs_sim
+async def test_price_tick_comes_from_the_loaded_markets(ex):
+    from exchanges.dry_run import DryRunExchange  # noqa: PLC0415
+
+    assert ex.price_tick(BTC) == Decimal("0.1") and ex.price_tick(ETH) == Decimal("0.01")
+    assert ex.price_tick("NOPE/USDT:USDT") is None
+    assert DryRunExchange(ex).price_tick(BTC) == Decimal("0.1")
+
+
+@needs_sim
 async def test_a_market_listed_after_loading_is_found_and_closable(sim, ex):
     await set_position(sim, ex, "NEWCOIN/USDT:USDT", "long", "10", "2.5")
     await set_prices(sim, ex, "NEWCOIN/USDT:USDT", "2.6", "2.61", "2.6")

@@ -5,10 +5,13 @@ gets ``DATABASE_URL`` pointing at this run's test database (or its server, for t
 demo, which keeps a database of its own).
 """
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import tomllib
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from pathlib import Path
@@ -204,3 +207,101 @@ def test_the_example_config_is_valid():
     cfg = load_config(ROOT / "config.example.toml")
     assert [e.name for e in cfg.exchanges] == ["bybit", "binanceusdm"]
     assert cfg.policy.max_age_hours == D(3) and cfg.manager.retry_delays == (1.0, 3.0, 5.0)
+
+
+# --- the standalone simulator, as a newcomer uses it -------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["run.py", "simulator"], ["-m", "simulator"]])
+def test_simulator_help_lists_every_option_and_the_accepted_keys(command):
+    out = subprocess.run([sys.executable, *command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "100"})
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # whatever the line breaks
+    for option in ("--host", "--port", "--seed", "--tick-interval", "--api-key KEY:SECRET"):
+        assert option in text
+    assert "default sim-key:sim-secret" in text
+    assert "'sim-key' with the secret 'sim-secret'" in text
+
+
+def test_simulator_rejects_a_malformed_key_option():
+    out = run_py("simulator", "--port", "0", "--api-key", "no-secret", timeout=60)
+    assert out.returncode == 2 and "--api-key wants KEY:SECRET" in out.stderr
+
+
+async def _wait_for_text(path: Path, text: str, proc) -> str:
+    """The file's contents once ``text`` is in it (fails if ``proc`` exits first)."""
+    while True:
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if text in content:
+            return content
+        assert proc.returncode is None, f"exited with {proc.returncode} before {text!r}:\n{content[-3000:]}"
+        await trio.sleep(0.1)
+
+
+def _snippet_and_env(printed: str) -> tuple[str, dict[str, str]]:
+    """What a newcomer copies from the simulator's output: the config file and the exports."""
+    from simulator.options import SNIPPET_BEGIN, SNIPPET_END  # noqa: PLC0415
+    lines = printed.splitlines()
+    config = "\n".join(lines[lines.index(SNIPPET_BEGIN):lines.index(SNIPPET_END) + 1]) + "\n"
+    env = {}
+    for line in lines:
+        if line.startswith("export "):
+            for assignment in shlex.split(line)[1:]:
+                name, _, value = assignment.partition("=")
+                env[name] = value
+    return config, env
+
+
+async def _stop(proc) -> int:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    with trio.fail_after(30):
+        return await proc.wait()
+
+
+async def test_live_runs_against_the_standalone_simulator_with_what_it_prints(db, database_url, tmp_path):
+    from service.alerts import http_request  # noqa: PLC0415
+    sim_out, sim_err, live_log = tmp_path / "sim.out", tmp_path / "sim.err", tmp_path / "live.log"
+    with open(sim_out, "wb") as out, open(sim_err, "wb") as err:  # files, not pipes: a child never blocks
+        sim = await trio.lowlevel.open_process([sys.executable, "run.py", "simulator", "--port", "0"], cwd=ROOT,
+                                               stdout=out, stderr=err)
+    live = None
+    try:
+        with trio.fail_after(60):
+            printed = await _wait_for_text(sim_out, "sim.toml (end)", sim)
+        config, exports = _snippet_and_env(printed)
+        assert exports == {"BYBIT_API_KEY": "sim-key", "BYBIT_API_SECRET": "sim-secret",
+                           "BINANCE_API_KEY": "sim-key", "BINANCE_API_SECRET": "sim-secret"}
+        parsed = parse_config(tomllib.loads(config))
+        assert [e.name for e in parsed.exchanges] == ["bybit", "binanceusdm"]
+        admin = parsed.exchanges[0].rest_url.rsplit("/", 1)[0] + "/_sim"
+        # an aged position on each exchange, opened the way the README shows (the admin API)
+        opened = (datetime.now(timezone.utc) - timedelta(hours=5)).isoformat()
+        for exchange in ("bybit", "binanceusdm"):
+            body = {"exchange": exchange, "symbol": "BTCUSDT", "side": "long", "qty": "0.5", "entry_price": "80000",
+                    "opened_at": opened}
+            status, _, reply = await http_request("POST", admin + "/positions", json.dumps(body).encode(),
+                                                  headers=[("Content-Type", "application/json")])
+            assert status == 200, reply
+        (tmp_path / "sim.toml").write_text(config)
+        with open(live_log, "wb") as log_file:
+            live = await trio.lowlevel.open_process(
+                [sys.executable, "run.py", "live", "--config", str(tmp_path / "sim.toml"), "--metrics-port", "0"],
+                cwd=ROOT, env={**os.environ, **exports, "DATABASE_URL": database_url},
+                stdout=subprocess.DEVNULL, stderr=log_file)
+        with trio.fail_after(90):  # a ceiling for a slow machine, not a budget
+            await _wait_for_text(live_log, "aged.position.detected bybit BTC/USDT:USDT long", live)
+            await _wait_for_text(live_log, "aged.position.detected binanceusdm BTC/USDT:USDT long", live)
+    finally:
+        live_code = await _stop(live) if live is not None else None
+        sim_code = await _stop(sim)
+    log = live_log.read_text()
+    assert live_code == 0, log[-3000:]
+    assert sim_code == 0, sim_err.read_text()[-3000:]
+    assert "starting LIVE mode on bybit (http://127.0.0.1:" in log
+    for bad in ("API key is invalid", "AuthenticationError", "Traceback", "sim-secret"):
+        assert bad not in log
+    # the target is shown on the market's tick (BTCUSDT: 0.1), not with every digit policy math gives
+    [detected] = [line for line in log.splitlines() if "aged.position.detected bybit" in line]
+    assert detected.endswith("target=80160.0")

@@ -237,8 +237,8 @@ async def test_database_down_then_up_loses_nothing(aio_loop, database_url, db):
                       PolicyClock(T0 + timedelta(hours=4), speed=60.0))  # a real second is a policy minute
         svc.writer.retry_initial = 0.05
         n.start_soon(svc.run)
-        with trio.fail_after(20):
-            while await aged_row(db) is None:
+        with trio.fail_after(20):  # the actor has loaded its state: it can carry on without the database
+            while await aged_row(db) is None or not svc.ctx.state_cache:
                 await trio.sleep(0.05)
         await proxy.cut()
         for i in range(20):  # ticks while the database is away: sampled checks pile up in the buffer

@@ -384,14 +384,22 @@ async def test_reset_forgets_positions_orders_and_faults(sim):
     assert s == 200 and st.positions == {} and st.orders == [] and st.faults.http_5xx == []
 
 
-def test_command_line_prints_one_line_and_exits_cleanly_on_ctrl_c():
+def test_command_line_prints_its_urls_keys_and_a_config_and_exits_cleanly_on_ctrl_c():
+    from simulator.options import SNIPPET_END  # noqa: PLC0415
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "simulator", "--port", "0", "--seed", "4"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("simulator: admin http://127.0.0.1:") and "/_sim" in line
-        admin = line.split()[2]
+        printed = []
+        while not printed or printed[-1].rstrip("\n") != SNIPPET_END:
+            line = proc.stdout.readline()
+            assert line, f"the output ended early: {''.join(printed)}"
+            printed.append(line)
+        assert printed[0].startswith("simulator: listening on http://127.0.0.1:")
+        [admin_line] = [line for line in printed if line.strip().startswith("admin API")]
+        admin = admin_line.split()[2]
+        assert admin.startswith("http://127.0.0.1:") and admin.endswith("/_sim")
+        assert any("key 'sim-key' secret 'sim-secret'" in line for line in printed)
         with urllib.request.urlopen(admin + "/info", timeout=5) as r:
             assert json.loads(r.read())["bybit"]["rest"].endswith("/bybit")
         proc.send_signal(signal.SIGINT)
