@@ -1093,6 +1093,7 @@ class SimState:
         mark_price: Decimal | None = None,
     ) -> Fill:
         key = (ex, m.symbol_id)
+        t = t.replace(microsecond=t.microsecond // 1000 * 1000)  # exchanges keep milliseconds
         p = self.positions.get(key)
         before = (p.side, p.qty, p.entry_price) if p is not None else None
         after, closed, pnl, opens = fold_fill(before, side, qty, price)
