@@ -4,9 +4,26 @@
 * ``GET /_sim/orders`` (``?exchange=``) — every order received, in arrival order;
   ``DELETE /_sim/orders`` forgets them.
 * ``GET /_sim/positions`` (``?exchange=``); ``POST /_sim/positions``
-  ``{"exchange","symbol","side":"long"|"short","qty","entry_price","opened_at"?}``
-  creates or replaces one (an unknown symbol becomes a new market priced at
-  ``entry_price``); ``DELETE /_sim/positions`` (``?exchange=&symbol=``) clears.
+  ``{"exchange","symbol","side":"long"|"short","qty","entry_price","opened_at"?,"at"?,
+  "fill_price"?}`` makes the position so through the fill that would (an unknown symbol
+  becomes a new market priced at ``entry_price``), see
+  :meth:`~simulator.state.SimState.admin_set_position`: flat → an opening fill at
+  ``opened_at`` (default now; backdating makes an aged position whose fill history
+  agrees); same side, more → averaging in (one fill at the tick-grid price that makes
+  the new average; the opening time stays); same side, less → a reducing fill at
+  ``fill_price`` (default the touch); the other side → a flip through zero at
+  ``entry_price`` (the new episode opens then). ``at`` times a change to an open
+  position. Answers the position plus ``"first_opened_at"`` and the ``"fills"`` made.
+  ``DELETE /_sim/positions`` (``?exchange=&symbol=&price=``) closes with a fill at
+  ``price`` (default the touch); without a symbol it closes them all.
+* ``GET /_sim/fills`` (``?exchange=&symbol=``) — the fill history, in order;
+  ``POST /_sim/fills`` ``{"exchange","symbol","side":"buy"|"sell","qty","price",
+  "time"?,"order_id"?,"client_order_id"?}`` applies one fill; ``DELETE /_sim/fills``
+  (``?exchange=&symbol=``) forgets the history of flat symbols.
+* ``GET /_sim/settings``; ``POST /_sim/settings`` ``{"exchange","position_open_time":
+  "zero"|"real"|"absent"}`` — what Bybit's position list says in ``openTime``: "0"
+  (the default: unknown), the current episode's opening, or no field (Binance: "absent"
+  only).
 * ``GET /_sim/prices``; ``POST /_sim/prices`` ``{"exchange","symbol","bid"?,"ask"?,
   "last"?}`` sets and holds a price, ``{"exchange","symbol","release": true}`` resumes
   the walk; ``"volatility"``, ``"drift"``, ``"spread_bps"`` tune the walk.
@@ -16,7 +33,7 @@
   account's position mode: hedge mode shows positions as Binance ``positionSide``
   LONG/SHORT and Bybit ``positionIdx`` 1/2, and Binance's ``/fapi/v1/positionSide/dual``
   says so.
-* ``POST /_sim/reset`` — forget positions, orders and faults.
+* ``POST /_sim/reset`` — forget positions, fills, orders, faults and settings.
 
 Bad input answers HTTP 400 ``{"error": "..."}``; nothing a client sends crashes the
 server.
@@ -36,6 +53,7 @@ from simulator.state import (
     RejectRule,
     SimError,
     SimState,
+    iso,
     iter_exchanges,
     normalize_exchange,
     normalize_symbol,
@@ -240,25 +258,83 @@ class AdminAPI:
                 q = request.query_params
                 ex = q.get("exchange")
                 sym = q.get("symbol")
+                price = q.get("price")
                 if sym:
                     if not ex:
                         raise BadInput("symbol needs exchange")
-                    removed = 1 if self.state.remove_position(ex, sym) else 0
+                    removed = 1 if self.state.remove_position(ex, sym, price=price) else 0
                 else:
+                    if price is not None:
+                        raise BadInput("price goes with one position (exchange and symbol)")
                     removed = self.state.clear_positions(normalize_exchange(ex) if ex else None)
                 return json_response({"removed": removed})
             body = await _json_body(request)
             missing = [k for k in ("exchange", "symbol", "side", "qty", "entry_price") if k not in body]
             if missing:
                 raise BadInput(f"missing fields {missing}")
-            unknown = set(body) - {"exchange", "symbol", "side", "qty", "entry_price", "opened_at"}
+            unknown = set(body) - {"exchange", "symbol", "side", "qty", "entry_price", "opened_at", "at",
+                                   "fill_price"}
             if unknown:
                 raise BadInput(f"unknown fields {sorted(unknown)}")
             opened = parse_time(body["opened_at"]) if body.get("opened_at") is not None else None
-            pos = self.state.set_position(
-                body["exchange"], body["symbol"], body["side"], body["qty"], body["entry_price"], opened
+            at = parse_time(body["at"]) if body.get("at") is not None else None
+            pos, fills = self.state.admin_set_position(
+                body["exchange"], body["symbol"], body["side"], body["qty"], body["entry_price"], opened,
+                at=at, fill_price=body.get("fill_price"),
             )
-            return json_response(pos.to_dict(self.state.get_market(pos.exchange, pos.symbol)))
+            out = pos.to_dict(self.state.get_market(pos.exchange, pos.symbol))
+            out["first_opened_at"] = iso(self.state.first_opened(pos.exchange, pos.symbol))
+            out["fills"] = [f.record() for f in fills]
+            return json_response(out)
+
+        return await self._guard(request, go)
+
+    async def fills(self, request: Request) -> Response:
+        async def go(request):
+            q = request.query_params
+            ex = q.get("exchange")
+            sym = q.get("symbol")
+            if sym and not ex:
+                raise BadInput("symbol needs exchange")
+            ex = normalize_exchange(ex) if ex else None
+            sym = normalize_symbol(sym) if sym else None
+            if request.method == "GET":
+                return json_response([f.record() for f in self.state.fills
+                                      if (ex is None or f.exchange == ex) and (sym is None or f.symbol == sym)])
+            if request.method == "DELETE":
+                return json_response({"forgotten": self.state.forget_fills(ex, sym)})
+            body = await _json_body(request)
+            missing = [k for k in ("exchange", "symbol", "side", "qty", "price") if k not in body]
+            if missing:
+                raise BadInput(f"missing fields {missing}")
+            unknown = set(body) - {"exchange", "symbol", "side", "qty", "price", "time", "order_id",
+                                   "client_order_id"}
+            if unknown:
+                raise BadInput(f"unknown fields {sorted(unknown)}")
+            for k in ("order_id", "client_order_id"):
+                if body.get(k) is not None and (not isinstance(body[k], str) or not body[k]):
+                    raise BadInput(f"{k} must be a non-empty string")
+            t = parse_time(body["time"]) if body.get("time") is not None else None
+            f = self.state.admin_fill(body["exchange"], body["symbol"], body["side"], body["qty"], body["price"], t,
+                                      order_id=body.get("order_id"), client_order_id=body.get("client_order_id"))
+            pos = self.state.position(f.exchange, f.symbol)
+            return json_response({
+                "fill": f.record(),
+                "position": pos.to_dict(self.state.get_market(f.exchange, f.symbol)) if pos else None,
+                "first_opened_at": iso(self.state.first_opened(f.exchange, f.symbol)),
+            })
+
+        return await self._guard(request, go)
+
+    async def settings(self, request: Request) -> Response:
+        async def go(request):
+            if request.method == "POST":
+                body = await _json_body(request)
+                if set(body) != {"exchange", "position_open_time"}:
+                    raise BadInput('expected {"exchange": ..., "position_open_time": "zero"|"real"|"absent"}')
+                self.state.set_position_open_time(body["exchange"], body["position_open_time"])
+            return json_response({ex: {"position_open_time": self.state.position_open_time[ex]}
+                                  for ex in self.state.position_open_time})
 
         return await self._guard(request, go)
 
@@ -392,6 +468,8 @@ class AdminAPI:
             Route("/_sim/info", self.info, methods=["GET"]),
             Route("/_sim/orders", self.orders, methods=["GET", "DELETE"]),
             Route("/_sim/positions", self.positions, methods=["GET", "POST", "DELETE"]),
+            Route("/_sim/fills", self.fills, methods=["GET", "POST", "DELETE"]),
+            Route("/_sim/settings", self.settings, methods=["GET", "POST"]),
             Route("/_sim/prices", self.prices, methods=["GET", "POST"]),
             Route("/_sim/step", self.step, methods=["POST"]),
             Route("/_sim/faults", self.faults, methods=["GET", "POST", "DELETE"]),

@@ -10,9 +10,14 @@ other categories and ``status=PreLaunch`` give an empty list), ``/v5/market/tick
 Private (headers ``X-BAPI-API-KEY``, ``X-BAPI-TIMESTAMP``, ``X-BAPI-RECV-WINDOW``,
 ``X-BAPI-SIGN`` = hex HMAC-SHA256(secret, timestamp + key + recvWindow + (query string
 | body))): ``GET /v5/position/list``, ``POST /v5/order/create``, ``POST
-/v5/order/cancel``, ``GET /v5/order/realtime``, ``GET /v5/order/history``, and the
-account probes ccxt may make on its own (``/v5/user/query-api``, ``/v5/account/info``,
-``/v5/asset/coin/query-info``, ``/v5/account/wallet-balance``).
+/v5/order/cancel``, ``GET /v5/order/realtime``, ``GET /v5/order/history``, ``GET
+/v5/execution/list`` (the fill history), and the account probes ccxt may make on its
+own (``/v5/user/query-api``, ``/v5/account/info``, ``/v5/asset/coin/query-info``,
+``/v5/account/wallet-balance``).
+
+The position list's ``createdTime`` is when a position was first ever created on the
+symbol, ``updatedTime`` the last change, and ``openTime`` follows the
+``position_open_time`` setting (see :mod:`simulator.admin`).
 
 Business errors come back as HTTP 200 with a non-zero ``retCode``, like the real API.
 Faults (:class:`simulator.state.Faults`) are applied to private requests only.
@@ -33,6 +38,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from simulator.state import (
+    Fill,
     Market,
     Order,
     SimError,
@@ -47,6 +53,8 @@ log = logging.getLogger(__name__)
 EXCHANGE = "bybit"
 TAKER_FEE = Decimal("0.00055")
 MAX_DROP_HOLD_S = 300.0  # a dropped reply holds the request at most this long
+WINDOW_MS = 7 * 86_400_000  # execution list: at most 7 days per query (docs/v5/order/execution.mdx)
+RETENTION_MS = 730 * 86_400_000  # "Unified account supports getting the past 730 days historical trades"
 
 # real codes and messages (https://bybit-exchange.github.io/docs/v5/error)
 MESSAGES = {
@@ -353,10 +361,18 @@ class BybitAPI:
     def _position_row(self, m: Market, pos) -> dict:
         q = self.state.quote(EXCHANGE, m.symbol_id)
         mark = q.last
+        st = self.state
+        # createdTime: "Timestamp of the first time a position was created on this symbol"
+        # (docs/v5/position/position.mdx) — not the opening of the current position.
+        first = st.first_opened(EXCHANGE, m.symbol_id)
+        last = st.last_fill(EXCHANGE, m.symbol_id)
+        created = str(dt_ms(first)) if first is not None else str(st.now_ms())
+        updated = str(dt_ms(last.time)) if last is not None else str(st.now_ms())
+        cum = dstr(st.cum_realised_pnl(EXCHANGE, m.symbol_id))
         if pos is None:
             zero = {"size": "0", "side": "", "avgPrice": "0", "positionValue": "", "unrealisedPnl": "",
-                    "createdTime": str(self.state.now_ms()), "updatedTime": str(self.state.now_ms()),
-                    "positionIM": "", "positionMM": "", "cumRealisedPnl": "0", "curRealisedPnl": "0"}
+                    "createdTime": created, "updatedTime": updated,
+                    "positionIM": "", "positionMM": "", "cumRealisedPnl": cum, "curRealisedPnl": "0"}
         else:
             value = pos.qty * pos.entry_price
             zero = {
@@ -365,13 +381,18 @@ class BybitAPI:
                 "avgPrice": dstr(pos.entry_price),
                 "positionValue": dstr(value),
                 "unrealisedPnl": dstr(pos.unrealised_pnl(mark).quantize(Decimal("0.00000001"))),
-                "createdTime": str(dt_ms(pos.opened_at)),
-                "updatedTime": str(dt_ms(pos.updated_at)),
+                "createdTime": created,
+                "updatedTime": updated,
                 "positionIM": dstr((value / 10).quantize(Decimal("0.00000001"))),
                 "positionMM": dstr((value * Decimal("0.005")).quantize(Decimal("0.00000001"))),
-                "cumRealisedPnl": dstr(pos.realised_pnl),
+                "cumRealisedPnl": cum,
                 "curRealisedPnl": dstr(pos.realised_pnl),
             }
+        mode = st.position_open_time[EXCHANGE]
+        if mode == "zero":
+            zero["openTime"] = "0"
+        elif mode == "real":
+            zero["openTime"] = str(dt_ms(pos.opened_at)) if pos is not None else "0"
         idx = 0
         if self.state.hedge_mode[EXCHANGE]:
             idx = 2 if pos is not None and pos.side == "short" else 1
@@ -397,7 +418,7 @@ class BybitAPI:
             "isReduceOnly": False,
             "mmrSysUpdatedTime": "",
             "leverageSysUpdatedTime": "",
-            "seq": self.state.steps,
+            "seq": last.seq if last is not None else -1,  # -1: the symbol has never been traded
             **zero,
         }
 
@@ -706,6 +727,108 @@ class BybitAPI:
             return sel
         return self.ok({"category": "linear", "list": [self._order_row(o) for o in sel], "nextPageCursor": ""})
 
+    # -- fills
+
+    def _execution_row(self, f: Fill) -> dict:
+        m = self.state.market(EXCHANGE, f.symbol)
+        value = f.qty * f.price
+        return {
+            "symbol": f.symbol,
+            "orderType": "Market" if f.order_type == "market" else "Limit",
+            "underlyingPrice": "",
+            "orderLinkId": f.client_order_id or "",
+            "side": "Buy" if f.side == "buy" else "Sell",
+            "indexPrice": "",
+            "orderId": f.order_id,
+            "stopOrderType": "UNKNOWN",
+            "leavesQty": m.fmt_qty(f.leaves_qty),
+            "execTime": str(dt_ms(f.time)),
+            "feeCurrency": "USDT",
+            "isMaker": f.is_maker,
+            "execFee": dstr((value * TAKER_FEE).quantize(Decimal("0.00000001"))),
+            "feeRate": dstr(TAKER_FEE),
+            "execId": f.trade_id,
+            "tradeIv": "",
+            "blockTradeId": "",
+            "markPrice": _px(m, f.mark_price if f.mark_price is not None else f.price),
+            "execPrice": _px(m, f.price),
+            "markIv": "",
+            "orderQty": m.fmt_qty(f.order_qty if f.order_qty is not None else f.qty),
+            "orderPrice": _px(m, f.order_price if f.order_price is not None else f.price),
+            "execValue": dstr(value),
+            "execType": "Trade",
+            "execQty": m.fmt_qty(f.qty),
+            "closedSize": m.fmt_qty(f.closed_qty),
+            "extraFees": "",
+            "seq": f.seq,
+            "createType": f.create_type,
+        }
+
+    async def execution_list(self, request: Request) -> Response:
+        """``GET /v5/execution/list`` (docs/v5/order/execution.mdx): newest first (execTime,
+        then seq); a 7-day window — none given: the last 7 days; only startTime:
+        [start, start+7d]; only endTime: [end-7d, end]; both more than 7 days apart:
+        retCode 10001; ``limit`` 1..100 (default 50); ``cursor`` from ``nextPageCursor``
+        ("" on the last page); orderId > orderLinkId > symbol > baseCoin, and an orderId or
+        orderLinkId query ignores the other parameters; fills older than 730 days are gone."""
+        err, p = await self._private(request)
+        if err is not None:
+            return err
+        category = p.get("category")
+        if category != "linear":
+            if category in ("inverse", "option", "spot"):
+                return self.ok({"category": category, "list": [], "nextPageCursor": ""})
+            return self.error("10001", "params error: category invalid" if category else
+                              "params error: category is required")
+        st = self.state
+        now = st.now_ms()
+        try:
+            limit = int(p.get("limit") or 50)
+            start = int(p["startTime"]) if p.get("startTime") not in (None, "") else None
+            end = int(p["endTime"]) if p.get("endTime") not in (None, "") else None
+        except (TypeError, ValueError):
+            return self.error("10001", "params error: limit, startTime or endTime invalid")
+        if not (1 <= limit <= 100):
+            return self.error("10001", "params error: limit must be between 1 and 100")
+        fills = [f for f in st.fills if f.exchange == EXCHANGE and dt_ms(f.time) >= now - RETENTION_MS]
+        oid = p.get("orderId") or None
+        cid = p.get("orderLinkId") or None
+        if oid is not None:
+            fills = [f for f in fills if f.order_id == str(oid)]
+        elif cid is not None:
+            fills = [f for f in fills if f.client_order_id == str(cid)]
+        else:
+            if start is None and end is None:
+                start, end = now - WINDOW_MS, now
+            elif start is None:
+                start = end - WINDOW_MS
+            elif end is None:
+                end = start + WINDOW_MS
+            if start > end:
+                return self.error("10001", "params error: startTime should be less than endTime")
+            if end - start > WINDOW_MS:
+                return self.error("10001", "params error: The time range between startTime and endTime "
+                                           "cannot exceed 7 days")
+            symbol = (p.get("symbol") or "").upper()
+            base = (p.get("baseCoin") or "").upper()
+            if symbol:
+                fills = [f for f in fills if f.symbol == symbol]
+            elif base:
+                fills = [f for f in fills if st.market(EXCHANGE, f.symbol).base == base]
+            fills = [f for f in fills if start <= dt_ms(f.time) <= end]
+        exec_type = p.get("execType")
+        if exec_type and exec_type != "Trade":  # every simulated execution is a Trade
+            fills = []
+        fills.sort(key=lambda f: (dt_ms(f.time), f.seq), reverse=True)
+        cursor = _cursor_seq(p.get("cursor"))
+        if cursor is not None:
+            at = next((i for i, f in enumerate(fills) if f.seq == cursor), None)
+            fills = fills[at + 1:] if at is not None else []
+        page, more = fills[:limit], len(fills) > limit
+        next_cursor = f"{page[-1].seq}%3A1%2C{page[-1].seq}%3A1" if more else ""
+        return self.ok({"nextPageCursor": next_cursor, "category": "linear",
+                        "list": [self._execution_row(f) for f in page]})
+
     # -- account probes ccxt makes unless told not to
 
     async def query_api(self, request: Request) -> Response:
@@ -798,6 +921,7 @@ class BybitAPI:
             Route("/v5/order/cancel", g(self.order_cancel), methods=["POST"]),
             Route("/v5/order/realtime", g(self.order_realtime), methods=["GET"]),
             Route("/v5/order/history", g(self.order_history), methods=["GET"]),
+            Route("/v5/execution/list", g(self.execution_list), methods=["GET"]),
             Route("/v5/user/query-api", g(self.query_api), methods=["GET"]),
             Route("/v5/account/info", g(self.account_info), methods=["GET"]),
             Route("/v5/asset/coin/query-info", g(self.coin_query_info), methods=["GET"]),
@@ -805,6 +929,22 @@ class BybitAPI:
             Route("/{path:path}", g(self.not_found), methods=["GET", "POST", "PUT", "DELETE"]),
         ]
         return [Mount("/bybit", routes=r)]
+
+
+def _px(m: Market, price: Decimal) -> str:
+    """A price as Bybit prints it: on the tick grid's decimals (or in full when off it)."""
+    return m.fmt_price(price) if m.on_tick(price) else dstr(price)
+
+
+def _cursor_seq(cursor) -> int | None:
+    """The fill seq a ``nextPageCursor`` ("SEQ%3A1%2CSEQ%3A1", maybe encoded twice) points at."""
+    if not cursor:
+        return None
+    text = str(cursor)
+    for _ in range(3):
+        text = unquote(text)
+    head = text.split(":", 1)[0].split(",", 1)[0]
+    return int(head) if head.isdigit() else -1
 
 
 def _next_funding_ms(now_ms: int) -> int:

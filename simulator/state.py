@@ -19,6 +19,14 @@ how many steps were taken, not on which other markets exist or in what order the
 created. One step is a geometric random walk of the mid price (``drift`` and
 ``volatility`` per step), from which bid/ask are cut on the tick grid with
 ``spread_bps`` (never less than one tick).
+
+Fills: every change of a position is a :class:`Fill` — the product's orders and the
+admin API's changes alike (the admin API's are synthetic, with client ids
+``sim-admin-N``). The fills of a symbol, in ``seq`` order (which is also time order),
+replay to exactly the current position: :func:`fold_fill` is the one place a fill
+changes a position. A position's ``opened_at`` is the time of the fill that took it
+from flat (or through zero, a flip); the symbol's ``first_opened`` (Bybit's
+``createdTime``) is the first such time ever and survives re-openings and flips.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Callable, Iterable
 
@@ -59,6 +67,12 @@ DEFAULT_VOLATILITY = 0.0003  # relative std-dev of the mid per step
 DEFAULT_SPREAD_BPS = Decimal("1")  # bid/ask distance around the mid, in basis points
 DEFAULT_MIN_NOTIONAL = Decimal("5")
 LAUNCH_TIME_MS = 1_585_526_400_000  # 2020-03-30, a plausible listing date
+
+# Bybit's position list ``openTime``: "zero" reports "0" (unknown: clients must look at
+# the fill history), "real" reports the opening time of the current episode, "absent"
+# leaves the field out. Binance reports no opening time at all ("absent" only).
+POSITION_OPEN_TIME_MODES = {"bybit": ("zero", "real", "absent"), "binanceusdm": ("absent",)}
+DEFAULT_POSITION_OPEN_TIME = {"bybit": "zero", "binanceusdm": "absent"}
 
 
 class SimError(ValueError):
@@ -297,6 +311,94 @@ class Position:
         }
 
 
+ENTRY_QUANTUM = Decimal("1e-12")  # average entries are kept to 12 decimals
+
+
+def fold_fill(
+    pos: tuple[str, Decimal, Decimal] | None, side: str, qty: Decimal, price: Decimal
+) -> tuple[tuple[str, Decimal, Decimal] | None, Decimal, Decimal, bool]:
+    """Apply one fill to a position ``(side, qty, entry)`` (None = flat).
+
+    Returns ``(new position, closed qty, realised pnl, opens)``; ``opens`` is True when
+    the fill starts an episode (flat → non-flat, or through zero). An increase moves the
+    average entry (kept to 12 decimals), a reduction keeps it, a flip opens the rest at
+    the fill price. This is the only rule by which a position changes, so replaying a
+    symbol's fills gives its position.
+    """
+    if side not in ("buy", "sell"):
+        raise SimError(f"fill side must be 'buy' or 'sell', got {side!r}")
+    if qty <= 0 or price <= 0:
+        raise SimError("fill qty and price must be > 0")
+    direction = "long" if side == "buy" else "short"
+    if pos is None:
+        return (direction, qty, price), Decimal(0), Decimal(0), True
+    p_side, p_qty, p_entry = pos
+    if p_side == direction:  # increase
+        new_qty = p_qty + qty
+        entry = ((p_entry * p_qty + price * qty) / new_qty).quantize(ENTRY_QUANTUM).normalize()
+        return (p_side, new_qty, entry), Decimal(0), Decimal(0), False
+    closing = min(p_qty, qty)
+    pnl = (price - p_entry) * (closing if p_side == "long" else -closing)
+    rest = qty - closing
+    if p_qty > closing:
+        return (p_side, p_qty - closing, p_entry), closing, pnl, False
+    if rest > 0:  # through zero: a flip opens the rest at the fill price
+        return (direction, rest, price), closing, pnl, True
+    return None, closing, pnl, False
+
+
+@dataclass
+class Fill:
+    """One execution: the product's order meeting the book, or an admin change."""
+
+    exchange: str
+    symbol: str
+    seq: int  # global, increasing: the order in which fills happened
+    trade_id: str  # Binance trade id (digits) / Bybit execId (uuid)
+    order_id: str  # Binance orderId (digits) / Bybit orderId (uuid)
+    client_order_id: str | None
+    side: str  # "buy" | "sell"
+    qty: Decimal
+    price: Decimal
+    time: datetime
+    closed_qty: Decimal  # the part that reduced a position (Bybit closedSize)
+    realized_pnl: Decimal  # of the closed part, before fees
+    source: str  # "order" (the product's order) | "admin"
+    order_type: str = "market"  # "market" | "limit"
+    order_qty: Decimal | None = None
+    order_price: Decimal | None = None
+    leaves_qty: Decimal = Decimal(0)
+    create_type: str = "CreateByUser"  # Bybit createType
+    mark_price: Decimal | None = None
+    is_maker: bool = False
+    opens_episode: bool = False  # flat → non-flat, or a flip
+    position_after: tuple[str, Decimal, Decimal] | None = None
+
+    def record(self) -> dict:
+        after = None
+        if self.position_after is not None:
+            s, q, e = self.position_after
+            after = {"side": s, "qty": dstr(q), "entry_price": dstr(e)}
+        return {
+            "exchange": self.exchange,
+            "symbol": self.symbol,
+            "seq": self.seq,
+            "trade_id": self.trade_id,
+            "order_id": self.order_id,
+            "client_order_id": self.client_order_id,
+            "side": self.side,
+            "qty": dstr(self.qty),
+            "price": dstr(self.price),
+            "time": iso(self.time),
+            "time_ms": dt_ms(self.time),
+            "closed_qty": dstr(self.closed_qty),
+            "realized_pnl": dstr(self.realized_pnl),
+            "source": self.source,
+            "opens_episode": self.opens_episode,
+            "position_after": after,
+        }
+
+
 ORDER_STATUSES = ("new", "filled", "partially_filled", "canceled", "rejected")
 
 
@@ -485,6 +587,16 @@ class SimState:
         self.faults = Faults()
         # Position mode per exchange: False = one-way (what the manager supports), True = hedge.
         self.hedge_mode: dict[str, bool] = {ex: False for ex in EXCHANGES}
+        # What Bybit's position list says in ``openTime``: see POSITION_OPEN_TIME_MODES.
+        self.position_open_time: dict[str, str] = dict(DEFAULT_POSITION_OPEN_TIME)
+        self.fills: list[Fill] = []
+        self._fill_seq = 0
+        self._admin_fills = 0
+        self._exec_rng = random.Random(f"{seed}/exec-ids")
+        self._binance_next_trade_id = 698_759_000 + random.Random(f"{seed}/binance-trade-ids").randrange(10**6)
+        self._first_opened: dict[tuple[str, str], datetime] = {}  # Bybit createdTime
+        self._last_fill: dict[tuple[str, str], Fill] = {}
+        self._cum_pnl: dict[tuple[str, str], Decimal] = {}  # Bybit cumRealisedPnl
         self.steps = 0
         if default_markets:
             for ex in EXCHANGES:
@@ -757,61 +869,263 @@ class SimState:
         qty,
         entry_price,
         opened_at: datetime | None = None,
+        *,
+        at: datetime | None = None,
+        fill_price=None,
     ) -> Position:
-        """Create or replace a position (admin). Creates an unknown market from the price."""
+        """Make the position what is asked (admin), through the fills that would do it.
+
+        See :meth:`admin_set_position`; this returns only the position.
+        """
+        pos, _ = self.admin_set_position(exchange, symbol, side, qty, entry_price, opened_at,
+                                         at=at, fill_price=fill_price)
+        return pos
+
+    def admin_set_position(
+        self,
+        exchange: str,
+        symbol: str,
+        side: str,
+        qty,
+        entry_price,
+        opened_at: datetime | None = None,
+        *,
+        at: datetime | None = None,
+        fill_price=None,
+    ) -> tuple[Position, list[Fill]]:
+        """Create or change a position (admin) by recording the fill that makes it so.
+
+        * flat: an opening fill of ``qty`` at ``entry_price`` at ``opened_at`` (default
+          now) — a backdated ``opened_at`` makes an already aged position whose fill
+          history agrees;
+        * same side, more: averaging in — one fill of the difference at the price (on
+          the tick grid) that brings the average to ``entry_price``; the opening time
+          stays (``opened_at``, if given, must be the current one);
+        * same side, less: a reducing fill of the difference at ``fill_price`` (default
+          the touch: the bid for a long, the ask for a short); ``entry_price`` must be the
+          current average entry;
+        * the other side: a flip — one fill through zero at ``entry_price`` at
+          ``opened_at`` (default now), which opens the new episode.
+
+        ``at`` is the time of a change to an existing position (default now). Fill times
+        never go backwards on a symbol and are never in the future.
+        """
         ex = normalize_exchange(exchange)
         if side not in ("long", "short"):
             raise SimError(f"side must be 'long' or 'short', got {side!r}")
         q = to_decimal(qty, "qty", positive=True)
         entry = to_decimal(entry_price, "entry_price", positive=True)
+        fp = to_decimal(fill_price, "fill_price", positive=True) if fill_price is not None else None
         m = self.ensure_market(ex, symbol, entry, qty_hint=q)
         if not m.on_step(q):
             raise SimError(f"qty {q} is not a multiple of {m.symbol_id}'s lot size {m.qty_step}")
-        opened = opened_at or self.now()
-        if opened.tzinfo is None:
-            opened = opened.replace(tzinfo=timezone.utc)
-        p = Position(ex, m.symbol_id, side, q, entry, opened, opened)
-        self.positions[(ex, m.symbol_id)] = p
-        return p
+        opened = _utc(opened_at)
+        at = _utc(at)
+        cur = self.positions.get((ex, m.symbol_id))
+        if cur is None or cur.side != side:
+            if fp is not None and fp != entry:
+                raise SimError("an opening (or flipping) fill is at entry_price; leave fill_price out")
+            t = opened or at or self.now()
+            fill_qty = q if cur is None else q + cur.qty
+            f = self._admin_fill(ex, m, "buy" if side == "long" else "sell", fill_qty, entry, t)
+            return self.positions[(ex, m.symbol_id)], [f]
+        if opened is not None and opened != cur.opened_at:
+            raise SimError(
+                f"{ex} {m.symbol_id} is open since {iso(cur.opened_at)}; opened_at cannot move an open "
+                "position's opening (DELETE it first to re-open, or leave opened_at out)")
+        t = at or self.now()
+        add = "buy" if side == "long" else "sell"
+        reduce = "sell" if side == "long" else "buy"
+        if q > cur.qty:
+            delta = q - cur.qty
+            price = fp
+            if price is None:
+                price = m.round_price((entry * q - cur.entry_price * cur.qty) / delta)
+            if price <= 0:
+                raise SimError(
+                    f"no fill at a positive price takes {m.symbol_id} from {dstr(cur.qty)} @ "
+                    f"{dstr(cur.entry_price)} to {dstr(q)} @ {dstr(entry)}")
+            f = self._admin_fill(ex, m, add, delta, price, t)
+            return self.positions[(ex, m.symbol_id)], [f]
+        if entry != cur.entry_price:
+            raise SimError(
+                f"a reduction keeps the average entry ({dstr(cur.entry_price)}); give that entry_price, "
+                "or DELETE the position first to re-open at another")
+        if q == cur.qty:
+            return cur, []
+        if fp is None:
+            qt = self.quote(ex, m.symbol_id)
+            fp = qt.bid if reduce == "sell" else qt.ask
+        f = self._admin_fill(ex, m, reduce, cur.qty - q, fp, t)
+        return self.positions[(ex, m.symbol_id)], [f]
 
-    def remove_position(self, exchange: str, symbol: str) -> Position | None:
-        """Close a position "behind the service's back" (admin). Returns it, or None."""
+    def remove_position(
+        self, exchange: str, symbol: str, price=None, at: datetime | None = None
+    ) -> Position | None:
+        """Close a position "behind the service's back" (admin): a closing fill at
+        ``price`` (default the touch) at ``at`` (default now). Returns it, or None."""
         ex = normalize_exchange(exchange)
-        return self.positions.pop((ex, normalize_symbol(symbol)), None)
+        sid = normalize_symbol(symbol)
+        p = self.positions.get((ex, sid))
+        if p is None:
+            return None
+        m = self.market(ex, sid)
+        side = "sell" if p.side == "long" else "buy"
+        if price is None:
+            qt = self.quote(ex, sid)
+            px = qt.bid if side == "sell" else qt.ask
+        else:
+            px = to_decimal(price, "price", positive=True)
+        self._admin_fill(ex, m, side, p.qty, px, _utc(at) or self.now(), create_type="CreateByClosing")
+        return p
 
     def clear_positions(self, exchange: str | None = None) -> int:
         ex = normalize_exchange(exchange) if exchange is not None else None
         keys = [k for k in self.positions if ex is None or k[0] == ex]
-        for k in keys:
-            del self.positions[k]
+        for e, sid in keys:
+            self.remove_position(e, sid)
         return len(keys)
 
-    def _apply_fill(self, exchange: str, m: Market, side: str, qty: Decimal, price: Decimal) -> None:
-        key = (exchange, m.symbol_id)
-        now = self.now()
+    def admin_fill(
+        self,
+        exchange: str,
+        symbol: str,
+        side: str,
+        qty,
+        price,
+        time: datetime | None = None,
+        *,
+        order_id: str | None = None,
+        client_order_id: str | None = None,
+    ) -> Fill:
+        """One explicit fill (admin): the position changes by exactly this fill."""
+        ex = normalize_exchange(exchange)
+        q = to_decimal(qty, "qty", positive=True)
+        px = to_decimal(price, "price", positive=True)
+        m = self.ensure_market(ex, symbol, px, qty_hint=q)
+        if not m.on_step(q):
+            raise SimError(f"qty {q} is not a multiple of {m.symbol_id}'s lot size {m.qty_step}")
+        if ex == "binanceusdm" and order_id is not None and not str(order_id).isdigit():
+            raise SimError("a Binance order_id is a number")
+        return self._admin_fill(ex, m, side, q, px, _utc(time) or self.now(),
+                                order_id=order_id, client_order_id=client_order_id)
+
+    # -------------------------------------------------------------- fills
+
+    def symbol_fills(self, exchange: str, symbol: str) -> list[Fill]:
+        ex = normalize_exchange(exchange)
+        sid = normalize_symbol(symbol)
+        return [f for f in self.fills if f.exchange == ex and f.symbol == sid]
+
+    def last_fill(self, exchange: str, symbol_id: str) -> Fill | None:
+        return self._last_fill.get((exchange, symbol_id))
+
+    def first_opened(self, exchange: str, symbol_id: str) -> datetime | None:
+        """When a position was first ever opened on this symbol (Bybit ``createdTime``)."""
+        return self._first_opened.get((normalize_exchange(exchange), symbol_id))
+
+    def cum_realised_pnl(self, exchange: str, symbol_id: str) -> Decimal:
+        return self._cum_pnl.get((normalize_exchange(exchange), symbol_id), Decimal(0))
+
+    def forget_fills(self, exchange: str | None = None, symbol: str | None = None) -> int:
+        """Forget the fill history of flat symbols (refused while a position is open there)."""
+        ex = normalize_exchange(exchange) if exchange is not None else None
+        sid = normalize_symbol(symbol) if symbol is not None else None
+
+        def hit(e: str, s: str) -> bool:
+            return (ex is None or e == ex) and (sid is None or s == sid)
+
+        open_ = [f"{e} {s}" for (e, s) in self.positions if hit(e, s)]
+        if open_:
+            raise SimError(f"positions are open on {', '.join(open_)}: their fills replay to them")
+        before = len(self.fills)
+        self.fills = [f for f in self.fills if not hit(f.exchange, f.symbol)]
+        for key in [k for k in self._last_fill if hit(*k)]:
+            del self._last_fill[key]
+        return before - len(self.fills)
+
+    def _admin_fill(
+        self,
+        ex: str,
+        m: Market,
+        side: str,
+        qty: Decimal,
+        price: Decimal,
+        t: datetime,
+        *,
+        create_type: str = "CreateByUser",
+        order_id: str | None = None,
+        client_order_id: str | None = None,
+    ) -> Fill:
+        if t > self.now() + _FUTURE_SLACK:
+            raise SimError(f"fill time {iso(t)} is in the future")
+        last = self.last_fill(ex, m.symbol_id)
+        if last is not None and t < last.time:
+            raise SimError(
+                f"fill time {iso(t)} is before the last fill on {ex} {m.symbol_id} ({iso(last.time)}); "
+                "the fill history stays in time order (forget it with DELETE /_sim/fills once flat)")
+        self._admin_fills += 1
+        return self._record_fill(
+            ex, m, side, qty, price, t,
+            order_id=order_id or self.new_order_id(ex),
+            client_order_id=client_order_id or f"sim-admin-{self._admin_fills}",
+            source="admin", order_type="market", order_qty=qty, order_price=price,
+            create_type=create_type, mark_price=price,
+        )
+
+    def _record_fill(
+        self,
+        ex: str,
+        m: Market,
+        side: str,
+        qty: Decimal,
+        price: Decimal,
+        t: datetime,
+        *,
+        order_id: str,
+        client_order_id: str | None,
+        source: str,
+        order_type: str,
+        order_qty: Decimal | None,
+        order_price: Decimal | None,
+        leaves_qty: Decimal = Decimal(0),
+        create_type: str = "CreateByUser",
+        mark_price: Decimal | None = None,
+    ) -> Fill:
+        key = (ex, m.symbol_id)
+        t = t.replace(microsecond=t.microsecond // 1000 * 1000)  # exchanges keep milliseconds
         p = self.positions.get(key)
-        delta = qty if side == "buy" else -qty
-        if p is None:
-            side = "long" if delta > 0 else "short"
-            self.positions[key] = Position(exchange, m.symbol_id, side, qty, price, now, now)
-            return
-        signed = p.signed_qty
-        if (signed > 0) == (delta > 0):  # increase
-            new_qty = p.qty + qty
-            p.entry_price = ((p.entry_price * p.qty + price * qty) / new_qty).quantize(Decimal("1e-12")).normalize()
-            p.qty = new_qty
-            p.updated_at = now
-            return
-        closing = min(p.qty, qty)
-        p.realised_pnl += (price - p.entry_price) * (closing if p.side == "long" else -closing)
-        rest = qty - closing
-        p.qty -= closing
-        p.updated_at = now
-        if p.qty == 0:
+        before = (p.side, p.qty, p.entry_price) if p is not None else None
+        after, closed, pnl, opens = fold_fill(before, side, qty, price)
+        self._fill_seq += 1
+        if ex == "binanceusdm":
+            self._binance_next_trade_id += 1
+            trade_id = str(self._binance_next_trade_id)
+        else:
+            trade_id = str(uuid.UUID(int=self._exec_rng.getrandbits(128), version=4))
+        f = Fill(
+            exchange=ex, symbol=m.symbol_id, seq=self._fill_seq, trade_id=trade_id, order_id=str(order_id),
+            client_order_id=client_order_id, side=side, qty=qty, price=price, time=t, closed_qty=closed,
+            realized_pnl=pnl, source=source, order_type=order_type, order_qty=order_qty, order_price=order_price,
+            leaves_qty=leaves_qty, create_type=create_type, mark_price=mark_price, opens_episode=opens,
+            position_after=after,
+        )
+        self.fills.append(f)
+        self._last_fill[key] = f
+        if pnl:
+            self._cum_pnl[key] = self._cum_pnl.get(key, Decimal(0)) + pnl
+        if after is None:
             del self.positions[key]
-            if rest > 0:  # flip (only without reduce-only)
-                side = "long" if delta > 0 else "short"
-                self.positions[key] = Position(exchange, m.symbol_id, side, rest, price, now, now)
+        elif opens:
+            self.positions[key] = Position(ex, m.symbol_id, after[0], after[1], after[2], t, t)
+            first = self._first_opened.get(key)
+            if first is None or t < first:
+                self._first_opened[key] = t
+        else:
+            p.side, p.qty, p.entry_price = after
+            p.realised_pnl += pnl
+            p.updated_at = t
+        return f
 
     # ---------------------------------------------------------------- orders
 
@@ -954,7 +1268,15 @@ class SimState:
                 if time_in_force == "FOK":
                     fill = Decimal(0)
         if fill > 0:
-            self._apply_fill(ex, m, side, fill, touch)
+            last = self.last_fill(ex, m.symbol_id)
+            t = now if last is None or now >= last.time else last.time  # never before the last fill
+            leaves = (order.effective_qty - fill) if not immediate else Decimal(0)
+            self._record_fill(
+                ex, m, side, fill, touch, t,
+                order_id=order.order_id, client_order_id=client_order_id, source="order", order_type=type,
+                order_qty=order.effective_qty, order_price=price, leaves_qty=max(leaves, Decimal(0)),
+                mark_price=q.last,
+            )
             order.filled_qty = fill
             order.avg_price = touch
             t = self._tracks[(ex, m.symbol_id)]
@@ -991,11 +1313,24 @@ class SimState:
         self._orders_by_client_id.clear()
 
     def reset(self) -> None:
-        """Forget positions, orders and faults, back to one-way mode (markets and prices stay)."""
+        """Forget positions, fills, orders and faults, back to one-way mode and the default
+        settings (markets and prices stay): a fresh account."""
         self.positions.clear()
+        self.fills.clear()
+        self._last_fill.clear()
+        self._first_opened.clear()
+        self._cum_pnl.clear()
         self.clear_orders()
         self.faults.clear()
         self.hedge_mode = {ex: False for ex in EXCHANGES}
+        self.position_open_time = dict(DEFAULT_POSITION_OPEN_TIME)
+
+    def set_position_open_time(self, exchange: str, mode: str) -> None:
+        ex = normalize_exchange(exchange)
+        allowed = POSITION_OPEN_TIME_MODES[ex]
+        if mode not in allowed:
+            raise SimError(f"{ex}: position_open_time must be one of {list(allowed)}, got {mode!r}")
+        self.position_open_time[ex] = mode
 
     def quotes_snapshot(self) -> list[dict]:
         out = []
@@ -1017,6 +1352,17 @@ class SimState:
                     }
                 )
         return out
+
+
+_FUTURE_SLACK = timedelta(seconds=1)
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
 
 
 def iter_exchanges(exchange: str | None) -> Iterable[str]:

@@ -95,10 +95,13 @@ async def test_positions_create_replace_list_and_clear(sim):
     assert s == 200
     assert (p["symbol"], p["unified_symbol"], p["side"], p["qty"], p["entry_price"], p["opened_at"]) == (
         "BTCUSDT", "BTC/USDT:USDT", "long", "0.5", "60000", "2026-03-01T10:00:00.000Z")
-    # unified symbol, numbers as JSON numbers, replaces the first
+    # unified symbol, numbers as JSON numbers; the other side is a flip: one fill through zero
     s, p = await http("POST", url, {"exchange": "bybit", "symbol": "BTC/USDT:USDT", "side": "short", "qty": 0.25,
                                     "entry_price": 61000.5})
     assert s == 200 and (p["side"], p["qty"], p["entry_price"]) == ("short", "0.25", "61000.5")
+    assert [(f["side"], f["qty"], f["price"], f["opens_episode"]) for f in p["fills"]] == [
+        ("sell", "0.75", "61000.5", True)]
+    assert p["first_opened_at"] == "2026-03-01T10:00:00.000Z" and p["opened_at"] != p["first_opened_at"]
     await http("POST", url, {"exchange": "binance", "symbol": "ethusdt", "side": "long", "qty": "3",
                              "entry_price": "3000", "opened_at": "2026-03-01T12:00:00+02:00"})
     s, lst = await http("GET", url)

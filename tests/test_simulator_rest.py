@@ -150,7 +150,7 @@ async def test_ticker_and_bid_ask_follow_the_simulated_book(sim, loaded):
         await aio(loaded["bybit"].publicGetV5MarketTickers, {"category": "linear", "symbol": "NOPEUSDT"})
 
 
-async def test_fetch_positions_reports_side_size_entry_and_open_time(sim, loaded):
+async def test_fetch_positions_reports_side_size_entry_and_times(sim, loaded):
     opened = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     for ex in EXCHANGES:
         sim.state.set_position(ex, "BTCUSDT", "long", "0.5", "60000", opened)
@@ -160,8 +160,19 @@ async def test_fetch_positions_reports_side_size_entry_and_open_time(sim, loaded
         assert set(got) == {BTC, ETH}, ex
         assert (got[BTC]["side"], got[BTC]["contracts"], got[BTC]["entryPrice"]) == ("long", 0.5, 60000.0)
         assert (got[ETH]["side"], got[ETH]["contracts"], got[ETH]["entryPrice"]) == ("short", 2.0, 3000.5)
+        # ccxt's timestamp: Bybit createdTime / Binance updateTime, both the opening so far
         assert got[BTC]["timestamp"] == int(opened.timestamp() * 1000)
         assert got[BTC]["marginMode"] == "cross" or ex == "bybit"
+    # closed and opened again: Bybit's createdTime is the first position ever on the symbol,
+    # not the current one's opening; Binance's updateTime is the last change
+    reopened = opened + timedelta(days=30)
+    for ex in EXCHANGES:
+        sim.state.remove_position(ex, "BTCUSDT", at=reopened - timedelta(minutes=1))
+        sim.state.set_position(ex, "BTCUSDT", "short", "0.1", "61000", reopened)
+    for ex, client in loaded.items():
+        [p] = await aio(client.fetch_positions, [BTC])
+        assert p["side"] == "short"
+        assert p["timestamp"] == int((opened if ex == "bybit" else reopened).timestamp() * 1000), ex
     # Bybit answers a flat symbol with a size-0 row, as the real API does: filter on contracts
     flat = await aio(loaded["bybit"].fetch_positions, ["SOL/USDT:USDT"])
     assert [p["contracts"] for p in flat] == [0.0]
