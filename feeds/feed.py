@@ -36,7 +36,7 @@ protocol object (:mod:`feeds.bybit`, :mod:`feeds.binance`).
   ``rest_quote`` (one per symbol at a time, at most every ``rest_poll_interval``), or —
   only without a working REST source — the next tick or the mark price. Counted in
   ``stats.suspects`` / ``suspects_confirmed`` / ``suspects_rejected`` and logged
-  (rate-limited).
+  (rate-limited). ``suspect_threshold=None`` turns this off (synthetic benchmark streams).
 
 ``run`` lets only cancellation out: connection failures of any kind are logged, counted
 and retried.
@@ -233,7 +233,7 @@ class Feed:
         protocol: ExchangeProtocol | None = None,
         connect_timeout: float = 10.0,
         rest_timeout: float = 10.0,
-        suspect_threshold: Decimal | str | float = DEFAULT_THRESHOLD,
+        suspect_threshold: Decimal | str | float | None = DEFAULT_THRESHOLD,
     ):
         self.exchange = exchange
         self.ws_url = ws_url

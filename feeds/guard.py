@@ -63,16 +63,18 @@ class _Held:
 class QuoteGuard:
     """Per-symbol anchors and held suspects of one feed. See the module docstring.
 
-    Counters: ``suspects`` (ticks held), ``confirmed`` (suspects released by a second
+    ``threshold=None`` turns the guard off: for synthetic streams (benchmarks) whose
+    prices jump on purpose. Counters: ``suspects`` (ticks held), ``confirmed`` (suspects released by a second
     source), ``rejected`` (suspects dropped: refuted by REST or superseded by a tick in
     range of the anchor).
     """
 
-    def __init__(self, threshold: Decimal | str | float = DEFAULT_THRESHOLD):
-        threshold = Decimal(str(threshold))
-        if not threshold.is_finite() or threshold <= 0:
-            raise ValueError(f"the suspect threshold must be a positive fraction, got {threshold}")
-        self.threshold = threshold
+    def __init__(self, threshold: Decimal | str | float | None = DEFAULT_THRESHOLD):
+        if threshold is not None:
+            threshold = Decimal(str(threshold))
+            if not threshold.is_finite() or threshold <= 0:
+                raise ValueError(f"the suspect threshold must be a positive fraction, got {threshold}")
+        self.threshold = threshold  # None: the guard is off (every tick is accepted)
         self._anchor: dict[str, Decimal] = {}
         self._held: dict[str, _Held] = {}
         self.suspects = 0
@@ -106,6 +108,8 @@ class QuoteGuard:
         ``stream_vouches``: the next tick or the mark price may confirm (no REST answer
         can be had); ``mark_info(symbol) -> (mark, frame that set it)``.
         """
+        if self.threshold is None:
+            return ACCEPTED
         symbol = tick.symbol
         prices = actionable_prices(tick.bid, tick.ask, tick.last)
         if not prices:

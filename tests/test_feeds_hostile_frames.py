@@ -308,6 +308,9 @@ def test_the_threshold_is_configurable():
     assert QuoteGuard().check(tick("106"), 1) is ACCEPTED
     with pytest.raises(ValueError):
         QuoteGuard("0")
+    off = QuoteGuard(None)  # off: synthetic streams (benchmarks)
+    off.check(tick("100"), 1)
+    assert off.check(tick("100000"), 2) is ACCEPTED and off.suspects == 0
 
 
 def test_last_counts_only_where_a_side_is_missing():
