@@ -23,7 +23,8 @@ streams).
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from decimal import Decimal
+from typing import Iterable, NamedTuple
 
 from feeds.protocol import (
     Ack,
@@ -50,12 +51,21 @@ def _dumps(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-class _BookState:
-    __slots__ = ("bid_s", "ask_s", "last_s", "bid", "ask", "last")
+class _BookState(NamedTuple):
+    """Last accepted best bid/ask (bookTicker) and last trade (aggTrade) of one symbol.
 
-    def __init__(self):
-        self.bid_s = self.ask_s = self.last_s = None
-        self.bid = self.ask = self.last = None
+    Immutable: a frame builds a new value, stored only once the whole frame is valid.
+    """
+
+    bid_s: str | None = None
+    ask_s: str | None = None
+    last_s: str | None = None
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    last: Decimal | None = None
+
+
+_EMPTY = _BookState()
 
 
 class BinanceProtocol(ExchangeProtocol):
@@ -111,6 +121,7 @@ class BinanceProtocol(ExchangeProtocol):
     # -- incoming ----------------------------------------------------------------------
 
     def parse(self, raw: str | bytes, received_at: float) -> ParseResult:
+        self.frames += 1
         try:
             msg = loads(raw)
         except Exception:  # any decoder error, recursion limit, bad UTF-8, ...
@@ -143,35 +154,36 @@ class BinanceProtocol(ExchangeProtocol):
         sid, symbol = self._symbol(msg)
         bid_s = msg.get("b")
         ask_s = msg.get("a")
-        st = self._state.get(sid)
-        if st is not None and bid_s == st.bid_s and ask_s == st.ask_s:
-            return Alive(symbol)  # only a quantity changed
+        old = self._state.get(sid, _EMPTY)
+        if old.bid_s is not None and bid_s == old.bid_s and ask_s == old.ask_s:
+            return Alive(symbol)  # only a quantity changed (the prices were validated before)
+        # validate the whole frame, then commit a new value
         bid = parse_price(bid_s, "bid")
         ask = parse_price(ask_s, "ask")
         if bid > ask:
             return Malformed("crossed book", excerpt(raw), f"bid {bid_s} > ask {ask_s}")
-        if st is None:
-            st = self._state[sid] = _BookState()
-        st.bid_s, st.ask_s, st.bid, st.ask = bid_s, ask_s, bid, ask
+        self._state[sid] = _BookState(bid_s, ask_s, old.last_s, bid, ask, old.last)
         ts = msg.get("E")
         if ts is None:
             ts = msg.get("T")
-        return Tick(self.exchange, symbol, bid, ask, st.last, ms_to_datetime(ts), received_at)
+        return Tick(self.exchange, symbol, bid, ask, old.last, ms_to_datetime(ts), received_at)
 
     def _agg_trade(self, msg: dict, received_at: float, raw) -> ParseResult:
         sid, symbol = self._symbol(msg)
         last_s = msg.get("p")
-        st = self._state.get(sid)
-        if st is not None and last_s is not None and last_s == st.last_s:
+        old = self._state.get(sid, _EMPTY)
+        if old.last_s is not None and last_s == old.last_s:
             return Alive(symbol)
         last = parse_price(last_s, "price")
-        if st is None:
-            st = self._state[sid] = _BookState()
-        st.last_s, st.last = last_s, last
+        self._state[sid] = old._replace(last_s=last_s, last=last)
         ts = msg.get("E")
         if ts is None:
             ts = msg.get("T")
-        return Tick(self.exchange, symbol, st.bid, st.ask, last, ms_to_datetime(ts), received_at)
+        return Tick(self.exchange, symbol, old.bid, old.ask, last, ms_to_datetime(ts), received_at)
+
+    def state(self) -> dict[str, _BookState]:
+        """A copy of the per-symbol state (immutable values): for tests and debugging."""
+        return dict(self._state)
 
     def _control(self, msg: dict, raw) -> ParseResult:
         req_id = msg.get("id")

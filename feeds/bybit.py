@@ -23,8 +23,10 @@ An empty string for a price means "no value" (e.g. an empty book side) and clear
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from decimal import Decimal
+from typing import Iterable, NamedTuple
 
+from exchanges.symbols import exchange_symbol_id
 from feeds.protocol import (
     Ack,
     Alive,
@@ -53,21 +55,34 @@ def _dumps(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-class _TickerState:
-    """Last known ticker of one symbol: raw strings (for cheap change detection) and Decimals."""
+class _TickerState(NamedTuple):
+    """Last accepted ticker of one symbol: raw strings (cheap change detection) and Decimals.
 
-    __slots__ = ("bid_s", "ask_s", "last_s", "mark_s", "bid", "ask", "last", "mark")
+    Immutable: a frame builds a new value and the protocol stores it only once the whole
+    frame is valid, so a rejected frame leaves the previous value exactly as it was.
+    ``mark_frame`` is the number of the frame (:attr:`BybitProtocol.frames`) whose
+    ``markPrice`` set the current mark.
+    """
 
-    def __init__(self):
-        self.bid_s = self.ask_s = self.last_s = self.mark_s = None
-        self.bid = self.ask = self.last = self.mark = None
+    bid_s: str | None = None
+    ask_s: str | None = None
+    last_s: str | None = None
+    mark_s: str | None = None
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    last: Decimal | None = None
+    mark: Decimal | None = None
+    mark_frame: int = 0
 
 
 _EMPTY = _TickerState()
 
 
 def _merge(new_s, old_s, old_v, field):
-    """One field of a snapshot/delta: (raw, value). Missing → unchanged; "" → cleared."""
+    """One field of a snapshot/delta: (raw, value). Missing → unchanged; "" → cleared.
+
+    Raises :class:`BadValue` for a value that is neither a price string nor "".
+    """
     if new_s is None or new_s == old_s:
         return old_s, old_v
     if new_s == "":
@@ -120,6 +135,7 @@ class BybitProtocol(ExchangeProtocol):
     # -- incoming ----------------------------------------------------------------------
 
     def parse(self, raw: str | bytes, received_at: float) -> ParseResult:
+        self.frames += 1
         try:
             msg = loads(raw)
         except Exception:  # any decoder error, recursion limit, bad UTF-8, ...
@@ -157,26 +173,24 @@ class BybitProtocol(ExchangeProtocol):
             return Malformed("data.symbol does not match the topic", excerpt(raw))
         symbol = self.unified(sid)
 
+        # validate the whole frame into a new value; nothing is stored unless it all holds
         get = data.get
         bid_s, bid = _merge(get("bid1Price"), old.bid_s, old.bid, "bid1Price")
         ask_s, ask = _merge(get("ask1Price"), old.ask_s, old.ask, "ask1Price")
         last_s, last = _merge(get("lastPrice"), old.last_s, old.last, "lastPrice")
         mark_s, mark = _merge(get("markPrice"), old.mark_s, old.mark, "markPrice")
+        changed = kind == "snapshot" or bid_s != old.bid_s or ask_s != old.ask_s or last_s != old.last_s
+        if changed:
+            if bid is not None and ask is not None and bid > ask:
+                return Malformed("crossed book", excerpt(raw), f"bid {bid_s} > ask {ask_s}")
+            if bid is None and ask is None and last is None:
+                return Malformed("ticker without any price", excerpt(raw))
+        mark_frame = self.frames if mark_s != old.mark_s else old.mark_frame
 
-        # every field is valid: commit
-        st = old if old is not _EMPTY else _TickerState()
-        changed = kind == "snapshot" or bid_s != st.bid_s or ask_s != st.ask_s or last_s != st.last_s
-        st.bid_s, st.ask_s, st.last_s, st.mark_s = bid_s, ask_s, last_s, mark_s
-        st.bid, st.ask, st.last, st.mark = bid, ask, last, mark
-        if old is _EMPTY:
-            self._state[sid] = st
-
+        # valid: commit
+        self._state[sid] = _TickerState(bid_s, ask_s, last_s, mark_s, bid, ask, last, mark, mark_frame)
         if not changed:
             return Alive(symbol)
-        if bid is not None and ask is not None and bid > ask:
-            return Malformed("crossed book", excerpt(raw), f"bid {bid_s} > ask {ask_s}")
-        if bid is None and ask is None and last is None:
-            return Malformed("ticker without any price", excerpt(raw))
         return Tick(self.exchange, symbol, bid, ask, last, ms_to_datetime(msg.get("ts")), received_at)
 
     def _control(self, msg: dict, raw) -> ParseResult:
@@ -201,3 +215,17 @@ class BybitProtocol(ExchangeProtocol):
         """Last known mark price of an exchange symbol id on this connection."""
         st = self._state.get(symbol_id)
         return st.mark if st is not None else None
+
+    def mark_info(self, symbol: str) -> tuple[Decimal | None, int]:
+        """(mark price, number of the frame that set it) of a unified symbol; (None, 0) if unknown."""
+        try:
+            st = self._state.get(exchange_symbol_id(symbol))
+        except ValueError:
+            return None, 0
+        if st is None or st.mark is None:
+            return None, 0
+        return st.mark, st.mark_frame
+
+    def state(self) -> dict[str, _TickerState]:
+        """A copy of the per-symbol state (immutable values): for tests and debugging."""
+        return dict(self._state)

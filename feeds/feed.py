@@ -28,7 +28,15 @@ protocol object (:mod:`feeds.bybit`, :mod:`feeds.binance`).
   polled with ``rest_quote`` every ``rest_poll_interval`` seconds and those quotes are
   fanned out as ticks with ``source="rest"``; the first stream update clears it.
 * **Bad input** (see :mod:`feeds.protocol`) is counted in :attr:`Feed.stats` and logged
-  (rate-limited); it never stops the feed.
+  (rate-limited); it never stops the feed. A rejected frame changes nothing: the
+  protocols validate a whole frame before they store anything of it.
+* **Suspect quotes** (see :mod:`feeds.guard`): a well-formed stream tick whose prices are
+  more than ``suspect_threshold`` (20 %) away from the symbol's last accepted price is
+  held, not fanned out, until a second source agrees: a REST look-up through
+  ``rest_quote`` (one per symbol at a time, at most every ``rest_poll_interval``), or —
+  only without a working REST source — the next tick or the mark price. Counted in
+  ``stats.suspects`` / ``suspects_confirmed`` / ``suspects_rejected`` and logged
+  (rate-limited). ``suspect_threshold=None`` turns this off (synthetic benchmark streams).
 
 ``run`` lets only cancellation out: connection failures of any kind are logged, counted
 and retried.
@@ -50,6 +58,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 from exchanges.symbols import exchange_symbol_id
 from feeds.binance import BinanceProtocol
 from feeds.bybit import BybitProtocol
+from feeds.guard import CONFIRMED, DEFAULT_THRESHOLD, HELD, QuoteGuard
 from feeds.protocol import (
     Ack,
     Alive,
@@ -58,6 +67,7 @@ from feeds.protocol import (
     Malformed,
     Pong,
     RequestError,
+    excerpt,
 )
 from feeds.tick import LatestTickSender, Tick, open_tick_channel
 
@@ -104,6 +114,10 @@ class FeedStats:
     rest_errors: int = 0
     errors: int = 0  # unexpected exceptions (bugs?) that ended a connection
     stale_events: int = 0  # times a symbol became stale
+    suspects: int = 0  # well-formed stream ticks held as suspect (far from the last accepted price)
+    suspects_confirmed: int = 0  # held ticks a second source agreed with (then delivered)
+    suspects_rejected: int = 0  # held ticks dropped (refuted by REST, or superseded)
+    suspect_checks: int = 0  # REST look-ups made to judge a held tick
     connected: bool = False
     malformed_reasons: dict[str, int] = field(default_factory=dict)
     ignored_reasons: dict[str, int] = field(default_factory=dict)
@@ -136,6 +150,10 @@ class FeedStats:
             "rest_errors": self.rest_errors,
             "errors": self.errors,
             "stale_events": self.stale_events,
+            "suspects": self.suspects,
+            "suspects_confirmed": self.suspects_confirmed,
+            "suspects_rejected": self.suspects_rejected,
+            "suspect_checks": self.suspect_checks,
             "connected": self.connected,
             "malformed_reasons": dict(self.malformed_reasons),
             "ignored_reasons": dict(self.ignored_reasons),
@@ -215,6 +233,7 @@ class Feed:
         protocol: ExchangeProtocol | None = None,
         connect_timeout: float = 10.0,
         rest_timeout: float = 10.0,
+        suspect_threshold: Decimal | str | float | None = DEFAULT_THRESHOLD,
     ):
         self.exchange = exchange
         self.ws_url = ws_url
@@ -229,6 +248,7 @@ class Feed:
         self.rest_timeout = rest_timeout
         self.log = logger if logger is not None else logging.getLogger(f"feeds.{exchange}")
         self.stats = FeedStats()
+        self.guard = QuoteGuard(suspect_threshold)
 
         # subscriptions: unified symbol → {receive channel: sender}
         self._subs: dict[str, dict[trio.MemoryReceiveChannel, LatestTickSender]] = {}
@@ -239,6 +259,9 @@ class Feed:
         self._changed = trio.Event()  # subscription set changed
         self._stale = self.stats.stale_symbols
         self._pollers: dict[str, trio.CancelScope] = {}
+        self._checkers: dict[str, trio.CancelScope] = {}  # REST look-ups judging a held tick
+        self._last_check: dict[str, float] = {}
+        self._rest_failing: set[str] = set()  # the last REST look-up of these failed
         self._nursery: trio.Nursery | None = None
         self._connected = trio.Event()
         self._last_rx = 0.0
@@ -298,6 +321,12 @@ class Feed:
         scope = self._pollers.pop(symbol, None)
         if scope is not None:
             scope.cancel()
+        scope = self._checkers.pop(symbol, None)
+        if scope is not None:
+            scope.cancel()
+        self.guard.discard_held(symbol)  # the anchor stays: a later subscriber is judged against it
+        self._last_check.pop(symbol, None)
+        self._rest_failing.discard(symbol)
         self._changed.set()
         self.log.info("%s: unsubscribe %s", self.exchange, symbol)
 
@@ -341,9 +370,10 @@ class Feed:
                 await self._connection_loop()
             finally:
                 self._nursery = None
-                for scope in self._pollers.values():
+                for scope in [*self._pollers.values(), *self._checkers.values()]:
                     scope.cancel()
                 self._pollers.clear()
+                self._checkers.clear()
                 self._stale.clear()
                 self._live.clear()
                 self.stats.connected = False
@@ -445,6 +475,20 @@ class Feed:
         subs = self._subs.get(symbol)
         if subs is None:
             return  # e.g. late update after an unsubscribe
+        guard = self.guard
+        had_held = symbol in guard._held
+        verdict = guard.check(tick, self.protocol.frames, stream_vouches=self._stream_vouches(symbol),
+                              mark_info=self.protocol.mark_info)
+        if verdict is HELD:
+            self._on_suspect(tick)
+            return
+        if verdict is CONFIRMED:
+            self._on_confirmed(tick, "the next tick")
+        elif had_held:  # a tick in range superseded the held one
+            self._sync_guard_stats()
+        self._deliver(symbol, subs, tick, t)
+
+    def _deliver(self, symbol: str, subs: dict, tick: Tick, t: float) -> None:
         self.stats.last_stream_at[symbol] = t
         if symbol in self._stale:
             self._recovered(symbol, t)
@@ -471,6 +515,12 @@ class Feed:
             stats.alive += 1
             symbol = result.symbol
             if symbol in self._subs:
+                if symbol in self.guard._held and self._stream_vouches(symbol):
+                    released = self.guard.on_mark(symbol, self.protocol.mark_info)
+                    if released is not None:
+                        self._on_confirmed(released, "the mark price")
+                        self._deliver(symbol, self._subs[symbol], released, t)
+                        return
                 stats.last_stream_at[symbol] = t
                 if symbol in self._stale:
                     self._recovered(symbol, t)
@@ -493,15 +543,108 @@ class Feed:
                 self.log.info("%s: ignored message: %s", self.exchange, result.reason)
         elif kind is RequestError:
             stats.request_errors += 1
-            self.log.error(
-                "%s: %s refused by the exchange: %s (req %s)", self.exchange, result.op, result.message, result.req_id
-            )
+            # a refusal of one of our requests is always logged; one that answers no request
+            # of ours (a confused or hostile server can send any number) is rate-limited
+            ok, suppressed = (True, 0) if result.symbols else self._limiter.allow("request-error")
+            if ok:
+                more = f" ({suppressed} more since the last report)" if suppressed else ""
+                self.log.error("%s: %s refused by the exchange: %s (req %s)%s", self.exchange, result.op,
+                               excerpt(result.message), result.req_id, more)
             if result.op.lower() == "subscribe":
                 self._subscribe_refused(result.symbols)
         elif kind is Pong or kind is Ack:
             pass
         else:  # pragma: no cover - a protocol returned something new
             stats.ignored += 1
+
+    # -- suspect quotes -------------------------------------------------------------------
+
+    def _stream_vouches(self, symbol: str) -> bool:
+        """May the stream confirm its own suspect ticks? Only when no REST answer can be had."""
+        return self.rest_quote is None or self._nursery is None or symbol in self._rest_failing
+
+    def _sync_guard_stats(self) -> None:
+        g, s = self.guard, self.stats
+        s.suspects, s.suspects_confirmed, s.suspects_rejected = g.suspects, g.confirmed, g.rejected
+
+    def _on_suspect(self, tick: Tick) -> None:
+        self._sync_guard_stats()
+        symbol = tick.symbol
+        ok, suppressed = self._limiter.allow("suspect")
+        if ok:
+            more = f" ({suppressed} more since the last report)" if suppressed else ""
+            self.log.warning(
+                "%s: suspect quote for %s held (bid %s ask %s last %s; last accepted price %s, more than %s%% "
+                "away); waiting for a second source%s", self.exchange, tick.symbol, tick.bid, tick.ask, tick.last,
+                self.guard.anchor(tick.symbol), self.guard.threshold * 100, more)
+        if self.rest_quote is not None and self._nursery is not None and symbol not in self._checkers:
+            scope = trio.CancelScope()
+            self._checkers[symbol] = scope
+            self._nursery.start_soon(self._check_suspect, symbol, scope)
+
+    def _on_confirmed(self, tick: Tick, source: str) -> None:
+        self._sync_guard_stats()
+        self.log.info("%s: suspect quote for %s confirmed by %s (bid %s ask %s last %s)", self.exchange,
+                      tick.symbol, source, tick.bid, tick.ask, tick.last)
+
+    async def _check_suspect(self, symbol: str, scope: trio.CancelScope) -> None:
+        """Ask REST about ``symbol`` while it has a held tick (at most every rest_poll_interval)."""
+        with scope:
+            try:
+                while self.guard.held(symbol) is not None and symbol in self._subs:
+                    last = self._last_check.get(symbol)
+                    if last is not None:
+                        await trio.sleep_until(last + self.rest_poll_interval)
+                        if self.guard.held(symbol) is None:
+                            break
+                    self._last_check[symbol] = trio.current_time()
+                    self.stats.suspect_checks += 1
+                    try:
+                        with trio.fail_after(self.rest_timeout):
+                            quote = await self.rest_quote(symbol)
+                    except Exception as exc:  # REST trouble: the stream may vouch meanwhile
+                        self.stats.rest_errors += 1
+                        self._rest_failing.add(symbol)
+                        ok, suppressed = self._limiter.allow("rest-check:" + symbol)
+                        if ok:
+                            more = f" ({suppressed} more)" if suppressed else ""
+                            self.log.warning("%s: REST look-up of a suspect quote for %s failed: %s%s",
+                                             self.exchange, symbol, _describe(exc), more)
+                        continue
+                    self._rest_failing.discard(symbol)
+                    prices = self._rest_prices(symbol, quote)
+                    if prices is None or symbol not in self._subs:
+                        continue
+                    released = self.guard.on_rest(symbol, *prices)
+                    self._sync_guard_stats()
+                    if released is not None:
+                        self._on_confirmed(released, "a REST look-up")
+                        if symbol not in self._stale:
+                            self._deliver(symbol, self._subs[symbol], released, trio.current_time())
+                    else:
+                        ok, suppressed = self._limiter.allow("suspect-dropped")
+                        if ok:
+                            more = f" ({suppressed} more since the last report)" if suppressed else ""
+                            self.log.warning("%s: suspect quote for %s dropped: REST says bid %s ask %s last %s%s",
+                                             self.exchange, symbol, *prices, more)
+            finally:
+                if self._checkers.get(symbol) is scope:
+                    del self._checkers[symbol]
+
+    def _rest_prices(self, symbol: str, quote) -> tuple | None:
+        """(bid, ask, last) of a REST quote, or None (logged, counted) if it is unusable."""
+        bid = _valid_price(getattr(quote, "bid", None))
+        ask = _valid_price(getattr(quote, "ask", None))
+        last = _valid_price(getattr(quote, "last", None))
+        if bid is None and ask is None and last is None:
+            self.stats.rest_errors += 1
+            self.log.warning("%s: REST quote for %s has no usable price: %r", self.exchange, symbol, quote)
+            return None
+        if bid is not None and ask is not None and bid > ask:
+            self.stats.rest_errors += 1
+            self.log.warning("%s: REST quote for %s is crossed: %r", self.exchange, symbol, quote)
+            return None
+        return bid, ask, last
 
     def _subscribe_refused(self, symbols: tuple[str, ...]) -> None:
         """One bad symbol must not keep a whole batch off the stream: retry one by one."""
@@ -634,20 +777,15 @@ class Feed:
                 await trio.sleep(self.rest_poll_interval)
 
     def _on_rest_quote(self, symbol: str, quote) -> None:
-        bid = _valid_price(getattr(quote, "bid", None))
-        ask = _valid_price(getattr(quote, "ask", None))
-        last = _valid_price(getattr(quote, "last", None))
-        if bid is None and ask is None and last is None:
-            self.stats.rest_errors += 1
-            self.log.warning("%s: REST quote for %s has no usable price: %r", self.exchange, symbol, quote)
+        prices = self._rest_prices(symbol, quote)
+        if prices is None:
             return
-        if bid is not None and ask is not None and bid > ask:
-            self.stats.rest_errors += 1
-            self.log.warning("%s: REST quote for %s is crossed: %r", self.exchange, symbol, quote)
-            return
+        bid, ask, last = prices
         subs = self._subs.get(symbol)
         if subs is None or symbol not in self._stale:
             return
+        self.guard.on_rest(symbol, bid, ask, last)  # the new anchor; a held tick is settled
+        self._sync_guard_stats()
         t = trio.current_time()
         tick = Tick(self.exchange, symbol, bid, ask, last, getattr(quote, "timestamp", None), t, "rest")
         self.stats.rest_ticks += 1

@@ -227,6 +227,7 @@ class ExchangeProtocol:
         self.exchange = exchange
         self._unified: dict[str, str] = {}  # exchange id ("BTCUSDT") → unified symbol
         self.deltas_before_snapshot = 0
+        self.frames = 0  # frames parsed, ever (not reset on reconnect): numbers each frame
         # requests sent on this connection and not answered yet: req id → (op, symbols)
         self.pending: dict[str, tuple[str, tuple[str, ...]]] = {}
 
@@ -282,6 +283,11 @@ class ExchangeProtocol:
 
     def ping_message(self) -> str | None:
         return None
+
+    def mark_info(self, symbol: str) -> tuple[Decimal | None, int]:
+        """(mark price, number of the frame that set it) of a unified symbol, when the
+        stream carries a mark price; ``(None, 0)`` otherwise."""
+        return None, 0
 
     def parse(self, raw: str | bytes, received_at: float) -> ParseResult:
         raise NotImplementedError

@@ -133,6 +133,8 @@ class Metrics:
                                        registry=r)
         self.feed_malformed = Counter("aged_feed_malformed_messages_total", "Malformed stream messages",
                                       ["exchange"], registry=r)
+        self.feed_suspects = Counter("aged_feed_suspect_quotes_total", "Stream quotes held as suspect (far from the "
+                                     "last accepted price)", ["exchange"], registry=r)
         self.feed_stale_events = Counter("aged_feed_stale_events_total", "Times a symbol went stale", ["exchange"],
                                          registry=r)
         self.feed_connected = Gauge("aged_feed_connected", "1 when the stream is connected", ["exchange"],
@@ -392,6 +394,7 @@ class Metrics:
             self._delta(self.feed_reconnects.labels(exchange=name), ("reconnects", name), stats.reconnects)
             self._delta(self.feed_malformed.labels(exchange=name), ("malformed", name), stats.malformed)
             self._delta(self.feed_stale_events.labels(exchange=name), ("stale_events", name), stats.stale_events)
+            self._delta(self.feed_suspects.labels(exchange=name), ("suspects", name), getattr(stats, "suspects", 0))
             self.feed_connected.labels(exchange=name).set(1 if stats.connected else 0)
             self.feed_stale.labels(exchange=name).set(len(stats.stale_symbols))
             symbols: Iterable[str] = getattr(feed, "symbols", None) or list(stats.last_tick_at)

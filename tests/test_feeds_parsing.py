@@ -180,12 +180,14 @@ def test_bybit_bad_delta_leaves_state_untouched(bybit):
     assert t.bid == Decimal("17215.50")  # the 17000 of the rejected delta was not applied
 
 
-def test_bybit_crossed_book_is_malformed_until_uncrossed(bybit):
+def test_bybit_crossed_book_is_malformed_and_leaves_no_trace(bybit):
     bybit.parse(bybit_msg("snapshot", SNAPSHOT), 1.0)
+    before = bybit.state()
     r = bybit.parse(bybit_msg("delta", {"bid1Price": "17300"}), 2.0)
     assert isinstance(r, Malformed) and r.reason == "crossed book"
+    assert bybit.state() == before  # the crossed bid was not merged
     t = bybit.parse(bybit_msg("delta", {"ask1Price": "17301"}), 3.0)
-    assert (t.bid, t.ask) == (Decimal("17300"), Decimal("17301"))
+    assert (t.bid, t.ask) == (Decimal("17215.50"), Decimal("17301"))  # the bid the exchange quoted
 
 
 def test_bybit_control_messages():
