@@ -487,9 +487,10 @@ class CcxtExchange:
                 else:
                     fills.extend(await self._binance_fills(market_id, lo, hi))
                 lo = hi + 1
-        fills = [f for f in fills if f is not None]
-        unique = {f.fill_id: f for f in fills}
-        return sorted(unique.values(), key=lambda f: (f.time, f.fill_id))
+        # Each window's fills come oldest first; windows are walked oldest first. A stable
+        # sort by time keeps the exchange's own order for fills of the same millisecond.
+        unique = {f.fill_id: f for f in fills if f is not None}
+        return sorted(unique.values(), key=lambda f: f.time)
 
     async def _bybit_fills(self, market_id: str, lo: int, hi: int) -> list[Fill]:
         out: list[Fill] = []
@@ -511,6 +512,7 @@ class CcxtExchange:
             if not cursor or not page or cursor in seen:
                 break
             seen.add(cursor)
+        out.reverse()  # Bybit answers newest first (execTime, then seq)
         return [f for f in out if f is not None]
 
     async def _binance_fills(self, market_id: str, lo: int, hi: int, depth: int = 0) -> list[Fill]:
