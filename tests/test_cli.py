@@ -93,8 +93,9 @@ DEMO_SHOWS = {
     "the injected actor crash and its restart": lambda log: "event=child_crashed" in log
     and "event=child_restarting" in log,
     "the injected rejection and its retry": lambda log: "RateLimitExceeded" in log and "(attempt 2)" in log,
-    "XRP in progressive": lambda log: re.search(r"aged\.phase\.changed binanceusdm XRP/USDT:USDT .*"
-                                                r"to=progressive_active", log) is not None,
+    # detected in grace and then moved on, or (a slow start at 3600x) detected there
+    "XRP in progressive": lambda log: re.search(r"aged\.(phase\.changed|position\.detected) binanceusdm "
+                                                r"XRP/USDT:USDT .*phase=progressive", log) is not None,
 }
 
 
