@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=120.0,
                       help="run the policy clock this many times faster (default 120: a minute is two hours)")
     demo.add_argument("--metrics-port", type=int, default=9108, help="HTTP /metrics, /health, /stats (0 disables)")
+    demo.add_argument("--database", default=DEMO_DATABASE,
+                      help=f"the database on the server the demo empties and uses (default {DEMO_DATABASE})")
     live = sub.add_parser("live", parents=[common], help="manage real positions (or any base URLs)")
     live.add_argument("--config", required=True, help="TOML configuration file")
     live.add_argument("--dry-run", action="store_true", help="real market data and positions; send nothing")
@@ -127,7 +129,7 @@ def main(argv: list[str]) -> int:
                             lambda db: run_live(cfg, db, dry_run=args.dry_run, metrics_port=args.metrics_port))
         from service.demo import run_demo  # noqa: PLC0415
         if args.command is None:
-            args.duration, args.speed, args.metrics_port = None, 120.0, 9108
+            args.duration, args.speed, args.metrics_port, args.database = None, 120.0, 9108, DEMO_DATABASE
         if args.speed <= 0:
             print("run.py: --speed must be positive", file=sys.stderr)
             return 2
@@ -135,7 +137,7 @@ def main(argv: list[str]) -> int:
         return trio.run(functools.partial(_with_db, None, lambda db: run_demo(db, duration=args.duration,
                                                                             speed=args.speed,
                                                                             metrics_port=args.metrics_port),
-                                          database=DEMO_DATABASE, fresh_schema=True))
+                                          database=args.database, fresh_schema=True))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

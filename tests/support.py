@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import contextmanager
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -10,6 +12,36 @@ import trio
 from actors.clock import PolicyClock
 from actors.position import Settings
 from feeds.memory import MemoryFeed  # noqa: F401 - tests import it from here
+
+
+def run_asyncio(coro):
+    """Run an asyncio coroutine outside trio (fixture set-up and tear-down)."""
+    loop = asyncio.new_event_loop()  # trio_asyncio replaces the policy; use a private loop
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+@contextmanager
+def within(seconds: float, what: str):
+    """``trio.fail_after(seconds)`` that fails the test saying what did not happen.
+
+    A ceiling for a hang, never a speed assertion: pick it generously (tens of seconds
+    on the real clock), since a loaded machine only makes the wait longer.
+    """
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        raise AssertionError(f"{what}: did not happen within {seconds:g} s") from None
+
+
+async def wait_until(predicate, what: str, *, timeout: float = 60.0, interval: float = 0.01) -> None:
+    """Poll a plain (non-async) ``predicate()`` until it is true, at most ``timeout`` seconds."""
+    with within(timeout, what):
+        while not predicate():
+            await trio.sleep(interval)
 
 
 def make_service(db, exchange, feed, *, origin, **cfg):

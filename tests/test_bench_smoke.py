@@ -2,7 +2,11 @@
 
 Every bench function runs once at the suite's "tiny" size against the test database
 (real PostgreSQL, real sockets on loopback, the real clock) and must produce each of
-its keys as a positive number. Nothing here judges speed: no timing thresholds.
+its keys as a positive number. Nothing here judges speed: no timing thresholds. The
+one key that may be 0 is ``max_ticks_per_s``, the highest rate the pipeline
+*sustained* (its own latency criteria, see bench/pipeline.py): on a loaded machine no
+rate may meet them, and then 0 is the right answer; there the steps it measured are
+checked instead.
 """
 
 import json
@@ -21,11 +25,15 @@ async def test_every_bench_produces_its_keys_as_positive_numbers(database_url):
         if bench.name == "pipeline":
             floor = result["details"]["durable_commit_floor_ms"]
             assert floor["commits"] == 20 and 0 < floor["p50_ms"] <= floor["p99_ms"], floor
+            steps = result["details"]["steps"]
+            assert steps and all(step["received"] > 0 and isinstance(step["sustained"], bool) for step in steps)
+            sustained = [step["offered_per_s"] for step in steps if step["sustained"]]
+            assert result["max_ticks_per_s"] == max(sustained, default=0), steps
     assert set(results) == set(KEYS)
     for key in KEYS:
         value = results[key]
         assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
-        assert value > 0, (key, value)
+        assert value >= 0 if key == "max_ticks_per_s" else value > 0, (key, value)
 
 
 def test_command_line_writes_every_key_in_order(tmp_path):

@@ -16,6 +16,7 @@ The first block needs no simulator (client factory, error-table fix, key hygiene
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -129,18 +130,31 @@ def test_repr_and_logs_never_show_keys(name, caplog):
     assert "***" in caplog.text
 
 
-async def test_rate_limiter_credits_idle_time_but_still_paces_bursts(aio_loop):
+async def test_rate_limiter_credits_idle_time_but_still_paces_bursts(aio_loop, monkeypatch):
+    # Whether the bucket makes a call wait is read from its pacing sleeps (ccxt's leaky
+    # bucket sleeps ``delay`` while its tokens are negative), not from a stopwatch.
     client = make_ccxt_client("bybit", rest_url="http://127.0.0.1:9/bybit")  # rateLimit 20 ms
     throttle = trio_asyncio.aio_as_trio(client.throttle)
+    pacing = client.throttler.config["delay"]
+    waits = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay, *args, **kwargs):
+        if delay == pacing:
+            waits.append(delay)
+        return await real_sleep(delay, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
     try:
         await throttle(5)  # costs 5 x 20 ms = 100 ms of budget
+        assert waits == []  # a full bucket: no wait
         start = trio.current_time()
         await throttle(5)  # a burst: waits for the first call's budget
-        assert trio.current_time() - start >= 0.08
+        assert waits and trio.current_time() - start >= 0.08
         await trio.sleep(0.15)  # idle longer than the debt
-        start = trio.current_time()
+        waits.clear()
         await throttle(5)  # ccxt's stock bucket would wait ~100 ms again here
-        assert trio.current_time() - start < 0.05
+        assert waits == [], "the idle time was not credited: the call after a pause was paced"
     finally:
         await trio_asyncio.aio_as_trio(client.close)()
 
@@ -178,7 +192,7 @@ def rest_url(sim, name: str) -> str:
     return sim.base_url + ("/bybit" if name == "bybit" else "/binance")
 
 
-async def open_adapter(sim, name: str, *, timeout_ms: int = 5000, secret: str = "sim-secret") -> CcxtExchange:
+async def open_adapter(sim, name: str, *, timeout_ms: int = 30_000, secret: str = "sim-secret") -> CcxtExchange:
     ex = CcxtExchange.create(name, rest_url=rest_url(sim, name), api_key="sim-key", secret=secret, timeout_ms=timeout_ms)
     await ex.load_markets()
     return ex
@@ -444,13 +458,15 @@ async def test_rate_limit_is_retryable_with_retry_after(sim, ex):
 @needs_sim
 @pytest.mark.parametrize("name", EXCHANGES)
 async def test_dropped_reply_is_unknown_outcome_then_found(aio_loop, sim, name):
-    ex = await open_adapter(sim, name, timeout_ms=800)
+    ex = await open_adapter(sim, name)
     try:
         await set_position(sim, ex, BTC, "long", "0.5", "60000")
         await set_prices(sim, ex, BTC, "60000.0", "60000.5", "60000.2")
         await faults(sim, {"drop_reply": 1})
+        generous, ex._client.timeout = ex._client.timeout, 800  # a short timeout for the lost reply only
         with pytest.raises(UnknownOutcomeError):
             await ex.create_close_order(BTC, "long", Decimal("0.5"), "apm-11-1")
+        ex._client.timeout = generous
         found = await ex.fetch_order_by_client_id(BTC, "apm-11-1")
         assert found is not None
         assert (found.status, found.filled_qty, found.avg_price) == ("closed", Decimal("0.5"), Decimal("60000.0"))

@@ -4,9 +4,11 @@ Rules for this module:
 
 * real sockets on loopback only, every server on port 0;
 * the real clock (no MockClock: trio-websocket and hypercorn wait on real I/O);
-* short feed intervals (stale after ~0.5 s, REST every 0.1 s) so a test takes a second
-  or two, but waits are bounded generously with ``trio.fail_after`` and nothing asserts
-  on elapsed time — on a loaded machine a test gets slower, never red;
+* short feed intervals (REST every 0.1 s) so a test takes a second or two, but waits
+  are for conditions, bounded generously (``TIMEOUT``), and nothing asserts on elapsed
+  time — on a loaded machine a test gets slower, never red. A short ``stale_after`` or
+  heartbeat interval is itself a wall-clock budget, so a test sets one only for the
+  step that is meant to go stale or miss its pongs, and keeps it generous otherwise;
 * most tests use a bare starlette app with just :func:`simulator.streams.websocket_routes`
   and a :class:`simulator.state.SimState` whose random walk is never stepped, so every
   price change comes from the test; the last test runs the whole simulator
@@ -33,10 +35,12 @@ from feeds.feed import Feed
 from feeds.tick import Tick
 from simulator.state import SimState
 from simulator.streams import StreamHub, websocket_routes
+from tests.support import wait_until as support_wait_until
+from tests.support import within
 
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
-TIMEOUT = 15  # generous: bounds a hang, never measures speed
+TIMEOUT = 60  # generous: bounds a hang, never measures speed
 
 EXCHANGES = ["bybit", "binanceusdm"]
 PATHS = {"bybit": "/bybit/v5/public/linear", "binanceusdm": "/binance/ws"}
@@ -91,17 +95,15 @@ def make_feed(sim: Sim, exchange: str, **kw) -> Feed:
 
 
 async def next_tick(rx, pred=lambda t: True) -> Tick:
-    with trio.fail_after(TIMEOUT):
+    with within(TIMEOUT, "the expected tick arrived"):
         while True:
             tick = await rx.receive()
             if pred(tick):
                 return tick
 
 
-async def wait_until(cond) -> None:
-    with trio.fail_after(TIMEOUT):
-        while not cond():
-            await trio.sleep(0.01)
+async def wait_until(cond, what: str = "the awaited condition") -> None:
+    await support_wait_until(cond, what, timeout=TIMEOUT)
 
 
 def price_is(bid: str):
@@ -194,13 +196,14 @@ async def test_drop_reconnect_resubscribe(sim, nursery, exchange):
 @pytest.mark.parametrize("exchange", EXCHANGES)
 async def test_silence_goes_stale_polls_rest_then_recovers(sim, nursery, exchange):
     calls: list[str] = []
-    feed = make_feed(sim, exchange, stale_after=0.5, rest_quote=sim.rest_quote_fn(exchange, calls))
+    feed = make_feed(sim, exchange, rest_quote=sim.rest_quote_fn(exchange, calls))  # stale after 5 s
     await nursery.start(feed.run)
     rx = feed.subscribe(BTC)
     first = await next_tick(rx)
     assert first.source == "ws"
 
     sim.hub.silence(exchange)
+    feed.stale_after = 0.5  # only the silent stream is meant to go stale
     sim.set_price(exchange, "BTCUSDT", "62000.0", "62000.1", "62000.0")  # not streamed while silent
     t = await next_tick(rx, lambda x: x.source == "rest")
     assert (t.bid, t.ask, t.last) == (Decimal("62000.0"), Decimal("62000.1"), Decimal("62000.0"))
@@ -225,12 +228,16 @@ async def test_silence_goes_stale_polls_rest_then_recovers(sim, nursery, exchang
 
 
 async def test_bybit_missing_pongs_force_a_reconnect(sim, nursery):
-    feed = make_feed(sim, "bybit", heartbeat_interval=0.2)
+    # A pong must arrive within one interval: 1 s is a budget even a busy machine meets.
+    feed = make_feed(sim, "bybit", heartbeat_interval=1.0)
     await nursery.start(feed.run)
     rx = feed.subscribe(BTC)
     await next_tick(rx)
-    await trio.sleep(0.5)  # a few ping/pong rounds on a healthy connection
-    assert feed.stats.heartbeat_timeouts == 0
+    # a few ping/pong rounds on a healthy connection: the walk is off, so every message
+    # the server sends from now on is a pong
+    sent = sim.hub.stats["messages_sent"]
+    await wait_until(lambda: sim.hub.stats["messages_sent"] >= sent + 3, "three pongs sent")
+    assert feed.stats.heartbeat_timeouts == 0 and feed.stats.connects == 1
 
     sim.hub.silence("bybit")  # no pongs any more
     await wait_until(lambda: feed.stats.heartbeat_timeouts >= 1 and feed.stats.reconnects >= 1)
@@ -360,7 +367,7 @@ async def http_post_json(base_url: str, path: str, body: dict) -> dict:
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     ).encode() + payload
-    with trio.fail_after(TIMEOUT):
+    with within(TIMEOUT, f"POST {path} answered"):
         stream = await trio.open_tcp_stream(host, int(port))
         async with stream:
             await stream.send_all(request)
@@ -385,7 +392,7 @@ async def test_full_simulator_admin_faults_and_ccxt_rest_fallback(nursery, aio_l
             exchange,
             info["ws"],
             rest_quote=rest.fetch_quote,
-            stale_after=0.5,
+            stale_after=5.0,
             rest_poll_interval=0.1,
             reconnect_initial=0.05,
             reconnect_max=0.5,
@@ -409,6 +416,7 @@ async def test_full_simulator_admin_faults_and_ccxt_rest_fallback(nursery, aio_l
         assert t.source == "ws" and t.ask == Decimal("64000.5")
 
         await fault("silence")
+        feed.stale_after = 0.5  # only the silent stream is meant to go stale
         await set_price("64000.2", "64000.6")
         t = await next_tick(rx, lambda x: x.source == "rest")  # via ccxt's REST ticker
         assert (t.bid, t.ask) == (Decimal("64000.2"), Decimal("64000.6"))
@@ -437,7 +445,7 @@ async def test_full_simulator_admin_faults_and_ccxt_rest_fallback(nursery, aio_l
 
 
 async def recv_json(ws) -> dict:
-    with trio.fail_after(TIMEOUT):
+    with within(TIMEOUT, "the expected WebSocket message arrived"):
         return json.loads(await ws.get_message())
 
 

@@ -1,7 +1,8 @@
 """Metrics: a real Service on the in-memory exchange and a real PostgreSQL.
 
-Rules: lifecycle tests run the Service as tests/test_runtime.py does — trio's MockClock
-with a small autojump threshold and asyncpg's command timeout off — and read metric
+Rules: lifecycle tests run the Service as tests/test_runtime.py does — trio's autojump
+MockClock with the ``mdb`` database, which holds virtual time still while a query is in
+flight (tests/conftest.py), and asyncpg's timeouts off — and read metric
 values straight from the Metrics object's own registry. The scrape test serves
 ``/metrics`` over real HTTP on loopback (port 0) on the real clock, with a fast
 PolicyClock (one real second is one policy hour). Metric values are asserted, never
@@ -33,7 +34,7 @@ from service.alerts import AlertRouter, LogSink
 from service.http import Observability
 from service.metrics import Metrics
 from service.runtime import Service, ServiceConfig
-from tests.support import MemoryFeed, make_service, push_prices
+from tests.support import MemoryFeed, make_service, push_prices, wait_until, within
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
 SYMBOL = "BTC/USDT:USDT"
@@ -212,7 +213,7 @@ def _scrape_values(text: str) -> dict[tuple, float]:
 
 
 async def _get(port: int, path: str) -> tuple[int, str]:
-    with trio.fail_after(10):
+    with within(60, f"GET {path} answered"):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
@@ -241,9 +242,8 @@ async def test_metrics_scraped_over_http_change_while_the_system_runs(db):
         # a position that ages a policy minute from now, then a price above breakeven
         ex.set_position(SYMBOL, "long", "1", "100", opened_at=clock.now() - timedelta(hours=2, minutes=59))
         n.start_soon(push_prices, svc, feed, lambda now: ("101", "101.1"), 0.05)
-        with trio.fail_after(15):
-            while value(obs.metrics, "aged_positions_closed_total", close_reason="profitable") < 1:
-                await trio.sleep(0.05)
+        await wait_until(lambda: value(obs.metrics, "aged_positions_closed_total", close_reason="profitable") >= 1,
+                         "the position aged, crossed its target and was closed", interval=0.05)
         status, second_text = await _get(port, "/metrics")
         health_status, health = await _get(port, "/health")
         svc.shutdown()

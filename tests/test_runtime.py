@@ -2,9 +2,10 @@
 
 Rules: the exchange is :class:`exchanges.memory.MemoryExchange` and ticks come from
 :class:`tests.support.MemoryFeed`; the database is real. Lifecycle tests run on trio's
-MockClock with a small autojump threshold (virtual time jumps only when every task
-has been idle for a few real milliseconds, so database round trips are never mistaken
-for idleness), with asyncpg's own command timeout off for the same reason.
+autojump MockClock with the ``mdb`` database, which holds virtual time still while any
+of its calls is in flight (see tests/conftest.py), so a slow round trip never lets
+time jump; asyncpg's own timeouts are off. The outage test runs on the real clock and
+waits for conditions (a row, a sampled check, a fill), never for an amount of time.
 """
 
 from datetime import datetime, timedelta, timezone
@@ -18,8 +19,9 @@ from actors.position import Settings
 from exchanges.errors import RetryableError
 from exchanges.memory import MemoryExchange
 from service.runtime import Service, ServiceConfig
+from storage import ops as op
 from storage.repository import Database
-from tests.support import DatabaseProxy, MemoryFeed, make_service, push_prices
+from tests.support import DatabaseProxy, MemoryFeed, make_service, push_prices, wait_until, within
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
 SYMBOL = "BTC/USDT:USDT"
@@ -34,6 +36,23 @@ async def wait_for(predicate, timeout=3600 * 60, interval=60.0):
 async def aged_row(db):
     rows = await db.fetch("SELECT * FROM monitoring.aged_positions")
     return rows[0] if rows else None
+
+
+async def test_virtual_time_stands_still_while_a_query_is_in_flight(mock_clock, mdb):
+    # The premise of the mock-clock tests (tests/conftest.py): a slow round trip never
+    # lets virtual time jump, so no timer fires while the database is answering.
+    woke = []
+
+    async def sleeper():
+        await trio.sleep(1)
+        woke.append(trio.current_time())
+
+    async with trio.open_nursery() as n:
+        n.start_soon(sleeper)
+        before = trio.current_time()
+        await mdb.execute("SELECT pg_sleep(0.3)")  # 300 real ms with every task blocked
+        assert trio.current_time() == before and woke == []
+    assert woke == [before + 1]  # and with nothing in flight it jumps at once
 
 
 async def test_forty_hour_lifecycle_grace_progressive_close(mock_clock, mdb):
@@ -225,10 +244,11 @@ async def test_trailing_stop_position_is_skipped(mock_clock, mdb):
 
 
 async def test_database_down_then_up_loses_nothing(aio_loop, database_url, db):
-    """Real clock: the proxy cuts real connections."""
+    """Real clock: the proxy cuts real connections. Each step waits for its condition."""
     async with trio.open_nursery() as n:
         proxy = await n.start(DatabaseProxy(database_url).run)
-        pdb = await Database.connect(proxy.url, max_size=2, command_timeout=5)
+        # generous asyncpg timeouts: a slow commit must not be mistaken for an outage
+        pdb = await Database.connect(proxy.url, max_size=2, command_timeout=60, connect_timeout=60)
         ex = MemoryExchange(name="bybit")
         ex.set_position(SYMBOL, "long", "1", "100", opened_at=T0)
         feed = MemoryFeed("bybit")
@@ -236,31 +256,40 @@ async def test_database_down_then_up_loses_nothing(aio_loop, database_url, db):
                       ServiceConfig(poll_interval=0.2, settings=Settings(sample_interval=timedelta(seconds=0))),
                       PolicyClock(T0 + timedelta(hours=4), speed=60.0))  # a real second is a policy minute
         svc.writer.retry_initial = 0.05
+        svc.writer.retry_max = 0.5  # retries soon after the restore, however long the outage was
+        sampled = []  # every price-check row the actor hands the writer
+        submit = svc.writer.submit
+
+        def spy(*items):
+            sampled.extend(i for i in items if isinstance(i, op.AddEvent) and i.event_type == "price_check")
+            submit(*items)
+        svc.writer.submit = spy
         n.start_soon(svc.run)
-        with trio.fail_after(20):  # the actor has loaded its state: it can carry on without the database
+        with within(60, "the aged position was detected and its actor has loaded its state"):
             while await aged_row(db) is None or not svc.ctx.state_cache:
                 await trio.sleep(0.05)
         await proxy.cut()
         for i in range(20):  # ticks while the database is away: sampled checks pile up in the buffer
+            before = len(sampled)
             feed.push(SYMBOL, bid=f"{95 + i / 10}", ask="101")
-            await trio.sleep(0.05)
+            await wait_until(lambda: len(sampled) > before, f"tick {i} during the outage was sampled")
         ex.set_quote(SYMBOL, "101", "101.1")
         feed.push(SYMBOL, bid="101", ask="101.1")  # and the close happens during the outage
-        with trio.fail_after(20):
-            while SYMBOL in ex.positions:
-                await trio.sleep(0.05)
-        assert not svc.writer.database_up and svc.writer.depth > 0
+        await wait_until(lambda: SYMBOL not in ex.positions, "the close order filled during the outage")
+        await wait_until(lambda: not svc.writer.database_up, "the writer noticed the outage")
+        assert svc.writer.depth > 0
         proxy.restore()
-        with trio.fail_after(30):
+        with within(60, "the closed status reached the database after the restore"):
             while (await aged_row(db))["status"] != "closed":
                 await trio.sleep(0.1)
-        with trio.fail_after(10):
+        with within(60, "the writer flushed its buffer after the restore"):
             await svc.writer.wait_flushed()
         svc.shutdown()
         await pdb.close()
         n.cancel_scope.cancel()
     row = await aged_row(db)
     assert row["close_reason"] == "profitable" and len(ex.orders) == 1
+    assert len(sampled) >= 20
     checks = await db.events(row["id"], "price_check")
     assert len(checks) >= 20  # every sampled check made during the outage was written afterwards
     [wal] = await db.close_orders(row["id"])

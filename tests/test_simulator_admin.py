@@ -29,6 +29,7 @@ import trio
 import trio_websocket
 
 from simulator.server import serve_simulator
+from tests.support import within
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,7 @@ async def http(method: str, url: str, body=None, *, raw: bytes | None = None, he
         req = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json", **(headers or {})})
         try:
-            with urllib.request.urlopen(req, timeout=5) as r:
+            with urllib.request.urlopen(req, timeout=60) as r:
                 status, payload = r.status, r.read()
         except urllib.error.HTTPError as e:
             status, payload = e.code, e.read()
@@ -219,12 +220,12 @@ async def test_ws_faults_reach_the_stream_hub(sim):
     # drop: a live subscriber is cut off
     async with trio_websocket.open_websocket_url(sim.info()["bybit"]["ws"]) as ws:
         await ws.send_message(json.dumps({"op": "subscribe", "req_id": "1", "args": ["tickers.BTCUSDT"]}))
-        with trio.fail_after(3):
+        with within(60, "the subscription was answered"):
             first = json.loads(await ws.get_message())
             assert first.get("success") is True or first.get("topic") == "tickers.BTCUSDT"
         s, f = await http("POST", url, {"ws": "drop", "exchange": "bybit"})
         assert s == 200 and f["ws"]["bybit"] == "drop"
-        with trio.fail_after(3), pytest.raises(trio_websocket.ConnectionClosed):
+        with within(60, "the dropped connection was closed"), pytest.raises(trio_websocket.ConnectionClosed):
             while True:
                 await ws.get_message()
 
@@ -403,10 +404,10 @@ def test_command_line_prints_its_urls_keys_and_a_config_and_exits_cleanly_on_ctr
         admin = admin_line.split()[2]
         assert admin.startswith("http://127.0.0.1:") and admin.endswith("/_sim")
         assert any("key 'sim-key' secret 'sim-secret'" in line for line in printed)
-        with urllib.request.urlopen(admin + "/info", timeout=5) as r:
+        with urllib.request.urlopen(admin + "/info", timeout=60) as r:
             assert json.loads(r.read())["bybit"]["rest"].endswith("/bybit")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=120)  # a hang guard
     finally:
         if proc.poll() is None:
             proc.kill()
