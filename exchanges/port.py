@@ -56,6 +56,22 @@ class OrderResult:
     requested_qty: Decimal | None = None
 
 
+@dataclass(frozen=True)
+class LotLimits:
+    """What one close order of a market may be (from the exchange's market list).
+
+    ``step``: the quantity increment; ``min_qty``: the smallest order; ``max_market_qty``
+    / ``max_limit_qty``: the largest MARKET / LIMIT order. ``None`` means unknown / no
+    limit. A minimum notional is deliberately absent: both exchanges exempt reduce-only
+    (closing) orders from it, and every close is reduce-only.
+    """
+
+    step: Decimal | None = None
+    min_qty: Decimal | None = None
+    max_market_qty: Decimal | None = None
+    max_limit_qty: Decimal | None = None
+
+
 class ExchangePort(Protocol):
     name: str  # "bybit" | "binanceusdm" | ...
 
@@ -90,5 +106,8 @@ class ExchangePort(Protocol):
 
     async def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> OrderResult | None:
         """Look an order up by its client order id; ``None`` if the exchange never saw it."""
+
+    async def close_limits(self, symbol: str) -> LotLimits:
+        """The lot limits of ``symbol`` (optional: a port without it gets no splitting)."""
 
     async def close(self) -> None: ...
