@@ -111,7 +111,8 @@ async def test_the_dust_status_is_allowed_in_the_database(db):
         await db.write_batch([op.UpdateAged(aged["id"], {"status": "crumbs"})])
 
 
-async def wait_for(predicate, timeout=3600 * 60, interval=1.0):
+async def wait_for(predicate, timeout=3600.0, interval=1.0):
+    """Wait (virtual time) for ``predicate``; the detector polls every 30 s, so an hour is ample."""
     with trio.fail_after(timeout):
         while not await predicate():
             await trio.sleep(interval)

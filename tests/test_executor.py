@@ -246,18 +246,27 @@ async def test_lookups_that_fail_never_lead_to_the_same_client_order_id_again(au
     r2 = await h.close(aged, next_attempt=r.attempts + 1)
     assert (r2.outcome, r2.filled_qty, r2.last_order_id) == ("flat", D(1), cid)
     assert [a[3] for a in h.creates()] == [cid]
-    # even when the table is away, memory knows the order is unresolved
+    # even when the table is away, memory knows the order is unresolved: here it closed
+    # half the position, and its fill counts before the rest is closed
     h2, aged2 = Harness(exchange()), uuid4()
     h2.ex.lose_reply_next(1)
+    h2.ex.partial_fill_ratio = D("0.5")
     h2.ex.fail_next(RetryableError("lookup down", exchange="bybit"), 3, method="fetch_order_by_client_id")
     await h2.close(aged2)
+    h2.ex.partial_fill_ratio = None
 
     async def away(aged_id):
         raise OSError("database away")
 
     h2.executor.load_orders = away
     r3 = await h2.close(aged2, next_attempt=2)
-    assert r3.outcome == "flat" and [a[3] for a in h2.creates()] == [client_order_id(aged2, 1)]
+    first, second = client_order_id(aged2, 1), client_order_id(aged2, 2)
+    assert (r3.outcome, r3.filled_qty) == ("flat", D(1))
+    assert [a[3] for a in h2.creates()] == [first, second]
+    calls = [(n, a[3] if n == "create_close_order" else a[-1] if n == "fetch_order_by_client_id" else None)
+             for n, a in h2.ex.calls]
+    looked_up = max(i for i, c in enumerate(calls) if c == ("fetch_order_by_client_id", first))
+    assert looked_up < calls.index(("create_close_order", second))
 
 
 async def test_a_failed_lookup_on_reconcile_sends_nothing(autojump_clock):
