@@ -12,12 +12,22 @@ place. For each request, under that symbol's lock:
    triggered by a tick holds the storage writer (:meth:`StorageWriter.hold`) from the
    moment it is queued until its first write-ahead row is committed, so that row does
    not wait behind the audit rows of the same decision.
-4. On failure retry with backoff (``retry_delays``, default 1 s, 3 s, 5 s). An unknown
-   outcome (timeout, lost reply) is looked up by client order id before any new
-   attempt. Errors retrying cannot fix are not retried. A market order the book
-   cannot fill falls back to an aggressive reduce-only limit IOC.
+4. On failure retry with backoff (``retry_delays``, default 1 s, 3 s, 5 s; longer when
+   the exchange says how long to wait: ``retry_after`` of a rate limit or a ban). An
+   unknown outcome (timeout, lost reply) is looked up by client order id before any
+   new attempt; when the lookups fail too the close stops there (the order stays
+   unresolved, in memory and in the write-ahead table, and is looked up again before
+   anything else is sent). An order still open after the adapter's fill wait is
+   followed until it is final. Errors retrying cannot fix are not retried. A market
+   order the book cannot fill falls back to a reduce-only limit IOC, priced
+   aggressively but never worse than the price the policy accepts (the request's
+   ``worst_price``; any price only for an emergency close).
 5. A partial fill leaves the remainder: the loop goes on until the exchange reports
    the position flat.
+6. Lot limits (:meth:`ExchangePort.close_limits`): each order is rounded down to the
+   lot, a close larger than the market-order maximum is split into several orders,
+   and a remainder below the minimum order quantity, which no order can close, ends
+   the close as ``dust``.
 
 The result is a :class:`actors.position.CloseResult` sent back to the requesting
 actor. If that actor has died meanwhile, the write-ahead table still holds the truth
@@ -44,12 +54,19 @@ from exchanges import logfmt
 from exchanges.errors import (
     ExchangeError, InsufficientLiquidityError, NonRetryableError, RetryableError, UnknownOutcomeError,
 )
-from exchanges.port import ExchangePort, OrderResult
+from exchanges.port import ExchangePort, LotLimits, OrderResult
 from storage import ops as op
 
 log = logging.getLogger("actors.executor")
 
 FINAL_STATES = frozenset({"filled", "rejected", "canceled", "not_found", "partially_filled"})
+# Rejections that mean the quantity itself can never be sent (below the minimum order).
+DUST_CODES = frozenset({"qty_below_lot_size", "qty_below_min"})
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    value = getattr(exc, "retry_after", None)
+    return float(value) if value is not None and value > 0 else None
 
 
 class EpisodeChanged(Exception):
@@ -91,18 +108,34 @@ class CloseRequest:
     # matches is checked against the fill history before anything is sent.
     entry_price: Decimal | None = None
     opened_at: datetime | None = None
+    # The worst executable price the policy accepts for this close (its target); the
+    # limit-IOC fallback is never priced worse. None: no bound (an emergency close).
+    worst_price: Decimal | None = None
 
 
 @dataclass
 class _Fills:
-    """Every fill of one aged position's close orders, by client order id."""
+    """Every close order of one aged position: final ones with their fills, by client
+    order id, and those sent whose outcome is not known to be final yet."""
 
     orders: dict[str, tuple[Decimal, Decimal | None]] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)  # client order id -> attempt
     max_attempt: int = 0
     last_order_id: str | None = None
 
+    def sent(self, cid: str, attempt: int) -> None:
+        """An order that may have reached the exchange: its attempt number is used up."""
+        self.pending[cid] = attempt
+        self.max_attempt = max(self.max_attempt, attempt)
+
+    def settled(self, cid: str, attempt: int) -> None:
+        """An order known never to have executed (rejected, or never seen)."""
+        self.pending.pop(cid, None)
+        self.max_attempt = max(self.max_attempt, attempt)
+
     def record(self, cid: str, attempt: int, filled: Decimal, avg: Decimal | None) -> None:
         self.orders[cid] = (filled, avg)
+        self.pending.pop(cid, None)
         self.max_attempt = max(self.max_attempt, attempt)
         if filled > 0:
             self.last_order_id = cid
@@ -126,12 +159,15 @@ class _Backoff:
         self.delays = delays
         self.failures = 0
 
-    async def pause(self) -> bool:
-        """Wait before the next try; False (without waiting) once every retry is used."""
+    async def pause(self, retry_after: float | None = None) -> bool:
+        """Wait before the next try; False (without waiting) once every retry is used.
+
+        ``retry_after`` (seconds, from the exchange) lengthens the wait, never shortens it.
+        """
         self.failures += 1
         if self.failures > len(self.delays):
             return False
-        await trio.sleep(self.delays[self.failures - 1])
+        await trio.sleep(max(self.delays[self.failures - 1], retry_after or 0.0))
         return True
 
 
@@ -163,6 +199,11 @@ class Executor:
         self.retry_delays = tuple(retry_delays)
         self.slippage = liquidity_slippage_percent / 100
         self.max_partial_rounds = max_partial_rounds
+        self.max_rounds = 1000  # orders of one request at most (a split close included)
+        # An order still open after the adapter's fill wait is looked up again this many
+        # times (``retry_delays`` apart, the last one repeated) before the close gives
+        # up for now; the order stays unresolved and is followed again before anything new.
+        self.follow_polls = 60
         self.lookup_retries = lookup_retries
         # How long a close may wait on the database (a write-ahead row, a read) before it
         # goes on without it: the database is the memory, not the heartbeat.
@@ -217,11 +258,12 @@ class Executor:
                 log.exception("close of %s %s failed unexpectedly", req.exchange, req.symbol)
                 fills = self._fills.get(req.aged_id, _Fills())
                 result = CloseResult(req.clock(), "failed", filled_qty=fills.total, avg_price=fills.vwap,
+                                     remaining_qty=None, last_order_id=fills.last_order_id,
                                      attempts=max(fills.max_attempt, req.next_attempt - 1),
                                      error=f"{type(exc).__name__}: {exc}")
             finally:
                 hold.release()
-        if result.outcome in ("flat", "vanished"):
+        if result.outcome in ("flat", "vanished", "dust"):
             self._fills.pop(req.aged_id, None)  # finished: nothing left to reconcile
         if req.reply is not None:
             try:
@@ -238,7 +280,13 @@ class Executor:
 
     async def _close(self, req: CloseRequest, hold=NoHold()) -> CloseResult:
         port = self.exchanges[req.exchange]
-        fills = await self._reconcile(req, port)
+        try:
+            fills = await self._reconcile(req, port)
+        except UnknownOutcomeError as exc:
+            # An earlier order's fate is unknown and the exchange cannot tell now:
+            # nothing new may be sent before it is known.
+            fills = self._fills.setdefault(req.aged_id, _Fills())
+            return self._failed(req, fills, max(fills.max_attempt, req.next_attempt - 1), f"{type(exc).__name__}: {exc}")
         attempt = max(req.next_attempt, fills.max_attempt + 1)
         if req.reconcile_only:
             remaining = await self._position_qty(req, port)
@@ -246,20 +294,30 @@ class Executor:
 
         backoff = _Backoff(self.retry_delays)
         partial_rounds = 0
+        rounds = 0
         last_error = None
         limit_fallback = False
+        limits: LotLimits | None = None
         while True:
             try:
                 remaining = await self._position_qty(req, port)
             except ExchangeError as exc:
                 last_error = self._note_error(req, exc, "verify")
-                if not await backoff.pause():
+                if not await backoff.pause(_retry_after(exc)):
                     return self._failed(req, fills, attempt - 1, last_error)
                 continue
             if remaining == 0:
                 if fills.total == 0:
                     await self._probe_own_orders(req, port, fills, attempt)
                 return self._result(req, fills, Decimal(0), attempt - 1, outcome=None)
+            if limits is None:
+                limits = await self._limits(req, port)
+            qty = self._order_qty(remaining, limits, limit=limit_fallback)
+            if qty is None:
+                return self._dust(req, fills, remaining, attempt - 1, limits)
+            rounds += 1
+            if rounds > self.max_rounds:
+                return self._failed(req, fills, attempt - 1, last_error or "too many orders for one close", remaining)
 
             cid = client_order_id(req.aged_id, attempt)
             order_side = _order_side(req.side)
@@ -269,14 +327,15 @@ class Executor:
                     limit_price = await self._limit_price(req, port)
                 except ExchangeError as exc:
                     last_error = self._note_error(req, exc, "quote")
-                    if not await backoff.pause():
+                    if not await backoff.pause(_retry_after(exc)):
                         return self._failed(req, fills, attempt - 1, last_error)
                     continue
             failpoint("before_wal")
             await self._write_ahead(op.RecordCloseOrder(
                 client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange,
                 symbol=req.symbol, side=order_side, order_type="limit_ioc" if limit_price else "market",
-                requested_qty=remaining, limit_price=limit_price))
+                requested_qty=qty, limit_price=limit_price))
+            fills.sent(cid, attempt)  # from here on this client order id is never sent again
             hold.release()
             self.stats.attempts += 1
             if attempt > 1:
@@ -285,54 +344,133 @@ class Executor:
             if req.tick_received_at is not None and attempt == req.next_attempt:
                 self.on_submit(req.exchange, trio.current_time() - req.tick_received_at)
             log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, order_side,
-                     logfmt.qty(remaining), self._limit_text(req, limit_price, order_side), attempt)
+                     logfmt.qty(qty), self._limit_text(req, limit_price, order_side), attempt)
             failpoint("after_wal")
             try:
-                result = await self._call(req.exchange, port.create_close_order, req.symbol, req.side, remaining,
+                result = await self._call(req.exchange, port.create_close_order, req.symbol, req.side, qty,
                                           cid, limit_price=limit_price)
                 failpoint("after_send")
             except UnknownOutcomeError as exc:
                 last_error = self._note_error(req, exc, "send")
-                result = await self._lookup(req, port, cid)
+                try:
+                    result = await self._lookup(req, port, cid)
+                except UnknownOutcomeError as lookup_exc:
+                    self._wal(cid, state="unknown", error_message=str(exc)[:500])
+                    return self._failed(req, fills, attempt, f"{last_error}; {lookup_exc}")
                 if result is None:
                     self._wal(cid, state="not_found", error_message=str(exc)[:500])
+                    fills.settled(cid, attempt)
             except InsufficientLiquidityError as exc:
                 last_error = self._note_error(req, exc, "send")
                 self._rejected(cid, exc)
-                fills.max_attempt = max(fills.max_attempt, attempt)
+                fills.settled(cid, attempt)
                 attempt += 1
-                if limit_fallback and not await backoff.pause():  # the IOC found no liquidity either
-                    return self._failed(req, fills, attempt - 1, last_error)
-                limit_fallback = True
+                fallback_allowed = req.emergency or req.worst_price is not None
+                if (limit_fallback or not fallback_allowed) and not await backoff.pause(_retry_after(exc)):
+                    return self._failed(req, fills, attempt - 1, last_error)  # the IOC found no liquidity either
+                limit_fallback = fallback_allowed
                 continue
             except NonRetryableError as exc:
                 last_error = self._note_error(req, exc, "send")
                 self._rejected(cid, exc)
-                fills.max_attempt = max(fills.max_attempt, attempt)
+                fills.settled(cid, attempt)
                 try:
                     remaining = await self._position_qty(req, port)
                 except ExchangeError:
                     remaining = None
                 if remaining == 0:
                     return self._result(req, fills, Decimal(0), attempt, outcome=None)
+                if exc.code in DUST_CODES and remaining is not None:
+                    return self._dust(req, fills, remaining, attempt, limits)
                 return self._failed(req, fills, attempt, last_error, remaining)
             except RetryableError as exc:
                 last_error = self._note_error(req, exc, "send")
                 self._rejected(cid, exc)
+                fills.settled(cid, attempt)
                 result = None
+                attempt += 1
+                if not await backoff.pause(_retry_after(exc)):
+                    return self._failed(req, fills, attempt - 1, last_error)
+                continue
+            if result is not None and result.status == "open":
+                try:
+                    result = await self._follow(req, port, cid, result)
+                except UnknownOutcomeError as exc:
+                    self._wal(cid, state="open")
+                    return self._failed(req, fills, attempt, f"{type(exc).__name__}: {exc}")
+                if result.status == "open":
+                    self._wal(cid, state="open", exchange_order_id=result.exchange_order_id,
+                              filled_qty=result.filled_qty, avg_price=result.avg_price)
+                    return self._failed(req, fills, attempt, f"order {cid} is still open on the exchange")
             if result is not None:
                 self._record(req, fills, cid, attempt, result)
                 failpoint("after_record")
-            else:
-                fills.max_attempt = max(fills.max_attempt, attempt)
             attempt += 1
             if result is not None and result.filled_qty > 0:
-                partial_rounds += 1
                 limit_fallback = False
+                if result.requested_qty is None or result.filled_qty < min(result.requested_qty, qty):
+                    partial_rounds += 1
                 if partial_rounds <= self.max_partial_rounds:
                     continue  # verify again: flat, or close the remainder at once
             if not await backoff.pause():
                 return self._failed(req, fills, attempt - 1, last_error)
+
+    async def _follow(self, req: CloseRequest, port: ExchangePort, cid: str, result: OrderResult) -> OrderResult:
+        """Follow an order that is still open until it is final (at most ``follow_polls`` lookups).
+
+        Raises :class:`UnknownOutcomeError` when the lookups themselves fail.
+        """
+        delays = self.retry_delays or (1.0,)
+        for i in range(self.follow_polls):
+            if result.status != "open":
+                break
+            await trio.sleep(delays[min(i, len(delays) - 1)])
+            found = await self._lookup(req, port, cid)
+            if found is not None:
+                if found.requested_qty is None and result.requested_qty is not None:
+                    found = OrderResult(found.client_order_id, found.exchange_order_id, found.status,
+                                        found.filled_qty, found.avg_price, result.requested_qty)
+                result = found
+        return result
+
+    async def _limits(self, req: CloseRequest, port: ExchangePort) -> LotLimits | None:
+        fn = getattr(port, "close_limits", None)
+        if fn is None:
+            return None
+        try:
+            return await self._call(req.exchange, fn, req.symbol)
+        except ExchangeError as exc:
+            self._note_error(req, exc, "limits")
+            return None  # the adapter still rounds and checks; the exchange has the last word
+
+    @staticmethod
+    def _order_qty(remaining: Decimal, limits: LotLimits | None, *, limit: bool) -> Decimal | None:
+        """The quantity of the next order; None when what is left is below the minimum order."""
+        if limits is None:
+            return remaining
+        step = limits.step if limits.step and limits.step > 0 else None
+        qty = (remaining / step).to_integral_value(rounding=ROUND_FLOOR) * step if step else remaining
+        least = limits.min_qty if limits.min_qty and limits.min_qty > 0 else step
+        if qty <= 0 or (least is not None and qty < least):
+            return None
+        cap = limits.max_limit_qty if limit else limits.max_market_qty
+        if cap is not None and cap > 0 and qty > cap:
+            chunk = (cap / step).to_integral_value(rounding=ROUND_FLOOR) * step if step else cap
+            rest = qty - chunk
+            if least is not None and 0 < rest < least and qty - least >= least:
+                chunk = qty - least  # leave a remainder one order can still close
+            qty = chunk
+        return qty
+
+    def _dust(self, req: CloseRequest, fills: _Fills, remaining: Decimal, attempts: int,
+              limits: LotLimits | None) -> CloseResult:
+        least = limits.min_qty if limits is not None and limits.min_qty else (limits.step if limits else None)
+        error = (f"remaining {remaining} is below the minimum order quantity"
+                 + (f" {least}" if least is not None else "") + ": no order can close it")
+        log.error("%s %s: %s", req.exchange, req.symbol, error)
+        return CloseResult(req.clock(), "dust", filled_qty=fills.total, avg_price=fills.vwap,
+                           remaining_qty=remaining, attempts=max(attempts, fills.max_attempt),
+                           last_order_id=fills.last_order_id, error=error)
 
     async def _probe_own_orders(self, req: CloseRequest, port: ExchangePort, fills: _Fills, attempt: int) -> None:
         """The position is flat and we know of no fill: was it one of our orders after all?
@@ -413,12 +551,19 @@ class Executor:
         return f" limit IOC {logfmt.price(limit_price, self.price_tick(req.exchange, req.symbol), rounding)}"
 
     async def _limit_price(self, req: CloseRequest, port: ExchangePort) -> Decimal:
+        """The limit of the IOC fallback: ``liquidity_slippage_percent`` through the touch,
+        but never worse than the price the policy accepts (``req.worst_price``) unless
+        the close is an emergency. Rounded towards the better side (a sell up, a buy down)."""
         quote = await self._call(req.exchange, port.fetch_quote, req.symbol)
-        ref = (quote.bid if req.side == "long" else quote.ask) or quote.last
+        long = req.side == "long"
+        ref = (quote.bid if long else quote.ask) or quote.last
         if ref is None or ref <= 0:
             raise InsufficientLiquidityError(f"no price to set a limit for {req.symbol}", exchange=req.exchange)
-        factor = (1 - self.slippage) if req.side == "long" else (1 + self.slippage)
-        return (ref * factor).quantize(Decimal("1e-8"), ROUND_DOWN)
+        price = ref * ((1 - self.slippage) if long else (1 + self.slippage))
+        bound = None if req.emergency else req.worst_price
+        if bound is not None:
+            price = max(price, bound) if long else min(price, bound)
+        return price.quantize(Decimal("1e-8"), ROUND_CEILING if long else ROUND_FLOOR)
 
     async def _lookup(self, req: CloseRequest, port: ExchangePort, cid: str) -> OrderResult | None:
         """Find out what became of ``cid``; None only when the exchange says it never saw it."""
@@ -428,12 +573,15 @@ class Executor:
                 return await self._call(req.exchange, port.fetch_order_by_client_id, req.symbol, cid)
             except ExchangeError as exc:
                 self._note_error(req, exc, "lookup")
-                await trio.sleep(self.retry_delays[min(i, len(self.retry_delays) - 1)] if self.retry_delays else 0)
+                if i + 1 < self.lookup_retries:
+                    delay = self.retry_delays[min(i, len(self.retry_delays) - 1)] if self.retry_delays else 0
+                    await trio.sleep(max(delay, _retry_after(exc) or 0.0))
         raise UnknownOutcomeError(f"could not look up order {cid}", exchange=req.exchange)
 
     async def _reconcile(self, req: CloseRequest, port: ExchangePort) -> _Fills:
         fills = self._fills.setdefault(req.aged_id, _Fills())
-        if req.next_attempt == 1 and not req.reconcile_only and not fills.orders:
+        if (req.next_attempt == 1 and not req.reconcile_only and not fills.orders and not fills.pending
+                and fills.max_attempt == 0):
             # A first close with no restart behind it (the actor reconciles first after
             # a restart) has no earlier orders to read; the position check before the
             # send covers the rest. This keeps a database read off the tick→order path.
@@ -450,6 +598,10 @@ class Executor:
                 fills.record(row["client_order_id"], row["attempt"], row["filled_qty"], row["avg_price"])
             fills.max_attempt = max(fills.max_attempt, row["attempt"])
         unresolved = [r for r in rows if r["state"] not in FINAL_STATES and r["client_order_id"] not in fills.orders]
+        # Orders this process sent whose outcome it never learnt (the table may be away or behind).
+        listed = {r["client_order_id"] for r in unresolved}
+        unresolved += [{"client_order_id": c, "attempt": a} for c, a in sorted(fills.pending.items(), key=lambda x: x[1])
+                       if c not in listed and c not in fills.orders]
         extra: list[int] = []
         if req.reconcile_only:
             # After a restart: attempts the table may not know of (sent while the
@@ -457,7 +609,8 @@ class Executor:
             # memory are complete, and the position check before each send guards
             # the rest.
             probe_to = max(fills.max_attempt, req.next_attempt - 1) + 1
-            known = {r["attempt"] for r in rows} | {int(c.rsplit("-", 1)[1]) for c in fills.orders}
+            known = ({r["attempt"] for r in rows} | {int(c.rsplit("-", 1)[1]) for c in fills.orders}
+                     | set(fills.pending.values()))
             extra = [a for a in range(1, probe_to + 1) if a not in known]
         for attempt in [r["attempt"] for r in unresolved] + extra:
             cid = client_order_id(req.aged_id, attempt)
@@ -465,7 +618,12 @@ class Executor:
             if result is None:
                 if attempt in {r["attempt"] for r in unresolved}:
                     self._wal(cid, state="not_found")
+                    fills.settled(cid, attempt)
                 continue
+            if result.status == "open":
+                result = await self._follow(req, port, cid, result)
+                if result.status == "open":
+                    raise UnknownOutcomeError(f"order {cid} is still open on the exchange", exchange=req.exchange)
             log.info("reconciled order %s: %s filled %s", cid, result.status, logfmt.qty(result.filled_qty))
             if attempt in extra:
                 self._adopt(req, fills, cid, attempt, result)
@@ -490,7 +648,10 @@ class Executor:
             state = "partially_filled"
         self._wal(cid, state=state, exchange_order_id=result.exchange_order_id, filled_qty=result.filled_qty,
                   avg_price=result.avg_price)
-        fills.record(cid, attempt, result.filled_qty, result.avg_price)
+        if state in FINAL_STATES:
+            fills.record(cid, attempt, result.filled_qty, result.avg_price)
+        else:  # not final yet: looked up again before anything new is sent
+            fills.sent(cid, attempt)
 
     def _rejected(self, cid: str, exc: ExchangeError) -> None:
         self._wal(cid, state="rejected", error_code=exc.code, error_message=str(exc)[:500])

@@ -15,7 +15,10 @@ Statuses move only along these edges::
                                                         trailing stop is active)
 
 ``closed`` is final. At most one close is in flight at a time, and a close never asks
-for more than the remaining quantity.
+for more than the remaining quantity. ``dust`` (from any active status or ``error``) is
+where a close ends when what is left is below the exchange's minimum order quantity:
+no order can close it, so the actor stops (one alert) and the detector records the
+close once the position is gone.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from actors.policy import (
 ACTIVE = frozenset({"detected", "grace_active", "progressive_active"})
 PHASE_STATUS = {Phase.NOT_AGED: "detected", Phase.GRACE: "grace_active", Phase.PROGRESSIVE: "progressive_active"}
 LEGAL = {
-    "detected": {"grace_active", "progressive_active", "closed", "error", "skipped"},
-    "grace_active": {"progressive_active", "closed", "error", "skipped"},
-    "progressive_active": {"closed", "error", "skipped"},
-    "error": {"grace_active", "progressive_active", "closed", "skipped", "detected"},
+    "detected": {"grace_active", "progressive_active", "closed", "error", "skipped", "dust"},
+    "grace_active": {"progressive_active", "closed", "error", "skipped", "dust"},
+    "progressive_active": {"closed", "error", "skipped", "dust"},
+    "error": {"grace_active", "progressive_active", "closed", "skipped", "detected", "dust"},
     "skipped": {"detected", "grace_active", "progressive_active", "closed"},
+    "dust": {"closed"},
     "closed": set(),
 }
 
@@ -176,6 +180,7 @@ class RequestClose:
     next_attempt: int
     reconcile_only: bool = False
     emergency: bool = False
+    worst_price: Decimal | None = None  # the worst price the policy accepts (None: any, an emergency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +291,8 @@ def _maybe_close(s: PositionState, now: datetime, a: Assessment, price: Decimal 
                     data={"phase": a.phase.value, "loss_tolerance_percent": str(a.loss_tolerance_percent),
                           "bid": None if bid is None else str(bid), "ask": None if ask is None else str(ask),
                           "emergency": emergency}))
-    out.append(RequestClose(s.quantity, s.close_attempts + 1, emergency=emergency))
+    out.append(RequestClose(s.quantity, s.close_attempts + 1, emergency=emergency,
+                            worst_price=None if emergency else a.target_price))
     return replace(s, close_in_flight=True, close_triggered_at=now, last_price=price)
 
 
@@ -458,6 +464,8 @@ def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionSta
         reason = close_reason(s.side, s.entry_price, e.avg_price, a, s.config, emergency=_emergency_due(s, a))
         return _finish(s, e.now, reason, out, fill_price=e.avg_price, total_filled=total,
                        order_id=e.last_order_id, attempts=attempts)
+    if e.outcome == "dust" and s.status != "dust":
+        return _dust(s, e, attempts, total, out)
     if e.outcome in ("flat", "vanished"):
         return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=e.avg_price if total > 0 else None,
                        total_filled=total, order_id=e.last_order_id, attempts=attempts)
@@ -486,6 +494,19 @@ def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionSta
         return s if pending is None else _apply_update(s, pending, out)
     out.append(Persist(fields))
     return s if pending is None else _apply_update(s, pending, out)
+
+
+def _dust(s: PositionState, e: CloseResult, attempts: int, total: Decimal, out: list) -> PositionState:
+    """What is left is below the minimum order quantity: no order can close it."""
+    left = e.remaining_qty if e.remaining_qty is not None else s.closed_qty + s.quantity - total
+    s = replace(s, close_in_flight=False, needs_reconcile=False, quantity=left, closed_qty=total,
+                close_attempts=attempts)
+    s = _transition(s, "dust", out, quantity=left, closed_qty=total, close_attempts=attempts,
+                    last_error_message=e.error, last_close_attempt=e.now)
+    out.append(Emit("aged.close.dust", success=False, error=e.error, critical=True,
+                    data={"remaining_qty": str(left), "filled_qty": str(total), "attempts": attempts}))
+    out.append(Stop())
+    return s
 
 
 def _on_timer(s: PositionState, e: Timer, out: list) -> PositionState:
@@ -553,7 +574,7 @@ def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionSt
 
 
 def _on_start(s: PositionState, e: Start, out: list) -> PositionState:
-    if s.status == "closed":
+    if s.status in ("closed", "dust"):
         out.append(Stop())
         return s
     if s.needs_reconcile:

@@ -156,7 +156,7 @@ class PositionActor:
                 aged_id=s.aged_id, exchange=s.exchange, symbol=s.symbol, side=s.side, qty=c.qty,
                 next_attempt=c.next_attempt, reply=self.ctx.inboxes.get(s.aged_id), clock=self.ctx.clock.now,
                 reconcile_only=c.reconcile_only, emergency=c.emergency, tick_received_at=self._tick_received_at,
-                entry_price=s.entry_price, opened_at=s.opened_at))
+                entry_price=s.entry_price, opened_at=s.opened_at, worst_price=c.worst_price))
         elif isinstance(c, pos.Emit):
             self.ctx.writer.submit(op.AddEvent(
                 s.aged_id, c.event_type, market_price=c.market_price, target_price=c.target_price,

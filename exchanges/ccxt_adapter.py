@@ -14,7 +14,24 @@ Guarantees:
 * Money is :class:`~decimal.Decimal`, read from the exchanges' raw string fields
   (``info``), never through ccxt's floats. Times are timezone-aware UTC.
 * Close quantities are rounded *down* to the market's lot size (never close more than
-  asked); limit prices are rounded to the tick in the aggressive direction.
+  asked) and checked against the market's minimum order quantity and its maximum
+  MARKET / LIMIT order quantity before anything is sent (:meth:`CcxtExchange.close_limits`
+  reads them from the raw market list: Binance ``exchangeInfo`` filters ``LOT_SIZE`` /
+  ``MARKET_LOT_SIZE``, Bybit ``instruments-info`` ``lotSizeFilter`` ``qtyStep`` /
+  ``minOrderQty`` / ``maxOrderQty`` / ``maxMktOrderQty``). The minimum notional
+  (Binance ``MIN_NOTIONAL``, Bybit ``minNotionalValue``) is not checked: both exchanges
+  exempt reduce-only / closing orders from it (Binance -4164 "Order's notional must be no
+  smaller than 5 (unless you choose reduce only)"; Bybit "Derivatives Trading Rules":
+  closing orders are exempt from the minimum notional value but not the minimum size).
+  Limit prices are rounded to the tick towards the *better* side (a sell up, a buy
+  down): the price asked is the worst the caller accepts, so rounding never goes past it.
+* A rate limit or ban with a known end (HTTP 429/418 ``Retry-After``, Binance "IP
+  banned until <ms>", Bybit ``X-Bapi-Limit-Reset-Timestamp``, Bybit HTTP 403 "access
+  too frequent": at least 10 minutes) closes a per-exchange gate: until it ends every
+  call of this adapter, whoever makes it (executor, detector, the feeds' REST
+  polling), fails at once with :class:`~exchanges.errors.RetryableError`
+  (``code="banned"``, ``retry_after`` = the time left) without a request.
+  :meth:`CcxtExchange.ban_state` shows it (``/health``, a metric).
 * ``repr()``/``str()`` never show credentials.
 
 Endpoints used (after ``load_markets``):
@@ -71,8 +88,8 @@ import trio_asyncio
 
 from exchanges.classify import classify, is_order_not_found
 from exchanges.clients import make_ccxt_client
-from exchanges.errors import ExchangeError, NonRetryableError
-from exchanges.port import ExchangePosition, Fill, OrderResult, Quote
+from exchanges.errors import ExchangeError, NonRetryableError, RetryableError
+from exchanges.port import ExchangePosition, Fill, LotLimits, OrderResult, Quote
 from exchanges.symbols import unified_symbol
 
 __all__ = ["CcxtExchange"]
@@ -189,6 +206,10 @@ class CcxtExchange:
         self._bad_rows_reported: set[str] = set()
         self._last_reload: float | None = None
         self.market_reload_interval = 30.0
+        # The per-exchange gate: no request before this trio time (a rate limit or ban).
+        self._banned_until: float | None = None
+        self._ban_reason: str | None = None
+        self.bans = 0  # how many times the gate closed
 
     @classmethod
     def create(
@@ -215,8 +236,49 @@ class CcxtExchange:
     # -- plumbing -------------------------------------------------------------------
 
     async def _aio(self, fn: Any, *args: Any) -> Any:
-        """Run an asyncio coroutine function from trio."""
+        """Run an asyncio coroutine function from trio (every exchange request passes here)."""
+        self._check_gate()
         return await trio_asyncio.aio_as_trio(fn)(*args)
+
+    # -- the rate-limit / ban gate -----------------------------------------------------
+
+    def ban_remaining(self) -> float:
+        """Seconds until requests may be sent again (0 when the gate is open)."""
+        if self._banned_until is None:
+            return 0.0
+        left = self._banned_until - trio.current_time()
+        if left <= 0:
+            self._banned_until = None
+            return 0.0
+        return left
+
+    def ban_state(self) -> dict | None:
+        """``None``, or what ``/health`` shows while the gate is closed."""
+        left = self.ban_remaining()
+        if left <= 0:
+            return None
+        until = datetime.now(timezone.utc).timestamp() + left
+        return {"seconds_left": round(left, 3),
+                "until": datetime.fromtimestamp(until, tz=timezone.utc).isoformat(timespec="seconds"),
+                "reason": self._ban_reason}
+
+    def _check_gate(self) -> None:
+        left = self.ban_remaining()
+        if left > 0:
+            raise RetryableError(f"{self.name}: requests held back for {left:.1f}s more ({self._ban_reason})",
+                                 exchange=self.name, code="banned", retry_after=left)
+
+    def _close_gate(self, err: ExchangeError) -> None:
+        seconds = getattr(err, "retry_after", None)
+        if not isinstance(err, RetryableError) or seconds is None or seconds <= 0:
+            return
+        until = trio.current_time() + float(seconds)
+        if self._banned_until is None or until > self._banned_until:
+            if self._banned_until is None:
+                self.bans += 1
+            self._banned_until = until
+            self._ban_reason = f"{err.code or type(err).__name__}: {str(err)[:200]}"
+            log.warning("%s: rate limit / ban: no request for %.1fs (%s)", self.name, seconds, self._ban_reason)
 
     def _retry_after_hint(self) -> float | None:
         headers = getattr(self._client, "last_response_headers", None)
@@ -248,7 +310,9 @@ class CcxtExchange:
                     hint = self._retry_after_hint()
             except Exception:  # pragma: no cover - a hint is optional
                 hint = None
-            raise classify(exc, during_order_create=during_create, exchange=self.name, retry_after=hint) from exc
+            err = classify(exc, during_order_create=during_create, exchange=self.name, retry_after=hint)
+            self._close_gate(err)
+            raise err from exc
 
     async def _ensure_markets(self, symbols: Sequence[str] | None = None) -> None:
         """Load markets once; reload when asked about a symbol not listed yet.
@@ -579,41 +643,69 @@ class CcxtExchange:
 
     # -- orders ---------------------------------------------------------------------
 
-    def _close_qty(self, symbol: str, qty: Decimal) -> str:
-        """``qty`` rounded down to the lot size, as the string sent to the exchange."""
-        import ccxt
+    async def close_limits(self, symbol: str) -> LotLimits:
+        """The lot limits of ``symbol`` from the exchange's own market list (raw strings)."""
+        await self._ensure_markets([symbol])
+        return self._lot_limits(self._market(symbol))
 
-        try:
-            text = self._client.amount_to_precision(symbol, format(qty, "f"))
-        except ccxt.InvalidOrder as exc:
-            raise NonRetryableError(
-                f"{self.name}: close qty {qty} of {symbol} is below the lot size",
-                exchange=self.name,
-                code="qty_below_lot_size",
-            ) from exc
-        rounded = Decimal(text)
-        if rounded > qty:  # never close more than asked (paranoia: ccxt truncates)
-            step = _dec(self._client.market(symbol)["precision"]["amount"])
-            if not step or step <= 0:
-                raise NonRetryableError(f"{self.name}: cannot round {qty}", exchange=self.name, code="qty_rounding")
-            rounded = (qty / step).to_integral_value(rounding=ROUND_FLOOR) * step
-            text = format(rounded, "f")
+    def _lot_limits(self, market: dict) -> LotLimits:
+        info = market.get("info") or {}
+        if self.name == "bybit":
+            lot = info.get("lotSizeFilter") or {}
+            return LotLimits(step=_dec(lot.get("qtyStep")), min_qty=_dec(lot.get("minOrderQty")),
+                             max_market_qty=_dec(lot.get("maxMktOrderQty")) or _dec(lot.get("maxOrderQty")),
+                             max_limit_qty=_dec(lot.get("maxOrderQty")))
+        filters = {f.get("filterType"): f for f in info.get("filters") or [] if isinstance(f, dict)}
+        lot, market_lot = filters.get("LOT_SIZE") or {}, filters.get("MARKET_LOT_SIZE") or {}
+        step = _dec(lot.get("stepSize"))
+        mins = [v for v in (_dec(lot.get("minQty")), _dec(market_lot.get("minQty"))) if v is not None and v > 0]
+        return LotLimits(step=step if step and step > 0 else None, min_qty=max(mins) if mins else None,
+                         max_market_qty=_dec(market_lot.get("maxQty")) or _dec(lot.get("maxQty")),
+                         max_limit_qty=_dec(lot.get("maxQty")))
+
+    def _close_qty(self, symbol: str, qty: Decimal, *, limit: bool = False) -> str:
+        """``qty`` rounded down to the lot size, as the string sent to the exchange.
+
+        A quantity below the minimum order is refused (``qty_below_min``; below one lot:
+        ``qty_below_lot_size``), as is one above the maximum order of its type
+        (``qty_above_max``): the executor splits a larger close itself.
+        """
+        limits = self._lot_limits(self._client.market(symbol))
+        step = limits.step or _dec(self._client.market(symbol)["precision"]["amount"])
+        if not step or step <= 0:
+            raise NonRetryableError(f"{self.name}: cannot round {qty}", exchange=self.name, code="qty_rounding")
+        rounded = (qty / step).to_integral_value(rounding=ROUND_FLOOR) * step
         if rounded <= 0:
             raise NonRetryableError(
-                f"{self.name}: close qty {qty} of {symbol} is below the lot size",
+                f"{self.name}: close qty {qty} of {symbol} is below the lot size {step}",
                 exchange=self.name,
                 code="qty_below_lot_size",
             )
-        return text
+        if limits.min_qty is not None and rounded < limits.min_qty:
+            raise NonRetryableError(
+                f"{self.name}: close qty {qty} of {symbol} is below the minimum order quantity {limits.min_qty}",
+                exchange=self.name,
+                code="qty_below_min",
+            )
+        cap = limits.max_limit_qty if limit else limits.max_market_qty
+        if cap is not None and cap > 0 and rounded > cap:
+            raise NonRetryableError(
+                f"{self.name}: close qty {rounded} of {symbol} is above the maximum "
+                f"{'limit' if limit else 'market'} order quantity {cap}",
+                exchange=self.name,
+                code="qty_above_max",
+            )
+        return format(rounded, "f")
 
     def _limit_price(self, symbol: str, price: Decimal, order_side: str) -> str:
+        """``price`` on the tick, rounded towards the better side: never past the limit asked."""
         tick = _dec(self._client.market(symbol)["precision"].get("price"))
         if tick and tick > 0:
-            rounding = ROUND_FLOOR if order_side == "sell" else ROUND_CEILING
+            rounding = ROUND_CEILING if order_side == "sell" else ROUND_FLOOR
             price = (price / tick).to_integral_value(rounding=rounding) * tick
         if price <= 0:
             raise NonRetryableError(f"{self.name}: limit price {price} is not positive", exchange=self.name, code="bad_price")
-        return self._client.price_to_precision(symbol, format(price, "f"))
+        return format(price, "f")
 
     async def create_close_order(
         self,
@@ -635,7 +727,7 @@ class CcxtExchange:
         await self._ensure_markets([symbol])
         self._market(symbol)
         order_side = "sell" if position_side == "long" else "buy"
-        amount = self._close_qty(symbol, qty)
+        amount = self._close_qty(symbol, qty, limit=limit_price is not None)
         params: dict[str, Any] = {"reduceOnly": True}
         if self.name == "bybit":
             params["clientOrderId"] = client_order_id  # ccxt sends it as orderLinkId

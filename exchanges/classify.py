@@ -26,6 +26,14 @@ request was refused or never sent (connection refused, DNS failure, 429/418 rate
 limiting, 403, timestamp outside the receive window, a business rejection code) are
 plain :class:`RetryableError` during create.
 
+``retry_after`` (seconds) is set on a :class:`RetryableError` when the exchange says how
+long to wait: the ``Retry-After`` header of a 429/418 (Binance: "the number of seconds
+required to wait, in the case of a 429, to prevent a ban, or, in the case of a 418, until
+the ban is over"), Bybit's ``X-Bapi-Limit-Reset-Timestamp`` (both read by the adapter
+from the response headers), Binance's "IP banned until <ms>" in a -1003 message, and a
+Bybit HTTP 403 (an IP ban of at least 10 minutes). The adapter turns it into a
+per-exchange gate that every caller honours.
+
 Deliberate choices (documented for the executor):
 
 * **Duplicate client order id on create** (Bybit 110072 ``OrderLinkedID is
@@ -205,6 +213,10 @@ _LEADING_STATUS_RE = re.compile(r"^\S+ (4\d\d|5\d\d) ")
 _BANNED_UNTIL_RE = re.compile(r"banned until (\d{12,14})")
 
 _MAX_MESSAGE = 600
+# Bybit answers HTTP 403 "access too frequent" when an IP broke its request limit, and
+# documents: "terminate all HTTP sessions and wait for at least 10 minutes. The ban will
+# be lifted automatically" (https://bybit-exchange.github.io/docs/v5/rate-limit).
+BYBIT_IP_BAN_SECONDS = 600.0
 
 
 def _exchange_of(message: str, default: str | None) -> str | None:
@@ -387,6 +399,8 @@ def classify(
 
     if category == RETRY:
         hint = retry_after if retry_after is not None else _retry_after_from_message(message)
+        if hint is None and ex == "bybit" and status == 403:
+            hint = BYBIT_IP_BAN_SECONDS
         return RetryableError(text, retry_after=hint, **kw)
     if category == CREATE_UNKNOWN:
         if during_order_create:

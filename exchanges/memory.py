@@ -9,7 +9,11 @@ It behaves like the real adapter where actor logic can tell the difference:
   :class:`~exchanges.errors.NonRetryableError` (``code="position_zero"`` /
   ``"reduce_only"``); an order larger than the position closes the position and no
   more (Bybit behaviour), or is rejected when ``strict_reduce_only_qty=True``;
-* quantities are rounded down to ``lot_size`` (per symbol or one for all);
+* quantities are rounded down to ``lot_size`` (per symbol or one for all); ``min_qty``,
+  ``max_market_qty`` and ``max_limit_qty`` (each per symbol or one for all, ``None``: no
+  limit) are checked after rounding and served by :meth:`close_limits`, with the
+  adapter's codes (``qty_below_min``, ``qty_above_max``); no minimum notional, as for
+  reduce-only orders on the real exchanges;
 * a MARKET order fills at the bid (closing a long) / ask (closing a short), else the
   last price; without any price it raises
   :class:`~exchanges.errors.InsufficientLiquidityError`. A limit IOC fills at the
@@ -27,7 +31,9 @@ Scriptable faults:
   :class:`~exchanges.errors.UnknownOutcomeError` (the reply was lost);
 * :attr:`partial_fill_ratio` - fill only this fraction (rounded down to the lot) of
   each order; the rest is canceled (status ``"canceled"``);
-* :meth:`close_externally` - the position disappears (closed by someone else).
+* :meth:`close_externally` - the position disappears (closed by someone else);
+* :meth:`open_next` - the next ``n`` orders are accepted but stay ``open`` (no fill)
+  until they have been looked up ``lookups`` times; then they fill at the touch.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from exchanges.errors import (
     NonRetryableError,
     UnknownOutcomeError,
 )
-from exchanges.port import ExchangePosition, Fill, OrderResult, Quote
+from exchanges.port import ExchangePosition, Fill, LotLimits, OrderResult, Quote
 
 __all__ = ["MemoryExchange", "MemoryOrder"]
 
@@ -56,6 +62,7 @@ PORT_METHODS = (
     "fetch_fills",
     "create_close_order",
     "fetch_order_by_client_id",
+    "close_limits",
 )
 
 
@@ -83,6 +90,7 @@ class MemoryOrder:
     filled_qty: Decimal
     avg_price: Decimal | None
     created_at: float  # trio.current_time()
+    lookups_until_fill: int = 0  # > 0: still open; fills after that many lookups
 
     def result(self) -> OrderResult:
         return OrderResult(
@@ -122,6 +130,9 @@ class MemoryExchange:
     latency: float = 0.0  # trio.sleep per call (virtual time under MockClock)
     mode: str = "one_way"  # what position_mode() answers
     tick_size: Decimal | None = None  # what price_tick() answers (for every symbol)
+    min_qty: Decimal | dict[str, Decimal] | None = None
+    max_market_qty: Decimal | dict[str, Decimal] | None = None
+    max_limit_qty: Decimal | dict[str, Decimal] | None = None
 
     positions: dict[str, _Position] = field(default_factory=dict)
     quotes: dict[str, Quote] = field(default_factory=dict)
@@ -133,6 +144,7 @@ class MemoryExchange:
 
     _faults: list[_Fault] = field(default_factory=list, repr=False)
     _lose_replies: int = field(default=0, repr=False)
+    _open_next: list[int] = field(default_factory=list, repr=False)
     _next_id: int = field(default=1, repr=False)
     _by_client_id: dict[str, MemoryOrder] = field(default_factory=dict, repr=False)
 
@@ -195,9 +207,14 @@ class MemoryExchange:
         """The next ``n`` orders execute, but the caller gets UnknownOutcomeError."""
         self._lose_replies += n
 
+    def open_next(self, n: int = 1, *, lookups: int = 1) -> None:
+        """The next ``n`` orders stay open, unfilled, until looked up ``lookups`` times."""
+        self._open_next.extend([max(1, lookups)] * n)
+
     def clear_faults(self) -> None:
         self._faults.clear()
         self._lose_replies = 0
+        self._open_next.clear()
 
     def order(self, client_order_id: str) -> MemoryOrder | None:
         return self._by_client_id.get(client_order_id)
@@ -227,6 +244,12 @@ class MemoryExchange:
         if isinstance(self.lot_size, dict):
             return Decimal(self.lot_size.get(symbol, Decimal("0.001")))
         return Decimal(self.lot_size)
+
+    @staticmethod
+    def _per_symbol(value: Any, symbol: str) -> Decimal | None:
+        if isinstance(value, dict):
+            value = value.get(symbol)
+        return None if value is None else Decimal(value)
 
     def _round_down(self, symbol: str, qty: Decimal) -> Decimal:
         lot = self._lot(symbol)
@@ -310,6 +333,22 @@ class MemoryExchange:
                 client_order_id,
                 NonRetryableError(f"{self.name}: qty {qty} below lot size", exchange=self.name, code="qty_below_lot_size"),
             )
+        least = self._per_symbol(self.min_qty, symbol)
+        if least is not None and amount < least:
+            raise self._reject(
+                "create_close_order",
+                client_order_id,
+                NonRetryableError(f"{self.name}: qty {amount} below the minimum order {least}", exchange=self.name,
+                                  code="qty_below_min"),
+            )
+        cap = self._per_symbol(self.max_market_qty if limit_price is None else self.max_limit_qty, symbol)
+        if cap is not None and amount > cap:
+            raise self._reject(
+                "create_close_order",
+                client_order_id,
+                NonRetryableError(f"{self.name}: qty {amount} above the maximum order {cap}", exchange=self.name,
+                                  code="qty_above_max"),
+            )
         position = self.positions.get(symbol)
         if position is None:
             raise self._reject(
@@ -339,6 +378,16 @@ class MemoryExchange:
             )
 
         order_side = "sell" if position_side == "long" else "buy"
+        if self._open_next:
+            order = MemoryOrder(
+                client_order_id=client_order_id, exchange_order_id=f"{self.name}-{self._next_id}", symbol=symbol,
+                position_side=position_side, order_side=order_side, type="market" if limit_price is None else "limit",
+                requested_qty=amount, limit_price=limit_price, status="open", filled_qty=Decimal(0), avg_price=None,
+                created_at=trio.current_time(), lookups_until_fill=self._open_next.pop(0))
+            self._next_id += 1
+            self.orders.append(order)
+            self._by_client_id[client_order_id] = order
+            return order.result()
         quote = self.quotes.get(symbol)
         touch = None
         if quote is not None:
@@ -406,7 +455,34 @@ class MemoryExchange:
         order = self._by_client_id.get(client_order_id)
         if order is None or order.symbol != symbol:
             return None
+        if order.lookups_until_fill > 0:
+            order.lookups_until_fill -= 1
+            if order.lookups_until_fill == 0:
+                self._fill_open(order)
         return order.result()
+
+    def _fill_open(self, order: MemoryOrder) -> None:
+        """An order left open fills now: at the touch, up to the position."""
+        position = self.positions.get(order.symbol)
+        quote = self.quotes.get(order.symbol)
+        touch = None
+        if quote is not None:
+            touch = (quote.bid if order.order_side == "sell" else quote.ask) or quote.last
+        if position is None or position.side != order.position_side or touch is None:
+            order.status = "canceled"
+            return
+        fill = min(order.requested_qty, position.qty)
+        order.filled_qty, order.avg_price, order.status = fill, touch, "closed"
+        position.qty -= fill
+        if position.qty <= 0:
+            del self.positions[order.symbol]
+
+    async def close_limits(self, symbol: str) -> LotLimits:
+        await self._enter("close_limits", symbol)
+        self._check_symbol(symbol)
+        return LotLimits(step=self._lot(symbol), min_qty=self._per_symbol(self.min_qty, symbol),
+                         max_market_qty=self._per_symbol(self.max_market_qty, symbol),
+                         max_limit_qty=self._per_symbol(self.max_limit_qty, symbol))
 
     async def close(self) -> None:
         self.closed = True

@@ -73,6 +73,22 @@ class OrderResult:
     requested_qty: Decimal | None = None
 
 
+@dataclass(frozen=True)
+class LotLimits:
+    """What one close order of a market may be (from the exchange's market list).
+
+    ``step``: the quantity increment; ``min_qty``: the smallest order; ``max_market_qty``
+    / ``max_limit_qty``: the largest MARKET / LIMIT order. ``None`` means unknown / no
+    limit. A minimum notional is deliberately absent: both exchanges exempt reduce-only
+    (closing) orders from it, and every close is reduce-only.
+    """
+
+    step: Decimal | None = None
+    min_qty: Decimal | None = None
+    max_market_qty: Decimal | None = None
+    max_limit_qty: Decimal | None = None
+
+
 class ExchangePort(Protocol):
     name: str  # "bybit" | "binanceusdm" | ...
 
@@ -113,5 +129,8 @@ class ExchangePort(Protocol):
 
     def price_tick(self, symbol: str) -> Decimal | None:
         """The market's price tick, to show prices as the exchange does; None when not known."""
+
+    async def close_limits(self, symbol: str) -> LotLimits:
+        """The lot limits of ``symbol`` (optional: a port without it gets no splitting)."""
 
     async def close(self) -> None: ...

@@ -103,6 +103,18 @@ def _children(sup: Any) -> dict[str, dict[str, Any]]:
             for cid, c in sup.children().items()}
 
 
+def exchange_bans(service: Any) -> dict[str, dict[str, Any]]:
+    """Per exchange: whether requests are held back by a rate limit or ban, and for how long."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, ex in (getattr(service, "exchanges", None) or {}).items():
+        port = ex if hasattr(ex, "ban_state") else getattr(ex, "inner", None)  # a dry run wraps the adapter
+        if port is None or not hasattr(port, "ban_state"):
+            continue
+        state = port.ban_state()
+        out[name] = {"banned": state is not None, **(state or {})}
+    return out
+
+
 def health_report(service: Any) -> tuple[bool, dict[str, Any]]:
     """``(healthy, body)`` for ``/health``."""
     problems: list[str] = []
@@ -126,6 +138,14 @@ def health_report(service: Any) -> tuple[bool, dict[str, Any]]:
                         else "root supervisor is not healthy")
     body: dict[str, Any] = {"status": "ok" if not problems else "unhealthy", "problems": problems,
                             "supervisors": supervisors}
+    bans = exchange_bans(service)
+    if bans:
+        body["exchanges"] = bans
+        # Visible, but not a 503: restarting the service cannot lift a ban.
+        warnings = [f"{name}: requests held back for {b['seconds_left']}s (rate limit / ban: {b['reason']})"
+                    for name, b in bans.items() if b["banned"]]
+        if warnings:
+            body["warnings"] = warnings
     writer = getattr(service, "writer", None)
     if writer is not None:
         body["storage"] = {"database_up": writer.database_up, "write_buffer_depth": writer.depth,

@@ -167,6 +167,11 @@ class Metrics:
         self.sup_healthy = Gauge("aged_supervisor_healthy", "1 when the supervisor runs with no critical child down",
                                  ["supervisor"], registry=r)
         # --- storage ----------------------------------------------------------------------------
+        self.exchange_ban = Gauge("aged_exchange_ban_seconds",
+                                  "Seconds until requests to an exchange may resume (rate limit / ban; 0: none)",
+                                  ["exchange"], registry=r)
+        self.exchange_bans = Counter("aged_exchange_bans_total", "Rate limits / bans that held requests back",
+                                     ["exchange"], registry=r)
         self.buffer_depth = Gauge("aged_storage_write_buffer_depth", "Writes queued for PostgreSQL", registry=r)
         self.database_up = Gauge("aged_storage_database_up", "1 while the storage writer reaches PostgreSQL",
                                  registry=r)
@@ -354,6 +359,7 @@ class Metrics:
             return
         for kind, step in (("recount", self._recount), ("feeds", self._refresh_feeds),
                            ("executor", self._refresh_executor), ("storage", self._refresh_storage),
+                           ("exchanges", self._refresh_exchanges),
                            ("supervisors", self._refresh_supervisors)):
             try:
                 step()
@@ -426,6 +432,14 @@ class Metrics:
         label = names[0] if len(names) == 1 else "all"
         self._delta(self.exec_attempts.labels(exchange=label), ("attempts",), stats.attempts)
         self._delta(self.exec_retries.labels(exchange=label), ("retries",), stats.retries)
+
+    def _refresh_exchanges(self) -> None:
+        for name, ex in (getattr(self.service, "exchanges", None) or {}).items():
+            port = ex if hasattr(ex, "ban_remaining") else getattr(ex, "inner", None)
+            if port is None or not hasattr(port, "ban_remaining"):
+                continue
+            self.exchange_ban.labels(exchange=name).set(port.ban_remaining())
+            self._delta(self.exchange_bans.labels(exchange=name), ("bans", name), getattr(port, "bans", 0))
 
     def _refresh_storage(self) -> None:
         writer = self.service.writer

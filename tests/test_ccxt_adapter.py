@@ -350,7 +350,8 @@ async def test_qty_rounded_down_to_lot_size(sim, ex):
 async def test_limit_ioc_close(sim, ex):
     await set_position(sim, ex, BTC, "long", "0.5", "60000")
     await set_prices(sim, ex, BTC, "60000.0", "60000.5", "60000.2")
-    # aggressive sell limit below the bid: fills at the bid; price rounded down to the tick
+    # aggressive sell limit below the bid: fills at the bid; the limit is the worst price
+    # accepted, so it is rounded to the tick towards the better side (up for a sell)
     r = await ex.create_close_order(BTC, "long", Decimal("0.2"), "apm-4-1", limit_price=Decimal("59990.07"))
     assert (r.status, r.filled_qty, r.avg_price) == ("closed", Decimal("0.2"), Decimal("60000.0"))
     # a sell limit above the bid does not cross: IOC cancels unfilled
@@ -359,7 +360,7 @@ async def test_limit_ioc_close(sim, ex):
     (btc,) = await ex.fetch_positions([BTC])
     assert btc.qty == Decimal("0.3")
     o1, o2 = await sim_orders(sim, ex)
-    assert (o1["type"], o1["time_in_force"], Decimal(o1["price"])) == ("limit", "IOC", Decimal("59990.0"))
+    assert (o1["type"], o1["time_in_force"], Decimal(o1["price"])) == ("limit", "IOC", Decimal("59990.1"))
     assert o1["reduce_only"] is True and o2["time_in_force"] == "IOC"
 
 
@@ -445,11 +446,13 @@ async def test_rate_limit_is_retryable_with_retry_after(sim, ex):
     with pytest.raises(RetryableError) as e:
         await ex.fetch_positions()
     assert e.value.retry_after is not None and 0 <= e.value.retry_after <= 2
+    await trio.sleep(ex.ban_remaining())  # the adapter holds every request back until then
     # refused before processing: retryable even during create (not unknown)
     await faults(sim, {"rate_limit_429": 1})
     with pytest.raises(RetryableError) as e:
         await ex.create_close_order(BTC, "long", Decimal("0.1"), "apm-10-1")
     assert type(e.value) is RetryableError
+    await trio.sleep(ex.ban_remaining())
     assert await ex.fetch_order_by_client_id(BTC, "apm-10-1") is None
     r = await ex.create_close_order(BTC, "long", Decimal("0.1"), "apm-10-1")
     assert r.status == "closed"
