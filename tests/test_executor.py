@@ -393,7 +393,7 @@ LIQUIDITY_CODE = {"bybit": 30208, "binanceusdm": -4131}
 
 async def aged_row(db, name: str, side: str, qty: str, entry: str = "60000") -> UUID:
     """A fresh aged position (an earlier one on the symbol is closed first)."""
-    await db.execute("UPDATE monitoring.positions SET status='closed', closed_at=now() "
+    await db.execute("UPDATE monitoring.episodes SET status='closed', closed_at=now() "
                      "WHERE exchange=$1 AND symbol=$2 AND status='open'", name, SYMBOL)
     position = await db.upsert_open_position(exchange=name, symbol=SYMBOL, side=side, quantity=D(qty),
                                              entry_price=D(entry), opened_at=T0)
@@ -519,7 +519,7 @@ async def test_sim_the_limit_ioc_fallback_respects_the_policy_price(sim, stack):
     assert ioc["time_in_force"] == "IOC" and ioc["reduce_only"] is True
     assert D(ioc["price"]) == D("59950.1")  # rounded to the tick towards the better side, never below
     # the book falls below the policy price: the IOC rests nowhere and fills nothing
-    await set_position(sim, ex, SYMBOL, "long", "0.5", "60000")
+    await set_position(sim, ex, SYMBOL, "long", "0.5", "60000", opened_at=None)  # re-opened now
     await set_prices(sim, ex, SYMBOL, "59000.0", "59000.5", "59000.2")
     aged2 = await aged_row(db, ex.name, "long", "0.5")
     stack.executor.retry_delays = (0.05,)
