@@ -150,6 +150,7 @@ async def run_service(service: Service, *, before_run: Callable[[Service, trio.N
 
 async def run_live(app: AppConfig, db, *, dry_run: bool, metrics_port: int | None = None) -> int:
     exchanges = {e.name: make_exchange(e, dry_run=dry_run) for e in app.exchanges}
+    db.update_bot_book = app.update_bot_book and not dry_run  # a dry run writes nothing of the bot's
     log.info("starting %s mode on %s", "DRY-RUN (nothing is sent)" if dry_run else "LIVE",
              ", ".join(f"{e.name} ({e.rest_url or 'production'})" for e in app.exchanges))
     async with AsyncExitStack() as stack:

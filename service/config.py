@@ -192,6 +192,9 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
     "database": (
         Setting("url", URL, choices=("postgresql", "postgres"),
                 doc="the PostgreSQL server; else DATABASE_URL, else an embedded server"),
+        Setting("update_bot_book", BOOL, True,
+                doc="after the service closes a position, mark the trading bot's row in monitoring.positions "
+                    "closed (status, closed_at, exit_reason = 'aged_<phase>')"),
     ),
     "policy": (
         _hours("max_age_hours", 3, "a position is aged once strictly older than this", minimum="0.01"),
@@ -259,6 +262,7 @@ class ManagerConfig:
 @dataclass(frozen=True)
 class AppConfig:
     database_url: str | None = None
+    update_bot_book: bool = True
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     manager: ManagerConfig = field(default_factory=ManagerConfig)
     exchanges: tuple[ExchangeConfig, ...] = ()
@@ -341,7 +345,7 @@ def parse_config(doc: Mapping[str, Any]) -> AppConfig:
         raise ConfigError("exchanges", "each exchange may appear once")
     metrics = _section(doc.get("metrics", {}), "metrics", SETTINGS["metrics"])
     alerts = _section(doc.get("alerts", {}), "alerts", SETTINGS["alerts"])
-    return AppConfig(database_url=database["url"], policy=policy, manager=manager, exchanges=exchanges,
+    return AppConfig(database_url=database["url"], update_bot_book=database["update_bot_book"], policy=policy, manager=manager, exchanges=exchanges,
                      metrics_port=metrics["port"], webhook_url_env=alerts["webhook_url_env"],
                      telegram=alerts["telegram"])
 

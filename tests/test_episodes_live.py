@@ -21,18 +21,20 @@ import pytest
 import trio
 
 from simulator.server import serve_simulator
+from simulator.state import RejectRule
 from storage.repository import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOL_ID, SYMBOL = "BTCUSDT", "BTC/USDT:USDT"
 
 
-def _config(info, exchange: str, max_age_hours: str) -> str:
-    return f"""
+def _config(info, exchange: str, max_age_hours: str, extra: str = "", manager: str = "") -> str:
+    return f"""{extra}
 [policy]
 max_age_hours = {max_age_hours}
 [manager]
 poll_interval_seconds = 0.5
+{manager}
 [[exchanges]]
 name = "{exchange}"
 rest_url = "{info[exchange]['rest']}"
@@ -147,3 +149,96 @@ async def test_a_symbol_traded_weeks_ago_is_not_aged_on_bybit(aio_loop, db, data
     assert abs((episode["opened_at"] - (now - timedelta(minutes=1))).total_seconds()) < 1
     assert episode["opened_at_source"] == "fills"
     assert live.code == 0, live.log[-3000:]
+
+
+BOT_TABLE = """
+CREATE TABLE monitoring.positions (
+    id serial PRIMARY KEY, symbol text NOT NULL, exchange text NOT NULL, side text NOT NULL,
+    quantity numeric NOT NULL, entry_price numeric NOT NULL, status text NOT NULL DEFAULT 'active',
+    opened_at timestamptz NOT NULL, trailing_activated boolean NOT NULL DEFAULT false,
+    closed_at timestamptz, exit_reason text, pnl numeric)
+"""
+
+
+@pytest.mark.parametrize("update_bot_book", [True, False])
+async def test_beside_the_trading_bots_book(aio_loop, db, database_url, tmp_path, update_bot_book):
+    """The database already holds the bot's monitoring.positions, with rows of its own."""
+    await db.execute("DROP TABLE IF EXISTS monitoring.positions")
+    await db.execute(BOT_TABLE)
+    now = datetime.now(timezone.utc)
+    try:
+        # The bot's own rows: one we manage (opened 5 h ago by the bot's clock), one long closed.
+        await db.execute("INSERT INTO monitoring.positions (symbol, exchange, side, quantity, entry_price, opened_at, "
+                         "status, closed_at, exit_reason) VALUES ('ETHUSDT', 'binance', 'short', 2, 3000, $1, "
+                         "'closed', $1, 'take_profit')", now - timedelta(days=3))
+        bot_id = await db.fetchval(
+            "INSERT INTO monitoring.positions (symbol, exchange, side, quantity, entry_price, opened_at) "
+            "VALUES ('BTCUSDT', 'binance', 'long', 0.5, 100, $1) RETURNING id", now - timedelta(hours=5))
+        async with trio.open_nursery() as nursery:
+            sim = await nursery.start(serve_simulator)
+            st = sim.state
+            # The exchange's history has only a recent fill: the bot's book is trusted first.
+            st.set_position("binanceusdm", SYMBOL_ID, "long", "0.5", "100", opened_at=now - timedelta(minutes=2))
+            st.set_price("binanceusdm", SYMBOL_ID, bid=D("99"), ask=D("99.1"), last=D("99"))
+            extra = "" if update_bot_book else "[database]\nupdate_bot_book = false"
+            async with Live(tmp_path, database_url, _config(sim.info(), "binanceusdm", "3", extra)) as live:
+                [aged] = await live.until("SELECT * FROM monitoring.aged_positions", what="aged by the bot's time")
+                [episode] = await live.db.fetch("SELECT * FROM monitoring.episodes")
+                assert episode["opened_at_source"] == "bot" and episode["bot_position_id"] == bot_id
+                st.set_price("binanceusdm", SYMBOL_ID, bid=D("100.5"), ask=D("100.6"), last=D("100.5"))
+                await live.until("SELECT 1 FROM monitoring.aged_positions WHERE status='closed'", what="closed")
+                if update_bot_book:
+                    await live.until("SELECT 1 FROM monitoring.positions WHERE id=$1 AND status='closed'", bot_id,
+                                     what="the bot's row closed")
+                # the bot's row is written with the episode's end, in the same statement group
+                await live.until("SELECT 1 FROM monitoring.episodes WHERE status='closed'", what="episode ended")
+            nursery.cancel_scope.cancel()
+        assert live.code == 0, live.log[-3000:]
+        assert aged["position_opened_at"] == now - timedelta(hours=5)
+        rows = {r["symbol"]: r for r in await db.fetch("SELECT * FROM monitoring.positions")}
+        cols = [r["column_name"] for r in await db.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema='monitoring' "
+            "AND table_name='positions' ORDER BY ordinal_position")]
+        assert cols == ["id", "symbol", "exchange", "side", "quantity", "entry_price", "status", "opened_at",
+                        "trailing_activated", "closed_at", "exit_reason", "pnl"]  # never altered
+        assert rows["ETHUSDT"]["exit_reason"] == "take_profit"  # the bot's other rows untouched
+        if update_bot_book:
+            assert rows["BTCUSDT"]["status"] == "closed" and rows["BTCUSDT"]["exit_reason"] == "aged_grace"
+            assert rows["BTCUSDT"]["closed_at"] is not None
+        else:
+            assert rows["BTCUSDT"]["status"] == "active" and rows["BTCUSDT"]["exit_reason"] is None
+    finally:
+        await db.execute("DROP TABLE IF EXISTS monitoring.positions")
+
+
+async def test_averaging_in_during_a_close_is_applied_before_anything_is_sent(aio_loop, db, database_url, tmp_path):
+    async with trio.open_nursery() as nursery:
+        sim = await nursery.start(serve_simulator)
+        st = sim.state
+        now = datetime.now(timezone.utc)
+        st.set_position("bybit", SYMBOL_ID, "long", "0.5", "100", opened_at=now - timedelta(hours=5))
+        st.set_price("bybit", SYMBOL_ID, bid=D("99"), ask=D("99.1"), last=D("99"))
+        # The first close order is refused (rate limit): the executor pauses 3 s before the next attempt.
+        st.faults.add_reject(RejectRule(count=1, code="10006", exchange="bybit", message="Too many visits!"))
+        config = _config(sim.info(), "bybit", "3", manager="retry_delays_seconds = [3, 3, 3]")
+        async with Live(tmp_path, database_url, config) as live:
+            [aged] = await live.until("SELECT * FROM monitoring.aged_positions WHERE status='grace_active'",
+                                      what="in grace")
+            st.set_price("bybit", SYMBOL_ID, bid=D("100.5"), ask=D("100.6"), last=D("100.5"))
+            await live.until("SELECT 1 FROM monitoring.close_orders WHERE state='rejected'", what="the refused order")
+            # While the close waits to try again, the bot averages in: 0.5 @ 100 -> 1.5 @ 105.
+            st.set_position("bybit", SYMBOL_ID, "long", "1.5", "105")
+            await live.until("SELECT 1 FROM monitoring.aged_positions WHERE id=$1 AND entry_price=105", aged["id"],
+                             what="the new entry applied", timeout=120)
+            await live.polls_after(datetime.now(timezone.utc))
+            assert [o for o in st.accepted_orders("bybit")] == []  # 100.5 is a loss at entry 105
+            st.set_price("bybit", SYMBOL_ID, bid=D("105.3"), ask=D("105.4"), last=D("105.3"))
+            await live.until("SELECT 1 FROM monitoring.aged_positions WHERE status='closed'", what="closed")
+            [row] = await live.db.fetch("SELECT * FROM monitoring.aged_positions")
+            [event] = await live.db.events(aged["id"], "position.changed")
+        nursery.cancel_scope.cancel()
+    assert live.code == 0, live.log[-3000:]
+    orders = st.accepted_orders("bybit")
+    assert len(orders) == 1 and orders[0].qty == D("1.5")
+    assert row["close_reason"] in ("profitable", "breakeven") and row["actual_pnl"] > 0
+    assert event["event_metadata"]["new_entry_price"] == "105"
