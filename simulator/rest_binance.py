@@ -439,7 +439,9 @@ class BinanceAPI:
             has = self.state.position(EXCHANGE, m.symbol_id) is not None
             if v3 and not has:  # v3 lists only symbols with a position (or open orders)
                 continue
-            rows.append(self._risk_row(m, v3))
+            if not symbol and has and self.state.faults.take_omission(EXCHANGE, m.symbol_id):
+                continue
+            rows.append(self.state.faults.override_row(EXCHANGE, m.symbol_id, self._risk_row(m, v3)))
         return json_response(rows)
 
     async def position_risk_v2(self, request: Request) -> Response:

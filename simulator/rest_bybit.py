@@ -442,7 +442,8 @@ class BybitAPI:
             if m is None:
                 return self.error("10001", "params error: symbol invalid")
             # a flat symbol still answers one row with size "0", as the real API does
-            rows.append(self._position_row(m, self.state.position(EXCHANGE, symbol)))
+            row = self._position_row(m, self.state.position(EXCHANGE, symbol))
+            rows.append(self.state.faults.override_row(EXCHANGE, m.symbol_id, row))
         else:
             if settle and settle.upper() != "USDT":
                 return self.ok({"category": "linear", "list": [], "nextPageCursor": ""})
@@ -450,7 +451,9 @@ class BybitAPI:
                 m = self.state.market(EXCHANGE, pos.symbol)
                 if base and m.base != base.upper():
                     continue
-                rows.append(self._position_row(m, pos))
+                if self.state.faults.take_omission(EXCHANGE, m.symbol_id):
+                    continue
+                rows.append(self.state.faults.override_row(EXCHANGE, m.symbol_id, self._position_row(m, pos)))
         return self.ok({"category": "linear", "list": rows, "nextPageCursor": ""})
 
     # -- orders

@@ -501,6 +501,23 @@ class Faults:
         # client asked newOrderRespType=RESULT (the fill is still done; a lookup shows it)
         self.binance_market_new: bool = False
         self.ws: dict[str, str] = {}  # exchange or "*" -> last ws action, for display
+        # (exchange, symbol id) -> how many full position lists leave that position out
+        # (a list asked for that symbol alone still shows it)
+        self.omit_from_position_list: dict[tuple[str, str], int] = {}
+        # (exchange, symbol id) -> fields of its position row replaced as given (a malformed row)
+        self.position_row_overrides: dict[tuple[str, str], dict] = {}
+
+    def take_omission(self, exchange: str, symbol_id: str) -> bool:
+        key = (exchange, symbol_id)
+        left = self.omit_from_position_list.get(key, 0)
+        if left <= 0:
+            return False
+        self.omit_from_position_list[key] = left - 1
+        return True
+
+    def override_row(self, exchange: str, symbol_id: str, row: dict) -> dict:
+        extra = self.position_row_overrides.get((exchange, symbol_id))
+        return {**row, **extra} if extra else row
 
     @staticmethod
     def _take(queue: list, exchange: str):

@@ -242,3 +242,88 @@ async def test_averaging_in_during_a_close_is_applied_before_anything_is_sent(ai
     assert len(orders) == 1 and orders[0].qty == D("1.5")
     assert row["close_reason"] in ("profitable", "breakeven") and row["actual_pnl"] > 0
     assert event["event_metadata"]["new_entry_price"] == "105"
+
+
+async def _aged_in_grace(exchange, tmp_path, database_url, body):
+    """An aged long (0.5 @ 100, opened 5 h ago) in grace, ``run.py live`` watching it; then ``body``."""
+    async with trio.open_nursery() as nursery:
+        sim = await nursery.start(serve_simulator)
+        st = sim.state
+        now = datetime.now(timezone.utc)
+        st.set_position(exchange, SYMBOL_ID, "long", "0.5", "100", opened_at=now - timedelta(hours=5))
+        st.set_price(exchange, SYMBOL_ID, bid=D("99"), ask=D("99.1"), last=D("99"))
+        async with Live(tmp_path, database_url, _config(sim.info(), exchange, "3")) as live:
+            [aged] = await live.until("SELECT * FROM monitoring.aged_positions WHERE status='grace_active'",
+                                      what="the 5-hour-old long in grace")
+            await body(st, live, aged)
+        nursery.cancel_scope.cancel()
+    assert live.code == 0, live.log[-3000:]
+    return st, live
+
+
+@pytest.mark.parametrize("exchange", ["bybit", "binanceusdm"])
+async def test_a_flip_ends_the_episode_and_the_short_starts_young(aio_loop, db, database_url, tmp_path, exchange):
+    async def body(st, live, aged):
+        t = datetime.now(timezone.utc)
+        st.set_position(exchange, SYMBOL_ID, "short", "0.3", "99", opened_at=t)  # one sell of 0.8 through zero
+        st.set_price(exchange, SYMBOL_ID, bid=D("100.5"), ask=D("100.6"), last=D("100.5"))
+        await live.until("SELECT 1 FROM monitoring.episodes WHERE status='open' AND side='short'", what="the flip")
+        [short] = await live.db.fetch("SELECT * FROM monitoring.episodes WHERE status='open'")
+        assert abs((short["opened_at"] - t).total_seconds()) < 0.01 and short["opened_at_source"] == "fills"
+        [old] = await live.until("SELECT * FROM monitoring.episodes WHERE id=$1 AND status='closed'",
+                                 aged["position_id"], what="the long's episode ended")
+        assert old["end_reason"] == "flip"
+        await live.until("SELECT 1 FROM monitoring.aged_positions WHERE id=$1 AND close_reason='manual'", aged["id"],
+                         what="the long's aged position ended")
+        await live.polls_after(datetime.now(timezone.utc))
+        assert st.accepted_orders(exchange) == [] and len(await live.db.fetch(
+            "SELECT 1 FROM monitoring.aged_positions")) == 1
+
+    await _aged_in_grace(exchange, tmp_path, database_url, body)
+
+
+@pytest.mark.parametrize("exchange", ["bybit", "binanceusdm"])
+async def test_a_partial_manual_reduction_keeps_the_rest_managed(aio_loop, db, database_url, tmp_path, exchange):
+    async def body(st, live, aged):
+        st.set_position(exchange, SYMBOL_ID, "long", "0.2", "100", fill_price="99")  # 0.3 sold by hand
+        await live.until("SELECT 1 FROM monitoring.aged_positions WHERE id=$1 AND quantity=0.2", aged["id"],
+                         what="the reduction applied")
+        [episode] = await live.db.fetch("SELECT * FROM monitoring.episodes WHERE status='open'")
+        assert episode["id"] == aged["position_id"]  # the same episode, its open time kept
+        st.set_price(exchange, SYMBOL_ID, bid=D("100.5"), ask=D("100.6"), last=D("100.5"))
+        await live.until("SELECT 1 FROM monitoring.aged_positions WHERE status='closed'", what="the rest closed")
+
+    st, _ = await _aged_in_grace(exchange, tmp_path, database_url, body)
+    orders = st.accepted_orders(exchange)
+    assert len(orders) == 1 and orders[0].qty == D("0.2") and orders[0].reduce_only
+
+
+@pytest.mark.parametrize("exchange", ["bybit", "binanceusdm"])
+async def test_a_position_missing_from_one_list_keeps_its_episode(aio_loop, db, database_url, tmp_path, exchange):
+    async def body(st, live, aged):
+        st.faults.omit_from_position_list[(exchange, SYMBOL_ID)] = 1
+        await live.polls_after(datetime.now(timezone.utc))
+        assert st.faults.omit_from_position_list[(exchange, SYMBOL_ID)] == 0  # the fault was hit
+        [episode] = await live.db.fetch("SELECT * FROM monitoring.episodes")
+        assert episode["status"] == "open" and episode["id"] == aged["position_id"]
+        [row] = await live.db.fetch("SELECT * FROM monitoring.aged_positions")
+        assert row["status"] == "grace_active"
+
+    _, live = await _aged_in_grace(exchange, tmp_path, database_url, body)
+    assert "a look-up shows it open" in live.log
+
+
+@pytest.mark.parametrize("exchange,field", [("bybit", "avgPrice"), ("binanceusdm", "entryPrice")])
+async def test_a_row_with_entry_price_zero_is_skipped_and_the_rest_managed(aio_loop, db, database_url, tmp_path,
+                                                                             exchange, field):
+    async def body(st, live, aged):
+        st.set_position(exchange, "ETHUSDT", "long", "1", "3000")
+        st.faults.position_row_overrides[(exchange, "ETHUSDT")] = {field: "0"}
+        await live.polls_after(datetime.now(timezone.utc), n=4)
+        st.set_price(exchange, SYMBOL_ID, bid=D("100.5"), ask=D("100.6"), last=D("100.5"))
+        await live.until("SELECT 1 FROM monitoring.aged_positions WHERE status='closed'", what="BTC closed")
+        assert [r["symbol"] for r in await live.db.fetch("SELECT symbol FROM monitoring.episodes")] == [SYMBOL]
+
+    _, live = await _aged_in_grace(exchange, tmp_path, database_url, body)
+    assert live.log.count("position row for ETHUSDT skipped: entry price") == 1
+    assert "Traceback" not in live.log
