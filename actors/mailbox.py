@@ -25,7 +25,8 @@ import trio
 
 
 class Mailbox:
-    __slots__ = ("_messages", "_tick", "_waiter", "closed", "replaced", "quiet", "_band", "_band_until")
+    __slots__ = ("_messages", "_tick", "_waiter", "closed", "replaced", "quiet", "_band", "_band_until",
+                 "last_quote")
 
     def __init__(self) -> None:
         self._messages: deque = deque()
@@ -36,6 +37,7 @@ class Mailbox:
         self.quiet = 0  # ticks dropped inside the actor's quiet band
         self._band = None
         self._band_until = 0.0
+        self.last_quote = None  # the newest tick the feed delivered, quiet or not
 
     def set_band(self, band, until: float = 0.0) -> None:
         """Drop ticks that ``band`` calls quiet and that arrive before ``until`` (trio
@@ -52,6 +54,7 @@ class Mailbox:
         """Leave ``tick`` for the actor, replacing an unread one. False once closed."""
         if self.closed:
             return False
+        self.last_quote = tick
         band = self._band
         if (band is not None and self._tick is None and not self._messages
                 and trio.current_time() < self._band_until and band.quiet_price(tick.bid, tick.ask, tick.last)):

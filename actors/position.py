@@ -113,8 +113,14 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class Timer:
+    """A timer the actor set is due. ``bid``/``ask``/``last``: the newest quote, when the
+    actor has a recent one (a timer re-evaluates it against a target that moved)."""
+
     now: datetime
     kind: str = "phase"
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    last: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +327,9 @@ def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
             out.append(Emit("price_check", market_price=price, target_price=a.target_price,
                             distance_percent=distance))
             s = replace(s, last_sample_at=e.now, last_sample_distance=distance, last_price=price)
+            s = _maybe_close(s, e.now, a, price, e.bid, e.ask, e.last, out)
+            _schedule_target_check(s, e.now, a, price, out)
+            return s
     return _maybe_close(s, e.now, a, price, e.bid, e.ask, e.last, out)
 
 
@@ -513,10 +522,59 @@ def _on_timer(s: PositionState, e: Timer, out: list) -> PositionState:
     if s.status == "error" and s.error_until is not None and e.now >= s.error_until:
         s = _leave_error(s, e.now, out)
     s, a = _sync_phase(s, e.now, out)
+    price = executable_price(s.side, e.bid, e.ask, e.last)
+    if price is not None:
+        # The target moved (a phase began, the allowance grew) while the price stood still.
+        s = _maybe_close(s, e.now, a, price, e.bid, e.ask, e.last, out)
+        _schedule_target_check(s, e.now, a, price, out)
+        return s
     if s.last_price is not None and _emergency_due(s, a):
         side_price = {"bid": s.last_price} if s.side == "long" else {"ask": s.last_price}
         return _maybe_close(s, e.now, a, s.last_price, side_price.get("bid"), side_price.get("ask"), None, out)
     return s
+
+
+# How far ahead a target crossing is searched, and how finely (the timer fires no
+# earlier than the crossing, at most this much later).
+_CROSSING_HORIZON = timedelta(days=30)
+_CROSSING_RESOLUTION = timedelta(milliseconds=1)
+
+
+def crossing_time(s: PositionState, price: Decimal, now: datetime) -> datetime | None:
+    """The first instant after ``now`` at which the target reaches ``price``, or None.
+
+    Targets move monotonically with time (a long's falls, a short's rises), so the
+    instant is found by bisection on the policy's own schedule.
+    """
+    def reached(at: datetime) -> bool:
+        a = _assess(s, at)
+        if a.target_price is None:
+            return False
+        return price >= a.target_price if s.side == "long" else price <= a.target_price
+
+    hi = now + _CROSSING_HORIZON
+    if reached(now) or not reached(hi):
+        return None
+    lo = now
+    while hi - lo > _CROSSING_RESOLUTION:
+        mid = lo + (hi - lo) / 2
+        if reached(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _schedule_target_check(s: PositionState, now: datetime, a: Assessment, price: Decimal, out: list) -> None:
+    """In the progressive phase, wake again when the target will have reached ``price``
+    — or after one sample interval, to look at a newer quote — whichever comes first."""
+    if s.status not in ACTIVE or s.close_in_flight or a.phase is not Phase.PROGRESSIVE:
+        return
+    at = now + s.settings.sample_interval
+    crossing = crossing_time(s, price, now)
+    if crossing is not None:
+        at = min(at, crossing)
+    out.append(ScheduleTimer(at, "target"))
 
 
 def _on_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:

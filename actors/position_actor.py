@@ -182,7 +182,28 @@ class PositionActor:
     def timer_due(self, due: TimerDue) -> None:
         if self._timers.get(due.kind) == due.at:  # else replaced by a later one meanwhile
             del self._timers[due.kind]
-            self.handle(pos.Timer(self.ctx.clock.now(), due.kind))
+            quote = self._current_quote()
+            if quote is not None:
+                self.handle(pos.Timer(self.ctx.clock.now(), due.kind, quote.bid, quote.ask, quote.last))
+            else:
+                self.handle(pos.Timer(self.ctx.clock.now(), due.kind))
+
+    def _current_quote(self):
+        """The quote that still holds, for a timer: when the target moves past an unchanged
+        price, the stream sends nothing new. The feed's word first (its stream is alive
+        and the book is as last sent), else the newest tick delivered if it is recent."""
+        feed = self.ctx.feeds.get(self.state.exchange)
+        fresh = getattr(feed, "fresh_quote", None)
+        quote = fresh(self.state.symbol) if fresh is not None else None
+        if quote is not None:
+            return quote
+        quote = self.mailbox.last_quote
+        if quote is not None and trio.current_time() - quote.received_at <= _QUOTE_MAX_AGE:
+            return quote
+        return None
+
+
+_QUOTE_MAX_AGE = 60.0  # seconds of trio time; the feed polls REST for a symbol stale for far less
 
 
 def _describe(c: pos.Emit, tick: Decimal | None = None) -> str:

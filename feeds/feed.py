@@ -344,6 +344,20 @@ class Feed:
         """The newest tick of ``symbol`` (stream or REST), if any."""
         return self._latest.get(symbol)
 
+    def fresh_quote(self, symbol: str) -> Tick | None:
+        """The newest tick of ``symbol`` while the stream vouches that it still holds.
+
+        Streams send a quote only when it changes; any frame for the symbol (a changed
+        mark or last price counts) within ``stale_after`` says the book is as last sent.
+        ``None`` once the symbol is stale: then only REST ticks, which come as ticks, tell.
+        """
+        if symbol in self._stale:
+            return None
+        last = self.stats.last_stream_at.get(symbol)
+        if last is None or trio.current_time() - last > self.stale_after:
+            return None
+        return self._latest.get(symbol)
+
     def subscriber_count(self, symbol: str) -> int:
         return len(self._subs.get(symbol, ()))
 

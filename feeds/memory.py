@@ -17,6 +17,8 @@ class MemoryFeed:
     def __init__(self, exchange: str):
         self.exchange = exchange
         self.subscribers: dict[str, list] = {}
+        self.latest: dict[str, Tick] = {}
+        self.alive = True  # fresh_quote: whether the "stream" vouches for its last quotes
 
     def subscribe(self, symbol: str, sender=None):
         """As :meth:`feeds.feed.Feed.subscribe`."""
@@ -38,10 +40,15 @@ class MemoryFeed:
         """Deliver one tick (prices as Decimals or strings); return how many subscribers got it."""
         d = lambda v: None if v is None else Decimal(v)  # noqa: E731
         tick = Tick(self.exchange, symbol, d(bid), d(ask), d(last), None, trio.current_time())
+        self.latest[symbol] = tick
         subs = self.subscribers.get(symbol, [])
         for sender, _ in subs:
             sender.send_latest(tick)
         return len(subs)
+
+    def fresh_quote(self, symbol: str) -> Tick | None:
+        """As :meth:`feeds.feed.Feed.fresh_quote`: the last tick pushed, while ``alive``."""
+        return self.latest.get(symbol) if self.alive else None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

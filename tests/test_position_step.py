@@ -338,3 +338,35 @@ def test_an_episode_that_ended_during_our_close_is_finished_after_it():
     s, cmds = step(s, CloseResult(h(6.02), "failed", attempts=3, error="rejected"))
     assert s.status == "closed" and of(Stop, cmds)
     assert [p.fields["close_reason"] for p in of(Persist, cmds) if "close_reason" in p.fields] == ["manual"]
+
+
+# --- a target that moves past a price that stands still ---------------------------------
+
+def test_a_target_that_moves_past_an_unchanged_price_closes_on_its_own_timer():
+    from actors.position import crossing_time
+    s, _ = step(new_state(), Start(h(12)))  # progressive since 11 h: the allowance grows every instant
+    assert s.status == "progressive_active"
+    bid = D("99.2")  # short of the target now (about 99.5); the target falls to it later
+    s, cmds = step(s, Tick(h(12), bid=bid, ask=D("99.3")))
+    assert not of(RequestClose, cmds)
+    crossing = crossing_time(s, bid, h(12))
+    assert crossing is not None and h(12) < crossing
+    [timer] = [t for t in of(ScheduleTimer, cmds) if t.kind == "target"]
+    assert timer.at == min(crossing, h(12) + s.settings.sample_interval)
+    # No tick ever comes again. The timers walk on with the same quote until the crossing.
+    now = timer.at
+    for _ in range(200):
+        s, cmds = step(s, Timer(now, "target", bid=bid, ask=D("99.3")))
+        if of(RequestClose, cmds):
+            break
+        [timer] = [t for t in of(ScheduleTimer, cmds) if t.kind == "target"]
+        now = timer.at
+    [close] = of(RequestClose, cmds)
+    # at the crossing (found to the millisecond), not at some later tick
+    assert crossing - timedelta(milliseconds=1) <= now < crossing + timedelta(seconds=1)
+
+
+def test_a_timer_without_a_recent_quote_closes_nothing():
+    s, _ = step(new_state(), Start(h(12)))
+    s, cmds = step(s, Timer(h(40), "target"))
+    assert not of(RequestClose, cmds)
