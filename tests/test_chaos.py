@@ -66,7 +66,7 @@ class Manager:
 def write_config(path: Path, info: dict, retry=(0.2, 0.5, 1.0)) -> Path:
     path.write_text(f"""
 [manager]
-poll_interval_seconds = 0.3
+poll_interval_seconds = 0.5
 stale_after_seconds = 1
 rest_poll_seconds = 0.5
 error_cooldown_seconds = 1
