@@ -90,7 +90,7 @@ from exchanges.classify import classify, is_order_not_found
 from exchanges.clients import make_ccxt_client
 from exchanges.errors import ExchangeError, NonRetryableError, RetryableError
 from exchanges.port import ExchangePosition, Fill, LotLimits, OrderResult, Quote
-from exchanges.symbols import unified_symbol
+from exchanges.symbols import exchange_symbol_id, unified_symbol
 
 __all__ = ["CcxtExchange"]
 
@@ -539,7 +539,12 @@ class CcxtExchange:
         out; every other execution type (trades, liquidations, ADL, block trades) is kept.
         """
         await self._ensure_markets([symbol])
-        market_id = self._market(symbol)["id"]
+        try:
+            market_id = self._market(symbol)["id"]
+        except NonRetryableError:
+            # A symbol the position list names but the market list does not know yet (a
+            # listing newer than our last reload): linear ids on both are BASE + QUOTE.
+            market_id = exchange_symbol_id(symbol)
         start, end = _dt_ms(since), _dt_ms(until)
         fills: list[Fill] = []
         with self._errors():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import partial
 
@@ -577,3 +577,18 @@ async def test_markets_load_lazily_once_under_concurrency(aio_loop, sim, name):
     finally:
         with trio.CancelScope(shield=True):
             await ex.close()
+
+
+@needs_sim
+async def test_fill_history_of_symbols_listed_after_the_markets_were_loaded(sim, ex):
+    """The opening fill of a position is found even on a symbol the market list does not
+    know yet (a new listing); the market list is reloaded at most once in a while."""
+    await ex.load_markets()
+    now = datetime.now(timezone.utc)
+    opened = now - timedelta(hours=2)
+    for coin in ("FRESHA", "FRESHB"):
+        await set_position(sim, ex, f"{coin}/USDT:USDT", "long", "10", "2.5", opened_at=opened)
+    for coin in ("FRESHA", "FRESHB"):
+        fills = await ex.fetch_fills(f"{coin}/USDT:USDT", now - timedelta(days=1), now + timedelta(seconds=5))
+        assert [(f.side, f.qty) for f in fills] == [("buy", Decimal(10))]
+        assert abs((fills[0].time - opened).total_seconds()) < 0.002

@@ -287,10 +287,9 @@ async def test_database_connection_lost_mid_run(chaos_env):
     manager = Manager(write_config(tmp_path / "chaos.toml", sim.info()), proxy.url, tmp_path)
     made = []
     proc = await manager.start()
-    with trio.fail_after(60):  # wait until the manager is up (migrated, polling)
-        while not await db.fetch("SELECT 1 FROM monitoring.schema_migrations"):
+    with trio.fail_after(120):  # wait until the manager is up: connected, migrated, every child running
+        while "supervisor=root event=started" not in proc.log_path.read_text(errors="replace"):
             await trio.sleep(0.2)
-    await trio.sleep(2)
     for i in range(3):
         made += await open_positions(sim.state, db, f"D{i}X")
         await trio.sleep(0.5)
