@@ -586,9 +586,8 @@ async def test_fill_history_of_symbols_listed_after_the_markets_were_loaded(sim,
     await ex.load_markets()
     now = datetime.now(timezone.utc)
     opened = now - timedelta(hours=2)
-    for coin in ("FRESHA", "FRESHB"):
+    for coin in ("FRESHA", "FRESHB"):  # the second is listed right after the reload the first caused
         await set_position(sim, ex, f"{coin}/USDT:USDT", "long", "10", "2.5", opened_at=opened)
-    for coin in ("FRESHA", "FRESHB"):
         fills = await ex.fetch_fills(f"{coin}/USDT:USDT", now - timedelta(days=1), now + timedelta(seconds=5))
         assert [(f.side, f.qty) for f in fills] == [("buy", Decimal(10))]
         assert abs((fills[0].time - opened).total_seconds()) < 0.002
