@@ -265,9 +265,13 @@ async def test_database_down_then_up_loses_nothing(aio_loop, database_url, db):
             submit(*items)
         svc.writer.submit = spy
         n.start_soon(svc.run)
-        with within(60, "the aged position was detected and its actor has loaded its state"):
-            while await aged_row(db) is None or not svc.ctx.state_cache:
+        with within(60, "the aged position was detected and written"):
+            while (row := await aged_row(db)) is None:
                 await trio.sleep(0.05)
+        # An actor loads its state from the database when it starts (a restarted one
+        # falls back to its last known state, a new one has none): cut once it watches.
+        await wait_until(lambda: row["id"] in svc.ctx.inboxes and row["id"] in svc.ctx.state_cache,
+                         "the actor was watching the position with its state loaded")
         await proxy.cut()
         for i in range(20):  # ticks while the database is away: sampled checks pile up in the buffer
             before = len(sampled)
