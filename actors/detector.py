@@ -338,7 +338,11 @@ class Detector:
             self._remember(row["id"], existing["id"])
             if (existing["status"] != "closed" and not self.is_running(existing["id"])
                     and existing["id"] not in self.ctx.finished):
-                await self.start_actor(existing["id"])
+                # The row in hand is the actor's state: it need not read it again (and can
+                # start watching while the database is away). A close never triggered has
+                # no order in flight.
+                preload = (existing, False) if existing["close_triggered_at"] is None else None
+                await self.start_actor(existing["id"], preload=preload)
         # the timer has done its job; keep the id so it is not scheduled again
 
     def _remember(self, position_id: int, aged_id: UUID) -> None:
