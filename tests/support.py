@@ -142,3 +142,13 @@ class DatabaseProxy:
 
     def restore(self) -> None:
         self.up = True
+
+
+# The trading bot's own book, as the seeds describe it (the service never creates it).
+BOT_TABLE = """
+CREATE TABLE monitoring.positions (
+    id serial PRIMARY KEY, symbol text NOT NULL, exchange text NOT NULL, side text NOT NULL,
+    quantity numeric NOT NULL, entry_price numeric NOT NULL, status text NOT NULL DEFAULT 'active',
+    opened_at timestamptz NOT NULL, trailing_activated boolean NOT NULL DEFAULT false,
+    closed_at timestamptz, exit_reason text, pnl numeric)
+"""

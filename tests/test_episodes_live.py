@@ -23,6 +23,7 @@ import trio
 from simulator.server import serve_simulator
 from simulator.state import RejectRule
 from storage.repository import Database
+from tests.support import BOT_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOL_ID, SYMBOL = "BTCUSDT", "BTC/USDT:USDT"
@@ -151,13 +152,6 @@ async def test_a_symbol_traded_weeks_ago_is_not_aged_on_bybit(aio_loop, db, data
     assert live.code == 0, live.log[-3000:]
 
 
-BOT_TABLE = """
-CREATE TABLE monitoring.positions (
-    id serial PRIMARY KEY, symbol text NOT NULL, exchange text NOT NULL, side text NOT NULL,
-    quantity numeric NOT NULL, entry_price numeric NOT NULL, status text NOT NULL DEFAULT 'active',
-    opened_at timestamptz NOT NULL, trailing_activated boolean NOT NULL DEFAULT false,
-    closed_at timestamptz, exit_reason text, pnl numeric)
-"""
 
 
 @pytest.mark.parametrize("update_bot_book", [True, False])

@@ -10,6 +10,7 @@ Binance and on Bybit without ``openTime``).
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
@@ -17,7 +18,7 @@ import trio
 
 from exchanges.memory import MemoryExchange
 from exchanges.port import Fill
-from tests.support import MemoryFeed, make_service
+from tests.support import BOT_TABLE, MemoryFeed, make_service
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
 SYMBOL = "BTC/USDT:USDT"
@@ -52,6 +53,19 @@ class Prices:
             await trio.sleep(every)
 
 
+@asynccontextmanager
+async def running(mdb, ex: MemoryExchange, prices: Prices, *, hours: int):
+    """The service on ``ex`` with its clock ``hours`` after T0, ``prices`` pushed every minute."""
+    feed = MemoryFeed("bybit")
+    svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=hours), poll_interval=POLL)
+    async with trio.open_nursery() as n:
+        n.start_soon(svc.run)
+        n.start_soon(prices.run, ex, feed)
+        yield svc, prices
+        svc.shutdown()
+        n.cancel_scope.cancel()
+
+
 async def aged_rows(db):
     return await db.fetch("SELECT * FROM monitoring.aged_positions ORDER BY detected_at")
 
@@ -75,12 +89,7 @@ def aged_long(ex: MemoryExchange, qty="1", entry="100") -> None:
 async def test_reentry_between_two_looks_is_a_new_episode_that_starts_young(mock_clock, mdb):
     ex = MemoryExchange(name="bybit")
     aged_long(ex)
-    prices = Prices("99.5", "99.6")  # below breakeven (100.2)
-    feed = MemoryFeed("bybit")
-    svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=5), poll_interval=POLL)
-    async with trio.open_nursery() as n:
-        n.start_soon(svc.run)
-        n.start_soon(prices.run, ex, feed)
+    async with running(mdb, ex, Prices("99.5", "99.6"), hours=5) as (svc, prices):  # below breakeven (100.2)
         await wait_for(lambda: in_grace(mdb), "the first episode in grace")
         first = await open_episode(mdb)
         assert first["opened_at"] == T0 and first["opened_at_source"] == "fills"
@@ -122,20 +131,13 @@ async def test_reentry_between_two_looks_is_a_new_episode_that_starts_young(mock
         async def closed_once():
             return len(ex.orders) >= 1 and (await aged_rows(mdb))[1]["status"] == "closed"
         await wait_for(closed_once, "the new episode closed at its own breakeven")
-        svc.shutdown()
-        n.cancel_scope.cancel()
     assert len(ex.orders) == 1 and ex.orders[0].filled_qty == D(1)
 
 
 async def test_averaging_in_keeps_the_episode_and_moves_breakeven(mock_clock, mdb):
     ex = MemoryExchange(name="bybit")
     aged_long(ex)
-    prices = Prices("99.5", "99.6")
-    feed = MemoryFeed("bybit")
-    svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=5), poll_interval=POLL)
-    async with trio.open_nursery() as n:
-        n.start_soon(svc.run)
-        n.start_soon(prices.run, ex, feed)
+    async with running(mdb, ex, Prices("99.5", "99.6"), hours=5) as (svc, prices):
         await wait_for(lambda: in_grace(mdb), "in grace")
         first = await open_episode(mdb)
         now = svc.clock.now()
@@ -161,8 +163,6 @@ async def test_averaging_in_keeps_the_episode_and_moves_breakeven(mock_clock, md
         async def closed():
             return (await aged_rows(mdb))[0]["status"] == "closed"
         await wait_for(closed, "closed after the new breakeven")
-        svc.shutdown()
-        n.cancel_scope.cancel()
     assert [o.filled_qty for o in ex.orders] == [D(2)]
     row = (await aged_rows(mdb))[0]
     assert row["close_reason"] in ("profitable", "breakeven") and row["actual_pnl"] > 0
@@ -171,12 +171,7 @@ async def test_averaging_in_keeps_the_episode_and_moves_breakeven(mock_clock, md
 async def test_flip_ends_the_episode_and_starts_the_other_side(mock_clock, mdb):
     ex = MemoryExchange(name="bybit")
     aged_long(ex)
-    prices = Prices("99.5", "99.6")
-    feed = MemoryFeed("bybit")
-    svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=5), poll_interval=POLL)
-    async with trio.open_nursery() as n:
-        n.start_soon(svc.run)
-        n.start_soon(prices.run, ex, feed)
+    async with running(mdb, ex, Prices("99.5", "99.6"), hours=5) as (svc, prices):
         await wait_for(lambda: in_grace(mdb), "in grace")
         now = svc.clock.now()
         trade(ex, now, "sell", "3", "99.5")
@@ -191,20 +186,13 @@ async def test_flip_ends_the_episode_and_starts_the_other_side(mock_clock, mdb):
         assert (await aged_rows(mdb))[0]["status"] == "closed"
         assert (await aged_rows(mdb))[0]["close_reason"] == "manual"
         await trio.sleep(3600)
-        svc.shutdown()
-        n.cancel_scope.cancel()
     assert ex.orders == [] and len(await aged_rows(mdb)) == 1
 
 
 async def test_partial_manual_reduction_keeps_the_rest_managed(mock_clock, mdb):
     ex = MemoryExchange(name="bybit")
     aged_long(ex, qty="2")
-    prices = Prices("99.5", "99.6")
-    feed = MemoryFeed("bybit")
-    svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=5), poll_interval=POLL)
-    async with trio.open_nursery() as n:
-        n.start_soon(svc.run)
-        n.start_soon(prices.run, ex, feed)
+    async with running(mdb, ex, Prices("99.5", "99.6"), hours=5) as (svc, prices):
         await wait_for(lambda: in_grace(mdb), "in grace")
         first = await open_episode(mdb)
         trade(ex, svc.clock.now(), "sell", "1", "99.5")
@@ -219,8 +207,6 @@ async def test_partial_manual_reduction_keeps_the_rest_managed(mock_clock, mdb):
         async def closed():
             return (await aged_rows(mdb))[0]["status"] == "closed"
         await wait_for(closed, "the rest closed")
-        svc.shutdown()
-        n.cancel_scope.cancel()
     assert [o.filled_qty for o in ex.orders] == [D(1)]
 
 
@@ -240,12 +226,7 @@ class MissesOnce(MemoryExchange):
 async def test_one_snapshot_that_misses_a_position_does_not_end_its_episode(mock_clock, mdb, caplog):
     ex = MissesOnce(name="bybit")
     aged_long(ex)
-    prices = Prices("99.5", "99.6")
-    feed = MemoryFeed("bybit")
-    svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=5), poll_interval=POLL)
-    async with trio.open_nursery() as n:
-        n.start_soon(svc.run)
-        n.start_soon(prices.run, ex, feed)
+    async with running(mdb, ex, Prices("99.5", "99.6"), hours=5) as (svc, prices):
         await wait_for(lambda: in_grace(mdb), "in grace")
         first = await open_episode(mdb)
         polls = svc.detector.polls
@@ -257,8 +238,6 @@ async def test_one_snapshot_that_misses_a_position_does_not_end_its_episode(mock
         assert (await open_episode(mdb))["id"] == first["id"]
         assert (await aged_rows(mdb))[0]["status"] == "grace_active"
         assert "a look-up shows it open" in caplog.text
-        svc.shutdown()
-        n.cancel_scope.cancel()
 
 
 async def test_an_entry_price_of_zero_is_skipped_and_the_rest_is_managed(mock_clock, mdb, caplog):
@@ -266,12 +245,7 @@ async def test_an_entry_price_of_zero_is_skipped_and_the_rest_is_managed(mock_cl
     aged_long(ex)
     ex.set_position("ETH/USDT:USDT", "long", "1", "0")
     trade(ex, T0, "buy", "1", "0.0001", symbol="ETH/USDT:USDT")
-    prices = Prices("99.5", "99.6")
-    feed = MemoryFeed("bybit")
-    svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=5), poll_interval=POLL)
-    async with trio.open_nursery() as n:
-        n.start_soon(svc.run)
-        n.start_soon(prices.run, ex, feed)
+    async with running(mdb, ex, Prices("99.5", "99.6"), hours=5) as (svc, prices):
         await wait_for(lambda: in_grace(mdb), "the good position in grace")
         polls = svc.detector.polls
 
@@ -283,20 +257,11 @@ async def test_an_entry_price_of_zero_is_skipped_and_the_rest_is_managed(mock_cl
         async def closed():
             return (await aged_rows(mdb))[0]["status"] == "closed"
         await wait_for(closed, "the good position closed")
-        svc.shutdown()
-        n.cancel_scope.cancel()
     books = await mdb.fetch("SELECT symbol FROM monitoring.episodes")
     assert [b["symbol"] for b in books] == [SYMBOL]
     assert caplog.text.count("ETH/USDT:USDT: position skipped, entry price") == 1
 
 
-BOT_TABLE = """
-CREATE TABLE monitoring.positions (
-    id serial PRIMARY KEY, symbol text NOT NULL, exchange text NOT NULL, side text NOT NULL,
-    quantity numeric NOT NULL, entry_price numeric NOT NULL, status text NOT NULL DEFAULT 'active',
-    opened_at timestamptz NOT NULL, trailing_activated boolean NOT NULL DEFAULT false,
-    closed_at timestamptz, exit_reason text)
-"""
 
 
 async def test_the_bot_book_gives_the_open_time_and_is_closed_after_our_close(mock_clock, mdb):
@@ -309,12 +274,7 @@ async def test_the_bot_book_gives_the_open_time_and_is_closed_after_our_close(mo
         ex = MemoryExchange(name="bybit")
         ex.set_position(SYMBOL, "long", "1", "100")
         trade(ex, T0 + timedelta(hours=3), "buy", "1", "100")
-        prices = Prices("99.5", "99.6")
-        feed = MemoryFeed("bybit")
-        svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=5), poll_interval=POLL)
-        async with trio.open_nursery() as n:
-            n.start_soon(svc.run)
-            n.start_soon(prices.run, ex, feed)
+        async with running(mdb, ex, Prices("99.5", "99.6"), hours=5) as (svc, prices):
             await wait_for(lambda: in_grace(mdb), "aged by the bot's open time")
             e = await open_episode(mdb)
             assert e["opened_at"] == T0 + timedelta(hours=1) and e["opened_at_source"] == "bot"
@@ -332,8 +292,6 @@ async def test_the_bot_book_gives_the_open_time_and_is_closed_after_our_close(mo
                 r = (await mdb.fetch("SELECT * FROM monitoring.positions"))[0]
                 return r["status"] == "closed"
             await wait_for(bot_row_closed, "the bot's row closed")
-            svc.shutdown()
-            n.cancel_scope.cancel()
         bot = (await mdb.fetch("SELECT * FROM monitoring.positions"))[0]
         assert bot["exit_reason"] == "aged_grace" and bot["closed_at"] is not None
     finally:
@@ -343,18 +301,11 @@ async def test_the_bot_book_gives_the_open_time_and_is_closed_after_our_close(mo
 async def test_detected_late_in_progressive_records_the_policy_instants(mock_clock, mdb):
     ex = MemoryExchange(name="bybit")
     aged_long(ex)
-    prices = Prices("90", "90.1")
-    feed = MemoryFeed("bybit")
-    svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=20), poll_interval=POLL)
-    async with trio.open_nursery() as n:
-        n.start_soon(svc.run)
-        n.start_soon(prices.run, ex, feed)
+    async with running(mdb, ex, Prices("90", "90.1"), hours=20) as (svc, prices):
 
         async def detected():
             return bool(await aged_rows(mdb))
         await wait_for(detected, "detected")
-        svc.shutdown()
-        n.cancel_scope.cancel()
     row = (await aged_rows(mdb))[0]
     assert row["status"] == "progressive_active"
     assert row["grace_started_at"] == T0 + timedelta(hours=3)

@@ -14,6 +14,7 @@ import storage
 import trio_asyncio
 from storage import with_database
 from storage.repository import Database
+from tests.support import BOT_TABLE
 from storage import ops
 from storage.embedded import EmbeddedPostgres
 from storage.migrate import available_migrations
@@ -239,13 +240,6 @@ def test_embedded_server_refuses_a_socket_path_that_is_too_long(tmp_path):
 
 # --- beside the trading bot; upgrading a book from before episodes ------------------------
 
-BOT_TABLE = """
-CREATE TABLE monitoring.positions (
-    id serial PRIMARY KEY, symbol text NOT NULL, exchange text NOT NULL, side text NOT NULL,
-    quantity numeric NOT NULL, entry_price numeric NOT NULL, status text NOT NULL DEFAULT 'active',
-    opened_at timestamptz NOT NULL, trailing_activated boolean NOT NULL DEFAULT false,
-    closed_at timestamptz, exit_reason text)
-"""
 
 
 async def _fresh_database(database_url, name):
