@@ -590,3 +590,27 @@ async def test_sim_a_rate_limit_holds_every_caller_back(sim, stack):
     assert r.outcome == "flat" and not sim.state.faults.rate_limit_429
     assert ex.ban_state() is None
     assert await sim_orders(sim, ex) and all(o["client_order_id"] != "apm-ban-1" for o in await sim_orders(sim, ex))
+
+
+@needs_sim
+@pytest.mark.parametrize("name", ["binanceusdm"])
+async def test_sim_an_order_answered_new_is_followed_not_misread(aio_loop, sim, db, name):
+    # Binance often answers a MARKET order NEW; here the adapter's own short fill wait is
+    # off, so the executor gets an open order and must follow it to its fill.
+    adapter = await open_adapter(sim, name)
+    adapter._fill_poll_attempts = 0
+    try:
+        stack = Stack(db, adapter)
+        await set_position(sim, adapter, SYMBOL, "long", "0.5", "60000")
+        await set_prices(sim, adapter, SYMBOL, "60000.0", "60000.5", "60000.2")
+        aged = await aged_row(db, name, "long", "0.5")
+        await faults(sim, {"binance_market_new": True})
+        r = await stack.close(aged, "long", "0.5")
+        cid = client_order_id(aged, 1)
+        assert (r.outcome, r.filled_qty, r.avg_price, r.last_order_id) == ("flat", D("0.5"), D("60000.0"), cid)
+        [row] = await db.close_orders(aged)
+        assert (row["state"], row["filled_qty"]) == ("filled", D("0.5"))
+        assert len([o for o in await sim_orders(sim, adapter) if o["order_id"]]) == 1
+    finally:
+        with trio.CancelScope(shield=True):
+            await adapter.close()
