@@ -2,6 +2,7 @@
 # make test  - the test suite against a real PostgreSQL
 # make chaos - the kill -9 fault-injection suite (slow)
 # make bench - the benchmarks (writes bench/results.json)
+# make mutate - mutation testing of actors/executor.py (mutmut; survivors: .venv/bin/mutmut results)
 # Each creates .venv and installs the project on first use.
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LOCAL_PG := postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test chaos bench clean
+.PHONY: run test chaos bench mutate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -37,5 +38,10 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 
+mutate: $(STAMP)
+	@$(PY) -c 'import mutmut' 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check mutmut
+	rm -rf mutants
+	$(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis mutants

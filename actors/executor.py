@@ -286,7 +286,8 @@ class Executor:
             # An earlier order's fate is unknown and the exchange cannot tell now:
             # nothing new may be sent before it is known.
             fills = self._fills.setdefault(req.aged_id, _Fills())
-            return self._failed(req, fills, max(fills.max_attempt, req.next_attempt - 1), f"{type(exc).__name__}: {exc}")
+            return self._failed(req, fills, max(fills.max_attempt, req.next_attempt - 1),
+                                f"{type(exc).__name__}: {exc}")
         attempt = max(req.next_attempt, fills.max_attempt + 1)
         if req.reconcile_only:
             remaining = await self._position_qty(req, port)
@@ -600,7 +601,8 @@ class Executor:
         unresolved = [r for r in rows if r["state"] not in FINAL_STATES and r["client_order_id"] not in fills.orders]
         # Orders this process sent whose outcome it never learnt (the table may be away or behind).
         listed = {r["client_order_id"] for r in unresolved}
-        unresolved += [{"client_order_id": c, "attempt": a} for c, a in sorted(fills.pending.items(), key=lambda x: x[1])
+        unresolved += [{"client_order_id": c, "attempt": a}
+                       for c, a in sorted(fills.pending.items(), key=lambda x: x[1])
                        if c not in listed and c not in fills.orders]
         extra: list[int] = []
         if req.reconcile_only:
