@@ -2,6 +2,8 @@
 # make test  - the test suite against a real PostgreSQL
 # make chaos - the kill -9 fault-injection suite (slow)
 # make bench - the benchmarks (writes bench/results.json)
+# make mutate - mutation testing of the policy, the position machine, the executor and
+#               the feed parsers (mutmut; results in mutants/, counts printed at the end)
 # Each creates .venv and installs the project on first use.
 
 PYTHON ?= python3
@@ -10,7 +12,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LOCAL_PG := postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test chaos bench clean
+.PHONY: run test chaos bench mutate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -37,5 +39,21 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 
+# mutmut is installed on first use only (the optional dependency group "mutate").
+# Configuration: [tool.mutmut] in pyproject.toml. A re-run retests only the functions
+# that changed; MUTANTS=<glob> reruns just those mutants (e.g. 'actors.policy*').
+MUTATE_STAMP := $(VENV)/.installed-mutate
+MUTATE_JOBS  ?= 2
+
+$(MUTATE_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mutate]'
+	@touch $(MUTATE_STAMP)
+
+mutate: $(MUTATE_STAMP)
+	@if [ -z "$$TEST_DATABASE_URL" ] && $(PY) -m storage.probe $(LOCAL_PG); then \
+		export TEST_DATABASE_URL=$(LOCAL_PG); fi; \
+	$(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS); rc=$$?; \
+	echo; $(PY) tools/mutmut_report.py --survivors && exit $$rc
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis mutants

@@ -1,0 +1,149 @@
+"""Position-machine promises pinned down by mutation testing (``make mutate``).
+
+Each scenario checks the *whole* list of commands ``step`` returns: the row fields it
+persists (the columns of monitoring.aged_positions), the events it emits and what it
+asks the executor for. The policy's own functions are the oracle for prices and pnl.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal as D
+from uuid import uuid4
+
+from actors.policy import PolicyConfig, assess, close_reason, realised_pnl
+from actors.position import (
+    CloseResult, Emit, Persist, PositionState, RequestClose, ScheduleTimer, Start, Stop, Tick, step,
+)
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+CFG = PolicyConfig()
+
+
+def h(hours) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+def new_state(side="long", qty=D(2), **kw) -> PositionState:
+    return PositionState(aged_id=uuid4(), position_id=1, exchange="bybit", symbol="BTC/USDT:USDT", side=side,
+                         entry_price=D(100), quantity=qty, opened_at=T0, config=CFG, **kw)
+
+
+def progressive(side="long", at=12):
+    s, _ = step(new_state(side), Start(h(at)))
+    assert s.status == "progressive_active"
+    return s
+
+
+def triggered(**tick):
+    s = progressive()
+    s, cmds = step(s, Tick(h(12), **tick))
+    assert s.close_in_flight
+    return s, cmds
+
+
+def test_a_tick_at_the_target_samples_then_triggers_the_close():
+    a = assess("long", D(100), T0, h(12), CFG)  # target 99.5, tolerance 0.5
+    s, cmds = triggered(bid=D("99.6"), ask=D("99.7"), last=D("99.65"))
+    distance = (a.target_price - D("99.6")) / a.target_price * 100
+    assert cmds == [
+        Persist({"last_checked_price": D("99.6"), "last_price_check": h(12), "target_price": a.target_price,
+                 "current_loss_tolerance_percent": a.loss_tolerance_percent,
+                 "hours_aged": D(12), "hours_in_grace": D(8), "hours_in_progressive": D(1)}),
+        Emit("price_check", market_price=D("99.6"), target_price=a.target_price, distance_percent=distance),
+        Persist({"close_triggered_at": h(12), "target_price": a.target_price,
+                 "current_loss_tolerance_percent": a.loss_tolerance_percent, "last_checked_price": D("99.6"),
+                 "last_price_check": h(12)}),
+        Emit("aged.close.triggered", market_price=D("99.6"), target_price=a.target_price,
+             data={"phase": "progressive", "loss_tolerance_percent": str(a.loss_tolerance_percent),
+                   "bid": "99.6", "ask": "99.7", "emergency": False}),
+        RequestClose(D(2), 1, emergency=False, worst_price=a.target_price),
+    ]
+    assert s.last_price == D("99.6") and s.close_triggered_at == h(12)
+    assert s.last_sample_at == h(12) and s.last_sample_distance == distance
+
+
+def test_the_last_price_alone_can_trigger_a_close():
+    a = assess("long", D(100), T0, h(12), CFG)
+    s, cmds = triggered(last=D("99.6"))
+    [close] = [c for c in cmds if isinstance(c, RequestClose)]
+    assert close == RequestClose(D(2), 1, emergency=False, worst_price=a.target_price)
+    [trig] = [c for c in cmds if isinstance(c, Emit) and c.event_type == "aged.close.triggered"]
+    assert trig.market_price == D("99.6") and trig.data["bid"] is None and trig.data["ask"] is None
+    assert s.last_price == D("99.6")
+
+
+def test_a_short_triggers_on_the_ask():
+    a = assess("short", D(100), T0, h(12), CFG)  # target 100.5
+    s = progressive("short")
+    s, cmds = step(s, Tick(h(12), bid=D("100.3"), ask=D("100.4")))
+    assert cmds[-1] == RequestClose(D(2), 1, emergency=False, worst_price=a.target_price)
+    assert s.last_price == D("100.4")
+
+
+def test_a_full_fill_closes_with_the_realised_pnl():
+    s, _ = triggered(bid=D("99.6"))
+    a = assess("long", D(100), T0, h(12), CFG)
+    now = h(12) + timedelta(seconds=2)
+    s, cmds = step(s, CloseResult(now, "flat", filled_qty=D(2), avg_price=D("99.6"), remaining_qty=D(0),
+                                  attempts=1, last_order_id="o1"))
+    pnl, pct = realised_pnl("long", D(100), D("99.6"), D(2), CFG)
+    reason = close_reason("long", D(100), D("99.6"), a, CFG).value
+    assert reason == "loss_acceptable"
+    assert cmds == [
+        Persist({"status": "closed", "closed_at": now, "close_reason": reason, "closed_qty": D(2),
+                 "quantity": D(0), "close_attempts": 1, "close_price": D("99.6"), "actual_pnl": pnl,
+                 "actual_pnl_percent": pct, "close_order_id": "o1", "phase_at_close": "progressive"}),
+        Emit("aged.close.completed", market_price=D("99.6"), success=True,
+             data={"close_reason": reason, "filled_qty": "2", "attempts": 1, "pnl_percent": str(pct)}),
+        Stop(),
+    ]
+    assert (s.status, s.quantity, s.closed_qty, s.close_attempts, s.close_in_flight) == \
+        ("closed", D(0), D(2), 1, False)
+
+
+def test_a_partial_fill_leaves_the_rest_open():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12) + timedelta(seconds=2)
+    s, cmds = step(s, CloseResult(now, "open", filled_qty=D("0.5"), avg_price=D("99.6"), remaining_qty=D("1.5"),
+                                  attempts=1))
+    assert cmds == [Persist({"close_attempts": 1, "quantity": D("1.5"), "closed_qty": D("0.5")})]
+    assert (s.status, s.quantity, s.closed_qty, s.close_in_flight) == ("progressive_active", D("1.5"), D("0.5"),
+                                                                       False)
+
+
+def test_a_failed_close_goes_to_error_and_retries_after_the_cooldown():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12) + timedelta(seconds=2)
+    until = now + timedelta(seconds=60)
+    s, cmds = step(s, CloseResult(now, "failed", attempts=3, error="boom"))
+    assert cmds == [
+        Persist({"status": "error", "last_error_message": "boom", "last_close_attempt": now, "close_attempts": 3,
+                 "quantity": D(2), "closed_qty": D(0)}),
+        Emit("aged.close.failed", success=False, error="boom", critical=True,
+             data={"attempts": 3, "retry_after": until.isoformat()}),
+        ScheduleTimer(until, "cooldown"),
+    ]
+    assert (s.status, s.error_until, s.close_attempts, s.close_in_flight) == ("error", until, 3, False)
+
+
+def test_dust_stops_the_actor_with_what_is_left():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12) + timedelta(seconds=2)
+    s, cmds = step(s, CloseResult(now, "dust", filled_qty=D("1.99"), avg_price=D("99.6"), remaining_qty=D("0.01"),
+                                  attempts=2, error="below min"))
+    assert cmds == [
+        Persist({"status": "dust", "quantity": D("0.01"), "closed_qty": D("1.99"), "close_attempts": 2,
+                 "last_error_message": "below min", "last_close_attempt": now}),
+        Emit("aged.close.dust", success=False, error="below min", critical=True,
+             data={"remaining_qty": "0.01", "filled_qty": "1.99", "attempts": 2}),
+        Stop(),
+    ]
+    assert (s.status, s.quantity, s.closed_qty, s.close_attempts, s.close_in_flight) == \
+        ("dust", D("0.01"), D("1.99"), 2, False)
+
+
+def test_dust_without_a_reported_remainder_keeps_what_was_not_filled():
+    s, _ = triggered(bid=D("99.6"))
+    s, cmds = step(s, CloseResult(h(12.01), "dust", filled_qty=D("1.5"), attempts=1))
+    assert s.status == "dust" and s.quantity == D("0.5") and s.closed_qty == D("1.5")
