@@ -115,3 +115,26 @@ def test_at_a_boundary_the_next_change_is_that_boundary():
     assert next_phase_change(T0, h(3) + timedelta(microseconds=1), cfg) == h(11)
     assert next_phase_change(T0, h(11), cfg) == h(11)
     assert next_phase_change(T0, h(11) + timedelta(microseconds=1), cfg) is None
+
+
+def test_sides_normalise_to_long_and_short():
+    from actors.policy import normalize_side
+    assert [normalize_side(s) for s in ("long", "BUY", " Short ", "sell")] == ["long", "long", "short", "short"]
+
+
+def test_a_time_without_a_usable_offset_or_not_a_time_is_refused():
+    from datetime import tzinfo
+
+    class NoOffset(tzinfo):
+        def utcoffset(self, dt):
+            return None
+
+    with pytest.raises(ValueError, match=r"\bnow\b"):
+        assess("long", D(100), T0, datetime(2026, 1, 1, tzinfo=NoOffset()), PolicyConfig())
+    with pytest.raises(ValueError, match=r"\bnow\b"):
+        assess("long", D(100), T0, "2026-01-02T00:00:00+00:00", PolicyConfig())
+
+
+def test_a_float_price_is_never_used():
+    assert executable_price("long", bid=99.5) is None  # type: ignore[arg-type]
+    assert executable_price("short", ask=100.5, last=D(100)) == D(100)  # type: ignore[arg-type]

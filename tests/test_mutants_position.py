@@ -147,3 +147,184 @@ def test_dust_without_a_reported_remainder_keeps_what_was_not_filled():
     s, _ = triggered(bid=D("99.6"))
     s, cmds = step(s, CloseResult(h(12.01), "dust", filled_qty=D("1.5"), attempts=1))
     assert s.status == "dust" and s.quantity == D("0.5") and s.closed_qty == D("1.5")
+
+
+# --- phase changes ---------------------------------------------------------------------------
+
+def test_entering_grace_persists_the_phase_and_times_the_next_change():
+    s, cmds = step(new_state(), Start(h(3.5)))
+    assert cmds == [
+        Persist({"status": "grace_active", "target_price": D("100.2"), "current_loss_tolerance_percent": D(0),
+                 "hours_aged": D("3.5"), "hours_in_grace": D("0.5"), "hours_in_progressive": D(0),
+                 "grace_started_at": h(3)}),
+        Emit("aged.phase.changed", target_price=D("100.2"),
+             data={"from": "detected", "to": "grace_active", "phase": "grace", "loss_tolerance_percent": "0"}),
+        ScheduleTimer(h(11) + timedelta(microseconds=1), "phase"),
+    ]
+
+
+def test_a_late_start_goes_straight_to_progressive_with_its_hours():
+    a = assess("long", D(100), T0, h(12), CFG)
+    s, cmds = step(new_state(), Start(h(12)))
+    assert cmds == [
+        Persist({"status": "progressive_active", "target_price": a.target_price,
+                 "current_loss_tolerance_percent": a.loss_tolerance_percent,
+                 "hours_aged": D(12), "hours_in_grace": D(8), "hours_in_progressive": D(1),
+                 "grace_started_at": h(3), "progressive_started_at": h(11)}),
+        Emit("aged.phase.changed", target_price=a.target_price,
+             data={"from": "detected", "to": "progressive_active", "phase": "progressive",
+                   "loss_tolerance_percent": str(a.loss_tolerance_percent)}),
+    ]
+
+
+# --- outcomes other than our own full fill ---------------------------------------------------------
+
+def test_a_position_gone_before_any_fill_of_ours_is_a_manual_close():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12.01)
+    s, cmds = step(s, CloseResult(now, "vanished", attempts=1))
+    assert cmds == [
+        Persist({"status": "closed", "closed_at": now, "close_reason": "manual", "closed_qty": D(0),
+                 "quantity": D(0), "close_attempts": 1}),
+        Emit("aged.close.completed", market_price=None, success=True,
+             data={"close_reason": "manual", "filled_qty": "0", "attempts": 1, "pnl_percent": "None"}),
+        Stop(),
+    ]
+    assert s.status == "closed" and not s.close_in_flight and not s.needs_reconcile
+
+
+def test_a_close_finished_by_someone_else_records_our_part():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12.01)
+    s, cmds = step(s, CloseResult(now, "vanished", filled_qty=D("0.5"), avg_price=D("99.6"), attempts=2,
+                                  last_order_id="o2"))
+    pnl, pct = realised_pnl("long", D(100), D("99.6"), D("0.5"), CFG)
+    assert cmds[0] == Persist({"status": "closed", "closed_at": now, "close_reason": "manual",
+                               "closed_qty": D("0.5"), "quantity": D(0), "close_attempts": 2,
+                               "close_price": D("99.6"), "actual_pnl": pnl, "actual_pnl_percent": pct,
+                               "close_order_id": "o2", "phase_at_close": "progressive"})
+    assert s.closed_qty == D("0.5") and s.close_attempts == 2
+
+
+def test_flat_with_nothing_filled_by_us_is_a_manual_close():
+    s, _ = triggered(bid=D("99.6"))
+    s, cmds = step(s, CloseResult(h(12.01), "flat", attempts=1))
+    assert cmds[0].fields["close_reason"] == "manual" and "close_price" not in cmds[0].fields
+    assert s.status == "closed"
+
+
+def test_the_episode_ending_during_our_close_closes_it_as_manual():
+    from actors.position import PositionVanished
+    s, _ = triggered(bid=D("99.6"))
+    s, cmds = step(s, PositionVanished(h(12.005)))
+    assert cmds == [] and s.status == "progressive_active"
+    s, cmds = step(s, CloseResult(h(12.01), "open", filled_qty=D("0.5"), avg_price=D("99.6"), attempts=1,
+                                  last_order_id="o1"))
+    assert s.status == "closed"
+    assert cmds[0].fields["close_reason"] == "manual" and cmds[0].fields["closed_qty"] == D("0.5")
+    assert cmds[0].fields["close_price"] == D("99.6") and cmds[0].fields["close_order_id"] == "o1"
+
+
+# --- the close is judged at the moment it was triggered ---------------------------------------------
+
+def test_phase_and_reason_are_those_of_the_trigger_not_of_the_result():
+    s, _ = step(new_state(), Start(h(10)))
+    s, cmds = step(s, Tick(h(10), bid=D("100.3")))  # grace: at or above breakeven 100.2
+    assert s.close_in_flight
+    s, cmds = step(s, CloseResult(h(12), "flat", filled_qty=D(2), avg_price=D("100.3"), attempts=1))
+    assert cmds[0].fields["phase_at_close"] == "grace"
+
+    # a loss: triggered before the cap, filled after it -> loss_acceptable, not max_loss
+    s, _ = step(new_state(), Start(h(29)))
+    a = assess("long", D(100), T0, h(29), CFG)
+    assert not a.at_cap and assess("long", D(100), T0, h(31), CFG).at_cap
+    s, cmds = step(s, Tick(h(29), bid=a.target_price))
+    assert s.close_in_flight
+    s, cmds = step(s, CloseResult(h(31), "flat", filled_qty=D(2), avg_price=a.target_price, attempts=1))
+    assert cmds[0].fields["close_reason"] == "loss_acceptable"
+
+
+def test_a_fill_before_the_position_aged_has_no_phase():
+    s = new_state(close_in_flight=True, needs_reconcile=True)
+    s, cmds = step(s, CloseResult(h(1), "vanished", filled_qty=D(2), avg_price=D(101), attempts=1))
+    assert cmds[0].fields["phase_at_close"] is None and cmds[0].fields["close_price"] == D(101)
+    assert not s.needs_reconcile
+
+
+# --- when a close is asked for ----------------------------------------------------------------
+
+def test_nothing_left_is_never_closed():
+    s, _ = step(new_state(qty=D(0)), Start(h(12)))
+    s, cmds = step(s, Tick(h(12), bid=D(100)))
+    assert not any(isinstance(c, RequestClose) for c in cmds) and not s.close_in_flight
+
+
+def test_an_emergency_close_may_come_before_the_position_ages():
+    from actors.position import Settings
+    s, _ = step(new_state(settings=Settings(emergency_close_after_hours=D(2))), Start(h(2.5)))
+    s, cmds = step(s, Tick(h(2.5), bid=D(50)))
+    assert cmds[-1] == RequestClose(D(2), 1, emergency=True, worst_price=None)
+
+
+def test_an_emergency_timer_closes_at_the_last_sampled_price():
+    from actors.position import Settings, Timer
+    s, _ = step(new_state(settings=Settings(emergency_close_after_hours=D(20))), Start(h(12)))
+    s, cmds = step(s, Tick(h(12), bid=D(90)))  # far below the target: sampled, no close
+    assert not s.close_in_flight and s.last_price == D(90)
+    s, cmds = step(s, Timer(h(20)))
+    assert cmds[-1] == RequestClose(D(2), 1, emergency=True, worst_price=None)
+    [trig] = [c for c in cmds if isinstance(c, Emit) and c.event_type == "aged.close.triggered"]
+    assert trig.market_price == D(90) and trig.data["bid"] == "90" and trig.data["emergency"] is True
+
+
+def test_a_close_between_samples_still_remembers_its_price():
+    s = progressive()
+    s, _ = step(s, Tick(h(12), bid=D("99.2")))
+    s, cmds = step(s, Tick(h(12) + timedelta(seconds=10), bid=D("99.5")))
+    assert not any(isinstance(c, Emit) and c.event_type == "price_check" for c in cmds)  # not a sample
+    assert s.close_in_flight and s.last_price == D("99.5")
+
+
+# --- error and cool-down ------------------------------------------------------------------------
+
+def failed():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12.01)
+    s, _ = step(s, CloseResult(now, "failed", attempts=3, error="boom"))
+    return s, now + timedelta(seconds=60)
+
+
+def test_a_tick_in_error_before_the_cooldown_neither_closes_nor_leaves_error():
+    s, until = failed()
+    s, cmds = step(s, Tick(until - timedelta(seconds=1), bid=D(100)))
+    assert s.status == "error"
+    assert not any(isinstance(c, (RequestClose, ScheduleTimer)) for c in cmds)
+
+
+def test_a_tick_at_the_end_of_the_cooldown_leaves_error_and_closes():
+    s, until = failed()
+    s, cmds = step(s, Tick(until, bid=D(100)))
+    assert cmds[0] == Persist({"status": "progressive_active", "last_error_message": None})
+    assert s.error_until is None and s.close_in_flight
+    assert cmds[-1] == RequestClose(D(2), 4, emergency=False, worst_price=assess("long", D(100), T0, until,
+                                                                                     CFG).target_price)
+
+
+def test_the_cooldown_timer_leaves_error_at_its_instant():
+    from actors.position import Timer
+    s, until = failed()
+    s2, cmds = step(s, Timer(until - timedelta(microseconds=1), "cooldown"))
+    assert s2.status == "error"
+    s, cmds = step(s, Timer(until, "cooldown"))
+    assert cmds[0] == Persist({"status": "progressive_active", "last_error_message": None})
+    assert s.status == "progressive_active" and s.error_until is None
+
+
+def test_a_tick_in_error_during_grace_sets_no_phase_timer():
+    s, _ = step(new_state(), Start(h(10)))
+    s, _ = step(s, Tick(h(10), bid=D("100.3")))
+    s, _ = step(s, CloseResult(h(10.01), "failed", attempts=3, error="boom"))
+    assert s.status == "error"
+    s, cmds = step(s, Tick(h(10.01) + timedelta(seconds=30), bid=D("100.3")))
+    assert s.status == "error"
+    assert not any(isinstance(c, (RequestClose, ScheduleTimer)) for c in cmds)
