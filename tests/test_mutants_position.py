@@ -328,3 +328,108 @@ def test_a_tick_in_error_during_grace_sets_no_phase_timer():
     s, cmds = step(s, Tick(h(10.01) + timedelta(seconds=30), bid=D("100.3")))
     assert s.status == "error"
     assert not any(isinstance(c, (RequestClose, ScheduleTimer)) for c in cmds)
+
+
+# --- position updates -----------------------------------------------------------------------------
+
+from actors.policy import breakeven_price  # noqa: E402
+from actors.position import PositionUpdate, PositionVanished, Timer  # noqa: E402
+
+
+def test_a_new_entry_price_moves_the_targets_at_once():
+    s = progressive()
+    s, _ = step(s, Tick(h(12), bid=D(90)))
+    assert s.last_sample_distance is not None
+    s, cmds = step(s, PositionUpdate(h(12.5), entry_price=D(101)))
+    a = assess("long", D(101), T0, h(12.5), CFG)
+    assert cmds == [
+        Persist({"quantity": D(2), "entry_price": D(101), "target_price": a.target_price,
+                 "breakeven_price": breakeven_price("long", D(101), CFG),
+                 "current_loss_tolerance_percent": a.loss_tolerance_percent}),
+        Emit("position.changed", target_price=a.target_price,
+             data={"old_quantity": "2", "new_quantity": "2", "old_entry_price": "100", "new_entry_price": "101"}),
+    ]
+    assert s.entry_price == D(101) and s.last_sample_distance is None
+
+
+def test_nonsense_sizes_and_prices_in_an_update_are_ignored_but_small_prices_are_not():
+    s = progressive()
+    s2, cmds = step(s, PositionUpdate(h(12.5), quantity=D(0), entry_price=D(0)))
+    assert cmds == [] and (s2.quantity, s2.entry_price) == (D(2), D(100))
+    s3, cmds = step(s, PositionUpdate(h(12.5), entry_price=D("0.5")))
+    assert s3.entry_price == D("0.5") and cmds[0].fields["entry_price"] == D("0.5")
+
+
+def test_a_trailing_stop_skips_even_an_errored_position_and_its_end_resumes_it():
+    s, _ = step(new_state(), Start(h(5)))
+    s, cmds = step(s, PositionUpdate(h(5.5), trailing_active=False))
+    assert cmds == []  # not skipped: nothing to resume
+    s, _ = step(s, Tick(h(5.5), bid=D("100.3")))
+    s, _ = step(s, CloseResult(h(5.6), "failed", attempts=3, error="boom"))
+    assert s.status == "error"
+    s, cmds = step(s, PositionUpdate(h(5.7), trailing_active=True))
+    assert cmds == [Persist({"status": "skipped"}), Emit("skipped", data={"reason": "trailing stop active"})]
+    s, cmds = step(s, PositionUpdate(h(6), trailing_active=False))
+    assert cmds == [Persist({"status": "grace_active"}),
+                    Emit("resumed", data={"reason": "trailing stop no longer active"}),
+                    ScheduleTimer(h(11) + timedelta(microseconds=1), "phase")]
+    assert s.status == "grace_active"
+
+
+def test_updates_during_a_close_are_merged_and_applied_after_it():
+    s, _ = triggered(bid=D("99.6"))
+    s, cmds = step(s, PositionUpdate(h(12.001), quantity=D(3)))
+    s, cmds = step(s, PositionUpdate(h(12.002), entry_price=D(101)))
+    assert cmds == [] and s.quantity == D(2)
+    s, cmds = step(s, CloseResult(h(12.01), "open", attempts=1))
+    assert (s.quantity, s.entry_price) == (D(3), D(101)) and s.pending_update is None
+
+
+def test_a_position_gone_without_a_close_of_ours_is_closed_as_manual():
+    s = progressive()
+    s, cmds = step(s, PositionVanished(h(13)))
+    assert cmds == [
+        Persist({"status": "closed", "closed_at": h(13), "close_reason": "manual", "closed_qty": D(0),
+                 "quantity": D(0), "close_attempts": 0}),
+        Emit("aged.close.completed", market_price=None, success=True,
+             data={"close_reason": "manual", "filled_qty": "0", "attempts": 0, "pnl_percent": "None"}),
+        Stop(),
+    ]
+
+
+# --- (re)start ------------------------------------------------------------------------------------
+
+def test_a_restart_with_a_close_maybe_in_flight_reconciles_first():
+    s = new_state(needs_reconcile=True, close_attempts=2, status="grace_active")
+    s, cmds = step(s, Start(h(5)))
+    assert cmds == [RequestClose(D(2), 3, reconcile_only=True),
+                    ScheduleTimer(h(11) + timedelta(microseconds=1), "phase")]
+    assert s.close_in_flight
+
+
+def test_a_finished_position_only_stops_on_start():
+    for status in ("closed", "dust"):
+        s, cmds = step(new_state(status=status), Start(h(5)))
+        assert cmds == [Stop()]
+
+
+def test_an_emergency_timer_closes_a_short_at_its_last_ask():
+    from actors.position import Settings
+    s, _ = step(new_state("short", settings=Settings(emergency_close_after_hours=D(20))), Start(h(12)))
+    s, _ = step(s, Tick(h(12), bid=D(109), ask=D(110)))  # far above the target: sampled, no close
+    assert not s.close_in_flight and s.last_price == D(110)
+    s, cmds = step(s, Timer(h(20)))
+    assert cmds[-1] == RequestClose(D(2), 1, emergency=True, worst_price=None)
+    [trig] = [c for c in cmds if isinstance(c, Emit) and c.event_type == "aged.close.triggered"]
+    assert trig.market_price == D(110) and trig.data["ask"] == "110" and trig.data["bid"] is None
+
+
+def test_no_emergency_close_from_a_timer_without_a_known_price():
+    from actors.position import Settings
+    s, _ = step(new_state(settings=Settings(emergency_close_after_hours=D(20))), Start(h(12)))
+    s, cmds = step(s, Timer(h(20)))
+    assert not any(isinstance(c, RequestClose) for c in cmds) and not s.close_in_flight
+    s, _ = step(new_state(settings=Settings(emergency_close_after_hours=D(20))), Start(h(12)))
+    s, _ = step(s, Tick(h(12), bid=D(90)))
+    s, cmds = step(s, Timer(h(19)))  # a price, but not yet old enough
+    assert not any(isinstance(c, RequestClose) for c in cmds)
