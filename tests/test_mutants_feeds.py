@@ -266,3 +266,11 @@ def test_binance_many_symbols_are_split_into_requests_of_at_most_a_hundred_strea
     p1 = BinanceProtocol(with_last=False)
     msgs = [json.loads(m) for m in p1.subscribe_messages(symbols)]
     assert [len(m["params"]) for m in msgs] == [100, 20]
+
+
+def test_binance_book_updates_keep_the_last_trade_price():
+    p = binance()
+    p.parse(trade(E=1), 1.0)
+    p.parse(dumps(BOOK), 2.0)
+    t = p.parse(dumps(dict(BOOK, b="25.3")), 3.0)
+    assert t.last == Decimal("25.36")

@@ -433,3 +433,27 @@ def test_no_emergency_close_from_a_timer_without_a_known_price():
     s, _ = step(s, Tick(h(12), bid=D(90)))
     s, cmds = step(s, Timer(h(19)))  # a price, but not yet old enough
     assert not any(isinstance(c, RequestClose) for c in cmds)
+
+
+def test_a_restart_in_error_reconciles_and_sets_a_fresh_cooldown():
+    s = new_state(status="error", needs_reconcile=True, close_attempts=3)
+    now = h(12)
+    s, cmds = step(s, Start(now))
+    assert cmds == [RequestClose(D(2), 4, reconcile_only=True), ScheduleTimer(now + timedelta(seconds=60), "cooldown")]
+    assert s.error_until == now + timedelta(seconds=60) and s.close_in_flight
+    # the reconcile fails too: still in error, the row says why
+    later = now + timedelta(seconds=5)
+    s, cmds = step(s, CloseResult(later, "failed", attempts=4, error="down"))
+    assert cmds[0] == Persist({"last_error_message": "down", "last_close_attempt": later, "close_attempts": 4,
+                               "quantity": D(2), "closed_qty": D(0)})
+    assert s.status == "error" and not s.needs_reconcile and not s.close_in_flight
+
+
+def test_results_clear_the_reconcile_flag():
+    s, _ = step(new_state(needs_reconcile=True, status="progressive_active"), Start(h(12)))
+    s2, _ = step(s, CloseResult(h(12.01), "open", attempts=1))
+    assert s2.needs_reconcile is False and not s2.close_in_flight
+    s3, _ = step(s, CloseResult(h(12.01), "dust", filled_qty=D(1), remaining_qty=D("0.001"), attempts=1))
+    assert s3.needs_reconcile is False and s3.quantity == D("0.001")
+    s4, _ = step(s, CloseResult(h(12.01), "flat", filled_qty=D(2), avg_price=D(99), attempts=1))
+    assert s4.needs_reconcile is False and s4.status == "closed"
