@@ -2,7 +2,8 @@
 # make test  - the test suite against a real PostgreSQL
 # make chaos - the kill -9 fault-injection suite (slow)
 # make bench - the benchmarks (writes bench/results.json)
-# make mutate - mutation testing of actors/executor.py (mutmut; survivors: .venv/bin/mutmut results)
+# make mutate - mutation testing of the policy, the position machine, the executor and
+#               the feed parsers (mutmut; results in mutants/, counts printed at the end)
 # Each creates .venv and installs the project on first use.
 
 PYTHON ?= python3
@@ -38,10 +39,21 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 
-mutate: $(STAMP)
-	@$(PY) -c 'import mutmut' 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check mutmut
-	rm -rf mutants
-	$(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results
+# mutmut is installed on first use only (the optional dependency group "mutate").
+# Configuration: [tool.mutmut] in pyproject.toml. A re-run retests only the functions
+# that changed; MUTANTS=<glob> reruns just those mutants (e.g. 'actors.policy*').
+MUTATE_STAMP := $(VENV)/.installed-mutate
+MUTATE_JOBS  ?= 2
+
+$(MUTATE_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mutate]'
+	@touch $(MUTATE_STAMP)
+
+mutate: $(MUTATE_STAMP)
+	@if [ -z "$$TEST_DATABASE_URL" ] && $(PY) -m storage.probe $(LOCAL_PG); then \
+		export TEST_DATABASE_URL=$(LOCAL_PG); fi; \
+	$(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS); rc=$$?; \
+	echo; $(PY) tools/mutmut_report.py --survivors && exit $$rc
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis mutants

@@ -1,0 +1,459 @@
+"""Position-machine promises pinned down by mutation testing (``make mutate``).
+
+Each scenario checks the *whole* list of commands ``step`` returns: the row fields it
+persists (the columns of monitoring.aged_positions), the events it emits and what it
+asks the executor for. The policy's own functions are the oracle for prices and pnl.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal as D
+from uuid import uuid4
+
+from actors.policy import PolicyConfig, assess, close_reason, realised_pnl
+from actors.position import (
+    CloseResult, Emit, Persist, PositionState, RequestClose, ScheduleTimer, Start, Stop, Tick, step,
+)
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+CFG = PolicyConfig()
+
+
+def h(hours) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+def new_state(side="long", qty=D(2), **kw) -> PositionState:
+    return PositionState(aged_id=uuid4(), position_id=1, exchange="bybit", symbol="BTC/USDT:USDT", side=side,
+                         entry_price=D(100), quantity=qty, opened_at=T0, config=CFG, **kw)
+
+
+def progressive(side="long", at=12):
+    s, _ = step(new_state(side), Start(h(at)))
+    assert s.status == "progressive_active"
+    return s
+
+
+def triggered(**tick):
+    s = progressive()
+    s, cmds = step(s, Tick(h(12), **tick))
+    assert s.close_in_flight
+    return s, cmds
+
+
+def test_a_tick_at_the_target_samples_then_triggers_the_close():
+    a = assess("long", D(100), T0, h(12), CFG)  # target 99.5, tolerance 0.5
+    s, cmds = triggered(bid=D("99.6"), ask=D("99.7"), last=D("99.65"))
+    distance = (a.target_price - D("99.6")) / a.target_price * 100
+    assert cmds == [
+        Persist({"last_checked_price": D("99.6"), "last_price_check": h(12), "target_price": a.target_price,
+                 "current_loss_tolerance_percent": a.loss_tolerance_percent,
+                 "hours_aged": D(12), "hours_in_grace": D(8), "hours_in_progressive": D(1)}),
+        Emit("price_check", market_price=D("99.6"), target_price=a.target_price, distance_percent=distance),
+        Persist({"close_triggered_at": h(12), "target_price": a.target_price,
+                 "current_loss_tolerance_percent": a.loss_tolerance_percent, "last_checked_price": D("99.6"),
+                 "last_price_check": h(12)}),
+        Emit("aged.close.triggered", market_price=D("99.6"), target_price=a.target_price,
+             data={"phase": "progressive", "loss_tolerance_percent": str(a.loss_tolerance_percent),
+                   "bid": "99.6", "ask": "99.7", "emergency": False}),
+        RequestClose(D(2), 1, emergency=False, worst_price=a.target_price),
+    ]
+    assert s.last_price == D("99.6") and s.close_triggered_at == h(12)
+    assert s.last_sample_at == h(12) and s.last_sample_distance == distance
+
+
+def test_the_last_price_alone_can_trigger_a_close():
+    a = assess("long", D(100), T0, h(12), CFG)
+    s, cmds = triggered(last=D("99.6"))
+    [close] = [c for c in cmds if isinstance(c, RequestClose)]
+    assert close == RequestClose(D(2), 1, emergency=False, worst_price=a.target_price)
+    [trig] = [c for c in cmds if isinstance(c, Emit) and c.event_type == "aged.close.triggered"]
+    assert trig.market_price == D("99.6") and trig.data["bid"] is None and trig.data["ask"] is None
+    assert s.last_price == D("99.6")
+
+
+def test_a_short_triggers_on_the_ask():
+    a = assess("short", D(100), T0, h(12), CFG)  # target 100.5
+    s = progressive("short")
+    s, cmds = step(s, Tick(h(12), bid=D("100.3"), ask=D("100.4")))
+    assert cmds[-1] == RequestClose(D(2), 1, emergency=False, worst_price=a.target_price)
+    assert s.last_price == D("100.4")
+
+
+def test_a_full_fill_closes_with_the_realised_pnl():
+    s, _ = triggered(bid=D("99.6"))
+    a = assess("long", D(100), T0, h(12), CFG)
+    now = h(12) + timedelta(seconds=2)
+    s, cmds = step(s, CloseResult(now, "flat", filled_qty=D(2), avg_price=D("99.6"), remaining_qty=D(0),
+                                  attempts=1, last_order_id="o1"))
+    pnl, pct = realised_pnl("long", D(100), D("99.6"), D(2), CFG)
+    reason = close_reason("long", D(100), D("99.6"), a, CFG).value
+    assert reason == "loss_acceptable"
+    assert cmds == [
+        Persist({"status": "closed", "closed_at": now, "close_reason": reason, "closed_qty": D(2),
+                 "quantity": D(0), "close_attempts": 1, "close_price": D("99.6"), "actual_pnl": pnl,
+                 "actual_pnl_percent": pct, "close_order_id": "o1", "phase_at_close": "progressive"}),
+        Emit("aged.close.completed", market_price=D("99.6"), success=True,
+             data={"close_reason": reason, "filled_qty": "2", "attempts": 1, "pnl_percent": str(pct)}),
+        Stop(),
+    ]
+    assert (s.status, s.quantity, s.closed_qty, s.close_attempts, s.close_in_flight) == \
+        ("closed", D(0), D(2), 1, False)
+
+
+def test_a_partial_fill_leaves_the_rest_open():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12) + timedelta(seconds=2)
+    s, cmds = step(s, CloseResult(now, "open", filled_qty=D("0.5"), avg_price=D("99.6"), remaining_qty=D("1.5"),
+                                  attempts=1))
+    assert cmds == [Persist({"close_attempts": 1, "quantity": D("1.5"), "closed_qty": D("0.5")})]
+    assert (s.status, s.quantity, s.closed_qty, s.close_in_flight) == ("progressive_active", D("1.5"), D("0.5"),
+                                                                       False)
+
+
+def test_a_failed_close_goes_to_error_and_retries_after_the_cooldown():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12) + timedelta(seconds=2)
+    until = now + timedelta(seconds=60)
+    s, cmds = step(s, CloseResult(now, "failed", attempts=3, error="boom"))
+    assert cmds == [
+        Persist({"status": "error", "last_error_message": "boom", "last_close_attempt": now, "close_attempts": 3,
+                 "quantity": D(2), "closed_qty": D(0)}),
+        Emit("aged.close.failed", success=False, error="boom", critical=True,
+             data={"attempts": 3, "retry_after": until.isoformat()}),
+        ScheduleTimer(until, "cooldown"),
+    ]
+    assert (s.status, s.error_until, s.close_attempts, s.close_in_flight) == ("error", until, 3, False)
+
+
+def test_dust_stops_the_actor_with_what_is_left():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12) + timedelta(seconds=2)
+    s, cmds = step(s, CloseResult(now, "dust", filled_qty=D("1.99"), avg_price=D("99.6"), remaining_qty=D("0.01"),
+                                  attempts=2, error="below min"))
+    assert cmds == [
+        Persist({"status": "dust", "quantity": D("0.01"), "closed_qty": D("1.99"), "close_attempts": 2,
+                 "last_error_message": "below min", "last_close_attempt": now}),
+        Emit("aged.close.dust", success=False, error="below min", critical=True,
+             data={"remaining_qty": "0.01", "filled_qty": "1.99", "attempts": 2}),
+        Stop(),
+    ]
+    assert (s.status, s.quantity, s.closed_qty, s.close_attempts, s.close_in_flight) == \
+        ("dust", D("0.01"), D("1.99"), 2, False)
+
+
+def test_dust_without_a_reported_remainder_keeps_what_was_not_filled():
+    s, _ = triggered(bid=D("99.6"))
+    s, cmds = step(s, CloseResult(h(12.01), "dust", filled_qty=D("1.5"), attempts=1))
+    assert s.status == "dust" and s.quantity == D("0.5") and s.closed_qty == D("1.5")
+
+
+# --- phase changes ---------------------------------------------------------------------------
+
+def test_entering_grace_persists_the_phase_and_times_the_next_change():
+    s, cmds = step(new_state(), Start(h(3.5)))
+    assert cmds == [
+        Persist({"status": "grace_active", "target_price": D("100.2"), "current_loss_tolerance_percent": D(0),
+                 "hours_aged": D("3.5"), "hours_in_grace": D("0.5"), "hours_in_progressive": D(0),
+                 "grace_started_at": h(3)}),
+        Emit("aged.phase.changed", target_price=D("100.2"),
+             data={"from": "detected", "to": "grace_active", "phase": "grace", "loss_tolerance_percent": "0"}),
+        ScheduleTimer(h(11) + timedelta(microseconds=1), "phase"),
+    ]
+
+
+def test_a_late_start_goes_straight_to_progressive_with_its_hours():
+    a = assess("long", D(100), T0, h(12), CFG)
+    s, cmds = step(new_state(), Start(h(12)))
+    assert cmds == [
+        Persist({"status": "progressive_active", "target_price": a.target_price,
+                 "current_loss_tolerance_percent": a.loss_tolerance_percent,
+                 "hours_aged": D(12), "hours_in_grace": D(8), "hours_in_progressive": D(1),
+                 "grace_started_at": h(3), "progressive_started_at": h(11)}),
+        Emit("aged.phase.changed", target_price=a.target_price,
+             data={"from": "detected", "to": "progressive_active", "phase": "progressive",
+                   "loss_tolerance_percent": str(a.loss_tolerance_percent)}),
+    ]
+
+
+# --- outcomes other than our own full fill ---------------------------------------------------------
+
+def test_a_position_gone_before_any_fill_of_ours_is_a_manual_close():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12.01)
+    s, cmds = step(s, CloseResult(now, "vanished", attempts=1))
+    assert cmds == [
+        Persist({"status": "closed", "closed_at": now, "close_reason": "manual", "closed_qty": D(0),
+                 "quantity": D(0), "close_attempts": 1}),
+        Emit("aged.close.completed", market_price=None, success=True,
+             data={"close_reason": "manual", "filled_qty": "0", "attempts": 1, "pnl_percent": "None"}),
+        Stop(),
+    ]
+    assert s.status == "closed" and not s.close_in_flight and not s.needs_reconcile
+
+
+def test_a_close_finished_by_someone_else_records_our_part():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12.01)
+    s, cmds = step(s, CloseResult(now, "vanished", filled_qty=D("0.5"), avg_price=D("99.6"), attempts=2,
+                                  last_order_id="o2"))
+    pnl, pct = realised_pnl("long", D(100), D("99.6"), D("0.5"), CFG)
+    assert cmds[0] == Persist({"status": "closed", "closed_at": now, "close_reason": "manual",
+                               "closed_qty": D("0.5"), "quantity": D(0), "close_attempts": 2,
+                               "close_price": D("99.6"), "actual_pnl": pnl, "actual_pnl_percent": pct,
+                               "close_order_id": "o2", "phase_at_close": "progressive"})
+    assert s.closed_qty == D("0.5") and s.close_attempts == 2
+
+
+def test_flat_with_nothing_filled_by_us_is_a_manual_close():
+    s, _ = triggered(bid=D("99.6"))
+    s, cmds = step(s, CloseResult(h(12.01), "flat", attempts=1))
+    assert cmds[0].fields["close_reason"] == "manual" and "close_price" not in cmds[0].fields
+    assert s.status == "closed"
+
+
+def test_the_episode_ending_during_our_close_closes_it_as_manual():
+    from actors.position import PositionVanished
+    s, _ = triggered(bid=D("99.6"))
+    s, cmds = step(s, PositionVanished(h(12.005)))
+    assert cmds == [] and s.status == "progressive_active"
+    s, cmds = step(s, CloseResult(h(12.01), "open", filled_qty=D("0.5"), avg_price=D("99.6"), attempts=1,
+                                  last_order_id="o1"))
+    assert s.status == "closed"
+    assert cmds[0].fields["close_reason"] == "manual" and cmds[0].fields["closed_qty"] == D("0.5")
+    assert cmds[0].fields["close_price"] == D("99.6") and cmds[0].fields["close_order_id"] == "o1"
+
+
+# --- the close is judged at the moment it was triggered ---------------------------------------------
+
+def test_phase_and_reason_are_those_of_the_trigger_not_of_the_result():
+    s, _ = step(new_state(), Start(h(10)))
+    s, cmds = step(s, Tick(h(10), bid=D("100.3")))  # grace: at or above breakeven 100.2
+    assert s.close_in_flight
+    s, cmds = step(s, CloseResult(h(12), "flat", filled_qty=D(2), avg_price=D("100.3"), attempts=1))
+    assert cmds[0].fields["phase_at_close"] == "grace"
+
+    # a loss: triggered before the cap, filled after it -> loss_acceptable, not max_loss
+    s, _ = step(new_state(), Start(h(29)))
+    a = assess("long", D(100), T0, h(29), CFG)
+    assert not a.at_cap and assess("long", D(100), T0, h(31), CFG).at_cap
+    s, cmds = step(s, Tick(h(29), bid=a.target_price))
+    assert s.close_in_flight
+    s, cmds = step(s, CloseResult(h(31), "flat", filled_qty=D(2), avg_price=a.target_price, attempts=1))
+    assert cmds[0].fields["close_reason"] == "loss_acceptable"
+
+
+def test_a_fill_before_the_position_aged_has_no_phase():
+    s = new_state(close_in_flight=True, needs_reconcile=True)
+    s, cmds = step(s, CloseResult(h(1), "vanished", filled_qty=D(2), avg_price=D(101), attempts=1))
+    assert cmds[0].fields["phase_at_close"] is None and cmds[0].fields["close_price"] == D(101)
+    assert not s.needs_reconcile
+
+
+# --- when a close is asked for ----------------------------------------------------------------
+
+def test_nothing_left_is_never_closed():
+    s, _ = step(new_state(qty=D(0)), Start(h(12)))
+    s, cmds = step(s, Tick(h(12), bid=D(100)))
+    assert not any(isinstance(c, RequestClose) for c in cmds) and not s.close_in_flight
+
+
+def test_an_emergency_close_may_come_before_the_position_ages():
+    from actors.position import Settings
+    s, _ = step(new_state(settings=Settings(emergency_close_after_hours=D(2))), Start(h(2.5)))
+    s, cmds = step(s, Tick(h(2.5), bid=D(50)))
+    assert cmds[-1] == RequestClose(D(2), 1, emergency=True, worst_price=None)
+
+
+def test_an_emergency_timer_closes_at_the_last_sampled_price():
+    from actors.position import Settings, Timer
+    s, _ = step(new_state(settings=Settings(emergency_close_after_hours=D(20))), Start(h(12)))
+    s, cmds = step(s, Tick(h(12), bid=D(90)))  # far below the target: sampled, no close
+    assert not s.close_in_flight and s.last_price == D(90)
+    s, cmds = step(s, Timer(h(20)))
+    assert cmds[-1] == RequestClose(D(2), 1, emergency=True, worst_price=None)
+    [trig] = [c for c in cmds if isinstance(c, Emit) and c.event_type == "aged.close.triggered"]
+    assert trig.market_price == D(90) and trig.data["bid"] == "90" and trig.data["emergency"] is True
+
+
+def test_a_close_between_samples_still_remembers_its_price():
+    s = progressive()
+    s, _ = step(s, Tick(h(12), bid=D("99.2")))
+    s, cmds = step(s, Tick(h(12) + timedelta(seconds=10), bid=D("99.5")))
+    assert not any(isinstance(c, Emit) and c.event_type == "price_check" for c in cmds)  # not a sample
+    assert s.close_in_flight and s.last_price == D("99.5")
+
+
+# --- error and cool-down ------------------------------------------------------------------------
+
+def failed():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12.01)
+    s, _ = step(s, CloseResult(now, "failed", attempts=3, error="boom"))
+    return s, now + timedelta(seconds=60)
+
+
+def test_a_tick_in_error_before_the_cooldown_neither_closes_nor_leaves_error():
+    s, until = failed()
+    s, cmds = step(s, Tick(until - timedelta(seconds=1), bid=D(100)))
+    assert s.status == "error"
+    assert not any(isinstance(c, (RequestClose, ScheduleTimer)) for c in cmds)
+
+
+def test_a_tick_at_the_end_of_the_cooldown_leaves_error_and_closes():
+    s, until = failed()
+    s, cmds = step(s, Tick(until, bid=D(100)))
+    assert cmds[0] == Persist({"status": "progressive_active", "last_error_message": None})
+    assert s.error_until is None and s.close_in_flight
+    assert cmds[-1] == RequestClose(D(2), 4, emergency=False, worst_price=assess("long", D(100), T0, until,
+                                                                                     CFG).target_price)
+
+
+def test_the_cooldown_timer_leaves_error_at_its_instant():
+    from actors.position import Timer
+    s, until = failed()
+    s2, cmds = step(s, Timer(until - timedelta(microseconds=1), "cooldown"))
+    assert s2.status == "error"
+    s, cmds = step(s, Timer(until, "cooldown"))
+    assert cmds[0] == Persist({"status": "progressive_active", "last_error_message": None})
+    assert s.status == "progressive_active" and s.error_until is None
+
+
+def test_a_tick_in_error_during_grace_sets_no_phase_timer():
+    s, _ = step(new_state(), Start(h(10)))
+    s, _ = step(s, Tick(h(10), bid=D("100.3")))
+    s, _ = step(s, CloseResult(h(10.01), "failed", attempts=3, error="boom"))
+    assert s.status == "error"
+    s, cmds = step(s, Tick(h(10.01) + timedelta(seconds=30), bid=D("100.3")))
+    assert s.status == "error"
+    assert not any(isinstance(c, (RequestClose, ScheduleTimer)) for c in cmds)
+
+
+# --- position updates -----------------------------------------------------------------------------
+
+from actors.policy import breakeven_price  # noqa: E402
+from actors.position import PositionUpdate, PositionVanished, Timer  # noqa: E402
+
+
+def test_a_new_entry_price_moves_the_targets_at_once():
+    s = progressive()
+    s, _ = step(s, Tick(h(12), bid=D(90)))
+    assert s.last_sample_distance is not None
+    s, cmds = step(s, PositionUpdate(h(12.5), entry_price=D(101)))
+    a = assess("long", D(101), T0, h(12.5), CFG)
+    assert cmds == [
+        Persist({"quantity": D(2), "entry_price": D(101), "target_price": a.target_price,
+                 "breakeven_price": breakeven_price("long", D(101), CFG),
+                 "current_loss_tolerance_percent": a.loss_tolerance_percent}),
+        Emit("position.changed", target_price=a.target_price,
+             data={"old_quantity": "2", "new_quantity": "2", "old_entry_price": "100", "new_entry_price": "101"}),
+    ]
+    assert s.entry_price == D(101) and s.last_sample_distance is None
+
+
+def test_nonsense_sizes_and_prices_in_an_update_are_ignored_but_small_prices_are_not():
+    s = progressive()
+    s2, cmds = step(s, PositionUpdate(h(12.5), quantity=D(0), entry_price=D(0)))
+    assert cmds == [] and (s2.quantity, s2.entry_price) == (D(2), D(100))
+    s3, cmds = step(s, PositionUpdate(h(12.5), entry_price=D("0.5")))
+    assert s3.entry_price == D("0.5") and cmds[0].fields["entry_price"] == D("0.5")
+
+
+def test_a_trailing_stop_skips_even_an_errored_position_and_its_end_resumes_it():
+    s, _ = step(new_state(), Start(h(5)))
+    s, cmds = step(s, PositionUpdate(h(5.5), trailing_active=False))
+    assert cmds == []  # not skipped: nothing to resume
+    s, _ = step(s, Tick(h(5.5), bid=D("100.3")))
+    s, _ = step(s, CloseResult(h(5.6), "failed", attempts=3, error="boom"))
+    assert s.status == "error"
+    s, cmds = step(s, PositionUpdate(h(5.7), trailing_active=True))
+    assert cmds == [Persist({"status": "skipped"}), Emit("skipped", data={"reason": "trailing stop active"})]
+    s, cmds = step(s, PositionUpdate(h(6), trailing_active=False))
+    assert cmds == [Persist({"status": "grace_active"}),
+                    Emit("resumed", data={"reason": "trailing stop no longer active"}),
+                    ScheduleTimer(h(11) + timedelta(microseconds=1), "phase")]
+    assert s.status == "grace_active"
+
+
+def test_updates_during_a_close_are_merged_and_applied_after_it():
+    s, _ = triggered(bid=D("99.6"))
+    s, cmds = step(s, PositionUpdate(h(12.001), quantity=D(3)))
+    s, cmds = step(s, PositionUpdate(h(12.002), entry_price=D(101)))
+    assert cmds == [] and s.quantity == D(2)
+    s, cmds = step(s, CloseResult(h(12.01), "open", attempts=1))
+    assert (s.quantity, s.entry_price) == (D(3), D(101)) and s.pending_update is None
+
+
+def test_a_position_gone_without_a_close_of_ours_is_closed_as_manual():
+    s = progressive()
+    s, cmds = step(s, PositionVanished(h(13)))
+    assert cmds == [
+        Persist({"status": "closed", "closed_at": h(13), "close_reason": "manual", "closed_qty": D(0),
+                 "quantity": D(0), "close_attempts": 0}),
+        Emit("aged.close.completed", market_price=None, success=True,
+             data={"close_reason": "manual", "filled_qty": "0", "attempts": 0, "pnl_percent": "None"}),
+        Stop(),
+    ]
+
+
+# --- (re)start ------------------------------------------------------------------------------------
+
+def test_a_restart_with_a_close_maybe_in_flight_reconciles_first():
+    s = new_state(needs_reconcile=True, close_attempts=2, status="grace_active")
+    s, cmds = step(s, Start(h(5)))
+    assert cmds == [RequestClose(D(2), 3, reconcile_only=True),
+                    ScheduleTimer(h(11) + timedelta(microseconds=1), "phase")]
+    assert s.close_in_flight
+
+
+def test_a_finished_position_only_stops_on_start():
+    for status in ("closed", "dust"):
+        s, cmds = step(new_state(status=status), Start(h(5)))
+        assert cmds == [Stop()]
+
+
+def test_an_emergency_timer_closes_a_short_at_its_last_ask():
+    from actors.position import Settings
+    s, _ = step(new_state("short", settings=Settings(emergency_close_after_hours=D(20))), Start(h(12)))
+    s, _ = step(s, Tick(h(12), bid=D(109), ask=D(110)))  # far above the target: sampled, no close
+    assert not s.close_in_flight and s.last_price == D(110)
+    s, cmds = step(s, Timer(h(20)))
+    assert cmds[-1] == RequestClose(D(2), 1, emergency=True, worst_price=None)
+    [trig] = [c for c in cmds if isinstance(c, Emit) and c.event_type == "aged.close.triggered"]
+    assert trig.market_price == D(110) and trig.data["ask"] == "110" and trig.data["bid"] is None
+
+
+def test_no_emergency_close_from_a_timer_without_a_known_price():
+    from actors.position import Settings
+    s, _ = step(new_state(settings=Settings(emergency_close_after_hours=D(20))), Start(h(12)))
+    s, cmds = step(s, Timer(h(20)))
+    assert not any(isinstance(c, RequestClose) for c in cmds) and not s.close_in_flight
+    s, _ = step(new_state(settings=Settings(emergency_close_after_hours=D(20))), Start(h(12)))
+    s, _ = step(s, Tick(h(12), bid=D(90)))
+    s, cmds = step(s, Timer(h(19)))  # a price, but not yet old enough
+    assert not any(isinstance(c, RequestClose) for c in cmds)
+
+
+def test_a_restart_in_error_reconciles_and_sets_a_fresh_cooldown():
+    s = new_state(status="error", needs_reconcile=True, close_attempts=3)
+    now = h(12)
+    s, cmds = step(s, Start(now))
+    assert cmds == [RequestClose(D(2), 4, reconcile_only=True), ScheduleTimer(now + timedelta(seconds=60), "cooldown")]
+    assert s.error_until == now + timedelta(seconds=60) and s.close_in_flight
+    # the reconcile fails too: still in error, the row says why
+    later = now + timedelta(seconds=5)
+    s, cmds = step(s, CloseResult(later, "failed", attempts=4, error="down"))
+    assert cmds[0] == Persist({"last_error_message": "down", "last_close_attempt": later, "close_attempts": 4,
+                               "quantity": D(2), "closed_qty": D(0)})
+    assert s.status == "error" and not s.needs_reconcile and not s.close_in_flight
+
+
+def test_results_clear_the_reconcile_flag():
+    s, _ = step(new_state(needs_reconcile=True, status="progressive_active"), Start(h(12)))
+    s2, _ = step(s, CloseResult(h(12.01), "open", attempts=1))
+    assert s2.needs_reconcile is False and not s2.close_in_flight
+    s3, _ = step(s, CloseResult(h(12.01), "dust", filled_qty=D(1), remaining_qty=D("0.001"), attempts=1))
+    assert s3.needs_reconcile is False and s3.quantity == D("0.001")
+    s4, _ = step(s, CloseResult(h(12.01), "flat", filled_qty=D(2), avg_price=D(99), attempts=1))
+    assert s4.needs_reconcile is False and s4.status == "closed"
