@@ -1,6 +1,6 @@
 """Episodes on the real stack: ``run.py live`` as a process, ccxt's real clients, the
 simulator (whose fill history and position times follow the exchanges' documentation,
-see tests/fixtures/exchange_payloads/SOURCES.md) and PostgreSQL.
+see tests/conformance/SOURCES.md) and PostgreSQL.
 
 A trading bot closes and re-opens between two looks of the manager; on Bybit a symbol
 traded weeks ago reports its old ``createdTime``. The manager must not take either for

@@ -1,6 +1,6 @@
 """Hostile frames against the sans-IO parsers and the suspect-quote guard (no I/O, no trio).
 
-Real payloads come from ``tests/fixtures/exchange_payloads`` (see its SOURCES.md); the
+Real payloads come from ``tests/conformance`` (see its SOURCES.md); the
 hostile frames here are derived from those shapes: same topics, same fields, bad values.
 
 * A rejected frame leaves no trace: the per-symbol state after it equals the state
@@ -28,7 +28,7 @@ from feeds.guard import ACCEPTED, CONFIRMED, HELD, QuoteGuard, actionable_prices
 from feeds.protocol import Alive, Malformed
 from feeds.tick import Tick
 
-FIXTURES = Path(__file__).parent / "fixtures" / "exchange_payloads"
+FIXTURES = Path(__file__).parent / "conformance"
 BTC = "BTC/USDT:USDT"
 D = Decimal
 

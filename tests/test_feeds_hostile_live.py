@@ -8,7 +8,7 @@ Every position is an aged long in grace (opened 5 h ago at 100) whose real book 
 pushes hostile frames into the live connections between its real ones.
 
 The hostile frames have the shapes of the real payloads in
-``tests/fixtures/exchange_payloads`` (see SOURCES.md): Bybit v5 ``tickers.<id>``
+``tests/conformance`` (see SOURCES.md): Bybit v5 ``tickers.<id>``
 snapshot/delta frames and Binance USD-M ``bookTicker``/``aggTrade`` events, with bad
 values. Nothing here measures time: every wait is for a condition, bounded only to
 turn a hang into a failure.

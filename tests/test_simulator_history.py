@@ -1,6 +1,6 @@
 """The simulator's position history: fills, episodes, and the times the exchanges report.
 
-What the exchanges document (tests/fixtures/exchange_payloads/SOURCES.md names the pages):
+What the exchanges document (tests/conformance/SOURCES.md names the pages):
 
 * Bybit ``GET /v5/position/list``: ``createdTime`` is "Timestamp of the first time a
   position was created on this symbol" — kept across closes, re-openings and flips —
@@ -35,7 +35,7 @@ from simulator.state import SimError, SimState, dt_ms
 from tests.test_simulator_admin import http
 from tests.test_simulator_rest import aio, clients, loaded, sim, use_linear_error_table  # noqa: F401 (fixtures)
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "exchange_payloads"
+FIXTURES = Path(__file__).resolve().parent / "conformance"
 BTC = "BTC/USDT:USDT"
 EXCHANGES = ("bybit", "binanceusdm")
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
@@ -369,6 +369,11 @@ async def test_fill_history_and_position_payloads_have_the_real_shape(sim, loade
     # the example spells mmrSysUpdateTime, the field table mmrSysUpdatedTime; openTime: see SOURCES.md
     _same_shape(got["result"]["list"][0], real["result"]["list"][0], missing_ok={"mmrSysUpdateTime"},
                 extra_ok={"mmrSysUpdatedTime", "openTime"})
+
+    real = json.loads((FIXTURES / "binance_position_risk_v3.json").read_text())
+    got = await aio(bn.fapiPrivateV3GetPositionRisk, {"symbol": "BTCUSDT"})
+    assert len(got) == 1
+    _same_shape(got[0], real[0])
 
 
 # ------------------------------------------------------- windows, paging, errors
