@@ -99,13 +99,14 @@ class Detector:
     # --- one poll ----------------------------------------------------------------------
 
     async def poll_once(self) -> None:
+        bot_rows = await self.ctx.db.bot_positions()  # the trading bot's open rows, all exchanges
         for name, port in self.exchanges.items():
             try:
                 positions = await port.fetch_positions()
             except ExchangeError as exc:
                 log.warning("cannot read positions from %s: %s", name, exc)
                 continue
-            await self._sync_exchange(name, positions)
+            await self._sync_exchange(name, positions, _bot_rows(bot_rows, name))
         book = await self.ctx.db.open_positions()
         open_ids = {row["id"] for row in book}
         for position_id in [p for p in self._timers if p not in open_ids]:
@@ -123,11 +124,10 @@ class Detector:
         allow = self.symbols.get(exchange)
         return allow is None or symbol in allow
 
-    async def _sync_exchange(self, name: str, positions) -> None:
+    async def _sync_exchange(self, name: str, positions, bot: dict[str, dict]) -> None:
         port = self.exchanges[name]
         now = self.ctx.clock.now()
         book = {row["symbol"]: row for row in await self.ctx.db.open_positions(name)}
-        bot = await self._bot_rows(name)
         seen: set[str] = set()
         for p in positions:
             if not self._allowed(name, p.symbol):
@@ -228,7 +228,7 @@ class Detector:
         hi = now + self.clock_skew
         try:
             while hi > earliest:
-                lo = max(earliest, hi - FILL_WINDOW)
+                lo = max(earliest, hi - FILL_WINDOW + timedelta(milliseconds=1))  # one request per window
                 fills = list(await port.fetch_fills(p.symbol, lo, hi)) + fills
                 if ep.opening_fill(fills, p.side, p.qty) is not None:
                     break
@@ -256,22 +256,6 @@ class Detector:
                  opened.at.isoformat(), opened.source)
         if ended is not None:
             await self._episode_ended(ended)
-
-    async def _bot_rows(self, exchange: str) -> dict[str, dict]:
-        """The trading bot's open rows for ``exchange``, by unified symbol."""
-        out: dict[str, dict] = {}
-        for r in await self.ctx.db.bot_positions():
-            if BOT_EXCHANGE_NAMES.get(str(r["exchange"]).lower()) != exchange:
-                continue
-            side = BOT_SIDES.get(str(r["side"]).lower())
-            try:
-                symbol = unified_symbol(str(r["symbol"]).replace("/", "").split(":")[0])
-            except ValueError:
-                continue
-            if side is None or r["opened_at"] is None:
-                continue
-            out[symbol] = {**r, "side": side}
-        return out
 
     async def _vanished(self, row: dict) -> None:
         log.info("position %s %s %s is gone from the exchange", row["exchange"], row["symbol"], row["side"])
@@ -407,3 +391,20 @@ def _unusable(p: ExchangePosition) -> str | None:
         if not isinstance(value, Decimal) or not value.is_finite() or value <= 0:
             return f"{name} {value!r} is not a positive number"
     return None
+
+
+def _bot_rows(rows: list[dict], exchange: str) -> dict[str, dict]:
+    """The trading bot's open rows for ``exchange``, by unified symbol."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if BOT_EXCHANGE_NAMES.get(str(r["exchange"]).lower()) != exchange:
+            continue
+        side = BOT_SIDES.get(str(r["side"]).lower())
+        try:
+            symbol = unified_symbol(str(r["symbol"]).replace("/", "").split(":")[0])
+        except ValueError:
+            continue
+        if side is None or r["opened_at"] is None:
+            continue
+        out[symbol] = {**r, "side": side}
+    return out
