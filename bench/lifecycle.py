@@ -28,7 +28,7 @@ from bench.common import (
     connect, make_service, median, memory_exchange, percentile, seed_aged, symbol,
     wait_until,
 )
-from feeds.memory import MemoryFeed
+from doubles.feed import MemoryFeed
 from service.asyncio_bridge import open_asyncio_loop
 
 

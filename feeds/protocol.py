@@ -1,43 +1,27 @@
-"""Sans-IO pieces shared by the exchange stream protocols.
+"""The interface of an exchange stream protocol, and the pieces its implementations share.
 
 An exchange protocol object (:class:`feeds.bybit.BybitProtocol`,
 :class:`feeds.binance.BinanceProtocol`) knows the wire format of one exchange's public
 ticker stream and nothing about sockets or trio: it *builds* the text frames a client
-sends (subscribe, unsubscribe, heartbeat) and *parses* the frames it receives into
-
-* a :class:`feeds.tick.Tick` — the hot path, returned as is;
-* an :class:`Alive` — a valid update for a symbol whose bid/ask/last did not change
-  (proves the stream is alive for that symbol, nothing to fan out);
-* control events: :class:`Ack`, :class:`Pong`, :class:`RequestError`;
-* :class:`Ignored` — well-formed but not for us (unknown topic or event, a Bybit delta
-  before its snapshot, ...);
-* :class:`Malformed` — bad JSON, missing or mistyped fields, non-numeric, non-positive
-  or absurd prices, a crossed book.
+sends (subscribe, unsubscribe, heartbeat) and *parses* the frames it receives into a
+:class:`feeds.tick.Tick` — the hot path, returned as is — or one of the other results in
+:mod:`feeds.parse_results` (:class:`Alive`, :class:`Ack`, :class:`Pong`,
+:class:`RequestError`, :class:`Ignored`, :class:`Malformed`).
 
 ``parse`` never raises for any input (text or bytes): every failure is a result the feed
-counts and logs. Prices go from the exchange's strings straight into
-:class:`~decimal.Decimal`; a price sent as a JSON number is rejected, since it may
-already have been rounded through a binary float.
+counts and logs. The field readers it uses (:func:`parse_price`, :func:`ms_to_datetime`,
+...) live in :mod:`feeds.fields`; both modules' names are re-exported here, so that a
+protocol implementation imports what it needs from this one module.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
-from typing import Iterable, Union
+from decimal import Decimal
+from typing import Iterable
 
 from exchanges.symbols import exchange_symbol_id, unified_symbol
-from feeds.tick import Tick
-
-try:  # orjson comes with ccxt; about 2x faster than json for these small frames
-    import orjson as _orjson
-
-    _json_loads = _orjson.loads
-except ImportError:  # pragma: no cover - plain json is a fine fallback
-    _json_loads = json.loads
+from feeds.fields import BadValue, excerpt, loads, ms_to_datetime, parse_price
+from feeds.parse_results import Ack, Alive, Ignored, Malformed, ParseResult, Pong, RequestError
 
 __all__ = [
     "Ack",
@@ -49,165 +33,11 @@ __all__ = [
     "ParseResult",
     "Pong",
     "RequestError",
+    "excerpt",
     "loads",
     "ms_to_datetime",
     "parse_price",
 ]
-
-RAW_EXCERPT = 200  # characters of a bad frame kept for the log
-
-
-def loads(raw: str | bytes):
-    """JSON-decode one frame (raises ValueError-like exceptions on bad input)."""
-    return _json_loads(raw)
-
-
-def excerpt(raw: object) -> str:
-    """A short printable piece of a frame, for logs."""
-    if isinstance(raw, (bytes, bytearray, memoryview)):
-        text = bytes(raw[: RAW_EXCERPT * 4]).decode("utf-8", "replace")
-    elif isinstance(raw, str):
-        text = raw
-    else:
-        text = repr(raw)
-    if len(text) > RAW_EXCERPT:
-        return text[:RAW_EXCERPT] + "..."
-    return text
-
-
-# ---------------------------------------------------------------------------------------
-# parse results (everything except Tick)
-
-
-@dataclass(frozen=True, slots=True)
-class Alive:
-    """A valid update for ``symbol`` (unified) that changed none of bid/ask/last."""
-
-    symbol: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """The exchange accepted a request (subscribe/unsubscribe/...)."""
-
-    op: str
-    req_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Pong:
-    """Reply to an application-level ping."""
-
-    req_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RequestError:
-    """The exchange rejected a request (e.g. subscribe to an unknown symbol).
-
-    ``symbols``: the unified symbols of that request, when the protocol knows them.
-    """
-
-    op: str
-    message: str
-    req_id: str | None = None
-    code: int | None = None
-    symbols: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    """Well-formed, but nothing to do with it."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Malformed:
-    """Broken or nonsensical input.
-
-    ``reason`` is a short, stable category (fit for a metric label: "invalid JSON",
-    "bad price", "crossed book", ...); ``detail`` says what exactly; ``raw`` is an
-    excerpt of the frame.
-    """
-
-    reason: str
-    raw: str = ""
-    detail: str = ""
-
-
-ParseResult = Union[Tick, Alive, Ack, Pong, RequestError, Ignored, Malformed]
-
-
-# ---------------------------------------------------------------------------------------
-# field helpers
-
-
-class BadValue(Exception):
-    """A field failed validation: a stable ``reason`` and a variable ``detail``."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-# Exchanges send prices as plain decimal strings ("21109.77"). Anything else (exponents,
-# signs, whitespace, underscores, unicode digits, 21+ integer digits) is refused before
-# Decimal sees it; the check is cheaper than the Decimal construction it guards.
-_PRICE_RE = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,30})?")
-_price_match = _PRICE_RE.fullmatch
-_ZERO = Decimal(0)
-
-
-def parse_price(value: object, field: str) -> Decimal:
-    """Exchange price string → positive :class:`Decimal`, exactly as written.
-
-    Raises :class:`BadValue` for a non-string, a non-numeric string, zero, a negative
-    number, NaN/Infinity, exponent notation or an absurdly long number.
-    """
-    if type(value) is str and _price_match(value) is not None:
-        d = Decimal(value)
-        if d > _ZERO:
-            return d
-        raise BadValue("bad price", f"non-positive {field} {value!r}")
-    raise BadValue("bad price", _describe_bad_price(value, field))
-
-
-def _describe_bad_price(value: object, field: str) -> str:
-    if type(value) is not str:
-        kind = "missing" if value is None else type(value).__name__
-        return f"{field} is not a string ({kind})"
-    shown = value if len(value) <= 40 else value[:40] + "..."
-    try:
-        d = Decimal(value)
-    except (InvalidOperation, ValueError):
-        return f"non-numeric {field} {shown!r}"
-    if not d.is_finite():
-        return f"non-finite {field} {shown!r}"
-    if d <= 0:
-        return f"non-positive {field} {shown!r}"
-    return f"unsupported number format for {field} {shown!r}"
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def ms_to_datetime(ms: object) -> datetime | None:
-    """Exchange millisecond timestamp → aware UTC datetime; ``None`` if unusable.
-
-    Integer arithmetic only (``timedelta(milliseconds=int)``), so no float rounding.
-    """
-    if type(ms) is not int:
-        return None
-    try:
-        return _EPOCH + timedelta(milliseconds=ms)
-    except (OverflowError, ValueError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------
-# the protocol interface
 
 
 class ExchangeProtocol:

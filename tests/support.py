@@ -11,7 +11,7 @@ import trio
 
 from actors.clock import PolicyClock
 from actors.position import Settings
-from feeds.memory import MemoryFeed  # noqa: F401 - tests import it from here
+from doubles.feed import MemoryFeed  # noqa: F401 - tests import it from here
 
 
 def run_asyncio(coro):

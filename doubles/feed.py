@@ -14,6 +14,8 @@ from feeds.tick import Tick, open_tick_channel
 
 
 class MemoryFeed:
+    """A feed whose ticks the test pushes by hand (:meth:`push`); see the module docstring."""
+
     def __init__(self, exchange: str):
         self.exchange = exchange
         self.subscribers: dict[str, list] = {}

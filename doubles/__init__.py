@@ -1,0 +1,9 @@
+"""Test doubles: in-process stand-ins for the product's parts, for tests and benchmarks.
+
+They live outside the product packages so that nothing in production can import them
+by accident. :class:`MemoryFeed` stands in for :class:`feeds.feed.Feed`.
+"""
+
+from doubles.feed import MemoryFeed
+
+__all__ = ["MemoryFeed"]
