@@ -121,6 +121,7 @@ class Supervisor:
         self._specs = tuple(children)
         self._intensity = intensity
         self._period = period
+        self._backoff_initial = backoff_initial  # read by bench/lifecycle.py
         self._backoff = Backoff.exponential(backoff_initial, max=backoff_max)
         self.on_restart = on_restart
         self._children: dict[str, _Child] = {}
