@@ -12,20 +12,29 @@ At the top of a program, run the root supervisor with :func:`run_root`::
 
     root = Supervisor("root", [ChildSpec("feeds", feeds.run, kind="supervisor")])
     sys.exit(trio.run(run_root, root))
+
+:class:`Backoff` and :func:`retry` (from :mod:`supervisor.backoff`) are the delay
+schedule and retry loop that the supervisor's restarts use, shared with everything
+else in the service that tries again after a failure.
 """
 
 from __future__ import annotations
 
+from .backoff import Backoff, Retrying, retry, retry_after_of
 from .core import Supervisor
 from .spec import ChildSpec, ChildState, Restart, State, SupervisorEscalation
 
 __all__ = [
+    "Backoff",
     "ChildSpec",
     "ChildState",
     "Restart",
+    "Retrying",
     "State",
     "Supervisor",
     "SupervisorEscalation",
+    "retry",
+    "retry_after_of",
     "run_root",
 ]
 

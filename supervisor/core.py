@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from .backoff import Backoff
 from .spec import ChildSpec, ChildState, Restart, State, SupervisorEscalation, describe
 
 _LIVE: frozenset[State] = frozenset({"running", "restarting"})
@@ -120,8 +121,8 @@ class Supervisor:
         self._specs = tuple(children)
         self._intensity = intensity
         self._period = period
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._backoff_initial = backoff_initial  # read by bench/lifecycle.py
+        self._backoff = Backoff.exponential(backoff_initial, max=backoff_max)
         self.on_restart = on_restart
         self._children: dict[str, _Child] = {}
         self._restart_times: deque[float] = deque()
@@ -341,7 +342,7 @@ class Supervisor:
             child.consecutive = 0
         child.consecutive += 1
         child.restarts += 1
-        delay = min(self._backoff_initial * 2 ** (child.consecutive - 1), self._backoff_max)
+        delay = self._backoff.delay(child.consecutive)
         self._log(
             logging.INFO,
             "child_restarting",

@@ -1,9 +1,11 @@
 """Alerts: sinks fed from the event bus, delivered to a local receiver.
 
 Rules: every receiver is a tiny trio HTTP server in this module, on loopback, port 0,
-on the real clock. Timeouts and backoffs are made small so the tests are quick, but
-nothing asserts how long anything took: the assertions are on what the receiver got,
-on the sinks' counters and on the log. Secrets in URLs must never reach the log.
+on the real clock; the sinks talk to it with their real HTTP client (httpx). Timeouts
+and backoffs are made small so the tests are quick, but nothing asserts how long
+anything took: the assertions are on what the receiver got, on the sinks' counters
+and on the log. Secrets in URLs must never reach the log, not even through the HTTP
+client's own log lines.
 """
 
 from __future__ import annotations
@@ -197,6 +199,46 @@ async def test_telegram_send_message_format_against_a_local_api(monkeypatch, cap
     assert "reduce-only <rejected> & more" in plain_msg["text"]
     assert html_msg["text"].startswith("<b>") and "&lt;rejected&gt; &amp; more" in html_msg["text"]
     assert "secret-token" not in caplog.text and "secret-token" not in repr(plain)
+
+
+async def test_secret_webhook_urls_stay_out_of_the_log_even_in_the_http_clients_own_lines(caplog):
+    caplog.set_level(logging.DEBUG)
+    async with trio.open_nursery() as n:
+        rx = await n.start(Receiver([(503, {"error": "later"})]).run)
+        sink = WebhookSink(rx.url("/hooks/T0KEN-SECRET-abcdef123456?sig=0123456789abcdef"), timeout=30,
+                           retries=2, backoff=0.01)
+        n.start_soon(AlertRouter([sink]).run)
+        sink.offer(event())
+        await until(lambda: sink.delivered == 1)
+        n.cancel_scope.cancel()
+    assert rx.requests[1]["path"] == "/hooks/T0KEN-SECRET-abcdef123456?sig=0123456789abcdef"
+    assert "attempt 1 failed (HTTP 503); retrying in 0.01s" in caplog.text
+    assert "HTTP Request: POST" in caplog.text  # the client's own request lines were logged...
+    assert "T0KEN-SECRET" not in caplog.text and "0123456789abcdef" not in caplog.text  # ...without the secrets
+
+
+async def test_a_refused_connection_is_retried_then_given_up():
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()  # nothing listens there now
+    sink = WebhookSink(f"http://127.0.0.1:{port}/hook", timeout=30, retries=2, backoff=0.01)
+    sink.offer(event())
+    await sink.drain()
+    assert sink.failed == 1 and sink.delivered == 0 and sink.retries_made == 2 and sink.queued == 0
+
+
+async def test_an_alert_whose_delivery_is_cancelled_goes_back_to_the_front_of_the_queue():
+    async with trio.open_nursery() as n:
+        rx = await n.start(Receiver(hang=True).run)
+        sink = WebhookSink(rx.url(), timeout=30, retries=0)
+        first, second = event(attempts=1), event(attempts=2)
+        sink.offer(first)
+        sink.offer(second)
+        n.start_soon(sink.run)
+        await until(lambda: rx.connections == 1)  # the first alert is in flight now
+        n.cancel_scope.cancel()
+    assert list(sink._queue) == [first, second] and sink.in_flight is None
+    assert sink.delivered == 0 and sink.failed == 0
 
 
 def test_telegram_needs_its_environment(monkeypatch):
