@@ -3,7 +3,7 @@
 * :mod:`feeds.feed` — :class:`~feeds.feed.Feed`, the feed actor (one per exchange), and
   :func:`~feeds.feed.make_protocol`. Its concerns have modules of their own:
   :mod:`feeds.connection` (the WebSocket and reconnecting, with
-  :mod:`feeds.backoff`), :mod:`feeds.subscriptions`, :mod:`feeds.delivery` (each parsed
+  :class:`supervisor.backoff.Backoff`), :mod:`feeds.subscriptions`, :mod:`feeds.delivery` (each parsed
   frame), :mod:`feeds.staleness`, :mod:`feeds.rest_fallback`, :mod:`feeds.suspects`
   (with the quote guard, :mod:`feeds.guard`); :mod:`feeds.stats`,
   :mod:`feeds.failures` and :mod:`feeds.log_limiter` serve them all.

@@ -3,7 +3,7 @@
 :meth:`Connection._connection_loop` connects (trio-websocket), runs one *session* per
 connection — a reader, the subscription sync (:mod:`feeds.subscriptions`) and a
 heartbeat — and when the connection ends for any reason, waits
-(:func:`feeds.backoff.reconnect_delay`: ``reconnect_initial`` doubling up to
+(:class:`supervisor.backoff.Backoff`: ``reconnect_initial`` doubling up to
 ``reconnect_max``, jittered) and connects again, resubscribing everything wanted. A
 session that received anything resets the backoff.
 
@@ -25,9 +25,9 @@ import math
 import trio
 from trio_websocket import open_websocket_url
 
-from feeds.backoff import reconnect_delay
 from feeds.failures import HeartbeatTimeout, describe_failure, is_expected_failure
 from feeds.tick import Tick
+from supervisor.backoff import Backoff
 
 __all__ = ["Connection", "MESSAGE_QUEUE_SIZE", "RECEIVE_BUFFER_SIZE"]
 
@@ -83,7 +83,9 @@ class Connection:
             await trio.sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
-        return reconnect_delay(attempt, self.reconnect_initial, self.reconnect_max)
+        """Seconds before reconnect ``attempt`` (0 for the first after a failure)."""
+        schedule = Backoff.exponential(self.reconnect_initial, max=self.reconnect_max, jitter=0.5)
+        return schedule.delay(attempt + 1)
 
     def _on_session_end(self, connected: bool, exc: BaseException | None) -> None:
         self.stats.connected = False

@@ -10,7 +10,7 @@ Each concern of that machinery has its own module, mixed into :class:`Feed`:
   runs, surviving reconnects), the connection kept subscribed to what is wanted without
   reconnecting, and the fan-out to size-1 "latest tick wins" channels.
 * :mod:`feeds.connection` — the WebSocket, its heartbeat, and reconnecting with jittered
-  exponential backoff (:func:`feeds.backoff.reconnect_delay`), then resubscribing
+  exponential backoff (:class:`supervisor.backoff.Backoff`), then resubscribing
   everything wanted.
 * :mod:`feeds.delivery` — each parsed frame: ticks to subscribers, bad input (see
   :mod:`feeds.protocol`) counted in :attr:`Feed.stats` (:mod:`feeds.stats`) and logged,
