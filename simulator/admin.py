@@ -47,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from simulator.rest_bybit import json_response
+from simulator.http_common import json_response
 from simulator.state import (
     CountedFault,
     RejectRule,

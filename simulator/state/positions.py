@@ -52,7 +52,6 @@ class Position:
         }
 
 
-
 class PositionDesk:
     """Reading and changing positions (a part of :class:`~simulator.state.SimState`).
 

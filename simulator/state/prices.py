@@ -53,7 +53,6 @@ class _Track:
     trades: int = 0
 
 
-
 PriceListener = Callable[[str, str, SimQuote], None]
 
 

@@ -37,7 +37,6 @@ POSITION_OPEN_TIME_MODES = {"bybit": ("zero", "real", "absent"), "binanceusdm": 
 DEFAULT_POSITION_OPEN_TIME = {"bybit": "zero", "binanceusdm": "absent"}
 
 
-
 class SimState(PriceBook, PositionDesk, FillLedger, OrderDesk):
     """All simulator state. Not thread-safe: use it from the one trio thread."""
 

@@ -133,7 +133,6 @@ def _pow10(exp: int) -> Decimal:
     return Decimal(1).scaleb(exp)
 
 
-
 def _utc(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
