@@ -23,6 +23,7 @@ gives the order's state after matching (``FILLED``, or ``EXPIRED`` for an IOC/ma
 remainder); ``ACK`` (the API default) gives ``NEW`` with nothing executed. The
 ``binance_market_new`` fault answers MARKET orders ``NEW`` even under ``RESULT``, as the
 real exchange often does; the fill is done either way and ``GET /fapi/v1/order`` shows it.
+
 One module per area: :mod:`~simulator.rest_binance.envelope` (errors, signing, faults),
 :mod:`~simulator.rest_binance.market`, :mod:`~simulator.rest_binance.account`,
 :mod:`~simulator.rest_binance.orders`, :mod:`~simulator.rest_binance.history`, put
