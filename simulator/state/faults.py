@@ -1,6 +1,6 @@
 """Injected faults: the failures a test or the demo asks the simulator to show.
 
-The admin API (``/_sim/faults``, :func:`simulator.admin_faults.apply_faults`) queues them;
+The admin API (``/_sim/faults``, :func:`simulator.admin.apply_faults`) queues them;
 the REST dialects consume them. Counted faults (:class:`CountedFault`,
 :class:`RejectRule`) are used up by the requests they hit, one each, optionally only on
 one exchange.
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from simulator.state.values import dstr
+
 
 @dataclass
 class CountedFault:

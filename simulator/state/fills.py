@@ -159,6 +159,13 @@ class FillLedger:
             del self._last_fill[key]
         return before - len(self.fills)
 
+    def _forget_all_fills(self) -> None:
+        """Forget the whole history (a reset: the positions go with it)."""
+        self.fills.clear()
+        self._last_fill.clear()
+        self._first_opened.clear()
+        self._cum_pnl.clear()
+
     def _admin_fill(
         self,
         ex: str,

@@ -244,10 +244,7 @@ class OrderDesk:
             )
             order.filled_qty = fill
             order.avg_price = touch
-            t = self._tracks[(ex, m.symbol_id)]
-            t.volume += fill
-            t.turnover += fill * touch
-            t.trades += 1
+            self.record_trade(ex, m.symbol_id, fill, touch)
         eff = order.effective_qty
         if fill >= eff and eff > 0:
             order.status = "filled"

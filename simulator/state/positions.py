@@ -20,6 +20,7 @@ from simulator.state.values import SimError, _utc, dstr, iso, normalize_exchange
 if TYPE_CHECKING:
     from simulator.state.fills import Fill
 
+
 @dataclass
 class Position:
     exchange: str

@@ -26,6 +26,7 @@ from simulator.state.values import EXCHANGES, QUOTE, SimError, dstr, normalize_e
 
 log = logging.getLogger("simulator.state")
 
+
 @dataclass(frozen=True)
 class SimQuote:
     bid: Decimal
@@ -288,6 +289,13 @@ class PriceBook:
         t = self._tracks[(ex, sid)]
         t.held = False
         return t.quote
+
+    def record_trade(self, exchange: str, symbol_id: str, qty: Decimal, price: Decimal) -> None:
+        """Count an order's fill in the market's statistics (volume, turnover, trades)."""
+        t = self._tracks[(exchange, symbol_id)]
+        t.volume += qty
+        t.turnover += qty * price
+        t.trades += 1
 
     def add_price_listener(self, fn: PriceListener) -> Callable[[], None]:
         """Call ``fn(exchange, symbol_id, quote)`` synchronously on every price change."""

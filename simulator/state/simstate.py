@@ -91,10 +91,7 @@ class SimState(PriceBook, PositionDesk, FillLedger, OrderDesk):
         """Forget positions, fills, orders and faults, back to one-way mode and the default
         settings (markets and prices stay): a fresh account."""
         self.positions.clear()
-        self.fills.clear()
-        self._last_fill.clear()
-        self._first_opened.clear()
-        self._cum_pnl.clear()
+        self._forget_all_fills()
         self.clear_orders()
         self.faults.clear()
         self.hedge_mode = {ex: False for ex in EXCHANGES}
