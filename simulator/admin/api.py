@@ -1,56 +1,17 @@
-"""The simulator's admin API (JSON, under ``/_sim``).
-
-* ``GET /_sim/info`` — REST and WebSocket URLs per exchange.
-* ``GET /_sim/orders`` (``?exchange=``) — every order received, in arrival order;
-  ``DELETE /_sim/orders`` forgets them.
-* ``GET /_sim/positions`` (``?exchange=``); ``POST /_sim/positions``
-  ``{"exchange","symbol","side":"long"|"short","qty","entry_price","opened_at"?,"at"?,
-  "fill_price"?}`` makes the position so through the fill that would (an unknown symbol
-  becomes a new market priced at ``entry_price``), see
-  :meth:`~simulator.state.SimState.admin_set_position`: flat → an opening fill at
-  ``opened_at`` (default now; backdating makes an aged position whose fill history
-  agrees); same side, more → averaging in (one fill at the tick-grid price that makes
-  the new average; the opening time stays); same side, less → a reducing fill at
-  ``fill_price`` (default the touch); the other side → a flip through zero at
-  ``entry_price`` (the new episode opens then). ``at`` times a change to an open
-  position. Answers the position plus ``"first_opened_at"`` and the ``"fills"`` made.
-  ``DELETE /_sim/positions`` (``?exchange=&symbol=&price=``) closes with a fill at
-  ``price`` (default the touch); without a symbol it closes them all.
-* ``GET /_sim/fills`` (``?exchange=&symbol=``) — the fill history, in order;
-  ``POST /_sim/fills`` ``{"exchange","symbol","side":"buy"|"sell","qty","price",
-  "time"?,"order_id"?,"client_order_id"?}`` applies one fill; ``DELETE /_sim/fills``
-  (``?exchange=&symbol=``) forgets the history of flat symbols.
-* ``GET /_sim/settings``; ``POST /_sim/settings`` ``{"exchange","position_open_time":
-  "zero"|"real"|"absent"}`` — what Bybit's position list says in ``openTime``: "0"
-  (the default: unknown), the current episode's opening, or no field (Binance: "absent"
-  only).
-* ``GET /_sim/prices``; ``POST /_sim/prices`` ``{"exchange","symbol","bid"?,"ask"?,
-  "last"?}`` sets and holds a price, ``{"exchange","symbol","release": true}`` resumes
-  the walk; ``"volatility"``, ``"drift"``, ``"spread_bps"`` tune the walk.
-* ``POST /_sim/step`` ``{"n": 1}`` — advance the random walk by hand.
-* ``GET|POST|DELETE /_sim/faults`` — see :func:`apply_faults`.
-* ``GET /_sim/mode``; ``POST /_sim/mode`` ``{"exchange", "hedge": true|false}`` — the
-  account's position mode: hedge mode shows positions as Binance ``positionSide``
-  LONG/SHORT and Bybit ``positionIdx`` 1/2, and Binance's ``/fapi/v1/positionSide/dual``
-  says so.
-* ``POST /_sim/reset`` — forget positions, fills, orders, faults and settings.
-
-Bad input answers HTTP 400 ``{"error": "..."}``; nothing a client sends crashes the
-server.
-"""
+"""The admin endpoints under ``/_sim`` and their routes (see :mod:`simulator.admin`)."""
 
 from __future__ import annotations
 
-import json
 import logging
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from simulator.rest_bybit import json_response
+from simulator.admin.faults import apply_faults
+from simulator.admin.validation import BadInput, _bad, _count, _json_body
+from simulator.http_common import json_response
 from simulator.state import (
-    CountedFault,
-    RejectRule,
     SimError,
     SimState,
     iso,
@@ -61,9 +22,7 @@ from simulator.state import (
     to_decimal,
 )
 
-log = logging.getLogger(__name__)
-
-MAX_COUNT = 1_000_000
+log = logging.getLogger("simulator.admin")
 
 
 def info_for(base_url: str) -> dict:
@@ -72,140 +31,6 @@ def info_for(base_url: str) -> dict:
         "bybit": {"rest": base_url + "/bybit", "ws": ws_base + "/bybit/v5/public/linear"},
         "binanceusdm": {"rest": base_url + "/binance", "ws": ws_base + "/binance/ws"},
     }
-
-
-class BadInput(Exception):
-    pass
-
-
-def _bad(msg: str) -> Response:
-    return json_response({"error": msg}, status=400)
-
-
-async def _json_body(request: Request) -> dict:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as e:
-        raise BadInput(f"body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadInput("body must be a JSON object")
-    return body
-
-
-def _count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadInput(f"{name} must be an integer count")
-    if not (0 <= value <= MAX_COUNT):
-        raise BadInput(f"{name} must be between 0 and {MAX_COUNT}")
-    return value
-
-
-def _counted(value, name: str) -> CountedFault:
-    """``N`` or ``{"count": N, "exchange": "bybit"}``."""
-    if isinstance(value, dict):
-        unknown = set(value) - {"count", "exchange"}
-        if unknown:
-            raise BadInput(f"{name}: unknown keys {sorted(unknown)}")
-        ex = value.get("exchange")
-        return CountedFault(_count(value.get("count", 1), f"{name}.count"), normalize_exchange(ex) if ex else None)
-    return CountedFault(_count(value, name))
-
-
-def apply_faults(state: SimState, hub, body: dict) -> list[str]:
-    """Validate everything first, then apply. Returns what was done."""
-    known = {"reject_next", "http_5xx", "rate_limit_429", "drop_reply", "partial_fill_ratio", "ws", "exchange",
-             "close_position", "binance_market_new"}
-    unknown = set(body) - known
-    if unknown:
-        raise BadInput(f"unknown fault keys {sorted(unknown)}; known: {sorted(known - {'exchange'})}")
-    if not body:
-        raise BadInput("no fault given")
-    actions = []
-    f = state.faults
-    if "reject_next" in body:
-        rn = body["reject_next"]
-        if isinstance(rn, int) and not isinstance(rn, bool):
-            rn = {"count": rn}
-        if not isinstance(rn, dict):
-            raise BadInput('reject_next must be {"count": N, "code": C?, "exchange": E?, "message": M?}')
-        unknown = set(rn) - {"count", "code", "exchange", "message"}
-        if unknown:
-            raise BadInput(f"reject_next: unknown keys {sorted(unknown)}")
-        count = _count(rn.get("count", 1), "reject_next.count")
-        code = rn.get("code")
-        if code is not None:
-            if isinstance(code, bool) or not isinstance(code, (int, str)) or not str(code).lstrip("-").isdigit():
-                raise BadInput("reject_next.code must be an integer exchange error code")
-            code = str(int(code))
-        ex = rn.get("exchange")
-        ex = normalize_exchange(ex) if ex else None
-        msg = rn.get("message")
-        if msg is not None and not isinstance(msg, str):
-            raise BadInput("reject_next.message must be a string")
-        actions.append(("reject_next", RejectRule(count, code, ex, msg)))
-    for name in ("http_5xx", "rate_limit_429", "drop_reply"):
-        if name in body:
-            actions.append((name, _counted(body[name], name)))
-    if "partial_fill_ratio" in body:
-        v = body["partial_fill_ratio"]
-        ratio = None
-        if v is not None:
-            ratio = to_decimal(v, "partial_fill_ratio")
-            if not (0 <= ratio <= 1):
-                raise BadInput("partial_fill_ratio must be between 0 and 1 (null clears it)")
-        actions.append(("partial_fill_ratio", ratio))
-    if "binance_market_new" in body:
-        if not isinstance(body["binance_market_new"], bool):
-            raise BadInput("binance_market_new must be true or false")
-        actions.append(("binance_market_new", body["binance_market_new"]))
-    if "ws" in body:
-        what = body["ws"]
-        if what not in ("drop", "silence", "resume"):
-            raise BadInput('ws must be "drop", "silence" or "resume"')
-        ex = body.get("exchange")
-        ex = normalize_exchange(ex) if ex else None
-        if hub is None:
-            raise BadInput("the WebSocket streams are not mounted in this simulator")
-        actions.append(("ws", (what, ex)))
-    elif "exchange" in body:
-        raise BadInput('"exchange" at the top level goes with "ws"; put it inside the fault object otherwise')
-    if "close_position" in body:
-        cp = body["close_position"]
-        if not isinstance(cp, dict) or "exchange" not in cp or "symbol" not in cp:
-            raise BadInput('close_position must be {"exchange": E, "symbol": S}')
-        ex = normalize_exchange(cp["exchange"])
-        sym = normalize_symbol(cp["symbol"])
-        if state.position(ex, sym) is None:
-            raise BadInput(f"no {ex} position on {sym} to close")
-        actions.append(("close_position", (ex, sym)))
-
-    done = []
-    for name, value in actions:
-        if name == "reject_next":
-            f.add_reject(value)
-        elif name in ("http_5xx", "rate_limit_429", "drop_reply"):
-            f.add_counted(name, value)
-        elif name == "partial_fill_ratio":
-            f.partial_fill_ratio = value
-        elif name == "binance_market_new":
-            f.binance_market_new = value
-        elif name == "ws":
-            what, ex = value
-            if what == "drop":
-                hub.drop_all(ex)
-            elif what == "silence":
-                hub.silence(ex, True)
-            else:
-                hub.silence(ex, False)
-            f.ws[ex or "*"] = what
-        elif name == "close_position":
-            state.remove_position(*value)
-        done.append(name)
-        log.info("simulator: fault %s = %r", name, value)
-    return done
 
 
 class AdminAPI:
@@ -482,6 +307,3 @@ class AdminAPI:
 
 def routes(state: SimState, hub=None) -> list[BaseRoute]:
     return AdminAPI(state, hub).routes()
-
-
-__all__ = ["AdminAPI", "BadInput", "apply_faults", "info_for", "routes"]

@@ -1,0 +1,50 @@
+"""The simulator's admin API (JSON, under ``/_sim``).
+
+* ``GET /_sim/info`` — REST and WebSocket URLs per exchange.
+* ``GET /_sim/orders`` (``?exchange=``) — every order received, in arrival order;
+  ``DELETE /_sim/orders`` forgets them.
+* ``GET /_sim/positions`` (``?exchange=``); ``POST /_sim/positions``
+  ``{"exchange","symbol","side":"long"|"short","qty","entry_price","opened_at"?,"at"?,
+  "fill_price"?}`` makes the position so through the fill that would (an unknown symbol
+  becomes a new market priced at ``entry_price``), see
+  :meth:`~simulator.state.SimState.admin_set_position`: flat → an opening fill at
+  ``opened_at`` (default now; backdating makes an aged position whose fill history
+  agrees); same side, more → averaging in (one fill at the tick-grid price that makes
+  the new average; the opening time stays); same side, less → a reducing fill at
+  ``fill_price`` (default the touch); the other side → a flip through zero at
+  ``entry_price`` (the new episode opens then). ``at`` times a change to an open
+  position. Answers the position plus ``"first_opened_at"`` and the ``"fills"`` made.
+  ``DELETE /_sim/positions`` (``?exchange=&symbol=&price=``) closes with a fill at
+  ``price`` (default the touch); without a symbol it closes them all.
+* ``GET /_sim/fills`` (``?exchange=&symbol=``) — the fill history, in order;
+  ``POST /_sim/fills`` ``{"exchange","symbol","side":"buy"|"sell","qty","price",
+  "time"?,"order_id"?,"client_order_id"?}`` applies one fill; ``DELETE /_sim/fills``
+  (``?exchange=&symbol=``) forgets the history of flat symbols.
+* ``GET /_sim/settings``; ``POST /_sim/settings`` ``{"exchange","position_open_time":
+  "zero"|"real"|"absent"}`` — what Bybit's position list says in ``openTime``: "0"
+  (the default: unknown), the current episode's opening, or no field (Binance: "absent"
+  only).
+* ``GET /_sim/prices``; ``POST /_sim/prices`` ``{"exchange","symbol","bid"?,"ask"?,
+  "last"?}`` sets and holds a price, ``{"exchange","symbol","release": true}`` resumes
+  the walk; ``"volatility"``, ``"drift"``, ``"spread_bps"`` tune the walk.
+* ``POST /_sim/step`` ``{"n": 1}`` — advance the random walk by hand.
+* ``GET|POST|DELETE /_sim/faults`` — see :func:`apply_faults`.
+* ``GET /_sim/mode``; ``POST /_sim/mode`` ``{"exchange", "hedge": true|false}`` — the
+  account's position mode: hedge mode shows positions as Binance ``positionSide``
+  LONG/SHORT and Bybit ``positionIdx`` 1/2, and Binance's ``/fapi/v1/positionSide/dual``
+  says so.
+* ``POST /_sim/reset`` — forget positions, fills, orders, faults and settings.
+
+Bad input answers HTTP 400 ``{"error": "..."}``; nothing a client sends crashes the
+server.
+
+Modules: :mod:`~simulator.admin.validation` (reading a request body, bad input),
+:mod:`~simulator.admin.faults` (``/_sim/faults``), :mod:`~simulator.admin.api` (the
+endpoints and their routes).
+"""
+
+from simulator.admin.api import AdminAPI, info_for, routes
+from simulator.admin.faults import apply_faults
+from simulator.admin.validation import BadInput
+
+__all__ = ["AdminAPI", "BadInput", "apply_faults", "info_for", "routes"]
