@@ -4,6 +4,7 @@ write-ahead table, statistics and refusal of bad input.
 Rules: real database (see conftest), real clock, nothing mocked.
 """
 
+import secrets
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
@@ -259,7 +260,8 @@ async def _drop_database(database_url, name):
 
 
 async def test_migrations_leave_the_trading_bots_table_alone(aio_loop, database_url):
-    url = await _fresh_database(database_url, "apm_bot_book_test")
+    name = f"apm_bot_book_test_{secrets.token_hex(4)}"  # two test runs may share the server
+    url = await _fresh_database(database_url, name)
     try:
         database = await Database.connect(url)
         try:
@@ -281,14 +283,15 @@ async def test_migrations_leave_the_trading_bots_table_alone(aio_loop, database_
         finally:
             await database.close()
     finally:
-        await _drop_database(database_url, "apm_bot_book_test")
+        await _drop_database(database_url, name)
 
 
 async def test_a_book_from_before_episodes_is_renamed_and_kept(aio_loop, database_url):
     """A database whose migration 001 created the service's book as monitoring.positions."""
     from pathlib import Path
     legacy = (Path(__file__).parent / "fixtures" / "legacy_001_schema.sql").read_text(encoding="utf-8")
-    url = await _fresh_database(database_url, "apm_legacy_book_test")
+    name = f"apm_legacy_book_test_{secrets.token_hex(4)}"
+    url = await _fresh_database(database_url, name)
     try:
         database = await Database.connect(url)
         try:
@@ -320,4 +323,4 @@ async def test_a_book_from_before_episodes_is_renamed_and_kept(aio_loop, databas
         finally:
             await database.close()
     finally:
-        await _drop_database(database_url, "apm_legacy_book_test")
+        await _drop_database(database_url, name)
