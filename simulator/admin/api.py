@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from simulator.admin.faults import apply_faults
-from simulator.admin.validation import BadInput, _bad, _count, _json_body
+from simulator.admin.validation import BadInput, bad_request, parse_count, json_body
 from simulator.http_common import json_response
 from simulator.state import (
     SimError,
@@ -42,9 +42,9 @@ class AdminAPI:
         try:
             return await fn(request)
         except (BadInput, SimError) as e:
-            return _bad(str(e))
+            return bad_request(str(e))
         except KeyError as e:
-            return _bad(str(e.args[0]) if e.args else "not found")
+            return bad_request(str(e.args[0]) if e.args else "not found")
         except Exception as e:  # never crash on admin input
             log.exception("simulator: admin %s %s failed", request.method, request.url.path)
             return json_response({"error": f"internal error: {type(e).__name__}: {e}"}, status=500)
@@ -93,7 +93,7 @@ class AdminAPI:
                         raise BadInput("price goes with one position (exchange and symbol)")
                     removed = self.state.clear_positions(normalize_exchange(ex) if ex else None)
                 return json_response({"removed": removed})
-            body = await _json_body(request)
+            body = await json_body(request)
             missing = [k for k in ("exchange", "symbol", "side", "qty", "entry_price") if k not in body]
             if missing:
                 raise BadInput(f"missing fields {missing}")
@@ -128,7 +128,7 @@ class AdminAPI:
                                       if (ex is None or f.exchange == ex) and (sym is None or f.symbol == sym)])
             if request.method == "DELETE":
                 return json_response({"forgotten": self.state.forget_fills(ex, sym)})
-            body = await _json_body(request)
+            body = await json_body(request)
             missing = [k for k in ("exchange", "symbol", "side", "qty", "price") if k not in body]
             if missing:
                 raise BadInput(f"missing fields {missing}")
@@ -154,7 +154,7 @@ class AdminAPI:
     async def settings(self, request: Request) -> Response:
         async def go(request):
             if request.method == "POST":
-                body = await _json_body(request)
+                body = await json_body(request)
                 if set(body) != {"exchange", "position_open_time"}:
                     raise BadInput('expected {"exchange": ..., "position_open_time": "zero"|"real"|"absent"}')
                 self.state.set_position_open_time(body["exchange"], body["position_open_time"])
@@ -167,7 +167,7 @@ class AdminAPI:
         async def go(request):
             if request.method == "GET":
                 return json_response(self.state.quotes_snapshot())
-            body = await _json_body(request)
+            body = await json_body(request)
             unknown = set(body) - {"exchange", "symbol", "bid", "ask", "last", "release", "hold", "volatility",
                                    "drift", "spread_bps"}
             if unknown:
@@ -235,8 +235,8 @@ class AdminAPI:
 
     async def step(self, request: Request) -> Response:
         async def go(request):
-            body = await _json_body(request)
-            n = _count(body.get("n", 1), "n")
+            body = await json_body(request)
+            n = parse_count(body.get("n", 1), "n")
             if n > 100_000:
                 raise BadInput("n must be at most 100000")
             for _ in range(n):
@@ -253,7 +253,7 @@ class AdminAPI:
                     self.hub.silence(None, False)
                 return json_response(self.state.faults.to_dict())
             if request.method == "POST":
-                body = await _json_body(request)
+                body = await json_body(request)
                 apply_faults(self.state, self.hub, body)
             return json_response(self.state.faults.to_dict())
 
@@ -262,7 +262,7 @@ class AdminAPI:
     async def mode(self, request: Request) -> Response:
         async def go(request):
             if request.method == "POST":
-                body = await _json_body(request)
+                body = await json_body(request)
                 if set(body) != {"exchange", "hedge"} or not isinstance(body["hedge"], bool):
                     raise BadInput('expected {"exchange": ..., "hedge": true|false}')
                 self.state.hedge_mode[normalize_exchange(body["exchange"])] = body["hedge"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from simulator.admin.validation import BadInput, _count, _counted
+from simulator.admin.validation import BadInput, parse_count, parse_counted_fault
 from simulator.state import RejectRule, SimState, normalize_exchange, normalize_symbol, to_decimal
 
 log = logging.getLogger("simulator.admin")
@@ -36,7 +36,7 @@ def apply_faults(state: SimState, hub, body: dict) -> list[str]:
         unknown = set(rn) - {"count", "code", "exchange", "message"}
         if unknown:
             raise BadInput(f"reject_next: unknown keys {sorted(unknown)}")
-        count = _count(rn.get("count", 1), "reject_next.count")
+        count = parse_count(rn.get("count", 1), "reject_next.count")
         code = rn.get("code")
         if code is not None:
             if isinstance(code, bool) or not isinstance(code, (int, str)) or not str(code).lstrip("-").isdigit():
@@ -50,7 +50,7 @@ def apply_faults(state: SimState, hub, body: dict) -> list[str]:
         actions.append(("reject_next", RejectRule(count, code, ex, msg)))
     for name in ("http_5xx", "rate_limit_429", "drop_reply"):
         if name in body:
-            actions.append((name, _counted(body[name], name)))
+            actions.append((name, parse_counted_fault(body[name], name)))
     if "partial_fill_ratio" in body:
         v = body["partial_fill_ratio"]
         ratio = None

@@ -21,11 +21,11 @@ class BadInput(Exception):
     pass
 
 
-def _bad(msg: str) -> Response:
+def bad_request(msg: str) -> Response:
     return json_response({"error": msg}, status=400)
 
 
-async def _json_body(request: Request) -> dict:
+async def json_body(request: Request) -> dict:
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -38,7 +38,7 @@ async def _json_body(request: Request) -> dict:
     return body
 
 
-def _count(value, name: str) -> int:
+def parse_count(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadInput(f"{name} must be an integer count")
     if not (0 <= value <= MAX_COUNT):
@@ -46,12 +46,12 @@ def _count(value, name: str) -> int:
     return value
 
 
-def _counted(value, name: str) -> CountedFault:
+def parse_counted_fault(value, name: str) -> CountedFault:
     """``N`` or ``{"count": N, "exchange": "bybit"}``."""
     if isinstance(value, dict):
         unknown = set(value) - {"count", "exchange"}
         if unknown:
             raise BadInput(f"{name}: unknown keys {sorted(unknown)}")
         ex = value.get("exchange")
-        return CountedFault(_count(value.get("count", 1), f"{name}.count"), normalize_exchange(ex) if ex else None)
-    return CountedFault(_count(value, name))
+        return CountedFault(parse_count(value.get("count", 1), f"{name}.count"), normalize_exchange(ex) if ex else None)
+    return CountedFault(parse_count(value, name))

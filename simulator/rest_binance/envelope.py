@@ -57,11 +57,11 @@ MESSAGES = {
 }
 
 
-def _illegal(name: str) -> str:
+def illegal_parameter(name: str) -> str:
     return f"Illegal characters found in parameter '{name}'; legal range is '^([0-9]{{1,20}})(\\.[0-9]{{1,20}})?$'."
 
 
-def _mandatory(name: str) -> str:
+def mandatory_parameter(name: str) -> str:
     return f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
 
 
@@ -101,15 +101,15 @@ class BinanceEnvelope:
             params.update(parse_qsl(part, keep_blank_values=True))
         sig = params.pop("signature", None)
         if not sig:
-            return self.error("-1102", _mandatory("signature")), {}
+            return self.error("-1102", mandatory_parameter("signature")), {}
         ts = params.get("timestamp")
         if not ts:
-            return self.error("-1102", _mandatory("timestamp")), {}
+            return self.error("-1102", mandatory_parameter("timestamp")), {}
         try:
             ts_i = int(ts)
             recv = int(params.get("recvWindow", "5000"))
         except ValueError:
-            return self.error("-1102", _mandatory("timestamp")), {}
+            return self.error("-1102", mandatory_parameter("timestamp")), {}
         now = st.now_ms()
         if ts_i >= now + 1000 or now - ts_i > recv:
             return self.error("-1021"), {}

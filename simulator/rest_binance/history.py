@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from simulator.http_common import json_response
-from simulator.rest_binance.envelope import EXCHANGE, TAKER_FEE, BinanceEnvelope, _mandatory
+from simulator.rest_binance.envelope import EXCHANGE, TAKER_FEE, BinanceEnvelope, mandatory_parameter
 from simulator.state import Fill, dstr, dt_ms
 
 WINDOW_MS = 7 * 86_400_000  # userTrades: "cannot be longer than 7 days"
@@ -55,7 +55,7 @@ class BinanceHistory(BinanceEnvelope):
             return err
         symbol = (p.get("symbol") or "").upper()
         if not symbol:
-            return self.error("-1102", _mandatory("symbol"))
+            return self.error("-1102", mandatory_parameter("symbol"))
         if self.state.get_market(EXCHANGE, symbol) is None:
             return self.error("-1121")
         try:

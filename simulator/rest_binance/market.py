@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from simulator.http_common import json_response
-from simulator.rest_binance.envelope import EXCHANGE, BinanceEnvelope, _mandatory
+from simulator.rest_binance.envelope import EXCHANGE, BinanceEnvelope, mandatory_parameter
 from simulator.state import Market, dstr, dt_ms
 
 
@@ -187,7 +187,7 @@ class BinanceMarketData(BinanceEnvelope):
         try:
             n = max(1, min(int(request.query_params.get("limit", "20")), 1000))
         except ValueError:
-            return self.error("-1102", _mandatory("limit"))
+            return self.error("-1102", mandatory_parameter("limit"))
         q = self.state.quote(EXCHANGE, symbol)
         size = m.fmt_qty(m.qty_step * 1000)
         now = self.state.now_ms()

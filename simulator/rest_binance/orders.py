@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from simulator.http_common import NoReply, hold_until_disconnect, json_response
-from simulator.rest_binance.envelope import EXCHANGE, MESSAGES, BinanceEnvelope, _illegal, _mandatory
+from simulator.rest_binance.envelope import EXCHANGE, MESSAGES, BinanceEnvelope, illegal_parameter, mandatory_parameter
 from simulator.state import Market, Order, SimError, dstr, dt_ms, to_decimal
 
 log = logging.getLogger(__name__)
@@ -95,18 +95,18 @@ class BinanceOrders(BinanceEnvelope):
         out["cid"] = cid or None
         symbol = (p.get("symbol") or "").upper()
         if not symbol:
-            raise _Reject("-1102", _mandatory("symbol"))
+            raise _Reject("-1102", mandatory_parameter("symbol"))
         out["symbol"] = symbol
         m = self.state.get_market(EXCHANGE, symbol)
         if m is None:
             raise _Reject("-1121")
         side = p.get("side")
         if side not in ("BUY", "SELL"):
-            raise _Reject("-1117") if side else _Reject("-1102", _mandatory("side"))
+            raise _Reject("-1117") if side else _Reject("-1102", mandatory_parameter("side"))
         out["side"] = side.lower()
         otype = p.get("type")
         if otype not in ("MARKET", "LIMIT"):
-            raise _Reject("-1116") if otype else _Reject("-1102", _mandatory("type"))
+            raise _Reject("-1116") if otype else _Reject("-1102", mandatory_parameter("type"))
         out["type"] = otype.lower()
         if ro not in ("true", "false"):
             raise _Reject("-1102", "Data sent for parameter 'reduceOnly' is not valid.")
@@ -120,11 +120,11 @@ class BinanceOrders(BinanceEnvelope):
             )
         raw_qty = p.get("quantity")
         if not raw_qty:
-            raise _Reject("-1102", _mandatory("quantity"))
+            raise _Reject("-1102", mandatory_parameter("quantity"))
         try:
             qty = to_decimal(raw_qty, "quantity")
         except SimError:
-            raise _Reject("-1100", _illegal("quantity")) from None
+            raise _Reject("-1100", illegal_parameter("quantity")) from None
         out["qty"] = qty
         if qty <= 0:
             raise _Reject("-4003")
@@ -141,17 +141,17 @@ class BinanceOrders(BinanceEnvelope):
             out["tif"] = "IOC"
         else:
             if not tif:
-                raise _Reject("-1102", _mandatory("timeInForce"))
+                raise _Reject("-1102", mandatory_parameter("timeInForce"))
             if tif not in ("GTC", "IOC", "FOK", "GTX"):
                 raise _Reject("-1115", "Invalid timeInForce.")
             out["tif"] = tif
             raw_price = p.get("price")
             if not raw_price:
-                raise _Reject("-1102", _mandatory("price"))
+                raise _Reject("-1102", mandatory_parameter("price"))
             try:
                 price = to_decimal(raw_price, "price")
             except SimError:
-                raise _Reject("-1100", _illegal("price")) from None
+                raise _Reject("-1100", illegal_parameter("price")) from None
             out["price"] = price
             if price <= 0:
                 raise _Reject("-4001", "Price less than 0.")
@@ -230,7 +230,7 @@ class BinanceOrders(BinanceEnvelope):
     def _lookup(self, p: dict) -> tuple[Order | None, Response | None]:
         symbol = (p.get("symbol") or "").upper()
         if not symbol:
-            return None, self.error("-1102", _mandatory("symbol"))
+            return None, self.error("-1102", mandatory_parameter("symbol"))
         if self.state.get_market(EXCHANGE, symbol) is None:
             return None, self.error("-1121")
         oid = p.get("orderId") or None
@@ -285,18 +285,18 @@ class BinanceOrders(BinanceEnvelope):
             return err
         symbol = (p.get("symbol") or "").upper()
         if not symbol:
-            return self.error("-1102", _mandatory("symbol"))
+            return self.error("-1102", mandatory_parameter("symbol"))
         if self.state.get_market(EXCHANGE, symbol) is None:
             return self.error("-1121")
         try:
             limit = max(1, min(int(p.get("limit", "500")), 1000))
         except ValueError:
-            return self.error("-1102", _mandatory("limit"))
+            return self.error("-1102", mandatory_parameter("limit"))
         orders = [o for o in self.state.accepted_orders(EXCHANGE) if o.symbol == symbol]
         if p.get("orderId"):
             try:
                 start_id = int(p["orderId"])
             except ValueError:
-                return self.error("-1102", _mandatory("orderId"))
+                return self.error("-1102", mandatory_parameter("orderId"))
             orders = [o for o in orders if int(o.order_id) >= start_id]
         return json_response([self._order_row(o) for o in orders[-limit:]])

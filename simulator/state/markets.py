@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
-from simulator.state.values import QUOTE, SimError, _is_multiple, _pow10
+from simulator.state.values import QUOTE, SimError, is_multiple, pow10
 
 # symbol id -> (start price, tick size, qty step, max qty, max market qty)
 DEFAULT_MARKETS: dict[str, tuple[str, str, str, str, str]] = {
@@ -62,18 +62,18 @@ class Market:
     def fmt_price(self, p: Decimal | None) -> str:
         if p is None:
             return ""
-        return format(p.quantize(_pow10(-self.price_decimals), rounding=ROUND_HALF_EVEN), "f")
+        return format(p.quantize(pow10(-self.price_decimals), rounding=ROUND_HALF_EVEN), "f")
 
     def fmt_qty(self, q: Decimal | None) -> str:
         if q is None:
             return ""
-        return format(q.quantize(_pow10(-self.qty_decimals), rounding=ROUND_HALF_EVEN), "f")
+        return format(q.quantize(pow10(-self.qty_decimals), rounding=ROUND_HALF_EVEN), "f")
 
     def on_tick(self, price: Decimal) -> bool:
-        return _is_multiple(price, self.tick_size)
+        return is_multiple(price, self.tick_size)
 
     def on_step(self, qty: Decimal) -> bool:
-        return _is_multiple(qty, self.qty_step)
+        return is_multiple(qty, self.qty_step)
 
     def floor_qty(self, qty: Decimal) -> Decimal:
         return (qty / self.qty_step).to_integral_value(rounding=ROUND_DOWN) * self.qty_step
@@ -89,12 +89,12 @@ def derive_market_spec(price: Decimal, qty_hint: Decimal | None = None) -> tuple
     if price <= 0:
         raise SimError("price must be > 0")
     mag = math.floor(math.log10(float(price)))
-    tick = _pow10(mag - 4)
+    tick = pow10(mag - 4)
     step_exp = min(0, math.floor(math.log10(100 / float(price))))
-    step = _pow10(step_exp)
+    step = pow10(step_exp)
     if qty_hint is not None and qty_hint > 0:
         hint_exp = qty_hint.normalize().as_tuple().exponent
         if hint_exp < step_exp:
-            step = _pow10(hint_exp)
+            step = pow10(hint_exp)
     return tick, step
 

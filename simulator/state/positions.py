@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from simulator.state.markets import Market
-from simulator.state.values import SimError, _utc, dstr, iso, normalize_exchange, normalize_symbol, to_decimal
+from simulator.state.values import SimError, as_utc, dstr, iso, normalize_exchange, normalize_symbol, to_decimal
 
 if TYPE_CHECKING:
     from simulator.state.fills import Fill
@@ -127,8 +127,8 @@ class PositionDesk:
         m = self.ensure_market(ex, symbol, entry, qty_hint=q)
         if not m.on_step(q):
             raise SimError(f"qty {q} is not a multiple of {m.symbol_id}'s lot size {m.qty_step}")
-        opened = _utc(opened_at)
-        at = _utc(at)
+        opened = as_utc(opened_at)
+        at = as_utc(at)
         cur = self.positions.get((ex, m.symbol_id))
         if cur is None or cur.side != side:
             if fp is not None and fp != entry:
@@ -184,7 +184,7 @@ class PositionDesk:
             px = qt.bid if side == "sell" else qt.ask
         else:
             px = to_decimal(price, "price", positive=True)
-        self._admin_fill(ex, m, side, p.qty, px, _utc(at) or self.now(), create_type="CreateByClosing")
+        self._admin_fill(ex, m, side, p.qty, px, as_utc(at) or self.now(), create_type="CreateByClosing")
         return p
 
     def clear_positions(self, exchange: str | None = None) -> int:
@@ -215,5 +215,5 @@ class PositionDesk:
             raise SimError(f"qty {q} is not a multiple of {m.symbol_id}'s lot size {m.qty_step}")
         if ex == "binanceusdm" and order_id is not None and not str(order_id).isdigit():
             raise SimError("a Binance order_id is a number")
-        return self._admin_fill(ex, m, side, q, px, _utc(time) or self.now(),
+        return self._admin_fill(ex, m, side, q, px, as_utc(time) or self.now(),
                                 order_id=order_id, client_order_id=client_order_id)

@@ -122,18 +122,18 @@ def dstr(d: Decimal | None) -> str | None:
     return format(d, "f")
 
 
-def _is_multiple(value: Decimal, unit: Decimal) -> bool:
+def is_multiple(value: Decimal, unit: Decimal) -> bool:
     try:
         return value % unit == 0
     except InvalidOperation:  # e.g. 1e400 % 0.001: too many digits to tell; refuse it
         return False
 
 
-def _pow10(exp: int) -> Decimal:
+def pow10(exp: int) -> Decimal:
     return Decimal(1).scaleb(exp)
 
 
-def _utc(dt: datetime | None) -> datetime | None:
+def as_utc(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
     if dt.tzinfo is None:

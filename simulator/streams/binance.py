@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from simulator.streams.connection import _FIXED_SIZE, _Conn, _dumps
+from simulator.streams.connection import FIXED_SIZE, StreamConnection, dumps_compact
 
 _BINANCE_METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _BINANCE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
@@ -22,8 +22,8 @@ _BINANCE_STREAM_RE = re.compile(r"^([a-z0-9]{1,30})@(bookTicker|aggTrade)$")
 class BinanceStreams:
     """The Binance side of :class:`~simulator.streams.hub.StreamHub` (requests and frames)."""
 
-    def _binance_error(self, conn: _Conn, req_id, code: int, msg: str) -> None:
-        conn.queue_control(_dumps({"error": {"code": code, "msg": msg}, "id": req_id}))
+    def _binance_error(self, conn: StreamConnection, req_id, code: int, msg: str) -> None:
+        conn.queue_control(dumps_compact({"error": {"code": code, "msg": msg}, "id": req_id}))
 
     def _binance_stream(self, stream: str) -> tuple[str, str] | None:
         """``"btcusdt@bookTicker"`` → ("BTCUSDT", "bookTicker") if that market exists."""
@@ -37,7 +37,7 @@ class BinanceStreams:
             return None
         return sid, m.group(2)
 
-    def _binance_subscribe_stream(self, conn: _Conn, stream: str) -> bool:
+    def _binance_subscribe_stream(self, conn: StreamConnection, stream: str) -> bool:
         parsed = self._binance_stream(stream)
         if parsed is None:
             return False
@@ -46,7 +46,7 @@ class BinanceStreams:
             conn.initial[sid] = None
         return True
 
-    def _binance_request(self, conn: _Conn, text: str) -> None:
+    def _binance_request(self, conn: StreamConnection, text: str) -> None:
         try:
             req = json.loads(text)
         except ValueError as exc:
@@ -74,20 +74,20 @@ class BinanceStreams:
         params = req.get("params", [])
         if method == "LIST_SUBSCRIPTIONS":
             streams = sorted(f"{sid.lower()}@{kind}" for sid, kinds in conn.subs.items() for kind in kinds)
-            conn.queue_control(_dumps({"result": streams, "id": req_id}))
+            conn.queue_control(dumps_compact({"result": streams, "id": req_id}))
             return
         if method in ("SET_PROPERTY", "GET_PROPERTY"):
             if not isinstance(params, list) or not params or params[0] != "combined":
-                conn.queue_control(_dumps({"code": 0, "msg": "Unknown property", "id": req_id}))
+                conn.queue_control(dumps_compact({"code": 0, "msg": "Unknown property", "id": req_id}))
                 return
             if method == "GET_PROPERTY":
-                conn.queue_control(_dumps({"result": conn.combined, "id": req_id}))
+                conn.queue_control(dumps_compact({"result": conn.combined, "id": req_id}))
                 return
             if len(params) != 2 or not isinstance(params[1], bool):
                 self._binance_error(conn, req_id, 1, "Invalid value type: expected Boolean")
                 return
             conn.combined = params[1]
-            conn.queue_control(_dumps({"result": None, "id": req_id}))
+            conn.queue_control(dumps_compact({"result": None, "id": req_id}))
             return
         if not isinstance(params, list) or not params or not all(isinstance(p, str) for p in params):
             self._binance_error(conn, req_id, 2, "Invalid request: params must be a non-empty array of stream names")
@@ -102,14 +102,14 @@ class BinanceStreams:
             else:
                 sid, kind = self._binance_stream(stream)
                 self._remove_sub(conn, sid, kind)
-        conn.queue_control(_dumps({"result": None, "id": req_id}))
+        conn.queue_control(dumps_compact({"result": None, "id": req_id}))
 
-    def _binance_wrap(self, conn: _Conn, stream: str, payload: dict) -> str:
+    def _binance_wrap(self, conn: StreamConnection, stream: str, payload: dict) -> str:
         if conn.combined:
-            return _dumps({"stream": stream, "data": payload})
-        return _dumps(payload)
+            return dumps_compact({"stream": stream, "data": payload})
+        return dumps_compact(payload)
 
-    def _binance_book_ticker(self, conn: _Conn, sid: str, quote) -> str:
+    def _binance_book_ticker(self, conn: StreamConnection, sid: str, quote) -> str:
         conn.update_id += 1
         ex = conn.exchange
         payload = {
@@ -117,15 +117,15 @@ class BinanceStreams:
             "u": conn.update_id,
             "s": sid,
             "b": self._fmt(ex, sid, quote.bid),
-            "B": _FIXED_SIZE,
+            "B": FIXED_SIZE,
             "a": self._fmt(ex, sid, quote.ask),
-            "A": _FIXED_SIZE,
+            "A": FIXED_SIZE,
             "T": quote.ts_ms,
             "E": quote.ts_ms,
         }
         return self._binance_wrap(conn, f"{sid.lower()}@bookTicker", payload)
 
-    def _binance_agg_trade(self, conn: _Conn, sid: str, quote, last: str) -> str:
+    def _binance_agg_trade(self, conn: StreamConnection, sid: str, quote, last: str) -> str:
         conn.update_id += 1
         payload = {
             "e": "aggTrade",
@@ -133,7 +133,7 @@ class BinanceStreams:
             "a": conn.update_id,
             "s": sid,
             "p": last,
-            "q": _FIXED_SIZE,
+            "q": FIXED_SIZE,
             "f": conn.update_id,
             "l": conn.update_id,
             "T": quote.ts_ms,

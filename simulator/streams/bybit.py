@@ -10,20 +10,20 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from simulator.streams.connection import _FIXED_SIZE, _Conn, _dumps
+from simulator.streams.connection import FIXED_SIZE, StreamConnection, dumps_compact
 
 
 class BybitStreams:
     """The Bybit side of :class:`~simulator.streams.hub.StreamHub` (requests and frames)."""
 
-    def _bybit_reply(self, conn: _Conn, op: str, req_id, success: bool, ret_msg: str) -> None:
+    def _bybit_reply(self, conn: StreamConnection, op: str, req_id, success: bool, ret_msg: str) -> None:
         reply = {"success": success, "ret_msg": ret_msg, "conn_id": conn.conn_id}
         if req_id is not None:
             reply["req_id"] = req_id
         reply["op"] = op
-        conn.queue_control(_dumps(reply))
+        conn.queue_control(dumps_compact(reply))
 
-    def _bybit_request(self, conn: _Conn, text: str) -> None:
+    def _bybit_request(self, conn: StreamConnection, text: str) -> None:
         try:
             req = json.loads(text)
         except ValueError:
@@ -40,7 +40,7 @@ class BybitStreams:
             if conn.exchange not in self._silenced:  # a silent server answers nothing
                 reply = {"success": True, "ret_msg": "pong", "conn_id": conn.conn_id, "req_id": req_id or "",
                          "op": "ping"}
-                conn.queue_control(_dumps(reply))
+                conn.queue_control(dumps_compact(reply))
             return
         if op not in ("subscribe", "unsubscribe"):
             self._bybit_reply(conn, str(op), req_id, False, f"error:unknown op {op!r}")
@@ -67,7 +67,7 @@ class BybitStreams:
         else:
             self._bybit_reply(conn, op, req_id, True, "")
 
-    def _bybit_ticker(self, conn: _Conn, sid: str, quote, *, snapshot: bool) -> str | None:
+    def _bybit_ticker(self, conn: StreamConnection, sid: str, quote, *, snapshot: bool) -> str | None:
         ex = conn.exchange
         fields = {
             "lastPrice": self._fmt(ex, sid, quote.last),
@@ -82,8 +82,8 @@ class BybitStreams:
                 "symbol": sid,
                 "tickDirection": "ZeroPlusTick",
                 **fields,
-                "bid1Size": _FIXED_SIZE,
-                "ask1Size": _FIXED_SIZE,
+                "bid1Size": FIXED_SIZE,
+                "ask1Size": FIXED_SIZE,
                 "fundingRate": "0.0001",
             }
             kind = "snapshot"
@@ -98,6 +98,6 @@ class BybitStreams:
             kind = "delta"
         conn.sent[sid] = fields
         conn.cs += 1
-        return _dumps({"topic": f"tickers.{sid}", "type": kind, "ts": quote.ts_ms, "cs": conn.cs, "data": data})
+        return dumps_compact({"topic": f"tickers.{sid}", "type": kind, "ts": quote.ts_ms, "cs": conn.cs, "data": data})
 
     # -- Binance -------------------------------------------------------------------------

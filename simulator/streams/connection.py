@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 EXCHANGES = ("bybit", "binanceusdm")
 _ALIASES = {"bybit": "bybit", "binanceusdm": "binanceusdm", "binance": "binanceusdm", "binance-usdm": "binanceusdm"}
 CONTROL_QUEUE_LIMIT = 1000  # per connection; oldest replies are dropped beyond it
-_FIXED_SIZE = "1.000"
+FIXED_SIZE = "1.000"
 
 
-def _exchange(name: str | None) -> tuple[str, ...]:
+def exchanges_named(name: str | None) -> tuple[str, ...]:
     if name is None:
         return EXCHANGES
     ex = _ALIASES.get(str(name).strip().lower())
@@ -35,15 +35,15 @@ def _exchange(name: str | None) -> tuple[str, ...]:
     return (ex,)
 
 
-def _dumps(obj: Any) -> str:
+def dumps_compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def _plain(d: Decimal) -> str:
+def plain_decimal(d: Decimal) -> str:
     return "0" if d == 0 else format(d, "f")
 
 
-class _Conn:
+class StreamConnection:
     """One client connection: its subscriptions and its bounded outgoing queues."""
 
     def __init__(self, hub: "StreamHub", exchange: str, websocket: WebSocket, *, combined: bool = False):

@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 
 from simulator.streams.binance import BinanceStreams
 from simulator.streams.bybit import BybitStreams
-from simulator.streams.connection import _Conn, _exchange, _plain
+from simulator.streams.connection import StreamConnection, exchanges_named, plain_decimal
 
 log = logging.getLogger("simulator.streams")
 
@@ -37,8 +37,8 @@ class StreamHub(BybitStreams, BinanceStreams):
     def __init__(self, state=None):
         self.state = None
         self._unlisten: Callable[[], None] | None = None
-        self._conns: set[_Conn] = set()
-        self._by_symbol: dict[tuple[str, str], set[_Conn]] = {}
+        self._conns: set[StreamConnection] = set()
+        self._by_symbol: dict[tuple[str, str], set[StreamConnection]] = {}
         self._silenced: set[str] = set()
         self.stats = {"connections": 0, "messages_sent": 0, "dropped": 0, "coalesced": 0}
         if state is not None:
@@ -64,7 +64,7 @@ class StreamHub(BybitStreams, BinanceStreams):
 
     def drop_all(self, exchange: str | None = None) -> int:
         """Abruptly end every connection of ``exchange`` (all if None). Returns how many."""
-        exs = _exchange(exchange)
+        exs = exchanges_named(exchange)
         n = 0
         for conn in list(self._conns):
             if conn.exchange in exs:
@@ -77,7 +77,7 @@ class StreamHub(BybitStreams, BinanceStreams):
 
     def silence(self, exchange: str | None = None, on: bool = True) -> None:
         """Keep connections open but send nothing (no data, no replies, no pongs) while on."""
-        for ex in _exchange(exchange):
+        for ex in exchanges_named(exchange):
             if on:
                 self._silenced.add(ex)
             else:
@@ -91,11 +91,11 @@ class StreamHub(BybitStreams, BinanceStreams):
         self.silence(exchange, on=False)
 
     def is_silenced(self, exchange: str) -> bool:
-        return _exchange(exchange)[0] in self._silenced
+        return exchanges_named(exchange)[0] in self._silenced
 
     def send_raw(self, exchange: str | None, text: str) -> int:
         """Queue ``text`` verbatim on every connection of ``exchange`` (test hook)."""
-        exs = _exchange(exchange)
+        exs = exchanges_named(exchange)
         n = 0
         for conn in self._conns:
             if conn.exchange in exs:
@@ -104,12 +104,12 @@ class StreamHub(BybitStreams, BinanceStreams):
         return n
 
     def connection_count(self, exchange: str | None = None) -> int:
-        exs = _exchange(exchange)
+        exs = exchanges_named(exchange)
         return sum(1 for c in self._conns if c.exchange in exs)
 
     def subscriptions(self, exchange: str | None = None) -> list[str]:
         """Symbol ids subscribed on any connection of ``exchange`` (sorted)."""
-        exs = _exchange(exchange)
+        exs = exchanges_named(exchange)
         return sorted({sid for c in self._conns if c.exchange in exs for sid in c.subs})
 
     # -- price fan-out -------------------------------------------------------------------
@@ -125,7 +125,7 @@ class StreamHub(BybitStreams, BinanceStreams):
             conn.pending[symbol_id] = quote
             conn.wake.set()
 
-    def _add_sub(self, conn: _Conn, sid: str, stream: str) -> bool:
+    def _add_sub(self, conn: StreamConnection, sid: str, stream: str) -> bool:
         streams = conn.subs.get(sid)
         if streams is None:
             streams = conn.subs[sid] = set()
@@ -135,7 +135,7 @@ class StreamHub(BybitStreams, BinanceStreams):
         streams.add(stream)
         return True
 
-    def _remove_sub(self, conn: _Conn, sid: str, stream: str) -> None:
+    def _remove_sub(self, conn: StreamConnection, sid: str, stream: str) -> None:
         streams = conn.subs.get(sid)
         if streams is None:
             return
@@ -152,7 +152,7 @@ class StreamHub(BybitStreams, BinanceStreams):
                 if not others:
                     del self._by_symbol[(conn.exchange, sid)]
 
-    def _unregister(self, conn: _Conn) -> None:
+    def _unregister(self, conn: StreamConnection) -> None:
         self._conns.discard(conn)
         for sid in list(conn.subs):
             for stream in list(conn.subs.get(sid, ())):
@@ -180,12 +180,12 @@ class StreamHub(BybitStreams, BinanceStreams):
                     return m.fmt_price(price)
             except Exception:  # formatting is cosmetic: fall back to the plain number
                 pass
-        return _plain(price)
+        return plain_decimal(price)
 
     # -- serving -------------------------------------------------------------------------
 
     async def serve(self, websocket: WebSocket, exchange: str, *, combined: bool = False, streams=()) -> None:
-        conn = _Conn(self, exchange, websocket, combined=combined)
+        conn = StreamConnection(self, exchange, websocket, combined=combined)
         await websocket.accept()
         with conn.scope:
             self._conns.add(conn)
@@ -212,7 +212,7 @@ class StreamHub(BybitStreams, BinanceStreams):
                 self._unregister(conn)
         # returning without a close message: hypercorn closes the socket with 1011
 
-    async def _sender(self, conn: _Conn) -> None:
+    async def _sender(self, conn: StreamConnection) -> None:
         ws = conn.websocket
         try:
             while True:
@@ -239,7 +239,7 @@ class StreamHub(BybitStreams, BinanceStreams):
             log.debug("simulator streams: sender of %s ends: %r", conn.conn_id, exc)
             conn.scope.cancel()
 
-    def _initial_messages(self, conn: _Conn, sid: str) -> list[str]:
+    def _initial_messages(self, conn: StreamConnection, sid: str) -> list[str]:
         quote = self._quote(conn.exchange, sid)
         if quote is None:
             return []
@@ -249,7 +249,7 @@ class StreamHub(BybitStreams, BinanceStreams):
             return [self._binance_book_ticker(conn, sid, quote)]
         return []
 
-    def _update_messages(self, conn: _Conn, sid: str, quote) -> list[str]:
+    def _update_messages(self, conn: StreamConnection, sid: str, quote) -> list[str]:
         if sid not in conn.subs:
             return []
         if conn.exchange == "bybit":
