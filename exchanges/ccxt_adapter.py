@@ -21,23 +21,17 @@ Guarantees:
   ``during_order_create=True`` (timeouts and lost replies are *unknown outcomes*).
 * Money is :class:`~decimal.Decimal`, read from the exchanges' raw string fields
   (``info``), never through ccxt's floats. Times are timezone-aware UTC.
-* Close quantities are rounded *down* to the market's lot size (never close more than
-  asked) and checked against the market's minimum order quantity and its maximum
-  MARKET / LIMIT order quantity before anything is sent (:meth:`CcxtExchange.close_limits`;
-  the dialect reads them from the exchange's raw market list). The minimum notional
-  (Binance ``MIN_NOTIONAL``, Bybit ``minNotionalValue``) is not checked: both exchanges
-  exempt reduce-only / closing orders from it (Binance -4164 "Order's notional must be no
-  smaller than 5 (unless you choose reduce only)"; Bybit "Derivatives Trading Rules":
-  closing orders are exempt from the minimum notional value but not the minimum size).
-  Limit prices are rounded to the tick towards the *better* side (a sell up, a buy
-  down): the price asked is the worst the caller accepts, so rounding never goes past it.
+* Close quantities are rounded *down* to the market's lot size and checked against its
+  minimum and maximum order quantity before anything is sent; limit prices are rounded
+  to the tick towards the better side (:mod:`exchanges.rounding`; the dialect reads
+  the limits from the exchange's raw market list, :meth:`CcxtExchange.close_limits`).
 * A rate limit or ban with a known end (HTTP 429/418 ``Retry-After``, Binance "IP
   banned until <ms>", Bybit ``X-Bapi-Limit-Reset-Timestamp``, Bybit HTTP 403 "access
   too frequent": at least 10 minutes) closes a per-exchange gate: until it ends every
   call of this adapter, whoever makes it (executor, detector, the feeds' REST
   polling), fails at once with :class:`~exchanges.errors.RetryableError`
-  (``code="banned"``, ``retry_after`` = the time left) without a request.
-  :meth:`CcxtExchange.ban_state` shows it (``/health``, a metric).
+  (``code="banned"``, ``retry_after`` = the time left) without a request
+  (:mod:`exchanges.gate`). :meth:`CcxtExchange.ban_state` shows it (``/health``, a metric).
 * ``repr()``/``str()`` never show credentials.
 
 Requests are paced by ccxt's ``enableRateLimit`` token bucket, one per client (the
@@ -65,17 +59,19 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Iterator, Sequence
 
 import trio
 import trio_asyncio
 
+from exchanges import rounding
 from exchanges.classify import classify, is_order_not_found
 from exchanges.clients import make_ccxt_client
 from exchanges.dialect import Dialect, dialect_for
-from exchanges.errors import ExchangeError, NonRetryableError, RetryableError
+from exchanges.errors import ExchangeError, NonRetryableError
+from exchanges.gate import RequestGate
 from exchanges.port import ExchangePosition, Fill, LotLimits, OrderResult, Quote
 from exchanges.raw import dec, dt_ms, header
 from exchanges.symbols import exchange_symbol_id
@@ -119,10 +115,7 @@ class CcxtExchange:
         self._markets_lock = trio.Lock()
         self._last_reload: float | None = None
         self.market_reload_interval = 30.0
-        # The per-exchange gate: no request before this trio time (a rate limit or ban).
-        self._banned_until: float | None = None
-        self._ban_reason: str | None = None
-        self.bans = 0  # how many times the gate closed
+        self._gate = RequestGate(name)
 
     @classmethod
     def create(
@@ -150,49 +143,26 @@ class CcxtExchange:
 
     async def _aio(self, fn: Any, *args: Any) -> Any:
         """Run an asyncio coroutine function from trio (every exchange request passes here)."""
-        self._check_gate()
+        self._gate.check()
         return await trio_asyncio.aio_as_trio(fn)(*args)
 
-    # -- the rate-limit / ban gate -----------------------------------------------------
+    # -- the rate-limit / ban gate (exchanges.gate) ------------------------------------
 
     def ban_remaining(self) -> float:
         """Seconds until requests may be sent again (0 when the gate is open)."""
-        if self._banned_until is None:
-            return 0.0
-        left = self._banned_until - trio.current_time()
-        if left <= 0:
-            self._banned_until = None
-            return 0.0
-        return left
+        return self._gate.remaining()
 
     def ban_state(self) -> dict | None:
         """``None``, or what ``/health`` shows while the gate is closed."""
-        left = self.ban_remaining()
-        if left <= 0:
-            return None
-        until = datetime.now(timezone.utc).timestamp() + left
-        return {"seconds_left": round(left, 3),
-                "until": datetime.fromtimestamp(until, tz=timezone.utc).isoformat(timespec="seconds"),
-                "reason": self._ban_reason}
+        return self._gate.state()
 
-    def _check_gate(self) -> None:
-        left = self.ban_remaining()
-        if left > 0:
-            raise RetryableError(f"{self.name}: requests held back for {left:.1f}s more ({self._ban_reason})",
-                                 exchange=self.name, code="banned", retry_after=left)
+    @property
+    def bans(self) -> int:
+        """How many times the gate closed."""
+        return self._gate.closings
 
     def _close_gate(self, err: ExchangeError) -> None:
-        seconds = getattr(err, "retry_after", None)
-        if not isinstance(err, RetryableError) or seconds is None or seconds <= 0:
-            return
-        until = trio.current_time() + float(seconds)
-        if self._banned_until is None or until > self._banned_until:
-            if self._banned_until is None:
-                self.bans += 1
-            self._banned_until = until
-            self._ban_reason = f"{err.code or type(err).__name__}: {str(err)[:200]}"
-            log.warning("%s: rate limit / ban: no request for %.1fs (%s)", self.name, seconds, self._ban_reason)
-
+        self._gate.close(err)
 
     def _retry_after_hint(self) -> float | None:
         headers = getattr(self._client, "last_response_headers", None)
@@ -358,50 +328,6 @@ class CcxtExchange:
         await self._ensure_markets([symbol])
         return self.dialect.lot_limits(self._market(symbol))
 
-    def _close_qty(self, symbol: str, qty: Decimal, *, limit: bool = False) -> str:
-        """``qty`` rounded down to the lot size, as the string sent to the exchange.
-
-        A quantity below the minimum order is refused (``qty_below_min``; below one lot:
-        ``qty_below_lot_size``), as is one above the maximum order of its type
-        (``qty_above_max``): the executor splits a larger close itself.
-        """
-        limits = self.dialect.lot_limits(self._client.market(symbol))
-        step = limits.step or dec(self._client.market(symbol)["precision"]["amount"])
-        if not step or step <= 0:
-            raise NonRetryableError(f"{self.name}: cannot round {qty}", exchange=self.name, code="qty_rounding")
-        rounded = (qty / step).to_integral_value(rounding=ROUND_FLOOR) * step
-        if rounded <= 0:
-            raise NonRetryableError(
-                f"{self.name}: close qty {qty} of {symbol} is below the lot size {step}",
-                exchange=self.name,
-                code="qty_below_lot_size",
-            )
-        if limits.min_qty is not None and rounded < limits.min_qty:
-            raise NonRetryableError(
-                f"{self.name}: close qty {qty} of {symbol} is below the minimum order quantity {limits.min_qty}",
-                exchange=self.name,
-                code="qty_below_min",
-            )
-        cap = limits.max_limit_qty if limit else limits.max_market_qty
-        if cap is not None and cap > 0 and rounded > cap:
-            raise NonRetryableError(
-                f"{self.name}: close qty {rounded} of {symbol} is above the maximum "
-                f"{'limit' if limit else 'market'} order quantity {cap}",
-                exchange=self.name,
-                code="qty_above_max",
-            )
-        return format(rounded, "f")
-
-    def _limit_price(self, symbol: str, price: Decimal, order_side: str) -> str:
-        """``price`` on the tick, rounded towards the better side: never past the limit asked."""
-        tick = dec(self._client.market(symbol)["precision"].get("price"))
-        if tick and tick > 0:
-            rounding = ROUND_CEILING if order_side == "sell" else ROUND_FLOOR
-            price = (price / tick).to_integral_value(rounding=rounding) * tick
-        if price <= 0:
-            raise NonRetryableError(f"{self.name}: limit price {price} is not positive", exchange=self.name, code="bad_price")
-        return format(price, "f")
-
     async def create_close_order(
         self,
         symbol: str,
@@ -420,15 +346,17 @@ class CcxtExchange:
         if limit_price is not None and (not isinstance(limit_price, Decimal) or not limit_price.is_finite() or limit_price <= 0):
             raise NonRetryableError(f"limit_price must be a positive Decimal, not {limit_price!r}", exchange=self.name)
         await self._ensure_markets([symbol])
-        self._market(symbol)
+        market = self._market(symbol)
         order_side = "sell" if position_side == "long" else "buy"
-        amount = self._close_qty(symbol, qty, limit=limit_price is not None)
+        amount = rounding.close_quantity(self.name, symbol, qty, self.dialect.lot_limits(market),
+                                         limit=limit_price is not None,
+                                         fallback_step=dec(market["precision"]["amount"]))
         params: dict[str, Any] = {"reduceOnly": True, **self.dialect.tag_order(client_order_id)}
         if limit_price is None:
             order_type, price = "market", None
         else:
             order_type = "limit"
-            price = self._limit_price(symbol, limit_price, order_side)
+            price = rounding.limit_price(self.name, limit_price, dec(market["precision"].get("price")), order_side)
             params["timeInForce"] = "IOC"
 
         with self._errors(during_create=True):
