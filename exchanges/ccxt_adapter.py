@@ -69,7 +69,9 @@ import trio_asyncio
 from exchanges import rounding
 from exchanges.classify import classify, is_order_not_found
 from exchanges.clients import make_ccxt_client
-from exchanges.dialect import Dialect, dialect_for
+from exchanges.binance import BinanceDialect
+from exchanges.bybit import BybitDialect
+from exchanges.dialect import Dialect
 from exchanges.errors import ExchangeError, NonRetryableError
 from exchanges.gate import RequestGate
 from exchanges.port import ExchangePosition, Fill, LotLimits, OrderResult, Quote
@@ -96,6 +98,8 @@ class CcxtExchange:
     has ``status="open"``: look it up again later with :meth:`fetch_order_by_client_id`.
     """
 
+    DIALECTS: dict[str, type[Dialect]] = {d.name: d for d in (BybitDialect, BinanceDialect)}
+
     def __init__(
         self,
         name: str,
@@ -105,7 +109,9 @@ class CcxtExchange:
         fill_poll_attempts: int = 5,
         fill_poll_interval: float = 0.05,
     ):
-        self.dialect: Dialect = dialect_for(name)(client, request=self._aio)
+        if name not in self.DIALECTS:
+            raise ValueError(f"unsupported exchange {name!r}")
+        self.dialect: Dialect = self.DIALECTS[name](client, request=self._aio)
         self.name = name
         self._client = client
         self._rest_url = rest_url
@@ -218,7 +224,6 @@ class CcxtExchange:
             )
         return self._client.market(symbol)
 
-
     # -- port -----------------------------------------------------------------------
 
     async def load_markets(self) -> None:
@@ -259,7 +264,6 @@ class CcxtExchange:
     def symbols(self) -> frozenset[str]:
         """Linear perpetual symbols known after :meth:`load_markets` (empty before)."""
         return self._swap_symbols or frozenset()
-
 
     async def fetch_positions(self, symbols: Sequence[str] | None = None) -> list[ExchangePosition]:
         await self._ensure_markets(symbols)

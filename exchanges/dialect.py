@@ -3,7 +3,7 @@
 :class:`exchanges.ccxt_adapter.CcxtExchange` is the same for every exchange: the
 rate-limit / ban gate, error mapping, the market list, lot-size and tick rounding, the
 close procedure. Everything the exchanges do differently lives in one *dialect* per
-exchange, picked once when the adapter is built (:func:`dialect_for`):
+exchange, picked by name once when the adapter is built (``CcxtExchange.DIALECTS``):
 
 * :mod:`exchanges.bybit` - Bybit v5, ``category=linear``;
 * :mod:`exchanges.binance` - Binance USD-M futures.
@@ -15,7 +15,7 @@ tagged with our client order id, and the exchange's limits (page sizes, time win
 It sends every request through the ``request`` function the adapter hands it, so the
 adapter's gate and error mapping cover every call::
 
-    dialect = dialect_for("bybit")(client, request=adapter_request)
+    dialect = BybitDialect(client, request=adapter_request)
     rows = await dialect.position_rows(symbol_id=None)
     positions = [p for p in map(dialect.parse_position, rows) if p is not None]
 
@@ -33,7 +33,7 @@ from exchanges.port import ExchangePosition, Fill, LotLimits, OrderResult, Quote
 from exchanges.raw import dec, ms_to_dt, price
 from exchanges.symbols import unified_symbol
 
-__all__ = ["Dialect", "Request", "dialect_for"]
+__all__ = ["Dialect", "Request"]
 
 log = logging.getLogger("exchanges.ccxt")
 
@@ -158,13 +158,3 @@ class Dialect:
         """A row of ``symbol_id`` was read again: a later bad row is reported anew."""
         self._bad_rows_reported.discard(str(symbol_id))
 
-
-def dialect_for(name: str) -> type[Dialect]:
-    """The dialect class of exchange ``name`` (``"bybit"``, ``"binanceusdm"``); ValueError otherwise."""
-    from exchanges.binance import BinanceDialect  # noqa: PLC0415 - the dialects import this module
-    from exchanges.bybit import BybitDialect  # noqa: PLC0415
-
-    for dialect in (BybitDialect, BinanceDialect):
-        if dialect.name == name:
-            return dialect
-    raise ValueError(f"unsupported exchange {name!r}")
