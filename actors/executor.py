@@ -48,7 +48,6 @@ import trio
 from actors.episodes import reentered_at
 from actors.failpoints import failpoint
 from actors.position import CloseResult, PositionUpdate
-from actors.ratelimit import RateLimiter
 from actors.writer import NoHold, StorageWriter
 from exchanges import logfmt
 from exchanges.errors import (
@@ -208,8 +207,8 @@ class Executor:
         # How long a close may wait on the database (a write-ahead row, a read) before it
         # goes on without it: the database is the memory, not the heartbeat.
         self.db_timeout = 2.0
-        self.limiters = {name: RateLimiter(requests_per_second, burst=max(1, int(requests_per_second)))
-                         for name in self.exchanges}
+        # requests_per_second is accepted and unused: each exchange's ccxt client paces
+        # every request (exchanges/clients.py).
         self._locks: dict[tuple[str, str], trio.Lock] = {}
         self._fills: dict[UUID, _Fills] = {}
         self._send, self._receive = trio.open_memory_channel(1000)
@@ -275,7 +274,6 @@ class Executor:
     # --- the close procedure -------------------------------------------------------------
 
     async def _call(self, exchange: str, fn, *args, **kw):
-        await self.limiters[exchange].acquire()
         return await fn(*args, **kw)
 
     async def _close(self, req: CloseRequest, hold=NoHold()) -> CloseResult:

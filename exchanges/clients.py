@@ -21,7 +21,8 @@ What the factory sets up (see ``/work/shared/notes/stack-facts.md``):
   (``/fapi/`` → linear, ``/dapi/`` → inverse, ...), whatever the host.
 * **Rate limiting**: ccxt's own ``enableRateLimit`` (a per-client token bucket sized by
   the exchange's documented weights) is on. One client per exchange is shared by the
-  whole process, so that bucket is the per-exchange limiter.
+  whole process, so that bucket is the per-exchange limiter, and the only one (see
+  "One rate limiter" below).
 * **Idle time counts** (:class:`IdleCreditThrottler`): ccxt's leaky bucket forgets the
   time between bursts (its refill clock restarts with each burst), so even an isolated
   call waits for the previous call's cost (about 100 ms per Bybit private call). The
@@ -30,6 +31,23 @@ What the factory sets up (see ``/work/shared/notes/stack-facts.md``):
 * **Keys never logged**: ccxt logs request headers (which carry the API key) at DEBUG
   level. Each client gets its own logger with a filter that redacts the key and the
   secret from every record.
+
+One rate limiter. The exchanges budget requests per IP and per account, weighing each
+endpoint differently (Binance: ``userTrades`` 5, ``positionSide/dual`` 30, an order
+1; Bybit: per-endpoint rates). ccxt carries those documented costs for every endpoint,
+and every caller of the exchange goes through this client: the detector's position
+and fill-history polls, the executor's orders and lookups, the feeds' REST price
+polling. A limiter of our own in front of order sends only (a flat "requests per
+second" on trio's clock) saw a fraction of the traffic, knew no weights, and slowed
+the one call that must not wait, a close, while the budget it meant to protect was
+spent elsewhere. So this bucket is the only limiter. The other one ran on trio's
+clock, so tests could skip its waits; this one runs on the real clock, as do the
+tests that drive it (they talk to the simulator over loopback). Its
+``requests_per_second`` (never a key of the configuration file: the service always
+ran with 10) is still accepted by ``ServiceConfig`` and the executor and does
+nothing, since one number cannot stand for the weighted budgets ccxt already follows.
+When the exchange still answers "too many requests", :mod:`exchanges.gate` stops every
+request until the end it names.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import pytest
 import trio
 import trio_asyncio
 
+from exchanges import rounding
 from exchanges.ccxt_adapter import CcxtExchange
 from exchanges.clients import credentials_from_env, make_ccxt_client, rewrite_api_urls
 from exchanges.errors import (
@@ -37,7 +38,7 @@ from exchanges.errors import (
     RetryableError,
     UnknownOutcomeError,
 )
-from exchanges.port import ExchangePosition
+from exchanges.port import ExchangePosition, LotLimits
 
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
@@ -110,6 +111,32 @@ def test_credentials_from_env(monkeypatch):
     monkeypatch.setenv("APM_TEST_EMPTY", "")
     assert credentials_from_env("APM_TEST_KEY", "APM_TEST_SECRET") == ("k-123", "s-456")
     assert credentials_from_env("APM_TEST_EMPTY", "APM_TEST_MISSING_XYZ") == (None, None)
+
+
+def test_close_quantity_stays_within_the_order_limits_of_its_type():
+    limits = LotLimits(step=Decimal("0.01"), min_qty=Decimal("0.05"), max_market_qty=Decimal("5"),
+                       max_limit_qty=Decimal("50"))
+    assert rounding.close_quantity("bybit", "X/USDT:USDT", Decimal("7.999"), limits, limit=True) == "7.99"
+    with pytest.raises(NonRetryableError) as e:
+        rounding.close_quantity("bybit", "X/USDT:USDT", Decimal("7.999"), limits)  # a MARKET order of 7.99 > 5
+    assert e.value.code == "qty_above_max"
+    with pytest.raises(NonRetryableError) as e:
+        rounding.close_quantity("bybit", "X/USDT:USDT", Decimal("0.049"), limits)
+    assert e.value.code == "qty_below_min"  # 0.04 is a whole lot, but under the minimum order
+    no_step = LotLimits()
+    assert rounding.close_quantity("bybit", "X/USDT:USDT", Decimal("1.29"), no_step, fallback_step=Decimal("0.5")) == "1.0"
+    with pytest.raises(NonRetryableError) as e:
+        rounding.close_quantity("bybit", "X/USDT:USDT", Decimal("1"), no_step)
+    assert e.value.code == "qty_rounding"
+
+
+def test_limit_price_is_rounded_towards_the_better_side():
+    tick = Decimal("0.5")
+    assert rounding.limit_price("binanceusdm", Decimal("100.1"), tick, "sell") == "100.5"
+    assert rounding.limit_price("binanceusdm", Decimal("100.4"), tick, "buy") == "100.0"
+    with pytest.raises(NonRetryableError) as e:
+        rounding.limit_price("binanceusdm", Decimal("0.2"), tick, "buy")  # floors to 0
+    assert e.value.code == "bad_price"
 
 
 @pytest.mark.parametrize("name", EXCHANGES)

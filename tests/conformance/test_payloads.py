@@ -43,8 +43,8 @@ def test_bybit_position_row_gives_size_entry_and_change_time_never_created_time(
     [row] = load("bybit_position_list.json")["result"]["list"]
     # The documented example is an inverse market (BTCUSD), which the adapter does not
     # manage: it is skipped. Under a linear id the same row is read field by field.
-    assert bybit._parse_bybit_position(row) is None
-    p = bybit._parse_bybit_position({**row, "symbol": "BTCUSDT"})
+    assert bybit.dialect.parse_position(row) is None
+    p = bybit.dialect.parse_position({**row, "symbol": "BTCUSDT"})
     assert (p.symbol, p.side, p.qty, p.entry_price) == ("BTC/USDT:USDT", "short", D(row["size"]), D(row["avgPrice"]))
     assert p.updated_at == ms(int(row["updatedTime"]))
     assert p.opened_at is None  # createdTime is the first position ever on the symbol: never an open time
@@ -54,28 +54,28 @@ def test_bybit_position_row_gives_size_entry_and_change_time_never_created_time(
 def test_bybit_position_open_time_only_when_reported_and_non_zero(bybit):
     [row] = load("bybit_position_list.json")["result"]["list"]
     linear = {**row, "symbol": "BTCUSDT"}
-    assert bybit._parse_bybit_position({**linear, "openTime": "0"}).opened_at is None
-    assert bybit._parse_bybit_position({**linear, "openTime": "1697673600000"}).opened_at == ms(1697673600000)
+    assert bybit.dialect.parse_position({**linear, "openTime": "0"}).opened_at is None
+    assert bybit.dialect.parse_position({**linear, "openTime": "1697673600000"}).opened_at == ms(1697673600000)
 
 
 def test_binance_position_row_gives_side_from_the_sign_and_no_open_time(binance):
     [row] = load("binance_position_risk_v3.json")
-    p = binance._parse_binance_position(row)
+    p = binance.dialect.parse_position(row)
     assert (p.symbol, p.side, p.qty, p.entry_price) == ("ADA/USDT:USDT", "long", D(30), D("0.385"))
     assert p.opened_at is None and p.updated_at == ms(row["updateTime"])
-    short = binance._parse_binance_position({**row, "positionAmt": "-30"})
+    short = binance.dialect.parse_position({**row, "positionAmt": "-30"})
     assert (short.side, short.qty) == ("short", D(30))
 
 
 @pytest.mark.parametrize("field,value", [("entryPrice", "0.0"), ("entryPrice", ""), ("positionAmt", "abc")])
 def test_binance_position_row_that_cannot_be_read_is_skipped(binance, field, value):
     [row] = load("binance_position_risk_v3.json")
-    assert binance._parse_binance_position({**row, field: value}) is None
+    assert binance.dialect.parse_position({**row, field: value}) is None
 
 
 def test_bybit_execution_row_is_a_fill(bybit):
     rows = load("bybit_execution_list.json")["result"]["list"]
-    fills = [bybit._parse_fill(r, "execId", "execTime", "execQty", "execPrice", "orderLinkId") for r in rows]
+    fills = [bybit.dialect.parse_fill(r) for r in rows]
     for row, fill in zip(rows, fills):
         assert fill.fill_id == row["execId"] and fill.side == row["side"].lower()
         assert fill.qty == D(row["execQty"]) and fill.price == D(row["execPrice"])
@@ -84,6 +84,6 @@ def test_bybit_execution_row_is_a_fill(bybit):
 
 def test_binance_user_trade_row_is_a_fill(binance):
     [row] = load("binance_user_trades.json")
-    fill = binance._parse_fill(row, "id", "time", "qty", "price", None)
+    fill = binance.dialect.parse_fill(row)
     assert (fill.fill_id, fill.side, fill.qty, fill.price) == ("698759", "sell", D("0.002"), D("7819.01"))
     assert fill.time == ms(row["time"])
