@@ -217,7 +217,7 @@ async def seed_aged(db, count: int, now: datetime | None = None, config: PolicyC
 
 def memory_exchange(count: int, now: datetime, start: int = 0):
     """The exchange side of :func:`seed_aged`: the same positions, a book that fills a close at 100.5."""
-    from exchanges.memory import MemoryExchange  # noqa: PLC0415
+    from doubles.exchange import MemoryExchange  # noqa: PLC0415
     ex = MemoryExchange(name=EXCHANGE)
     for i in range(start, start + count):
         ex.set_position(symbol(i), "long", "1", "100", opened_at=opened_at_for(i, now))

@@ -1,6 +1,6 @@
 """detection_ms and actor_restart_ms: the real Service on the real clock.
 
-detection_ms — positions on a :class:`~exchanges.memory.MemoryExchange` whose open time
+detection_ms — positions on a :class:`~doubles.exchange.MemoryExchange` whose open time
 makes them cross ``max_age_hours`` about a second after the service starts (one every
 ``spacing`` seconds, so each is measured on its own). Path: the detector's age timer
 fires → the aged row is created in PostgreSQL → the actor is started by the positions
@@ -34,7 +34,7 @@ from service.asyncio_bridge import open_asyncio_loop
 
 async def bench_detection(url: str, *, positions: int = 10, first_after: float = 1.0,
                           spacing: float = 0.25) -> dict:
-    from exchanges.memory import MemoryExchange  # noqa: PLC0415
+    from doubles.exchange import MemoryExchange  # noqa: PLC0415
     config = PolicyConfig()
     async with open_asyncio_loop():
         db = await connect(url)

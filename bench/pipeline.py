@@ -3,7 +3,7 @@
 One process runs the real :class:`service.runtime.Service` (storage writer to
 PostgreSQL, executor, detector, positions supervisor with one real position actor per
 aged position) with the real :class:`feeds.feed.Feed` connected to :mod:`bench.blaster`
-(feed mode) in another process. The exchange port is :class:`exchanges.memory.MemoryExchange`,
+(feed mode) in another process. The exchange port is :class:`doubles.exchange.MemoryExchange`,
 whose orders fill at once, so order latency is ours, not the network's.
 
 max_ticks_per_s — the offered rate (deltas/s, round-robin over all subscribed symbols)

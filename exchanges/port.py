@@ -2,7 +2,7 @@
 
 Everything above this line (executor, detector, feeds' REST fallback) speaks in these
 types only. Two implementations exist: :mod:`exchanges.ccxt_adapter` (real ccxt clients
-under trio-asyncio) and :mod:`exchanges.memory` (an in-memory exchange for unit tests
+under trio-asyncio) and :mod:`doubles.exchange` (an in-memory exchange for unit tests
 of actor logic).
 
 Conventions:

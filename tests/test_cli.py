@@ -245,7 +245,7 @@ port = 0
 
 async def test_hedge_mode_check_names_hedged_accounts_and_passes_unreachable_ones(caplog):
     from exchanges.errors import RetryableError  # noqa: PLC0415
-    from exchanges.memory import MemoryExchange  # noqa: PLC0415
+    from doubles.exchange import MemoryExchange  # noqa: PLC0415
     from service.app import hedge_mode_accounts  # noqa: PLC0415
     down = MemoryExchange(name="down")
     down.fail_next(RetryableError("timeout"), method="position_mode")

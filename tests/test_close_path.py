@@ -23,7 +23,7 @@ from actors.position import (
 from exchanges.ccxt_adapter import CcxtExchange
 from exchanges.classify import classify
 from exchanges.errors import RetryableError
-from exchanges.memory import MemoryExchange
+from doubles.exchange import MemoryExchange
 from service.http import health_report
 from service.metrics import Metrics
 from storage import ops as op

@@ -16,7 +16,7 @@ from decimal import Decimal as D
 
 import trio
 
-from exchanges.memory import MemoryExchange
+from doubles.exchange import MemoryExchange
 from exchanges.port import Fill
 from tests.support import BOT_TABLE, MemoryFeed, make_service
 

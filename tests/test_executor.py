@@ -2,7 +2,7 @@
 
 Two halves:
 
-* on the in-memory exchange (``exchanges.memory``) and trio's autojump MockClock, with
+* on the in-memory exchange (``doubles.exchange``) and trio's autojump MockClock, with
   the write-ahead table kept in memory from the executor's own writes: every branch of
   the close procedure, and the backoff timing;
 * on the real stack: the exchange simulator behind real ccxt clients (Bybit and Binance
@@ -24,7 +24,7 @@ import trio
 from actors.executor import CloseRequest, Executor, client_order_id
 from actors.writer import StorageWriter
 from exchanges.errors import InsufficientLiquidityError, NonRetryableError, RetryableError
-from exchanges.memory import MemoryExchange
+from doubles.exchange import MemoryExchange
 from storage import ops as op
 
 SYMBOL = "BTC/USDT:USDT"

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from exchanges.memory import MemoryExchange
+from doubles.exchange import MemoryExchange
 from service.alerts import AlertRouter, LogSink
 from actors.clock import PolicyClock
 from service.app import build_service

@@ -1,4 +1,4 @@
-"""Unit tests of exchanges.memory.MemoryExchange (pure trio, no sockets)."""
+"""Unit tests of doubles.exchange.MemoryExchange (pure trio, no sockets)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from exchanges.errors import (
     RetryableError,
     UnknownOutcomeError,
 )
-from exchanges.memory import MemoryExchange
+from doubles.exchange import MemoryExchange
 from exchanges.port import ExchangePort, ExchangePosition, OrderResult, Quote
 
 BTC = "BTC/USDT:USDT"

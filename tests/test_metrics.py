@@ -28,7 +28,7 @@ from actors.clock import PolicyClock
 from actors.events import CLOSE_COMPLETED, DETECTED, LifecycleEvent
 from actors.position import Settings
 from exchanges.errors import RetryableError
-from exchanges.memory import MemoryExchange
+from doubles.exchange import MemoryExchange
 from feeds.feed import Feed
 from service.alerts import AlertRouter, LogSink
 from service.http import Observability

@@ -20,7 +20,7 @@ from actors.policy import PolicyConfig
 from actors.position import Settings
 from actors.position_actor import ActorContext, run_position_actor
 from actors.writer import StorageWriter
-from exchanges.memory import MemoryExchange
+from doubles.exchange import MemoryExchange
 from storage import ops
 from tests.support import MemoryFeed
 

@@ -1,6 +1,6 @@
 """The actor runtime end to end on the in-memory exchange and a real PostgreSQL.
 
-Rules: the exchange is :class:`exchanges.memory.MemoryExchange` and ticks come from
+Rules: the exchange is :class:`doubles.exchange.MemoryExchange` and ticks come from
 :class:`tests.support.MemoryFeed`; the database is real. Lifecycle tests run on trio's
 autojump MockClock with the ``mdb`` database, which holds virtual time still while any
 of its calls is in flight (see tests/conftest.py), so a slow round trip never lets
@@ -17,7 +17,7 @@ import trio.testing
 from actors.clock import PolicyClock
 from actors.position import Settings
 from exchanges.errors import RetryableError
-from exchanges.memory import MemoryExchange
+from doubles.exchange import MemoryExchange
 from service.runtime import Service, ServiceConfig
 from storage import ops as op
 from storage.repository import Database

@@ -14,7 +14,7 @@ from decimal import Decimal as D
 import trio
 
 from actors.policy import PolicyConfig, assess
-from exchanges.memory import MemoryExchange
+from doubles.exchange import MemoryExchange
 from tests.support import MemoryFeed, make_service
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)

@@ -12,7 +12,7 @@ import trio
 
 from actors.executor import CloseRequest, Executor
 from actors.writer import StorageWriter
-from exchanges.memory import MemoryExchange
+from doubles.exchange import MemoryExchange
 from storage import ops
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
