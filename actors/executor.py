@@ -55,17 +55,13 @@ from exchanges.errors import (
 )
 from exchanges.port import ExchangePort, LotLimits, OrderResult
 from storage import ops as op
+from supervisor.backoff import Backoff, retry_after_of
 
 log = logging.getLogger("actors.executor")
 
 FINAL_STATES = frozenset({"filled", "rejected", "canceled", "not_found", "partially_filled"})
 # Rejections that mean the quantity itself can never be sent (below the minimum order).
 DUST_CODES = frozenset({"qty_below_lot_size", "qty_below_min"})
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    value = getattr(exc, "retry_after", None)
-    return float(value) if value is not None and value > 0 else None
 
 
 class EpisodeChanged(Exception):
@@ -156,6 +152,7 @@ class _Backoff:
 
     def __init__(self, delays: tuple[float, ...]):
         self.delays = delays
+        self.schedule = Backoff.listed(delays) if delays else None
         self.failures = 0
 
     async def pause(self, retry_after: float | None = None) -> bool:
@@ -164,9 +161,9 @@ class _Backoff:
         ``retry_after`` (seconds, from the exchange) lengthens the wait, never shortens it.
         """
         self.failures += 1
-        if self.failures > len(self.delays):
+        if self.schedule is None or self.failures > len(self.delays):
             return False
-        await trio.sleep(max(self.delays[self.failures - 1], retry_after or 0.0))
+        await self.schedule.sleep(self.failures, retry_after)
         return True
 
 
@@ -302,7 +299,7 @@ class Executor:
                 remaining = await self._position_qty(req, port)
             except ExchangeError as exc:
                 last_error = self._note_error(req, exc, "verify")
-                if not await backoff.pause(_retry_after(exc)):
+                if not await backoff.pause(retry_after_of(exc)):
                     return self._failed(req, fills, attempt - 1, last_error)
                 continue
             if remaining == 0:
@@ -326,7 +323,7 @@ class Executor:
                     limit_price = await self._limit_price(req, port)
                 except ExchangeError as exc:
                     last_error = self._note_error(req, exc, "quote")
-                    if not await backoff.pause(_retry_after(exc)):
+                    if not await backoff.pause(retry_after_of(exc)):
                         return self._failed(req, fills, attempt - 1, last_error)
                     continue
             failpoint("before_wal")
@@ -365,7 +362,7 @@ class Executor:
                 fills.settled(cid, attempt)
                 attempt += 1
                 fallback_allowed = req.emergency or req.worst_price is not None
-                if (limit_fallback or not fallback_allowed) and not await backoff.pause(_retry_after(exc)):
+                if (limit_fallback or not fallback_allowed) and not await backoff.pause(retry_after_of(exc)):
                     return self._failed(req, fills, attempt - 1, last_error)  # the IOC found no liquidity either
                 limit_fallback = fallback_allowed
                 continue
@@ -388,7 +385,7 @@ class Executor:
                 fills.settled(cid, attempt)
                 result = None
                 attempt += 1
-                if not await backoff.pause(_retry_after(exc)):
+                if not await backoff.pause(retry_after_of(exc)):
                     return self._failed(req, fills, attempt - 1, last_error)
                 continue
             if result is not None and result.status == "open":
@@ -419,11 +416,11 @@ class Executor:
 
         Raises :class:`UnknownOutcomeError` when the lookups themselves fail.
         """
-        delays = self.retry_delays or (1.0,)
+        schedule = Backoff.listed(self.retry_delays or (1.0,))
         for i in range(self.follow_polls):
             if result.status != "open":
                 break
-            await trio.sleep(delays[min(i, len(delays) - 1)])
+            await schedule.sleep(i + 1)
             found = await self._lookup(req, port, cid)
             if found is not None:
                 if found.requested_qty is None and result.requested_qty is not None:
@@ -566,6 +563,7 @@ class Executor:
 
     async def _lookup(self, req: CloseRequest, port: ExchangePort, cid: str) -> OrderResult | None:
         """Find out what became of ``cid``; None only when the exchange says it never saw it."""
+        schedule = Backoff.listed(self.retry_delays or (0.0,))
         for i in range(self.lookup_retries):
             self.stats.lookups += 1
             try:
@@ -573,8 +571,7 @@ class Executor:
             except ExchangeError as exc:
                 self._note_error(req, exc, "lookup")
                 if i + 1 < self.lookup_retries:
-                    delay = self.retry_delays[min(i, len(self.retry_delays) - 1)] if self.retry_delays else 0
-                    await trio.sleep(max(delay, _retry_after(exc) or 0.0))
+                    await schedule.sleep(i + 1, retry_after_of(exc))
         raise UnknownOutcomeError(f"could not look up order {cid}", exchange=req.exchange)
 
     async def _reconcile(self, req: CloseRequest, port: ExchangePort) -> _Fills:
