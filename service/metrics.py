@@ -9,7 +9,7 @@ Where the numbers come from::
 
     lifecycle counters / histograms   the event bus (each LifecycleEvent counted once)
     active by status / by phase       ctx.on_state (on every status change) and a
-                                      periodic recount from ctx.state_cache
+                                      periodic recount from the actor registry
     tick → order latency              executor.on_submit
     executor errors                   executor.on_error
     supervisor restarts               root.on_restart, positions.on_restart
@@ -290,7 +290,7 @@ class Metrics:
     def _state(self, aged_id: Any) -> Any:
         if self.service is None:
             return None
-        return self.service.ctx.state_cache.get(aged_id)
+        return self.service.registry.state(aged_id)
 
     @staticmethod
     def _phase_at_trigger(state: Any, event: Any) -> str:
@@ -367,11 +367,9 @@ class Metrics:
                 self._log_failure(kind)
 
     def _recount(self) -> None:
-        svc = self.service
-        watching = getattr(svc, "is_watching", None)
         fresh: dict[Any, str] = {}
-        for aged_id, state in list(svc.ctx.state_cache.items()):
-            if state.status == "closed" or (watching is not None and not watching(aged_id)):
+        for aged_id, state in self.service.registry.states().items():
+            if state.status == "closed":
                 continue
             fresh[aged_id] = state.status
         counts = _Tally(fresh.values())

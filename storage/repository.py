@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any, Container, Iterable, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -255,6 +255,23 @@ class Database:
         return await self.fetch(
             "SELECT * FROM monitoring.aged_positions WHERE status = ANY($1::text[]) ORDER BY detected_at",
             list(ACTIVE_STATUSES))
+
+    async def load_for_recovery(self, skip: Container[UUID] = ()) -> tuple[set[UUID], list[tuple[dict, bool]]]:
+        """The ids of every aged position not closed, and those not in ``skip`` with
+        whether a close order of each is in flight.
+
+        Two queries for all of them, however many there are.
+        """
+        rows = await self.fetch("SELECT * FROM monitoring.aged_positions WHERE status <> 'closed'")
+        open_ids = {r["id"] for r in rows}
+        wanted = [r for r in rows if r["id"] not in skip]
+        if not wanted:
+            return open_ids, []
+        inflight = {r["aged_position_id"] for r in await self.fetch(
+            "SELECT DISTINCT aged_position_id FROM monitoring.close_orders "
+            "WHERE state IN ('pending','unknown','open') AND aged_position_id = ANY($1::uuid[])",
+            [r["id"] for r in wanted])}
+        return open_ids, [(r, r["id"] in inflight) for r in wanted]
 
     async def update_aged_position(self, aged_id: UUID, **fields) -> None:
         await self.write_batch([op.UpdateAged(aged_id, fields)])

@@ -18,10 +18,12 @@ from actors.executor import Executor
 from actors import position
 from actors.policy import PolicyConfig
 from actors.position import Settings
-from actors.position_actor import ActorContext, run_position_actor
+from actors.position_actor import ActorContext
+from actors.registry import ActorRegistry
 from actors.writer import StorageWriter
 from exchanges.memory import MemoryExchange
 from storage import ops
+from supervisor import Supervisor
 from tests.support import MemoryFeed
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -63,12 +65,18 @@ def setup(origin, *, side="long", qty="1"):
     return aged_id, ctx, ex, feed, written
 
 
-def start_actor(nursery, ctx, aged_id) -> None:
-    """The actor and what it needs running: writer, executor, timers."""
+def start_actor(nursery, ctx, aged_id) -> ActorRegistry:
+    """The actor, under a registry of its own, and what it needs running: writer, executor, timers."""
     nursery.start_soon(ctx.writer.run)
     nursery.start_soon(ctx.executor.run)
     nursery.start_soon(ctx.timers.run)
-    nursery.start_soon(run_position_actor, ctx, aged_id)
+    registry = ActorRegistry(ctx, Supervisor("positions"))
+
+    async def run():
+        await nursery.start(registry.run)
+        await registry.ensure(aged_id)  # no state handed over: the actor loads its row
+    nursery.start_soon(run)
+    return registry
 
 
 def bids_stepped_on(monkeypatch) -> list:
@@ -213,12 +221,12 @@ async def test_quiet_ticks_do_not_wake_the_actor_and_a_crossing_still_closes(aut
     aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=12))  # progressive: target 99.5
     stepped = bids_stepped_on(monkeypatch)
     async with trio.open_nursery() as n:
-        start_actor(n, ctx, aged_id)
+        registry = start_actor(n, ctx, aged_id)
         await trio.sleep(1)
         feed.push(SYMBOL, bid="99.0", ask="99.01")  # the first tick is sampled: the band is set
         await trio.sleep(1)
         assert stepped == [D("99.0")]
-        box = ctx.inboxes[aged_id]
+        box = registry.mailbox(aged_id)
         for i in range(1000):
             feed.push(SYMBOL, bid=f"{99 + i / 10000:.4f}", ask="99.2")
             await trio.sleep(0.01)

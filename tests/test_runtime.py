@@ -117,7 +117,7 @@ async def test_actor_crashed_mid_close_restarts_and_exactly_one_order_is_sent(mo
         feed.push(SYMBOL, bid="99.5", ask="99.6")
         await wait_for(triggered, interval=0.2)
         row = await aged_row(db)
-        svc.ctx.inject_crash(row["id"])
+        svc.registry.crash_on_next_tick(row["id"])
         feed.push(SYMBOL, bid="99.5", ask="99.6")  # the actor crashes while the order is in flight
 
         async def closed():
@@ -270,7 +270,7 @@ async def test_database_down_then_up_loses_nothing(aio_loop, database_url, db):
                 await trio.sleep(0.05)
         # An actor loads its state from the database when it starts (a restarted one
         # falls back to its last known state, a new one has none): cut once it watches.
-        await wait_until(lambda: row["id"] in svc.ctx.inboxes and row["id"] in svc.ctx.state_cache,
+        await wait_until(lambda: svc.registry.is_watching(row["id"]) and svc.registry.state(row["id"]) is not None,
                          "the actor was watching the position with its state loaded")
         await proxy.cut()
         for i in range(20):  # ticks while the database is away: sampled checks pile up in the buffer
