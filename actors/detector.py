@@ -36,7 +36,6 @@ from decimal import Decimal
 from typing import Callable, Mapping, Sequence
 from uuid import UUID
 
-import asyncpg
 import trio
 
 from actors import episodes as ep
@@ -50,11 +49,11 @@ from exchanges.errors import ExchangeError
 from exchanges.port import ExchangePort, ExchangePosition
 from exchanges.symbols import unified_symbol
 from storage import ops as op
+from storage.errors import StorageUnavailable, WriteRejected
 
 log = logging.getLogger("actors.detector")
 
-DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                   asyncpg.CannotConnectNowError, trio.TooSlowError)
+DATABASE_ERRORS = (StorageUnavailable, trio.TooSlowError)
 # How the trading bot names exchanges in its book.
 BOT_EXCHANGE_NAMES = {"binance": "binanceusdm", "binanceusdm": "binanceusdm", "bybit": "bybit"}
 BOT_SIDES = {"long": "long", "buy": "long", "short": "short", "sell": "short"}
@@ -161,8 +160,8 @@ class Detector:
             except ExchangeError as exc:
                 log.warning("%s %s: cannot follow the position this poll (%s)", p.exchange, p.symbol, exc)
                 return
-            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-                problem = f"the book refused it ({type(exc).__name__}: {exc})"
+            except WriteRejected as exc:
+                problem = f"the book refused it ({exc})"
         if key not in self._bad_symbols:
             self._bad_symbols.add(key)
             log.error("%s %s: position skipped, %s", p.exchange, p.symbol, problem)

@@ -49,7 +49,7 @@ from actors.episodes import reentered_at
 from actors.failpoints import failpoint
 from actors.position import CloseResult, PositionUpdate
 from actors.ratelimit import RateLimiter
-from actors.writer import NoHold, StorageWriter
+from storage.writer import NoHold, StorageWriter
 from exchanges import logfmt
 from exchanges.errors import (
     ExchangeError, InsufficientLiquidityError, NonRetryableError, RetryableError, UnknownOutcomeError,

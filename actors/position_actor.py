@@ -26,7 +26,7 @@ from actors.executor import CloseRequest, Executor
 from actors.policy import PolicyConfig
 from actors.mailbox import Mailbox
 from actors.timers import TimerService
-from actors.writer import StorageWriter
+from storage.writer import StorageWriter
 from exchanges import logfmt
 from feeds.tick import Tick as FeedTick
 from storage import ops as op

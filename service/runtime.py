@@ -32,7 +32,7 @@ from actors.policy import PolicyConfig
 from actors.position import Settings, state_from_row
 from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
-from actors.writer import StorageWriter
+from storage.writer import StorageWriter
 from exchanges.port import ExchangePort
 from supervisor import ChildSpec, Restart, Supervisor, run_root
 

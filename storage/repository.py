@@ -23,6 +23,7 @@ import logging
 import trio_asyncio
 
 from storage import ops as op
+from storage.errors import StorageError, StorageUnavailable, WriteRejected
 from storage.migrate import apply_migrations
 
 log = logging.getLogger("storage.repository")
@@ -94,11 +95,19 @@ class Database:
     # --- plumbing --------------------------------------------------------------------
 
     async def _call(self, fn, *args):
-        """Run ``fn(conn, *args)`` (an asyncio coroutine function) on a pooled connection."""
+        """Run ``fn(conn, *args)`` (an asyncio coroutine function) on a pooled connection.
+
+        The driver's errors leave as :mod:`storage.errors`.
+        """
         async def job():
             async with self._pool.acquire() as conn:
                 return await fn(conn, *args)
-        return await trio_asyncio.aio_as_trio(job)()
+        try:
+            return await trio_asyncio.aio_as_trio(job)()
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise _storage_error(exc) from exc
 
     async def fetch(self, sql: str, *args) -> list[dict]:
         async def job(conn):
@@ -409,6 +418,23 @@ class Database:
                 "p95_close_seconds": totals["p95_close_seconds"],
             },
         }
+
+
+_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+
+
+def _storage_error(exc: Exception) -> Exception:
+    """The :mod:`storage.errors` exception for a driver (or our own) error; others unchanged."""
+    if isinstance(exc, _UNAVAILABLE):
+        return StorageUnavailable(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError, asyncpg.exceptions.RaiseError,
+                        ValueError, TypeError)) or (
+            isinstance(exc, asyncpg.PostgresError) and str(getattr(exc, "sqlstate", "") or "").startswith(
+                ("22", "23", "42"))):
+        return WriteRejected(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, asyncpg.PostgresError):
+        return StorageError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 async def _insert_events(conn, rows: Iterable[tuple]) -> None:

@@ -20,7 +20,7 @@ from actors.policy import PolicyConfig
 from actors.position import Settings
 from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
-from actors.writer import StorageWriter
+from storage.writer import StorageWriter
 from exchanges.memory import MemoryExchange
 from storage import ops
 from supervisor import Supervisor

@@ -17,6 +17,7 @@ from storage.repository import Database
 from tests.support import BOT_TABLE
 from storage import ops
 from storage.embedded import EmbeddedPostgres
+from storage.errors import StorageUnavailable, WriteRejected
 from storage.migrate import available_migrations
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -75,9 +76,10 @@ async def test_history_is_written_by_the_trigger_on_every_status_change(db):
 async def test_a_closed_aged_position_is_final(db):
     _, aged = await make_aged(db)
     await db.update_aged_position(aged["id"], status="closed", close_reason="breakeven", closed_at=T0)
-    with pytest.raises(asyncpg.CheckViolationError, match="closed"):
+    with pytest.raises(WriteRejected, match="closed") as refused:
         await db.update_aged_position(aged["id"], status="progressive_active")
-    with pytest.raises(asyncpg.CheckViolationError, match="final"):
+    assert isinstance(refused.value.__cause__, asyncpg.CheckViolationError)  # the driver's error, kept as cause
+    with pytest.raises(WriteRejected, match="final"):
         await db.update_aged_position(aged["id"], close_reason="manual")
     await db.write_batch([ops.CloseVanished(aged["id"], T0)])  # a late "vanished" changes nothing
     row = await db.aged_position(aged["id"])
@@ -88,10 +90,10 @@ async def test_a_closed_aged_position_is_final(db):
 
 
 @pytest.mark.parametrize("fields,error", [
-    ({"status": "finished"}, asyncpg.CheckViolationError),
-    ({"close_reason": "bored"}, asyncpg.CheckViolationError),
-    ({"status": "closed"}, asyncpg.CheckViolationError),  # closed without a reason
-    ({"current_loss_tolerance_percent": D(-1)}, asyncpg.CheckViolationError),
+    ({"status": "finished"}, WriteRejected),
+    ({"close_reason": "bored"}, WriteRejected),
+    ({"status": "closed"}, WriteRejected),  # closed without a reason
+    ({"current_loss_tolerance_percent": D(-1)}, WriteRejected),
 ])
 async def test_bad_values_are_refused_by_the_database(db, fields, error):
     _, aged = await make_aged(db)
@@ -102,9 +104,9 @@ async def test_bad_values_are_refused_by_the_database(db, fields, error):
 
 async def test_unknown_columns_and_sides_are_refused(db):
     _, aged = await make_aged(db)
-    with pytest.raises(ValueError, match="not updatable"):
+    with pytest.raises(WriteRejected, match="not updatable"):
         await db.update_aged_position(aged["id"], id="x")
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(WriteRejected):
         await db.upsert_open_position(exchange="bybit", symbol="ETH/USDT:USDT", side="sideways", quantity=D(1),
                                       entry_price=D(1), opened_at=T0)
 
@@ -141,9 +143,9 @@ async def test_write_ahead_rows_and_in_flight_orders(db):
     assert await db.inflight_close_orders() == []
     [row] = await db.close_orders(aged["id"])
     assert row["state"] == "filled" and row["avg_price"] == D("100.3") and row["attempt"] == 1
-    with pytest.raises(asyncpg.CheckViolationError):  # never more filled than requested
+    with pytest.raises(WriteRejected):  # never more filled than requested
         await db.write_batch([ops.UpdateCloseOrder("apm-abc-1", {"filled_qty": D("0.6")})])
-    with pytest.raises(asyncpg.UniqueViolationError):  # one order per attempt number
+    with pytest.raises(WriteRejected, match="UniqueViolation"):  # one order per attempt number
         await db.record_close_order(ops.RecordCloseOrder(
             client_order_id="apm-other-1", aged_id=aged["id"], attempt=1, exchange="bybit",
             symbol="BTC/USDT:USDT", side="sell", order_type="market", requested_qty=D("0.5")))
@@ -157,7 +159,7 @@ async def test_write_batch_is_atomic_and_ordered(db):
         ops.AddEvent(aged["id"], "close_triggered", metadata={"bid": "100.3"}),
         ops.UpdateAged(aged["id"], {"status": "no-such-status"}),
     ]
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(WriteRejected):
         await db.write_batch(batch)
     assert await db.events(aged["id"]) == []  # nothing from the failed batch
     await db.write_batch(batch[:3])
@@ -321,3 +323,10 @@ async def test_a_book_from_before_episodes_is_renamed_and_kept(aio_loop, databas
             await database.close()
     finally:
         await _drop_database(database_url, "apm_legacy_book_test")
+
+
+async def test_a_database_that_cannot_be_reached_is_storage_unavailable(db, database_url):
+    bad = await Database.connect(database_url, min_size=0, max_size=1)
+    await bad.close()
+    with pytest.raises(StorageUnavailable):
+        await bad.open_positions()

@@ -11,7 +11,7 @@ from uuid import uuid4
 import trio
 
 from actors.executor import CloseRequest, Executor
-from actors.writer import StorageWriter
+from storage.writer import StorageWriter
 from exchanges.memory import MemoryExchange
 from storage import ops
 
