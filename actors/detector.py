@@ -41,15 +41,17 @@ import trio
 from actors import episodes as ep
 from actors import position as pos
 from actors.events import CLOSE_COMPLETED, DETECTED, LifecycleEvent
-from actors.policy import Phase, aged_at, assess, breakeven_price
+from actors.policy import CloseReason, Phase, aged_at, assess, breakeven_price
 from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
+from actors.statuses import STATUS_OF_PHASE, Status
 from exchanges import logfmt
 from exchanges.errors import ExchangeError
 from exchanges.port import ExchangePort, ExchangePosition
 from exchanges.symbols import unified_symbol
 from storage import ops as op
 from storage.errors import StorageUnavailable, WriteRejected
+from storage.mapping import position_state
 
 log = logging.getLogger("actors.detector")
 
@@ -265,17 +267,17 @@ class Detector:
         if scope is not None:
             scope.cancel()
         aged = await self.ctx.db.aged_position_for(row["id"])
-        if aged is None or aged["status"] == "closed":
+        if aged is None or aged["status"] == Status.CLOSED:
             return
         known = self.registry.state(aged["id"])
-        if known is not None and known.status == "closed":
+        if known is not None and known.status == Status.CLOSED:
             return  # our own close did it; the database may not have caught up yet
         if not self.registry.tell(aged["id"], pos.PositionVanished(self.ctx.clock.now())):
             # No actor runs: record the manual close (a no-op if a close got there first).
             now = self.ctx.clock.now()
             self.ctx.writer.submit(op.CloseVanished(aged["id"], now))
             self.ctx.bus.publish(LifecycleEvent(CLOSE_COMPLETED, now, aged["id"], row["exchange"], row["symbol"],
-                                                {"close_reason": "manual", "filled_qty": "0", "attempts": 0}))
+                                                {"close_reason": CloseReason.MANUAL.value, "filled_qty": "0", "attempts": 0}))
 
     async def _update_actors(self, book: list[dict]) -> None:
         aged_of = self.registry.by_episode()
@@ -318,20 +320,20 @@ class Detector:
                 if current is None or current["status"] != "open":
                     return
                 existing = await self._create_aged(current, crossing)
-            if existing["status"] != "closed":
+            if existing["status"] != Status.CLOSED:
                 # The row in hand is the actor's state: it need not read it again (and can
                 # start watching while the database is away). A close never triggered has
                 # no order in flight.
                 state = None
                 if existing["close_triggered_at"] is None:
-                    state = pos.state_from_row(existing, self.ctx.config, self.ctx.settings, inflight_orders=False)
+                    state = position_state(existing, self.ctx.config, self.ctx.settings, inflight_orders=False)
                 await self.registry.ensure(existing["id"], state)
         # the timer has done its job; keep the id so it is not scheduled again
 
     async def _create_aged(self, row: dict, crossing: datetime) -> dict:
         now = self.ctx.clock.now()
         a = assess(row["side"], row["entry_price"], row["opened_at"], now, self.ctx.config)
-        status = "skipped" if row["trailing_activated"] else pos.PHASE_STATUS[a.phase]
+        status = Status.SKIPPED if row["trailing_activated"] else STATUS_OF_PHASE[a.phase]
         grace_start = aged_at(row["opened_at"], self.ctx.config)
         aged, created = await self.ctx.db.create_aged_position(
             row, detected_at=now, status=status, target_price=a.target_price,

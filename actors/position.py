@@ -33,17 +33,19 @@ from actors.policy import (
     Assessment, CloseReason, Phase, PolicyConfig, Schedule, aged_at, breakeven_price, close_reason, executable_price,
     executable_price_for, next_phase_change, realised_pnl, should_close,
 )
+from actors.statuses import ACTIVE, STATUS_OF_PHASE, Status
 
-ACTIVE = frozenset({"detected", "grace_active", "progressive_active"})
-PHASE_STATUS = {Phase.NOT_AGED: "detected", Phase.GRACE: "grace_active", Phase.PROGRESSIVE: "progressive_active"}
+PHASE_STATUS = STATUS_OF_PHASE
 LEGAL = {
-    "detected": {"grace_active", "progressive_active", "closed", "error", "skipped", "dust"},
-    "grace_active": {"progressive_active", "closed", "error", "skipped", "dust"},
-    "progressive_active": {"closed", "error", "skipped", "dust"},
-    "error": {"grace_active", "progressive_active", "closed", "skipped", "detected", "dust"},
-    "skipped": {"detected", "grace_active", "progressive_active", "closed"},
-    "dust": {"closed"},
-    "closed": set(),
+    Status.DETECTED: {Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.ERROR, Status.SKIPPED,
+                      Status.DUST},
+    Status.GRACE_ACTIVE: {Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.ERROR, Status.SKIPPED, Status.DUST},
+    Status.PROGRESSIVE_ACTIVE: {Status.CLOSED, Status.ERROR, Status.SKIPPED, Status.DUST},
+    Status.ERROR: {Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.SKIPPED, Status.DETECTED,
+                   Status.DUST},
+    Status.SKIPPED: {Status.DETECTED, Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED},
+    Status.DUST: {Status.CLOSED},
+    Status.CLOSED: set(),
 }
 
 
@@ -78,7 +80,7 @@ class PositionState:
     opened_at: datetime
     config: PolicyConfig
     settings: Settings = field(default_factory=Settings)
-    status: str = "detected"
+    status: Status = Status.DETECTED
     closed_qty: Decimal = Decimal(0)
     close_in_flight: bool = False
     close_attempts: int = 0
@@ -304,7 +306,7 @@ def _maybe_close(s: PositionState, now: datetime, a: Assessment, price: Decimal 
 
 def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
     # The hot path: most ticks change nothing and return the same state object.
-    if s.status not in ACTIVE and s.status != "error":
+    if s.status not in ACTIVE and s.status != Status.ERROR:
         return s  # skipped: a trailing stop manages it
     a = _assess(s, e.now)
     if s.status in ACTIVE and PHASE_STATUS[a.phase] != s.status:
@@ -312,7 +314,7 @@ def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
     price = executable_price(s.side, e.bid, e.ask, e.last)
     if price is None:
         return s
-    if s.status == "error" and s.error_until is not None and e.now >= s.error_until:
+    if s.status == Status.ERROR and s.error_until is not None and e.now >= s.error_until:
         s = _leave_error(s, e.now, out)
         a = _assess(s, e.now)
     if a.target_price is not None:
@@ -384,7 +386,7 @@ def quiet_band(s: PositionState, now: datetime) -> QuietBand | None:
     """
     long = s.side == "long"
     horizon = now + s.settings.sample_interval
-    if s.status not in ACTIVE and s.status != "error":
+    if s.status not in ACTIVE and s.status != Status.ERROR:
         return QuietBand(long, None, None, horizon)  # step ignores ticks in these statuses
     a = _assess(s, now)
     if s.status in ACTIVE and PHASE_STATUS[a.phase] != s.status:
@@ -393,7 +395,7 @@ def quiet_band(s: PositionState, now: datetime) -> QuietBand | None:
     nxt = next_phase_change(s.opened_at, now, s.config)
     if nxt is not None:
         until = min(until, nxt)
-    if s.status == "error" and s.error_until is not None:
+    if s.status == Status.ERROR and s.error_until is not None:
         if now >= s.error_until:
             return None
         until = min(until, s.error_until)
@@ -455,7 +457,7 @@ def _finish(s: PositionState, now: datetime, reason: CloseReason, out: list, *, 
         pnl, pct = realised_pnl(s.side, s.entry_price, fill_price, total_filled, s.config)
         fields.update(close_price=fill_price, actual_pnl=pnl, actual_pnl_percent=pct, close_order_id=order_id,
                       phase_at_close=a.phase.value if a.phase is not Phase.NOT_AGED else None)
-    s = _transition(s, "closed", out, **fields)
+    s = _transition(s, Status.CLOSED, out, **fields)
     out.append(Emit("aged.close.completed", market_price=fill_price, success=True,
                     data={"close_reason": reason.value, "filled_qty": str(total_filled), "attempts": attempts,
                           "pnl_percent": str(fields.get("actual_pnl_percent"))}))
@@ -473,7 +475,7 @@ def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionSta
         reason = close_reason(s.side, s.entry_price, e.avg_price, a, s.config, emergency=_emergency_due(s, a))
         return _finish(s, e.now, reason, out, fill_price=e.avg_price, total_filled=total,
                        order_id=e.last_order_id, attempts=attempts)
-    if e.outcome == "dust" and s.status != "dust":
+    if e.outcome == "dust" and s.status != Status.DUST:
         return _dust(s, e, attempts, total, out)
     if e.outcome in ("flat", "vanished"):
         return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=e.avg_price if total > 0 else None,
@@ -492,8 +494,8 @@ def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionSta
     fields = {"close_attempts": attempts, "quantity": s.quantity, "closed_qty": s.closed_qty}
     if e.outcome == "failed":
         until = e.now + s.settings.error_cooldown
-        if s.status != "error":
-            s = _transition(s, "error", out, last_error_message=e.error, last_close_attempt=e.now, **fields)
+        if s.status != Status.ERROR:
+            s = _transition(s, Status.ERROR, out, last_error_message=e.error, last_close_attempt=e.now, **fields)
         else:
             out.append(Persist({"last_error_message": e.error, "last_close_attempt": e.now, **fields}))
         out.append(Emit("aged.close.failed", success=False, error=e.error, critical=True,
@@ -510,7 +512,7 @@ def _dust(s: PositionState, e: CloseResult, attempts: int, total: Decimal, out: 
     left = e.remaining_qty if e.remaining_qty is not None else s.closed_qty + s.quantity - total
     s = replace(s, close_in_flight=False, needs_reconcile=False, quantity=left, closed_qty=total,
                 close_attempts=attempts)
-    s = _transition(s, "dust", out, quantity=left, closed_qty=total, close_attempts=attempts,
+    s = _transition(s, Status.DUST, out, quantity=left, closed_qty=total, close_attempts=attempts,
                     last_error_message=e.error, last_close_attempt=e.now)
     out.append(Emit("aged.close.dust", success=False, error=e.error, critical=True,
                     data={"remaining_qty": str(left), "filled_qty": str(total), "attempts": attempts}))
@@ -519,7 +521,7 @@ def _dust(s: PositionState, e: CloseResult, attempts: int, total: Decimal, out: 
 
 
 def _on_timer(s: PositionState, e: Timer, out: list) -> PositionState:
-    if s.status == "error" and s.error_until is not None and e.now >= s.error_until:
+    if s.status == Status.ERROR and s.error_until is not None and e.now >= s.error_until:
         s = _leave_error(s, e.now, out)
     s, a = _sync_phase(s, e.now, out)
     price = executable_price(s.side, e.bid, e.ask, e.last)
@@ -578,7 +580,7 @@ def _schedule_target_check(s: PositionState, now: datetime, a: Assessment, price
 
 
 def _on_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:
-    if s.status == "closed":
+    if s.status == Status.CLOSED:
         return s
     if s.close_in_flight:
         # Not now: the close decides what is left. Kept, and applied once its result is in.
@@ -608,10 +610,10 @@ def _apply_update(s: PositionState, e: PositionUpdate, out: list) -> PositionSta
         out.append(Emit("position.changed", target_price=fields.get("target_price"),
                         data={"old_quantity": str(old_qty), "new_quantity": str(s.quantity),
                               "old_entry_price": str(old_entry), "new_entry_price": str(s.entry_price)}))
-    if e.trailing_active is True and s.status in ACTIVE | {"error"}:
-        s = _transition(s, "skipped", out)
+    if e.trailing_active is True and s.status in ACTIVE | {Status.ERROR}:
+        s = _transition(s, Status.SKIPPED, out)
         out.append(Emit("skipped", data={"reason": "trailing stop active"}))
-    elif e.trailing_active is False and s.status == "skipped":
+    elif e.trailing_active is False and s.status == Status.SKIPPED:
         a = _assess(s, e.now)
         s = _transition(s, PHASE_STATUS[a.phase], out)
         out.append(Emit("resumed", data={"reason": "trailing stop no longer active"}))
@@ -620,7 +622,7 @@ def _apply_update(s: PositionState, e: PositionUpdate, out: list) -> PositionSta
 
 
 def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionState:
-    if s.status == "closed":
+    if s.status == Status.CLOSED:
         return s
     if s.close_in_flight:
         # Our own close may have done it: its result tells. If that result leaves the
@@ -632,13 +634,13 @@ def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionSt
 
 
 def _on_start(s: PositionState, e: Start, out: list) -> PositionState:
-    if s.status in ("closed", "dust"):
+    if s.status in (Status.CLOSED, Status.DUST):
         out.append(Stop())
         return s
     if s.needs_reconcile:
         out.append(RequestClose(s.quantity, s.close_attempts + 1, reconcile_only=True))
         s = replace(s, close_in_flight=True)
-    if s.status == "error" and s.error_until is None:
+    if s.status == Status.ERROR and s.error_until is None:
         s = replace(s, error_until=e.now + s.settings.error_cooldown)
         out.append(ScheduleTimer(s.error_until, "cooldown"))
     s, _ = _sync_phase(s, e.now, out)
@@ -648,7 +650,7 @@ def _on_start(s: PositionState, e: Start, out: list) -> PositionState:
 def step(state: PositionState, event: Event) -> tuple[PositionState, list[Command]]:
     """Advance ``state`` by one event; return the new state and what to do."""
     out: list[Command] = []
-    if state.status == "closed" and not isinstance(event, Start):
+    if state.status == Status.CLOSED and not isinstance(event, Start):
         return state, out
     if isinstance(event, Tick):
         state = _on_tick(state, event, out)
@@ -665,16 +667,3 @@ def step(state: PositionState, event: Event) -> tuple[PositionState, list[Comman
     else:
         raise TypeError(f"unknown event {event!r}")
     return state, out
-
-
-def state_from_row(row: dict, config: PolicyConfig, settings: Settings, *, inflight_orders: bool) -> PositionState:
-    """Rebuild an actor's state from its ``monitoring.aged_positions`` row."""
-    return PositionState(
-        aged_id=row["id"], position_id=row["position_id"], exchange=row["exchange"], symbol=row["symbol"],
-        side=row["side"], entry_price=row["entry_price"], quantity=row["quantity"],
-        opened_at=row["position_opened_at"], config=config, settings=settings, status=row["status"],
-        closed_qty=row["closed_qty"], close_attempts=row["close_attempts"],
-        close_triggered_at=row["close_triggered_at"], last_sample_at=row["last_price_check"],
-        last_price=row["last_checked_price"],
-        needs_reconcile=inflight_orders or (row["close_triggered_at"] is not None and row["status"] != "closed"),
-    )

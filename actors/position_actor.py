@@ -23,7 +23,8 @@ from actors import position as pos
 from actors.clock import PolicyClock
 from actors.events import EventBus, LifecycleEvent
 from actors.executor import CloseRequest, Executor
-from actors.policy import PolicyConfig
+from actors.policy import CloseReason, PolicyConfig
+from actors.statuses import Status
 from actors.mailbox import Mailbox
 from actors.timers import TimerService
 from storage.writer import StorageWriter
@@ -33,7 +34,6 @@ from storage import ops as op
 
 log = logging.getLogger("actors.position")
 
-INFLIGHT_STATES = frozenset({"pending", "unknown", "open"})
 # A quiet band ends this much early on the trio clock, so that rounding between trio time
 # and policy time can never let a tick through that arrives as the band runs out.
 _BAND_GUARD = timedelta(microseconds=10)
@@ -48,7 +48,7 @@ class TickSource(Protocol):
 class ActorContext:
     """What every position actor shares."""
 
-    db: Any  # storage.Database (or None in pure unit tests)
+    db: Any  # storage.Database: load_position (a stand-in in pure unit tests)
     writer: StorageWriter
     executor: Executor
     bus: EventBus
@@ -67,17 +67,15 @@ async def load_state(ctx: ActorContext, aged_id: UUID,
     try:
         with trio.fail_after(10):
             await ctx.writer.wait_flushed()  # the table must reflect every write made so far
-            row = await ctx.db.aged_position(aged_id)
-            orders = await ctx.db.close_orders(aged_id)
+            state = await ctx.db.load_position(aged_id, ctx.config, ctx.settings)
     except Exception as exc:  # noqa: BLE001 - database away: fall back to memory
         if last_known is None:
             raise
         log.warning("aged %s: database unavailable (%s); resuming from the last known state", aged_id, exc)
         return replace(last_known, close_in_flight=False, needs_reconcile=True)
-    if row is None:
+    if state is None:
         raise LookupError(f"aged position {aged_id} not found")
-    inflight = any(o["state"] in INFLIGHT_STATES for o in orders)
-    return pos.state_from_row(row, ctx.config, ctx.settings, inflight_orders=inflight)
+    return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +122,7 @@ class PositionActor:
         s = self.state
         if isinstance(c, pos.Persist):
             self.ctx.writer.submit(op.UpdateAged(s.aged_id, c.fields))
-            if c.fields.get("status") == "closed" and c.fields.get("close_reason") not in (None, "manual"):
+            if c.fields.get("status") == Status.CLOSED and c.fields.get("close_reason") not in (None, CloseReason.MANUAL):
                 # Our close made the episode flat. (Anything else that ends an episode, the
                 # detector sees on the exchange and records itself.)
                 phase = c.fields.get("phase_at_close")

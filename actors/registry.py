@@ -53,6 +53,7 @@ from actors import position as pos
 from actors.faults import FaultInjector
 from actors.mailbox import Mailbox
 from actors.position_actor import ActorContext, load_state, run_actor
+from actors.statuses import Status
 from supervisor import ChildSpec, Restart, Supervisor
 
 log = logging.getLogger("actors.registry")
@@ -172,7 +173,7 @@ class ActorRegistry:
             state, entry.handed_over = entry.handed_over, None
         else:
             state = await load_state(ctx, entry.aged_id, last_known=entry.state)
-        if state.status == "closed":
+        if state.status == Status.CLOSED:
             self._forget(entry)
             return
         entry.state = state

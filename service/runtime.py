@@ -29,7 +29,7 @@ from actors.detector import Detector
 from actors.events import EventBus
 from actors.executor import Executor
 from actors.policy import PolicyConfig
-from actors.position import Settings, state_from_row
+from actors.position import Settings
 from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
 from storage.writer import StorageWriter
@@ -93,9 +93,7 @@ class Service:
         return self.registry.is_running(aged_id)
 
     async def _load_for_recovery(self, skip):
-        open_ids, rows = await self.db.load_for_recovery(skip)
-        return open_ids, [state_from_row(row, self.config.policy, self.config.settings, inflight_orders=inflight)
-                          for row, inflight in rows]
+        return await self.db.load_for_recovery(self.config.policy, self.config.settings, skip)
 
     async def run(self) -> int:
         """Run until :meth:`shutdown`; 0 then, 1 if the root supervisor gave up."""

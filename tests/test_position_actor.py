@@ -23,6 +23,7 @@ from actors.registry import ActorRegistry
 from storage.writer import StorageWriter
 from exchanges.memory import MemoryExchange
 from storage import ops
+from storage.mapping import position_state
 from supervisor import Supervisor
 from tests.support import MemoryFeed
 
@@ -36,8 +37,8 @@ class RowStore:
     def __init__(self, row):
         self.row = row
 
-    async def aged_position(self, aged_id):
-        return dict(self.row)
+    async def load_position(self, aged_id, config, settings):
+        return position_state(self.row, config, settings, inflight_orders=False)
 
     async def close_orders(self, aged_id):
         return []

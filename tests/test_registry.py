@@ -17,30 +17,28 @@ from actors.faults import FaultInjector, InjectedCrash
 from actors.mailbox import Mailbox
 from actors.registry import ActorRegistry
 from feeds.tick import Tick
+from storage.mapping import position_state
 from supervisor import Supervisor
 from tests.test_position_actor import SYMBOL, T0, setup
 
 
 class CountingRows:
-    """The repository's reads an actor makes at start, over one row, counted."""
+    """The repository's read an actor makes at start, over one row, counted."""
 
     def __init__(self, row):
         self.row = row
         self.reads = 0
 
-    async def aged_position(self, aged_id):
+    async def load_position(self, aged_id, config, settings):
         self.reads += 1
-        return dict(self.row)
-
-    async def close_orders(self, aged_id):
-        return []
+        return position_state(self.row, config, settings, inflight_orders=False)
 
 
 def with_registry(origin, **kwargs):
     aged_id, ctx, ex, feed, written = setup(origin)
     rows = CountingRows(ctx.db.row)
     ctx.db = rows
-    state = pos.state_from_row(rows.row, ctx.config, ctx.settings, inflight_orders=False)
+    state = position_state(rows.row, ctx.config, ctx.settings, inflight_orders=False)
     return aged_id, ctx, feed, rows, state, written
 
 
