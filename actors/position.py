@@ -177,9 +177,59 @@ Event = Union[Start, Tick, Timer, CloseResult, PositionUpdate, PositionVanished]
 
 # --- commands -----------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+class _Keep:
+    """The value of a :class:`Persist` field that does not change."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Persist:
-    fields: dict[str, Any]
+    """Record changes to the aged position: only the fields given (not :data:`KEEP`) change.
+
+    The names are the machine's; storage maps them to its columns
+    (:func:`storage.mapping.aged_columns`).
+    """
+
+    status: Status = KEEP
+    grace_started_at: datetime = KEEP  # policy instants, from the open time
+    progressive_started_at: datetime = KEEP
+    hours_aged: Decimal = KEEP
+    hours_in_grace: Decimal = KEEP
+    hours_in_progressive: Decimal = KEEP
+    target_price: Decimal | None = KEEP  # None: no target (not aged)
+    breakeven_price: Decimal = KEEP
+    loss_tolerance_percent: Decimal = KEEP
+    sampled_price: Decimal | None = KEEP  # the last sampled executable price
+    sampled_at: datetime = KEEP
+    quantity: Decimal = KEEP  # still open
+    entry_price: Decimal = KEEP
+    closed_qty: Decimal = KEEP
+    close_triggered_at: datetime = KEEP
+    close_attempts: int = KEEP
+    last_close_attempt_at: datetime = KEEP
+    last_error: str | None = KEEP  # None clears it
+    closed_at: datetime = KEEP
+    close_reason: str = KEEP  # a CloseReason value
+    phase_at_close: str | None = KEEP  # a Phase value; None: closed before the policy applied
+    close_price: Decimal = KEEP
+    close_order_id: str | None = KEEP
+    pnl: Decimal = KEEP
+    pnl_percent: Decimal = KEEP
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The fields given, by name."""
+        return {name: value for name in PERSIST_FIELDS if (value := getattr(self, name)) is not KEEP}
+
+
+PERSIST_FIELDS = tuple(Persist.__dataclass_fields__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +283,11 @@ def _hours_fields(s: PositionState, a: Assessment) -> dict[str, Any]:
 def _transition(s: PositionState, new_status: str, out: list, **fields) -> PositionState:
     if new_status == s.status:
         if fields:
-            out.append(Persist(fields))
+            out.append(Persist(**fields))
         return s
     if new_status not in LEGAL[s.status]:
         raise AssertionError(f"illegal status change {s.status} -> {new_status}")
-    out.append(Persist({"status": new_status, **fields}))
+    out.append(Persist(status=new_status, **fields))
     return replace(s, status=new_status)
 
 
@@ -254,7 +304,7 @@ def _sync_phase(s: PositionState, now: datetime, out: list) -> tuple[PositionSta
         if wanted != s.status:
             grace_start, grace_end = _phase_boundaries(s)
             fields: dict[str, Any] = {"target_price": a.target_price,
-                                      "current_loss_tolerance_percent": a.loss_tolerance_percent,
+                                      "loss_tolerance_percent": a.loss_tolerance_percent,
                                       **_hours_fields(s, a)}
             if a.phase is not Phase.NOT_AGED:
                 fields["grace_started_at"] = grace_start
@@ -291,10 +341,8 @@ def _maybe_close(s: PositionState, now: datetime, a: Assessment, price: Decimal 
         return s
     if emergency and price is None and a.phase is Phase.NOT_AGED:
         return s
-    fields = {"close_triggered_at": now, "target_price": a.target_price,
-              "current_loss_tolerance_percent": a.loss_tolerance_percent, "last_checked_price": price,
-              "last_price_check": now}
-    out.append(Persist(fields))
+    out.append(Persist(close_triggered_at=now, target_price=a.target_price,
+                       loss_tolerance_percent=a.loss_tolerance_percent, sampled_price=price, sampled_at=now))
     out.append(Emit("aged.close.triggered", market_price=price, target_price=a.target_price,
                     data={"phase": a.phase.value, "loss_tolerance_percent": str(a.loss_tolerance_percent),
                           "bid": None if bid is None else str(bid), "ask": None if ask is None else str(ask),
@@ -322,10 +370,8 @@ def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
         due = (s.last_sample_distance is None or s.last_sample_at is None
                or e.now - s.last_sample_at >= s.settings.sample_interval)
         if due or abs(distance - s.last_sample_distance) >= s.settings.material_change_percent:
-            out.append(Persist({"last_checked_price": price, "last_price_check": e.now,
-                                "target_price": a.target_price,
-                                "current_loss_tolerance_percent": a.loss_tolerance_percent,
-                                **_hours_fields(s, a)}))
+            out.append(Persist(sampled_price=price, sampled_at=e.now, target_price=a.target_price,
+                               loss_tolerance_percent=a.loss_tolerance_percent, **_hours_fields(s, a)))
             out.append(Emit("price_check", market_price=price, target_price=a.target_price,
                             distance_percent=distance))
             s = replace(s, last_sample_at=e.now, last_sample_distance=distance, last_price=price)
@@ -444,7 +490,7 @@ def quiet_band(s: PositionState, now: datetime) -> QuietBand | None:
 
 def _leave_error(s: PositionState, now: datetime, out: list) -> PositionState:
     a = _assess(s, now)
-    s = _transition(s, PHASE_STATUS[a.phase], out, last_error_message=None)
+    s = _transition(s, PHASE_STATUS[a.phase], out, last_error=None)
     return replace(s, error_until=None)
 
 
@@ -455,12 +501,12 @@ def _finish(s: PositionState, now: datetime, reason: CloseReason, out: list, *, 
     if fill_price is not None and total_filled > 0:
         a = _assess(s, s.close_triggered_at or now)
         pnl, pct = realised_pnl(s.side, s.entry_price, fill_price, total_filled, s.config)
-        fields.update(close_price=fill_price, actual_pnl=pnl, actual_pnl_percent=pct, close_order_id=order_id,
+        fields.update(close_price=fill_price, pnl=pnl, pnl_percent=pct, close_order_id=order_id,
                       phase_at_close=a.phase.value if a.phase is not Phase.NOT_AGED else None)
     s = _transition(s, Status.CLOSED, out, **fields)
     out.append(Emit("aged.close.completed", market_price=fill_price, success=True,
                     data={"close_reason": reason.value, "filled_qty": str(total_filled), "attempts": attempts,
-                          "pnl_percent": str(fields.get("actual_pnl_percent"))}))
+                          "pnl_percent": str(fields.get("pnl_percent"))}))
     out.append(Stop())
     return replace(s, close_in_flight=False, needs_reconcile=False, closed_qty=total_filled, quantity=Decimal(0),
                    close_attempts=attempts, pending_update=None)
@@ -495,15 +541,15 @@ def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionSta
     if e.outcome == "failed":
         until = e.now + s.settings.error_cooldown
         if s.status != Status.ERROR:
-            s = _transition(s, Status.ERROR, out, last_error_message=e.error, last_close_attempt=e.now, **fields)
+            s = _transition(s, Status.ERROR, out, last_error=e.error, last_close_attempt_at=e.now, **fields)
         else:
-            out.append(Persist({"last_error_message": e.error, "last_close_attempt": e.now, **fields}))
+            out.append(Persist(last_error=e.error, last_close_attempt_at=e.now, **fields))
         out.append(Emit("aged.close.failed", success=False, error=e.error, critical=True,
                         data={"attempts": attempts, "retry_after": until.isoformat()}))
         out.append(ScheduleTimer(until, "cooldown"))
         s = replace(s, error_until=until)
         return s if pending is None else _apply_update(s, pending, out)
-    out.append(Persist(fields))
+    out.append(Persist(**fields))
     return s if pending is None else _apply_update(s, pending, out)
 
 
@@ -513,7 +559,7 @@ def _dust(s: PositionState, e: CloseResult, attempts: int, total: Decimal, out: 
     s = replace(s, close_in_flight=False, needs_reconcile=False, quantity=left, closed_qty=total,
                 close_attempts=attempts)
     s = _transition(s, Status.DUST, out, quantity=left, closed_qty=total, close_attempts=attempts,
-                    last_error_message=e.error, last_close_attempt=e.now)
+                    last_error=e.error, last_close_attempt_at=e.now)
     out.append(Emit("aged.close.dust", success=False, error=e.error, critical=True,
                     data={"remaining_qty": str(left), "filled_qty": str(total), "attempts": attempts}))
     out.append(Stop())
@@ -605,8 +651,8 @@ def _apply_update(s: PositionState, e: PositionUpdate, out: list) -> PositionSta
             a = _assess(s, e.now)
             fields.update(entry_price=s.entry_price, target_price=a.target_price,
                           breakeven_price=breakeven_price(s.side, s.entry_price, s.config),
-                          current_loss_tolerance_percent=a.loss_tolerance_percent)
-        out.append(Persist(fields))
+                          loss_tolerance_percent=a.loss_tolerance_percent)
+        out.append(Persist(**fields))
         out.append(Emit("position.changed", target_price=fields.get("target_price"),
                         data={"old_quantity": str(old_qty), "new_quantity": str(s.quantity),
                               "old_entry_price": str(old_entry), "new_entry_price": str(s.entry_price)}))

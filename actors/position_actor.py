@@ -121,12 +121,13 @@ class PositionActor:
     def _carry_out(self, c: pos.Command) -> None:
         s = self.state
         if isinstance(c, pos.Persist):
-            self.ctx.writer.submit(op.UpdateAged(s.aged_id, c.fields))
-            if c.fields.get("status") == Status.CLOSED and c.fields.get("close_reason") not in (None, CloseReason.MANUAL):
+            self.ctx.writer.submit(op.UpdateAged(s.aged_id, c))
+            if c.status == Status.CLOSED and c.close_reason not in (pos.KEEP, None, CloseReason.MANUAL):
                 # Our close made the episode flat. (Anything else that ends an episode, the
                 # detector sees on the exchange and records itself.)
-                phase = c.fields.get("phase_at_close")
-                self.ctx.writer.submit(op.ClosePosition(s.position_id, c.fields.get("closed_at"),
+                phase = None if c.phase_at_close is pos.KEEP else c.phase_at_close
+                closed_at = None if c.closed_at is pos.KEEP else c.closed_at
+                self.ctx.writer.submit(op.ClosePosition(s.position_id, closed_at,
                                                         f"aged_{phase}" if phase else "aged"))
         elif isinstance(c, pos.RequestClose):
             self.ctx.executor.submit(CloseRequest(

@@ -23,10 +23,10 @@ import logging
 import trio_asyncio
 
 from actors.policy import PolicyConfig
-from actors.position import PositionState, Settings
+from actors.position import Persist, PositionState, Settings
 from actors.statuses import IN_FLIGHT, MONITORED, Status
 from storage import ops as op
-from storage.mapping import position_state
+from storage.mapping import aged_columns, position_state
 from storage.statistics import statistics
 from storage.errors import StorageError, StorageUnavailable, WriteRejected
 from storage.migrate import apply_migrations
@@ -300,8 +300,13 @@ class Database:
             IN_FLIGHT_STATES, [r["id"] for r in wanted])}
         return open_ids, [position_state(r, config, settings, inflight_orders=r["id"] in inflight) for r in wanted]
 
-    async def update_aged_position(self, aged_id: UUID, **fields) -> None:
-        await self.write_batch([op.UpdateAged(aged_id, fields)])
+    async def update_aged_position(self, aged_id: UUID, **changes) -> None:
+        """Apply ``changes`` (:class:`~actors.position.Persist` fields) to an aged position now."""
+        try:
+            persist = Persist(**changes)
+        except TypeError as exc:
+            raise WriteRejected(f"not updatable: {exc}") from exc
+        await self.write_batch([op.UpdateAged(aged_id, persist)])
 
     async def history(self, aged_id: UUID) -> list[dict]:
         return await self.fetch(
@@ -411,9 +416,10 @@ async def _start_episode(conn, *, end_previous: str | None, exchange: str, symbo
 
 async def _apply(conn, item: op.WriteOp, bot_book: bool = False) -> None:
     if isinstance(item, op.UpdateAged):
-        if not item.fields:
+        columns = aged_columns(item.changes)
+        if not columns:
             return
-        clause, values = _set_clause(dict(item.fields), AGED_UPDATABLE, 2)
+        clause, values = _set_clause(columns, AGED_UPDATABLE, 2)
         await conn.execute(f"UPDATE monitoring.aged_positions SET {clause} WHERE id=$1", item.aged_id, *values)
     elif isinstance(item, op.RecordCloseOrder):
         await conn.execute(

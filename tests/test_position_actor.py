@@ -94,7 +94,7 @@ def bids_stepped_on(monkeypatch) -> list:
 
 
 def statuses(written):
-    return [w.fields["status"] for w in written if isinstance(w, ops.UpdateAged) and "status" in w.fields]
+    return [w.changes.status for w in written if isinstance(w, ops.UpdateAged) and "status" in w.changes.fields]
 
 
 async def test_forty_hour_lifecycle_on_the_mock_clock(autojump_clock):
@@ -116,8 +116,8 @@ async def test_forty_hour_lifecycle_on_the_mock_clock(autojump_clock):
         await trio.sleep(1)
         n.cancel_scope.cancel()
     assert statuses(written) == ["grace_active", "progressive_active", "closed"]
-    [closed] = [w for w in written if isinstance(w, ops.UpdateAged) and w.fields.get("status") == "closed"]
-    assert closed.fields["close_reason"] == "loss_acceptable"
+    [closed] = [w.changes for w in written if isinstance(w, ops.UpdateAged) and w.changes.status == "closed"]
+    assert closed.close_reason == "loss_acceptable"
     # 8 % is reached 15 h into progressive (acceleration after 10 h): age 26 h
     assert T0 + timedelta(hours=26) <= ctx.clock.now() <= T0 + timedelta(hours=26, minutes=16)
     assert len(ex.orders) == 1
@@ -135,9 +135,9 @@ async def test_phase_changes_come_from_timers_without_any_tick(autojump_clock):
         await trio.sleep(11 * 3600)
         n.cancel_scope.cancel()
     assert statuses(written) == ["grace_active", "progressive_active"]
-    [grace, progressive] = [w for w in written if isinstance(w, ops.UpdateAged) and "status" in w.fields]
-    assert grace.fields["grace_started_at"] == T0 + timedelta(hours=3)
-    assert progressive.fields["progressive_started_at"] == T0 + timedelta(hours=11)
+    [grace, progressive] = [w.changes for w in written if isinstance(w, ops.UpdateAged) and "status" in w.changes.fields]
+    assert grace.grace_started_at == T0 + timedelta(hours=3)
+    assert progressive.progressive_started_at == T0 + timedelta(hours=11)
 
 
 async def test_an_actor_that_falls_behind_decides_on_the_freshest_tick(autojump_clock, monkeypatch):

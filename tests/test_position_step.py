@@ -82,7 +82,7 @@ def test_fill_closes_with_reason_and_pnl():
     assert s.status == "closed" and of(Stop, cmds)
     [p] = [c for c in of(Persist, cmds) if "status" in c.fields]
     assert p.fields["close_reason"] == "loss_acceptable" and p.fields["phase_at_close"] == "progressive"
-    assert p.fields["actual_pnl_percent"] == D("-0.6") and p.fields["closed_qty"] == D(2)
+    assert p.fields["pnl_percent"] == D("-0.6") and p.fields["closed_qty"] == D(2)
     # closed is final: later events change nothing
     s2, cmds = step(s, Tick(h(13), bid=D(200)))
     assert s2 == s and not of(RequestClose, cmds)

@@ -13,8 +13,12 @@ import pytest
 import storage
 import trio_asyncio
 from storage import with_database
-from storage.repository import Database
+from storage.mapping import AGED_COLUMN
+from storage.repository import AGED_UPDATABLE, Database
 from tests.support import BOT_TABLE
+from actors.policy import PolicyConfig
+from actors.position import Persist, Settings
+from actors.statuses import OrderState, Status
 from storage import ops
 from storage.embedded import EmbeddedPostgres
 from storage.errors import StorageUnavailable, WriteRejected
@@ -57,13 +61,13 @@ async def test_an_edited_applied_migration_is_refused(db):
 
 async def test_history_is_written_by_the_trigger_on_every_status_change(db):
     _, aged = await make_aged(db, status="detected")
-    await db.update_aged_position(aged["id"], status="grace_active", last_checked_price=D("99.1"))
-    await db.update_aged_position(aged["id"], last_checked_price=D("99.2"))  # no status change: no row
-    await db.update_aged_position(aged["id"], status="progressive_active", current_loss_tolerance_percent=D("0.5"),
-                                  target_price=D("99.5"), last_checked_price=D("99.3"))
+    await db.update_aged_position(aged["id"], status="grace_active", sampled_price=D("99.1"))
+    await db.update_aged_position(aged["id"], sampled_price=D("99.2"))  # no status change: no row
+    await db.update_aged_position(aged["id"], status="progressive_active", loss_tolerance_percent=D("0.5"),
+                                  target_price=D("99.5"), sampled_price=D("99.3"))
     await db.update_aged_position(aged["id"], status="closed", close_reason="loss_acceptable",
                                   closed_at=T0 + timedelta(hours=12), close_price=D("99.6"),
-                                  actual_pnl_percent=D("-0.6"))
+                                  pnl_percent=D("-0.6"))
     hist = await db.history(aged["id"])
     assert [(h["from_status"], h["to_status"]) for h in hist] == [
         (None, "detected"), ("detected", "grace_active"), ("grace_active", "progressive_active"),
@@ -93,7 +97,7 @@ async def test_a_closed_aged_position_is_final(db):
     ({"status": "finished"}, WriteRejected),
     ({"close_reason": "bored"}, WriteRejected),
     ({"status": "closed"}, WriteRejected),  # closed without a reason
-    ({"current_loss_tolerance_percent": D(-1)}, WriteRejected),
+    ({"loss_tolerance_percent": D(-1)}, WriteRejected),
 ])
 async def test_bad_values_are_refused_by_the_database(db, fields, error):
     _, aged = await make_aged(db)
@@ -155,9 +159,9 @@ async def test_write_batch_is_atomic_and_ordered(db):
     _, aged = await make_aged(db)
     batch = [
         ops.AddEvent(aged["id"], "price_check", market_price=D("99"), target_price=D("100.2")),
-        ops.UpdateAged(aged["id"], {"last_checked_price": D("99")}),
+        ops.UpdateAged(aged["id"], Persist(sampled_price=D("99"))),
         ops.AddEvent(aged["id"], "close_triggered", metadata={"bid": "100.3"}),
-        ops.UpdateAged(aged["id"], {"status": "no-such-status"}),
+        ops.UpdateAged(aged["id"], Persist(status="no-such-status")),
     ]
     with pytest.raises(WriteRejected):
         await db.write_batch(batch)
@@ -180,7 +184,7 @@ async def test_statistics_on_seeded_data(db):
         _, aged = await make_aged(db, symbol=f"S{i}/USDT:USDT", opened_at=opened)
         closed = opened + timedelta(hours=age_h)
         await db.update_aged_position(
-            aged["id"], status="closed", close_reason=reason, closed_at=closed, actual_pnl_percent=pnl,
+            aged["id"], status="closed", close_reason=reason, closed_at=closed, pnl_percent=pnl,
             close_attempts=attempts,
             close_triggered_at=None if latency is None else closed - timedelta(seconds=latency))
         for attempt in range(1, attempts + 1):
@@ -189,7 +193,7 @@ async def test_statistics_on_seeded_data(db):
                 symbol="X", side="sell", order_type="market", requested_qty=D(1)))
         rows.append(aged)
     _, err = await make_aged(db, symbol="ERR/USDT:USDT", opened_at=now - timedelta(hours=30))
-    await db.update_aged_position(err["id"], status="error", last_error_message="rejected")
+    await db.update_aged_position(err["id"], status="error", last_error="rejected")
     await make_aged(db, symbol="LIVE/USDT:USDT", opened_at=now - timedelta(hours=5))
 
     stats = await db.statistics(days=7, now=now)
@@ -330,3 +334,31 @@ async def test_a_database_that_cannot_be_reached_is_storage_unavailable(db, data
     await bad.close()
     with pytest.raises(StorageUnavailable):
         await bad.open_positions()
+
+
+def test_every_persist_field_has_a_column_the_repository_may_update():
+    assert set(AGED_COLUMN.values()) <= AGED_UPDATABLE
+    assert len(set(AGED_COLUMN.values())) == len(AGED_COLUMN)  # no two fields share a column
+
+
+async def test_what_an_actor_persists_is_what_it_loads_again(db):
+    _, aged = await make_aged(db)
+    await db.update_aged_position(aged["id"], status="progressive_active", sampled_price=D("99.4"),
+                                  sampled_at=T0 + timedelta(hours=12), close_attempts=2, closed_qty=D("0.1"),
+                                  quantity=D("0.4"), last_error="rejected")
+    state = await db.load_position(aged["id"], PolicyConfig(), Settings())
+    assert state.status is Status.PROGRESSIVE_ACTIVE and state.last_price == D("99.4")
+    assert state.last_sample_at == T0 + timedelta(hours=12) and state.close_attempts == 2
+    assert state.quantity == D("0.4") and state.closed_qty == D("0.1") and not state.needs_reconcile
+    row = await db.aged_position(aged["id"])
+    assert row["last_checked_price"] == D("99.4") and row["last_error_message"] == "rejected"
+
+    await db.record_close_order(ops.RecordCloseOrder(
+        client_order_id="apm-x-3", aged_id=aged["id"], attempt=3, exchange="bybit", symbol="BTC/USDT:USDT",
+        side="sell", order_type="market", requested_qty=D("0.4")))
+    assert (await db.load_position(aged["id"], PolicyConfig(), Settings())).needs_reconcile  # pending: in flight
+    open_ids, states = await db.load_for_recovery(PolicyConfig(), Settings())
+    assert open_ids == {aged["id"]} and [s.needs_reconcile for s in states] == [True]
+    await db.write_batch([ops.UpdateCloseOrder("apm-x-3", {"state": OrderState.FILLED, "filled_qty": D("0.4")})])
+    assert not (await db.load_position(aged["id"], PolicyConfig(), Settings())).needs_reconcile
+    assert await db.load_for_recovery(PolicyConfig(), Settings(), skip={aged["id"]}) == ({aged["id"]}, [])
