@@ -65,7 +65,7 @@ async def statistics(db: "Database", days: float = 7, now: datetime | None = Non
         "window_days": days,
         "current": {
             "by_status": {r["status"]: r["n"] for r in current},
-            "monitored": sum(r["n"] for r in current if r["status"] != "skipped"),
+            "monitored": sum(r["n"] for r in current if r["status"] != Status.SKIPPED),
             "oldest_hours": max((r["oldest"] for r in current if r["oldest"] is not None), default=None),
         },
         "historical": {
