@@ -87,6 +87,8 @@ class Detector:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            # Aging timers run in this nursery: after a restart none of a crashed run's is left.
+            self._timers = {}
             task_status.started()
             while True:
                 try:
@@ -276,8 +278,9 @@ class Detector:
             # No actor runs: record the manual close (a no-op if a close got there first).
             now = self.ctx.clock.now()
             self.ctx.writer.submit(op.CloseVanished(aged["id"], now))
-            self.ctx.bus.publish(LifecycleEvent(CLOSE_COMPLETED, now, aged["id"], row["exchange"], row["symbol"],
-                                                {"close_reason": CloseReason.MANUAL.value, "filled_qty": "0", "attempts": 0}))
+            self.ctx.bus.publish(LifecycleEvent(
+                CLOSE_COMPLETED, now, aged["id"], row["exchange"], row["symbol"],
+                {"close_reason": CloseReason.MANUAL.value, "filled_qty": "0", "attempts": 0}))
 
     async def _update_actors(self, book: list[dict]) -> None:
         aged_of = self.registry.by_episode()
@@ -293,8 +296,8 @@ class Detector:
                                                                                    row["entry_price"])
             if self._last_sent.get(aged) != key or differs:
                 if self.registry.tell(aged, pos.PositionUpdate(self.ctx.clock.now(), quantity=row["quantity"],
-                                                         trailing_active=row["trailing_activated"],
-                                                         entry_price=row["entry_price"])):
+                                                               trailing_active=row["trailing_activated"],
+                                                               entry_price=row["entry_price"])):
                     self._last_sent[aged] = key
 
     # --- aging timers --------------------------------------------------------------------
