@@ -23,14 +23,14 @@ from actors import position as pos
 from actors.clock import PolicyClock
 from actors.events import EventBus, LifecycleEvent
 from actors.executor import CloseRequest, Executor
+from actors.mailbox import Mailbox
 from actors.policy import CloseReason, PolicyConfig
 from actors.statuses import Status
-from actors.mailbox import Mailbox
 from actors.timers import TimerService
-from storage.writer import StorageWriter
 from exchanges import logfmt
 from feeds.tick import Tick as FeedTick
 from storage import ops as op
+from storage.writer import StorageWriter
 
 log = logging.getLogger("actors.position")
 

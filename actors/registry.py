@@ -7,7 +7,8 @@ the only way in: the detector asks it to :meth:`~ActorRegistry.ensure` an actor
 :meth:`~ActorRegistry.stop` one; metrics and health read it. Actors run as transient
 children of the ``positions`` supervisor, which :meth:`ActorRegistry.run` runs::
 
-    registry = ActorRegistry(ctx, Supervisor("positions"), load_for_recovery=db.load_for_recovery)
+    registry = ActorRegistry(ctx, Supervisor("positions"),
+                             load_for_recovery=partial(db.load_for_recovery, ctx.config, ctx.settings))
     await nursery.start(registry.run)          # recovers every active aged position
     await registry.ensure(aged_id, state)      # returns once the actor watches
     registry.tell(aged_id, PositionVanished(now))
@@ -23,7 +24,9 @@ What a restart means for a position actor
 There is one restart path: the ``positions`` supervisor's. An actor that crashes is
 started again after a backoff (10 ms, doubling); one that ends normally (its position
 is closed) is not. If actors crash too often, the supervisor gives up, ``root``
-restarts it, and :meth:`run` starts every active aged position again.
+restarts it, and :meth:`run` starts every active aged position again
+(:meth:`~ActorRegistry.recover`, which the detector also calls after each poll, so an
+active aged position without an actor gets one).
 
 * **Reloaded.** A restarted actor reads its aged row again, once every write queued
   so far is flushed: status, size, entry, close attempts, when a close was triggered,
