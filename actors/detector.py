@@ -23,8 +23,9 @@ skipped there (one error per symbol); one the detector cannot store is skipped h
 For every open episode it keeps one timer set for the instant the episode crosses
 ``max_age_hours``; when it fires, the ``aged_positions`` row is created and the actor
 started — at that instant, not at the next poll. When an episode ends, its actor is
-told (reason ``manual`` unless our own close did it). Each poll also checks that
-every active aged position has a running actor.
+told (reason ``manual`` unless our own close did it). Actors are reached through
+the :class:`~actors.registry.ActorRegistry`; each poll also asks it to recover any
+active aged position that has no actor.
 """
 
 from __future__ import annotations
@@ -32,27 +33,29 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Awaitable, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 from uuid import UUID
 
-import asyncpg
 import trio
 
 from actors import episodes as ep
 from actors import position as pos
 from actors.events import CLOSE_COMPLETED, DETECTED, LifecycleEvent
-from actors.policy import Phase, aged_at, assess, breakeven_price
+from actors.policy import CloseReason, Phase, aged_at, assess, breakeven_price
 from actors.position_actor import ActorContext
+from actors.registry import ActorRegistry
+from actors.statuses import STATUS_OF_PHASE, Status
 from exchanges import logfmt
 from exchanges.errors import ExchangeError
 from exchanges.port import ExchangePort, ExchangePosition
 from exchanges.symbols import unified_symbol
 from storage import ops as op
+from storage.errors import StorageUnavailable, WriteRejected
+from storage.mapping import position_state
 
 log = logging.getLogger("actors.detector")
 
-DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                   asyncpg.CannotConnectNowError, trio.TooSlowError)
+DATABASE_ERRORS = (StorageUnavailable, trio.TooSlowError)
 # How the trading bot names exchanges in its book.
 BOT_EXCHANGE_NAMES = {"binance": "binanceusdm", "binanceusdm": "binanceusdm", "bybit": "bybit"}
 BOT_SIDES = {"long": "long", "buy": "long", "short": "short", "sell": "short"}
@@ -61,18 +64,16 @@ FILL_WINDOW = timedelta(days=7)
 
 class Detector:
     def __init__(self, ctx: ActorContext, exchanges: Mapping[str, ExchangePort],
-                 start_actor: Callable[..., Awaitable[None]], is_running: Callable[[UUID], bool], *,
+                 registry: ActorRegistry, *,
                  poll_interval: float = 30.0, symbols: Mapping[str, Sequence[str] | None] | None = None,
                  fill_history: timedelta = timedelta(days=30), clock_skew: timedelta = timedelta(seconds=5)):
         self.ctx = ctx
         self.exchanges = dict(exchanges)
-        self.start_actor = start_actor
-        self.is_running = is_running
+        self.registry = registry
         self.poll_interval = poll_interval
         self.symbols = {k: (set(v) if v else None) for k, v in (symbols or {}).items()}
         self._timers: dict[int, trio.CancelScope] = {}
-        self._last_sent: dict[UUID, tuple] = {}
-        self._aged_ids: dict[int, UUID] = {}
+        self._last_sent: dict[UUID, tuple] = {}  # the last update told to each actor
         self._bad_symbols: set[tuple[str, str]] = set()
         # how far back the fill history is searched for an opening, and the allowance
         # between the exchange's clock and ours
@@ -86,7 +87,8 @@ class Detector:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self.ensure_actors()  # recovery: every active aged position back under watch
+            # Aging timers run in this nursery: after a restart none of a crashed run's is left.
+            self._timers = {}
             task_status.started()
             while True:
                 try:
@@ -111,13 +113,13 @@ class Detector:
         open_ids = {row["id"] for row in book}
         for position_id in [p for p in self._timers if p not in open_ids]:
             self._timers.pop(position_id).cancel()  # closed: forget it
-            aged = self._aged_ids.pop(position_id, None)
-            self._last_sent.pop(aged, None)
+        for aged in [a for a in self._last_sent if not self.registry.is_running(a)]:
+            del self._last_sent[aged]
         for row in book:
             if self._allowed(row["exchange"], row["symbol"]):
                 self._ensure_timer(row)
         await self._update_actors(book)
-        await self.ensure_actors()
+        await self.registry.recover()
         self.polls += 1
 
     def _allowed(self, exchange: str, symbol: str) -> bool:
@@ -162,8 +164,8 @@ class Detector:
             except ExchangeError as exc:
                 log.warning("%s %s: cannot follow the position this poll (%s)", p.exchange, p.symbol, exc)
                 return
-            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-                problem = f"the book refused it ({type(exc).__name__}: {exc})"
+            except WriteRejected as exc:
+                problem = f"the book refused it ({exc})"
         if key not in self._bad_symbols:
             self._bad_symbols.add(key)
             log.error("%s %s: position skipped, %s", p.exchange, p.symbol, problem)
@@ -267,33 +269,35 @@ class Detector:
         if scope is not None:
             scope.cancel()
         aged = await self.ctx.db.aged_position_for(row["id"])
-        if aged is None or aged["status"] == "closed":
+        if aged is None or aged["status"] == Status.CLOSED:
             return
-        known = self.ctx.state_cache.get(aged["id"])
-        if known is not None and known.status == "closed":
+        known = self.registry.state(aged["id"])
+        if known is not None and known.status == Status.CLOSED:
             return  # our own close did it; the database may not have caught up yet
-        if not self.ctx.tell(aged["id"], pos.PositionVanished(self.ctx.clock.now())):
+        if not self.registry.tell(aged["id"], pos.PositionVanished(self.ctx.clock.now())):
             # No actor runs: record the manual close (a no-op if a close got there first).
             now = self.ctx.clock.now()
             self.ctx.writer.submit(op.CloseVanished(aged["id"], now))
-            self.ctx.bus.publish(LifecycleEvent(CLOSE_COMPLETED, now, aged["id"], row["exchange"], row["symbol"],
-                                                {"close_reason": "manual", "filled_qty": "0", "attempts": 0}))
+            self.ctx.bus.publish(LifecycleEvent(
+                CLOSE_COMPLETED, now, aged["id"], row["exchange"], row["symbol"],
+                {"close_reason": CloseReason.MANUAL.value, "filled_qty": "0", "attempts": 0}))
 
     async def _update_actors(self, book: list[dict]) -> None:
+        aged_of = self.registry.by_episode()
         for row in book:
-            aged = self._aged_ids.get(row["id"])
+            aged = aged_of.get(row["id"])
             if aged is None:
                 continue
             key = (row["quantity"], row["entry_price"], row["trailing_activated"])
-            state = self.ctx.state_cache.get(aged)
+            state = self.registry.state(aged)
             # Sent again while the actor's state differs (an update that arrived during a
             # close is applied after it; the close's own result may set another size).
             differs = state is not None and (state.quantity, state.entry_price) != (row["quantity"],
                                                                                    row["entry_price"])
             if self._last_sent.get(aged) != key or differs:
-                if self.ctx.tell(aged, pos.PositionUpdate(self.ctx.clock.now(), quantity=row["quantity"],
-                                                         trailing_active=row["trailing_activated"],
-                                                         entry_price=row["entry_price"])):
+                if self.registry.tell(aged, pos.PositionUpdate(self.ctx.clock.now(), quantity=row["quantity"],
+                                                               trailing_active=row["trailing_activated"],
+                                                               entry_price=row["entry_price"])):
                     self._last_sent[aged] = key
 
     # --- aging timers --------------------------------------------------------------------
@@ -319,23 +323,20 @@ class Detector:
                 if current is None or current["status"] != "open":
                     return
                 existing = await self._create_aged(current, crossing)
-            self._remember(row["id"], existing["id"])
-            if (existing["status"] != "closed" and not self.is_running(existing["id"])
-                    and existing["id"] not in self.ctx.finished):
+            if existing["status"] != Status.CLOSED:
                 # The row in hand is the actor's state: it need not read it again (and can
                 # start watching while the database is away). A close never triggered has
                 # no order in flight.
-                preload = (existing, False) if existing["close_triggered_at"] is None else None
-                await self.start_actor(existing["id"], preload=preload)
+                state = None
+                if existing["close_triggered_at"] is None:
+                    state = position_state(existing, self.ctx.config, self.ctx.settings, inflight_orders=False)
+                await self.registry.ensure(existing["id"], state)
         # the timer has done its job; keep the id so it is not scheduled again
-
-    def _remember(self, position_id: int, aged_id: UUID) -> None:
-        self._aged_ids[position_id] = aged_id
 
     async def _create_aged(self, row: dict, crossing: datetime) -> dict:
         now = self.ctx.clock.now()
         a = assess(row["side"], row["entry_price"], row["opened_at"], now, self.ctx.config)
-        status = "skipped" if row["trailing_activated"] else pos.PHASE_STATUS[a.phase]
+        status = Status.SKIPPED if row["trailing_activated"] else STATUS_OF_PHASE[a.phase]
         grace_start = aged_at(row["opened_at"], self.ctx.config)
         aged, created = await self.ctx.db.create_aged_position(
             row, detected_at=now, status=status, target_price=a.target_price,
@@ -357,30 +358,6 @@ class Detector:
                      a.phase.value,
                      logfmt.price(a.target_price, self.ctx.executor.price_tick(row["exchange"], row["symbol"])))
         return aged
-
-    async def ensure_actors(self) -> None:
-        """Start an actor for every aged position not closed that has none.
-
-        Their rows and in-flight orders are read in two queries for all of them, so a
-        restart with a thousand positions does not cost two thousand round trips.
-        """
-        await self.ctx.writer.wait_flushed()
-        rows = await self.ctx.db.fetch("SELECT * FROM monitoring.aged_positions WHERE status <> 'closed'")
-        open_ids = {r["id"] for r in rows}
-        # An actor that finished while the query ran may look unfinished in its result.
-        self.ctx.finished &= open_ids
-        missing = [r for r in rows if not self.is_running(r["id"]) and r["id"] not in self.ctx.finished]
-        for r in rows:
-            self._remember(r["position_id"], r["id"])
-        if not missing:
-            return
-        inflight = {r["aged_position_id"] for r in await self.ctx.db.fetch(
-            "SELECT DISTINCT aged_position_id FROM monitoring.close_orders "
-            "WHERE state IN ('pending','unknown','open') AND aged_position_id = ANY($1::uuid[])",
-            [r["id"] for r in missing])}
-        for r in missing:
-            if not self.is_running(r["id"]) and r["id"] not in self.ctx.finished:
-                await self.start_actor(r["id"], preload=(r, r["id"] in inflight))
 
 
 def _unusable(p: ExchangePosition) -> str | None:

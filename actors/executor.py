@@ -48,7 +48,8 @@ import trio
 from actors.episodes import reentered_at
 from actors.failpoints import failpoint
 from actors.position import CloseResult, PositionUpdate
-from actors.writer import NoHold, StorageWriter
+from actors.statuses import FINAL, OrderState
+from storage.writer import NoHold, StorageWriter
 from exchanges import logfmt
 from exchanges.errors import (
     ExchangeError, InsufficientLiquidityError, NonRetryableError, RetryableError, UnknownOutcomeError,
@@ -59,7 +60,7 @@ from supervisor.backoff import Backoff, retry_after_of
 
 log = logging.getLogger("actors.executor")
 
-FINAL_STATES = frozenset({"filled", "rejected", "canceled", "not_found", "partially_filled"})
+FINAL_STATES = FINAL
 # Rejections that mean the quantity itself can never be sent (below the minimum order).
 DUST_CODES = frozenset({"qty_below_lot_size", "qty_below_min"})
 
@@ -351,10 +352,10 @@ class Executor:
                 try:
                     result = await self._lookup(req, port, cid)
                 except UnknownOutcomeError as lookup_exc:
-                    self._wal(cid, state="unknown", error_message=str(exc)[:500])
+                    self._wal(cid, state=OrderState.UNKNOWN, error_message=str(exc)[:500])
                     return self._failed(req, fills, attempt, f"{last_error}; {lookup_exc}")
                 if result is None:
-                    self._wal(cid, state="not_found", error_message=str(exc)[:500])
+                    self._wal(cid, state=OrderState.NOT_FOUND, error_message=str(exc)[:500])
                     fills.settled(cid, attempt)
             except InsufficientLiquidityError as exc:
                 last_error = self._note_error(req, exc, "send")
@@ -392,10 +393,10 @@ class Executor:
                 try:
                     result = await self._follow(req, port, cid, result)
                 except UnknownOutcomeError as exc:
-                    self._wal(cid, state="open")
+                    self._wal(cid, state=OrderState.OPEN)
                     return self._failed(req, fills, attempt, f"{type(exc).__name__}: {exc}")
                 if result.status == "open":
-                    self._wal(cid, state="open", exchange_order_id=result.exchange_order_id,
+                    self._wal(cid, state=OrderState.OPEN, exchange_order_id=result.exchange_order_id,
                               filled_qty=result.filled_qty, avg_price=result.avg_price)
                     return self._failed(req, fills, attempt, f"order {cid} is still open on the exchange")
             if result is not None:
@@ -614,7 +615,7 @@ class Executor:
             result = await self._lookup(req, port, cid)
             if result is None:
                 if attempt in {r["attempt"] for r in unresolved}:
-                    self._wal(cid, state="not_found")
+                    self._wal(cid, state=OrderState.NOT_FOUND)
                     fills.settled(cid, attempt)
                 continue
             if result.status == "open":
@@ -637,12 +638,12 @@ class Executor:
         self._record(req, fills, cid, attempt, result)
 
     def _record(self, req: CloseRequest, fills: _Fills, cid: str, attempt: int, result: OrderResult) -> None:
-        state = {"closed": "filled", "canceled": "canceled", "rejected": "rejected", "open": "open"}.get(
-            result.status, "unknown")
-        if state == "canceled" and result.filled_qty > 0:
-            state = "partially_filled"
-        if state == "filled" and result.requested_qty is not None and result.filled_qty < result.requested_qty:
-            state = "partially_filled"
+        state = {"closed": OrderState.FILLED, "canceled": OrderState.CANCELED, "rejected": OrderState.REJECTED,
+                 "open": OrderState.OPEN}.get(result.status, OrderState.UNKNOWN)
+        if state == OrderState.CANCELED and result.filled_qty > 0:
+            state = OrderState.PARTIALLY_FILLED
+        if state == OrderState.FILLED and result.requested_qty is not None and result.filled_qty < result.requested_qty:
+            state = OrderState.PARTIALLY_FILLED
         self._wal(cid, state=state, exchange_order_id=result.exchange_order_id, filled_qty=result.filled_qty,
                   avg_price=result.avg_price)
         if state in FINAL_STATES:
@@ -651,7 +652,7 @@ class Executor:
             fills.sent(cid, attempt)
 
     def _rejected(self, cid: str, exc: ExchangeError) -> None:
-        self._wal(cid, state="rejected", error_code=exc.code, error_message=str(exc)[:500])
+        self._wal(cid, state=OrderState.REJECTED, error_code=exc.code, error_message=str(exc)[:500])
 
     def _wal(self, cid: str, **fields) -> None:
         self.writer.submit(op.UpdateCloseOrder(cid, {k: v for k, v in fields.items() if v is not None}))

@@ -33,17 +33,19 @@ from actors.policy import (
     Assessment, CloseReason, Phase, PolicyConfig, Schedule, aged_at, breakeven_price, close_reason, executable_price,
     executable_price_for, next_phase_change, realised_pnl, should_close,
 )
+from actors.statuses import ACTIVE, STATUS_OF_PHASE, Status
 
-ACTIVE = frozenset({"detected", "grace_active", "progressive_active"})
-PHASE_STATUS = {Phase.NOT_AGED: "detected", Phase.GRACE: "grace_active", Phase.PROGRESSIVE: "progressive_active"}
+PHASE_STATUS = STATUS_OF_PHASE
 LEGAL = {
-    "detected": {"grace_active", "progressive_active", "closed", "error", "skipped", "dust"},
-    "grace_active": {"progressive_active", "closed", "error", "skipped", "dust"},
-    "progressive_active": {"closed", "error", "skipped", "dust"},
-    "error": {"grace_active", "progressive_active", "closed", "skipped", "detected", "dust"},
-    "skipped": {"detected", "grace_active", "progressive_active", "closed"},
-    "dust": {"closed"},
-    "closed": set(),
+    Status.DETECTED: {Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.ERROR, Status.SKIPPED,
+                      Status.DUST},
+    Status.GRACE_ACTIVE: {Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.ERROR, Status.SKIPPED, Status.DUST},
+    Status.PROGRESSIVE_ACTIVE: {Status.CLOSED, Status.ERROR, Status.SKIPPED, Status.DUST},
+    Status.ERROR: {Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.SKIPPED, Status.DETECTED,
+                   Status.DUST},
+    Status.SKIPPED: {Status.DETECTED, Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED},
+    Status.DUST: {Status.CLOSED},
+    Status.CLOSED: set(),
 }
 
 
@@ -78,7 +80,7 @@ class PositionState:
     opened_at: datetime
     config: PolicyConfig
     settings: Settings = field(default_factory=Settings)
-    status: str = "detected"
+    status: Status = Status.DETECTED
     closed_qty: Decimal = Decimal(0)
     close_in_flight: bool = False
     close_attempts: int = 0
@@ -175,9 +177,59 @@ Event = Union[Start, Tick, Timer, CloseResult, PositionUpdate, PositionVanished]
 
 # --- commands -----------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+class _Keep:
+    """The value of a :class:`Persist` field that does not change."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Persist:
-    fields: dict[str, Any]
+    """Record changes to the aged position: only the fields given (not :data:`KEEP`) change.
+
+    The names are the machine's; storage maps them to its columns
+    (:func:`storage.mapping.aged_columns`).
+    """
+
+    status: Status = KEEP
+    grace_started_at: datetime = KEEP  # policy instants, from the open time
+    progressive_started_at: datetime = KEEP
+    hours_aged: Decimal = KEEP
+    hours_in_grace: Decimal = KEEP
+    hours_in_progressive: Decimal = KEEP
+    target_price: Decimal | None = KEEP  # None: no target (not aged)
+    breakeven_price: Decimal = KEEP
+    loss_tolerance_percent: Decimal = KEEP
+    sampled_price: Decimal | None = KEEP  # the last sampled executable price
+    sampled_at: datetime = KEEP
+    quantity: Decimal = KEEP  # still open
+    entry_price: Decimal = KEEP
+    closed_qty: Decimal = KEEP
+    close_triggered_at: datetime = KEEP
+    close_attempts: int = KEEP
+    last_close_attempt_at: datetime = KEEP
+    last_error: str | None = KEEP  # None clears it
+    closed_at: datetime = KEEP
+    close_reason: str = KEEP  # a CloseReason value
+    phase_at_close: str | None = KEEP  # a Phase value; None: closed before the policy applied
+    close_price: Decimal = KEEP
+    close_order_id: str | None = KEEP
+    pnl: Decimal = KEEP
+    pnl_percent: Decimal = KEEP
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The fields given, by name."""
+        return {name: value for name in PERSIST_FIELDS if (value := getattr(self, name)) is not KEEP}
+
+
+PERSIST_FIELDS = tuple(Persist.__dataclass_fields__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,11 +283,11 @@ def _hours_fields(s: PositionState, a: Assessment) -> dict[str, Any]:
 def _transition(s: PositionState, new_status: str, out: list, **fields) -> PositionState:
     if new_status == s.status:
         if fields:
-            out.append(Persist(fields))
+            out.append(Persist(**fields))
         return s
     if new_status not in LEGAL[s.status]:
         raise AssertionError(f"illegal status change {s.status} -> {new_status}")
-    out.append(Persist({"status": new_status, **fields}))
+    out.append(Persist(status=new_status, **fields))
     return replace(s, status=new_status)
 
 
@@ -252,7 +304,7 @@ def _sync_phase(s: PositionState, now: datetime, out: list) -> tuple[PositionSta
         if wanted != s.status:
             grace_start, grace_end = _phase_boundaries(s)
             fields: dict[str, Any] = {"target_price": a.target_price,
-                                      "current_loss_tolerance_percent": a.loss_tolerance_percent,
+                                      "loss_tolerance_percent": a.loss_tolerance_percent,
                                       **_hours_fields(s, a)}
             if a.phase is not Phase.NOT_AGED:
                 fields["grace_started_at"] = grace_start
@@ -289,10 +341,8 @@ def _maybe_close(s: PositionState, now: datetime, a: Assessment, price: Decimal 
         return s
     if emergency and price is None and a.phase is Phase.NOT_AGED:
         return s
-    fields = {"close_triggered_at": now, "target_price": a.target_price,
-              "current_loss_tolerance_percent": a.loss_tolerance_percent, "last_checked_price": price,
-              "last_price_check": now}
-    out.append(Persist(fields))
+    out.append(Persist(close_triggered_at=now, target_price=a.target_price,
+                       loss_tolerance_percent=a.loss_tolerance_percent, sampled_price=price, sampled_at=now))
     out.append(Emit("aged.close.triggered", market_price=price, target_price=a.target_price,
                     data={"phase": a.phase.value, "loss_tolerance_percent": str(a.loss_tolerance_percent),
                           "bid": None if bid is None else str(bid), "ask": None if ask is None else str(ask),
@@ -304,7 +354,7 @@ def _maybe_close(s: PositionState, now: datetime, a: Assessment, price: Decimal 
 
 def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
     # The hot path: most ticks change nothing and return the same state object.
-    if s.status not in ACTIVE and s.status != "error":
+    if s.status not in ACTIVE and s.status != Status.ERROR:
         return s  # skipped: a trailing stop manages it
     a = _assess(s, e.now)
     if s.status in ACTIVE and PHASE_STATUS[a.phase] != s.status:
@@ -312,7 +362,7 @@ def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
     price = executable_price(s.side, e.bid, e.ask, e.last)
     if price is None:
         return s
-    if s.status == "error" and s.error_until is not None and e.now >= s.error_until:
+    if s.status == Status.ERROR and s.error_until is not None and e.now >= s.error_until:
         s = _leave_error(s, e.now, out)
         a = _assess(s, e.now)
     if a.target_price is not None:
@@ -320,10 +370,8 @@ def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
         due = (s.last_sample_distance is None or s.last_sample_at is None
                or e.now - s.last_sample_at >= s.settings.sample_interval)
         if due or abs(distance - s.last_sample_distance) >= s.settings.material_change_percent:
-            out.append(Persist({"last_checked_price": price, "last_price_check": e.now,
-                                "target_price": a.target_price,
-                                "current_loss_tolerance_percent": a.loss_tolerance_percent,
-                                **_hours_fields(s, a)}))
+            out.append(Persist(sampled_price=price, sampled_at=e.now, target_price=a.target_price,
+                               loss_tolerance_percent=a.loss_tolerance_percent, **_hours_fields(s, a)))
             out.append(Emit("price_check", market_price=price, target_price=a.target_price,
                             distance_percent=distance))
             s = replace(s, last_sample_at=e.now, last_sample_distance=distance, last_price=price)
@@ -384,7 +432,7 @@ def quiet_band(s: PositionState, now: datetime) -> QuietBand | None:
     """
     long = s.side == "long"
     horizon = now + s.settings.sample_interval
-    if s.status not in ACTIVE and s.status != "error":
+    if s.status not in ACTIVE and s.status != Status.ERROR:
         return QuietBand(long, None, None, horizon)  # step ignores ticks in these statuses
     a = _assess(s, now)
     if s.status in ACTIVE and PHASE_STATUS[a.phase] != s.status:
@@ -393,7 +441,7 @@ def quiet_band(s: PositionState, now: datetime) -> QuietBand | None:
     nxt = next_phase_change(s.opened_at, now, s.config)
     if nxt is not None:
         until = min(until, nxt)
-    if s.status == "error" and s.error_until is not None:
+    if s.status == Status.ERROR and s.error_until is not None:
         if now >= s.error_until:
             return None
         until = min(until, s.error_until)
@@ -442,7 +490,7 @@ def quiet_band(s: PositionState, now: datetime) -> QuietBand | None:
 
 def _leave_error(s: PositionState, now: datetime, out: list) -> PositionState:
     a = _assess(s, now)
-    s = _transition(s, PHASE_STATUS[a.phase], out, last_error_message=None)
+    s = _transition(s, PHASE_STATUS[a.phase], out, last_error=None)
     return replace(s, error_until=None)
 
 
@@ -453,12 +501,12 @@ def _finish(s: PositionState, now: datetime, reason: CloseReason, out: list, *, 
     if fill_price is not None and total_filled > 0:
         a = _assess(s, s.close_triggered_at or now)
         pnl, pct = realised_pnl(s.side, s.entry_price, fill_price, total_filled, s.config)
-        fields.update(close_price=fill_price, actual_pnl=pnl, actual_pnl_percent=pct, close_order_id=order_id,
+        fields.update(close_price=fill_price, pnl=pnl, pnl_percent=pct, close_order_id=order_id,
                       phase_at_close=a.phase.value if a.phase is not Phase.NOT_AGED else None)
-    s = _transition(s, "closed", out, **fields)
+    s = _transition(s, Status.CLOSED, out, **fields)
     out.append(Emit("aged.close.completed", market_price=fill_price, success=True,
                     data={"close_reason": reason.value, "filled_qty": str(total_filled), "attempts": attempts,
-                          "pnl_percent": str(fields.get("actual_pnl_percent"))}))
+                          "pnl_percent": str(fields.get("pnl_percent"))}))
     out.append(Stop())
     return replace(s, close_in_flight=False, needs_reconcile=False, closed_qty=total_filled, quantity=Decimal(0),
                    close_attempts=attempts, pending_update=None)
@@ -473,7 +521,7 @@ def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionSta
         reason = close_reason(s.side, s.entry_price, e.avg_price, a, s.config, emergency=_emergency_due(s, a))
         return _finish(s, e.now, reason, out, fill_price=e.avg_price, total_filled=total,
                        order_id=e.last_order_id, attempts=attempts)
-    if e.outcome == "dust" and s.status != "dust":
+    if e.outcome == "dust" and s.status != Status.DUST:
         return _dust(s, e, attempts, total, out)
     if e.outcome in ("flat", "vanished"):
         return _finish(s, e.now, CloseReason.MANUAL, out, fill_price=e.avg_price if total > 0 else None,
@@ -492,16 +540,16 @@ def _on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionSta
     fields = {"close_attempts": attempts, "quantity": s.quantity, "closed_qty": s.closed_qty}
     if e.outcome == "failed":
         until = e.now + s.settings.error_cooldown
-        if s.status != "error":
-            s = _transition(s, "error", out, last_error_message=e.error, last_close_attempt=e.now, **fields)
+        if s.status != Status.ERROR:
+            s = _transition(s, Status.ERROR, out, last_error=e.error, last_close_attempt_at=e.now, **fields)
         else:
-            out.append(Persist({"last_error_message": e.error, "last_close_attempt": e.now, **fields}))
+            out.append(Persist(last_error=e.error, last_close_attempt_at=e.now, **fields))
         out.append(Emit("aged.close.failed", success=False, error=e.error, critical=True,
                         data={"attempts": attempts, "retry_after": until.isoformat()}))
         out.append(ScheduleTimer(until, "cooldown"))
         s = replace(s, error_until=until)
         return s if pending is None else _apply_update(s, pending, out)
-    out.append(Persist(fields))
+    out.append(Persist(**fields))
     return s if pending is None else _apply_update(s, pending, out)
 
 
@@ -510,8 +558,8 @@ def _dust(s: PositionState, e: CloseResult, attempts: int, total: Decimal, out: 
     left = e.remaining_qty if e.remaining_qty is not None else s.closed_qty + s.quantity - total
     s = replace(s, close_in_flight=False, needs_reconcile=False, quantity=left, closed_qty=total,
                 close_attempts=attempts)
-    s = _transition(s, "dust", out, quantity=left, closed_qty=total, close_attempts=attempts,
-                    last_error_message=e.error, last_close_attempt=e.now)
+    s = _transition(s, Status.DUST, out, quantity=left, closed_qty=total, close_attempts=attempts,
+                    last_error=e.error, last_close_attempt_at=e.now)
     out.append(Emit("aged.close.dust", success=False, error=e.error, critical=True,
                     data={"remaining_qty": str(left), "filled_qty": str(total), "attempts": attempts}))
     out.append(Stop())
@@ -519,7 +567,7 @@ def _dust(s: PositionState, e: CloseResult, attempts: int, total: Decimal, out: 
 
 
 def _on_timer(s: PositionState, e: Timer, out: list) -> PositionState:
-    if s.status == "error" and s.error_until is not None and e.now >= s.error_until:
+    if s.status == Status.ERROR and s.error_until is not None and e.now >= s.error_until:
         s = _leave_error(s, e.now, out)
     s, a = _sync_phase(s, e.now, out)
     price = executable_price(s.side, e.bid, e.ask, e.last)
@@ -578,7 +626,7 @@ def _schedule_target_check(s: PositionState, now: datetime, a: Assessment, price
 
 
 def _on_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:
-    if s.status == "closed":
+    if s.status == Status.CLOSED:
         return s
     if s.close_in_flight:
         # Not now: the close decides what is left. Kept, and applied once its result is in.
@@ -603,15 +651,15 @@ def _apply_update(s: PositionState, e: PositionUpdate, out: list) -> PositionSta
             a = _assess(s, e.now)
             fields.update(entry_price=s.entry_price, target_price=a.target_price,
                           breakeven_price=breakeven_price(s.side, s.entry_price, s.config),
-                          current_loss_tolerance_percent=a.loss_tolerance_percent)
-        out.append(Persist(fields))
+                          loss_tolerance_percent=a.loss_tolerance_percent)
+        out.append(Persist(**fields))
         out.append(Emit("position.changed", target_price=fields.get("target_price"),
                         data={"old_quantity": str(old_qty), "new_quantity": str(s.quantity),
                               "old_entry_price": str(old_entry), "new_entry_price": str(s.entry_price)}))
-    if e.trailing_active is True and s.status in ACTIVE | {"error"}:
-        s = _transition(s, "skipped", out)
+    if e.trailing_active is True and s.status in ACTIVE | {Status.ERROR}:
+        s = _transition(s, Status.SKIPPED, out)
         out.append(Emit("skipped", data={"reason": "trailing stop active"}))
-    elif e.trailing_active is False and s.status == "skipped":
+    elif e.trailing_active is False and s.status == Status.SKIPPED:
         a = _assess(s, e.now)
         s = _transition(s, PHASE_STATUS[a.phase], out)
         out.append(Emit("resumed", data={"reason": "trailing stop no longer active"}))
@@ -620,7 +668,7 @@ def _apply_update(s: PositionState, e: PositionUpdate, out: list) -> PositionSta
 
 
 def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionState:
-    if s.status == "closed":
+    if s.status == Status.CLOSED:
         return s
     if s.close_in_flight:
         # Our own close may have done it: its result tells. If that result leaves the
@@ -632,13 +680,13 @@ def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionSt
 
 
 def _on_start(s: PositionState, e: Start, out: list) -> PositionState:
-    if s.status in ("closed", "dust"):
+    if s.status in (Status.CLOSED, Status.DUST):
         out.append(Stop())
         return s
     if s.needs_reconcile:
         out.append(RequestClose(s.quantity, s.close_attempts + 1, reconcile_only=True))
         s = replace(s, close_in_flight=True)
-    if s.status == "error" and s.error_until is None:
+    if s.status == Status.ERROR and s.error_until is None:
         s = replace(s, error_until=e.now + s.settings.error_cooldown)
         out.append(ScheduleTimer(s.error_until, "cooldown"))
     s, _ = _sync_phase(s, e.now, out)
@@ -648,7 +696,7 @@ def _on_start(s: PositionState, e: Start, out: list) -> PositionState:
 def step(state: PositionState, event: Event) -> tuple[PositionState, list[Command]]:
     """Advance ``state`` by one event; return the new state and what to do."""
     out: list[Command] = []
-    if state.status == "closed" and not isinstance(event, Start):
+    if state.status == Status.CLOSED and not isinstance(event, Start):
         return state, out
     if isinstance(event, Tick):
         state = _on_tick(state, event, out)
@@ -665,16 +713,3 @@ def step(state: PositionState, event: Event) -> tuple[PositionState, list[Comman
     else:
         raise TypeError(f"unknown event {event!r}")
     return state, out
-
-
-def state_from_row(row: dict, config: PolicyConfig, settings: Settings, *, inflight_orders: bool) -> PositionState:
-    """Rebuild an actor's state from its ``monitoring.aged_positions`` row."""
-    return PositionState(
-        aged_id=row["id"], position_id=row["position_id"], exchange=row["exchange"], symbol=row["symbol"],
-        side=row["side"], entry_price=row["entry_price"], quantity=row["quantity"],
-        opened_at=row["position_opened_at"], config=config, settings=settings, status=row["status"],
-        closed_qty=row["closed_qty"], close_attempts=row["close_attempts"],
-        close_triggered_at=row["close_triggered_at"], last_sample_at=row["last_price_check"],
-        last_price=row["last_checked_price"],
-        needs_reconcile=inflight_orders or (row["close_triggered_at"] is not None and row["status"] != "closed"),
-    )

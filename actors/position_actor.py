@@ -1,8 +1,9 @@
 """The per-position actor: a thin trio loop around :func:`actors.position.step`.
 
-It loads its state from the database on every (re)start, subscribes its mailbox to
-its symbol's ticks, and feeds ticks, timers and messages (close results, position
-updates) into ``step`` — one task, one mailbox. Carrying out the commands never
+:func:`run_actor` feeds ticks, timers and messages (close results, position updates)
+from its mailbox into ``step`` — one task, one mailbox. The registry
+(:mod:`actors.registry`) starts it, with a state it read or :func:`load_state` reads,
+and its mailbox subscribed to the symbol's ticks. Carrying out the commands never
 blocks: writes go to the storage writer, closes to the executor, events to the bus.
 So the loop always decides on the freshest tick (the mailbox keeps only the newest).
 """
@@ -22,17 +23,17 @@ from actors import position as pos
 from actors.clock import PolicyClock
 from actors.events import EventBus, LifecycleEvent
 from actors.executor import CloseRequest, Executor
-from actors.policy import PolicyConfig
 from actors.mailbox import Mailbox
+from actors.policy import CloseReason, PolicyConfig
+from actors.statuses import Status
 from actors.timers import TimerService
-from actors.writer import StorageWriter
 from exchanges import logfmt
 from feeds.tick import Tick as FeedTick
 from storage import ops as op
+from storage.writer import StorageWriter
 
 log = logging.getLogger("actors.position")
 
-INFLIGHT_STATES = frozenset({"pending", "unknown", "open"})
 # A quiet band ends this much early on the trio clock, so that rounding between trio time
 # and policy time can never let a tick through that arrives as the band runs out.
 _BAND_GUARD = timedelta(microseconds=10)
@@ -43,15 +44,11 @@ class TickSource(Protocol):
     def unsubscribe(self, symbol: str, receiver) -> None: ...
 
 
-class InjectedCrash(RuntimeError):
-    """Raised on purpose by fault injection (demo, tests)."""
-
-
 @dataclass
 class ActorContext:
     """What every position actor shares."""
 
-    db: Any  # storage.Database (or None in pure unit tests)
+    db: Any  # storage.Database: load_position (a stand-in in pure unit tests)
     writer: StorageWriter
     executor: Executor
     bus: EventBus
@@ -59,50 +56,26 @@ class ActorContext:
     config: PolicyConfig
     settings: pos.Settings
     feeds: Mapping[str, TickSource] = field(default_factory=dict)
-    inboxes: dict[UUID, Mailbox] = field(default_factory=dict)
-    state_cache: dict[UUID, pos.PositionState] = field(default_factory=dict)
-    crash_on_next_tick: set[UUID] = field(default_factory=set)
     timers: TimerService = field(default_factory=TimerService)  # someone must run timers.run()
-    # Aged positions whose actor finished (closed) and whose close the database may not show yet.
-    finished: set[UUID] = field(default_factory=set)
+    # Told of every state an actor reaches, with the one before (metrics, benchmarks).
     on_state: Callable[[pos.PositionState, pos.PositionState | None], None] | None = None
 
-    def inject_crash(self, aged_id: UUID) -> None:
-        """Make the actor of ``aged_id`` crash on its next tick (fault injection: demo, tests)."""
-        self.crash_on_next_tick.add(aged_id)
-        inbox = self.inboxes.get(aged_id)
-        if inbox is not None:
-            inbox.set_band(None)  # the next tick must reach the actor
 
-    def tell(self, aged_id: UUID, event) -> bool:
-        """Send a message to a running actor; False if none runs."""
-        inbox = self.inboxes.get(aged_id)
-        if inbox is None:
-            return False
-        try:
-            inbox.send_nowait(event)
-            return True
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-
-
-async def load_state(ctx: ActorContext, aged_id: UUID) -> pos.PositionState:
-    """The actor's state from the database; from the last known state if it is away."""
+async def load_state(ctx: ActorContext, aged_id: UUID,
+                     last_known: pos.PositionState | None = None) -> pos.PositionState:
+    """The actor's state from the database; from ``last_known`` if the database is away."""
     try:
         with trio.fail_after(10):
             await ctx.writer.wait_flushed()  # the table must reflect every write made so far
-            row = await ctx.db.aged_position(aged_id)
-            orders = await ctx.db.close_orders(aged_id)
+            state = await ctx.db.load_position(aged_id, ctx.config, ctx.settings)
     except Exception as exc:  # noqa: BLE001 - database away: fall back to memory
-        cached = ctx.state_cache.get(aged_id)
-        if cached is None:
+        if last_known is None:
             raise
         log.warning("aged %s: database unavailable (%s); resuming from the last known state", aged_id, exc)
-        return replace(cached, close_in_flight=False, needs_reconcile=True)
-    if row is None:
+        return replace(last_known, close_in_flight=False, needs_reconcile=True)
+    if state is None:
         raise LookupError(f"aged position {aged_id} not found")
-    inflight = any(o["state"] in INFLIGHT_STATES for o in orders)
-    return pos.state_from_row(row, ctx.config, ctx.settings, inflight_orders=inflight)
+    return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +85,14 @@ class TimerDue:
 
 
 class PositionActor:
-    def __init__(self, ctx: ActorContext, state: pos.PositionState, mailbox: Mailbox):
+    """What one actor holds between events: its state, its mailbox, its timers."""
+
+    def __init__(self, ctx: ActorContext, state: pos.PositionState, mailbox: Mailbox,
+                 on_state: Callable[[pos.PositionState], None] = lambda state: None):
         self.ctx = ctx
         self.state = state
         self.mailbox = mailbox
+        self.on_state = on_state
         self.done = False
         self._timers: dict[str, datetime] = {}
         self._tick_received_at: float | None = None
@@ -123,7 +100,7 @@ class PositionActor:
     def handle(self, event: pos.Event) -> None:
         before = self.state
         self.state, commands = pos.step(self.state, event)
-        self.ctx.state_cache[self.state.aged_id] = self.state
+        self.on_state(self.state)
         if self.ctx.on_state is not None:
             self.ctx.on_state(self.state, before)
         for command in commands:
@@ -134,7 +111,7 @@ class PositionActor:
         """Tell the mailbox which ticks it may drop: those ``step`` would ignore."""
         ctx = self.ctx
         band = None
-        if not self.done and self.state.aged_id not in ctx.crash_on_next_tick:
+        if not self.done:
             band = pos.quiet_band(self.state, ctx.clock.now())
         if band is None:
             self.mailbox.set_band(None)
@@ -144,17 +121,18 @@ class PositionActor:
     def _carry_out(self, c: pos.Command) -> None:
         s = self.state
         if isinstance(c, pos.Persist):
-            self.ctx.writer.submit(op.UpdateAged(s.aged_id, c.fields))
-            if c.fields.get("status") == "closed" and c.fields.get("close_reason") not in (None, "manual"):
+            self.ctx.writer.submit(op.UpdateAged(s.aged_id, c))
+            if c.status == Status.CLOSED and c.close_reason not in (pos.KEEP, None, CloseReason.MANUAL):
                 # Our close made the episode flat. (Anything else that ends an episode, the
                 # detector sees on the exchange and records itself.)
-                phase = c.fields.get("phase_at_close")
-                self.ctx.writer.submit(op.ClosePosition(s.position_id, c.fields.get("closed_at"),
+                phase = None if c.phase_at_close is pos.KEEP else c.phase_at_close
+                closed_at = None if c.closed_at is pos.KEEP else c.closed_at
+                self.ctx.writer.submit(op.ClosePosition(s.position_id, closed_at,
                                                         f"aged_{phase}" if phase else "aged"))
         elif isinstance(c, pos.RequestClose):
             self.ctx.executor.submit(CloseRequest(
                 aged_id=s.aged_id, exchange=s.exchange, symbol=s.symbol, side=s.side, qty=c.qty,
-                next_attempt=c.next_attempt, reply=self.ctx.inboxes.get(s.aged_id), clock=self.ctx.clock.now,
+                next_attempt=c.next_attempt, reply=self.mailbox, clock=self.ctx.clock.now,
                 reconcile_only=c.reconcile_only, emergency=c.emergency, tick_received_at=self._tick_received_at,
                 entry_price=s.entry_price, opened_at=s.opened_at, worst_price=c.worst_price))
         elif isinstance(c, pos.Emit):
@@ -220,45 +198,25 @@ def _describe(c: pos.Emit, tick: Decimal | None = None) -> str:
     return " ".join(p for p in parts if p)
 
 
-async def run_position_actor(ctx: ActorContext, aged_id: UUID, preload: list | None = None) -> None:
-    """The child body the positions supervisor runs (restart type: transient).
+async def run_actor(ctx: ActorContext, state: pos.PositionState, mailbox: Mailbox,
+                    on_state: Callable[[pos.PositionState], None] = lambda state: None, *,
+                    task_status=trio.TASK_STATUS_IGNORED) -> bool:
+    """Run one actor from ``state`` until its position is closed; True then.
 
-    ``preload`` is a one-shot list holding ``(row, has_inflight_orders)`` read for many
-    actors in one query; the first run uses it, a restart reads the database again.
+    ``mailbox`` must already be subscribed to the symbol's ticks; ``on_state`` is told
+    of every state the actor reaches. ``task_status.started()`` is called once the
+    actor has handled its ``Start`` and watches.
     """
-    if preload:
-        row, inflight = preload.pop()
-        state = pos.state_from_row(row, ctx.config, ctx.settings, inflight_orders=inflight)
-    else:
-        state = await load_state(ctx, aged_id)
-    if state.status == "closed":
-        return
-    mailbox = Mailbox()
-    ctx.inboxes[aged_id] = mailbox
-    feed = ctx.feeds.get(state.exchange)
-    if feed is not None:
-        feed.subscribe(state.symbol, mailbox)
-    actor = PositionActor(ctx, state, mailbox)
-    try:
-        actor.handle(pos.Start(ctx.clock.now()))
-        while not actor.done:
-            message = await mailbox.receive()
-            if isinstance(message, TimerDue):
-                actor.timer_due(message)
-                continue
-            if isinstance(message, FeedTick):
-                if aged_id in ctx.crash_on_next_tick:
-                    ctx.crash_on_next_tick.discard(aged_id)
-                    raise InjectedCrash(f"injected crash in actor for {state.symbol}")
-                actor._tick_received_at = message.received_at
-                message = pos.Tick(ctx.clock.now(), message.bid, message.ask, message.last)
-            actor.handle(message)
-    finally:
-        if ctx.inboxes.get(aged_id) is mailbox:
-            del ctx.inboxes[aged_id]
-        if actor.done:
-            ctx.state_cache.pop(aged_id, None)
-            ctx.finished.add(aged_id)
-        if feed is not None:
-            feed.unsubscribe(state.symbol, mailbox)
-        mailbox.close()
+    actor = PositionActor(ctx, state, mailbox, on_state)
+    actor.handle(pos.Start(ctx.clock.now()))
+    task_status.started()
+    while not actor.done:
+        message = await mailbox.receive()
+        if isinstance(message, TimerDue):
+            actor.timer_due(message)
+            continue
+        if isinstance(message, FeedTick):
+            actor._tick_received_at = message.received_at
+            message = pos.Tick(ctx.clock.now(), message.bid, message.ask, message.last)
+        actor.handle(message)
+    return True

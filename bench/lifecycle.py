@@ -9,7 +9,7 @@ the policy clock (the real clock here) from the crossing instant to that first s
 (``ctx.on_state``); the median over the positions.
 
 actor_restart_ms — with ``positions`` actors watching, one at a time is crashed by
-fault injection (``ctx.crash_on_next_tick`` and a tick): measured from pushing that
+fault injection (``registry.crash_on_next_tick`` and a tick): measured from pushing that
 tick to the restarted instance's first step (its ``Start``, handled right after it has
 reloaded its row, registered its inbox and subscribed again). Each crash hits a
 different actor, so every restart is a first, un-escalated one.
@@ -92,18 +92,18 @@ async def bench_restart(url: str, *, positions: int = 100, crashes: int = 7, gap
             times = []
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(svc.run)
-                await wait_until(lambda: len(svc.ctx.inboxes) == positions, timeout=60)
+                await wait_until(lambda: svc.registry.watching() == positions, timeout=60)
                 await wait_until(lambda: svc.detector.polls >= 1, timeout=60)
                 await wait_until(lambda: svc.writer.depth == 0, timeout=60)
                 for k in range(crashes):
                     i = (k * 37) % positions
                     aged_id = book.aged_ids[i]
-                    old_inbox = svc.ctx.inboxes[aged_id]
-                    svc.ctx.inject_crash(aged_id)
+                    old_inbox = svc.registry.mailbox(aged_id)
+                    svc.registry.crash_on_next_tick(aged_id)
                     crashed_at = trio.current_time()
                     feed.push(symbol(i), D("50.1"), D("60"), D("50.1"))
                     await wait_until(lambda: any(t > crashed_at for t in steps.get(aged_id, ()))
-                                     and svc.ctx.inboxes.get(aged_id) not in (None, old_inbox), timeout=30,
+                                     and svc.registry.mailbox(aged_id) not in (None, old_inbox), timeout=30,
                                      interval=0.002)
                     times.append(min(t for t in steps[aged_id] if t > crashed_at) - crashed_at)
                     await trio.sleep(gap)

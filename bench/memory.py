@@ -3,10 +3,10 @@
 The real Service with the real :class:`feeds.feed.Feed` connected to :mod:`bench.blaster`
 (so each actor's symbol subscription, tick channel, protocol state and latest tick are
 counted, as in production). After the service is idle, ``positions`` active aged rows
-are added to PostgreSQL and the detector's recovery (``ensure_actors``) starts their
+are added to PostgreSQL and the detector's recovery (``registry.recover``) starts their
 actors; once every one is watching, has had its snapshot tick and the writer is idle,
 memory is measured again (after ``gc.collect()``). Everything an actor brings along is
-in the difference: its supervisor record and tasks, its state (and ``ctx.state_cache``),
+in the difference: its supervisor record and tasks, its state (and its registry entry),
 its inbox, timers, tick channel and the feed's per-symbol entries, the detector's id map.
 
 The key is ``tracemalloc``'s count: Python heap allocated and still live, per actor,
@@ -33,8 +33,8 @@ from service.asyncio_bridge import open_asyncio_loop
 async def _add_actors(svc, feed, db, positions: int) -> None:
     await seed_aged(db, positions)
     ticks0 = feed.stats.ticks
-    await svc.detector.ensure_actors()
-    await wait_until(lambda: len(svc.ctx.inboxes) == positions and running_children(svc) == positions, timeout=120)
+    await svc.registry.recover()
+    await wait_until(lambda: svc.registry.watching() == positions and running_children(svc) == positions, timeout=120)
     await wait_until(lambda: feed.stats.ticks - ticks0 >= positions, timeout=120)
     await wait_until(lambda: svc.writer.depth == 0, timeout=60)
     await trio.sleep(0.3)  # let the last writes and replies settle

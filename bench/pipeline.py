@@ -211,7 +211,7 @@ async def _start(url: str, positions: int, blaster: Blaster, nursery, *, request
             append((mono(), tick.bid))
     feed._fan_out = fan_out_and_count_quiet
     nursery.start_soon(svc.run)
-    await wait_until(lambda: len(svc.ctx.inboxes) == positions, timeout=120, what="actors watching")
+    await wait_until(lambda: svc.registry.watching() == positions, timeout=120, what="actors watching")
     await wait_until(lambda: len(feed.live_symbols) == positions and feed.stats.ticks >= positions,
                      timeout=120, what="feed subscribed")
     await wait_until(lambda: svc.detector.polls >= 1, timeout=120, what="first detector poll")
@@ -312,7 +312,7 @@ async def _tick_to_order(rig: _Rig, db, positions: int, *, background_rate: int,
     closed0 = await db.fetchval("SELECT count(*) FROM monitoring.aged_positions WHERE status='closed'")
     # cross a spread-out fraction of the book, grace and progressive alike
     chosen = [i * positions // crossings + offset for i in range(crossings)]
-    watching = len(svc.ctx.inboxes)
+    watching = svc.registry.watching()
     ids = ",".join(symbol_id(i) for i in chosen)
     await rig.blaster.command(f"RATE {background_rate}")
     await trio.sleep(warmup)
@@ -329,7 +329,7 @@ async def _tick_to_order(rig: _Rig, db, positions: int, *, background_rate: int,
     await rig.blaster.command("RATE 0")
     await rig.drain()
     with trio.move_on_after(10):
-        while len(svc.ctx.inboxes) > watching - crossings:
+        while svc.registry.watching() > watching - crossings:
             await trio.sleep(0.05)
     svc.executor.on_submit = previous_on_submit
     lags = [x / 1000 for x in (lag_us_from_price(p, ns) for ns, p in samples) if x is not None]

@@ -48,12 +48,12 @@ async def main() -> dict:
                     while True:
                         if running_at is None and len(positions._children) >= n:
                             running_at = time.time() - T0
-                        if running_at is not None and len(svc.ctx.inboxes) >= n:
+                        if running_at is not None and svc.registry.watching() >= n:
                             break
                         await trio.sleep(0.005)
                 if waiting.cancelled_caught:
                     raise RuntimeError(f"not all watching after 120 s: {len(positions._children)} children, "
-                                       f"{len(svc.ctx.inboxes)} inboxes, states "
+                                       f"{svc.registry.watching()} inboxes, states "
                                        f"{sorted(set(c.state for c in svc.positions.children().values()))}")
                 marks["watching_s"] = time.time() - T0
                 marks["supervisor_running_s"] = running_at

@@ -1,6 +1,6 @@
 """events_per_s: audit events written to PostgreSQL per second through the real path.
 
-The real :class:`actors.writer.StorageWriter` (batches of up to 2,000, one trio→asyncio
+The real :class:`storage.writer.StorageWriter` (batches of up to 2,000, one trio→asyncio
 crossing per batch) over the real :meth:`storage.Database.write_batch` (one transaction
 per batch, ``executemany`` for runs of events). The rows are the ones actors write most:
 ``price_check`` :class:`storage.ops.AddEvent` rows with prices, distance and time, a few
@@ -21,7 +21,7 @@ import asyncpg
 import trio
 import trio_asyncio
 
-from actors.writer import StorageWriter
+from storage.writer import StorageWriter
 from bench.common import connect, percentile, seed_aged
 from storage import ops as op
 from service.asyncio_bridge import open_asyncio_loop

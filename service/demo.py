@@ -136,7 +136,7 @@ async def run_demo(db, *, duration: float | None, speed: float, metrics_port: in
 
             def inject_crash(event):
                 if event.type == DETECTED and event.symbol == crash_target.symbol:
-                    service.ctx.inject_crash(event.aged_id)
+                    service.registry.crash_on_next_tick(event.aged_id)
                     log.warning("demo: the actor for %s will crash on its next tick (injected)", event.symbol)
             service.bus.subscribe(inject_crash)
 

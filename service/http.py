@@ -7,7 +7,9 @@ A starlette app served by hypercorn on trio (:func:`hypercorn.trio.serve`):
     (refreshed at each scrape).
 ``GET /health``
     JSON with every child of the ``root`` and ``positions`` supervisors (state,
-    restarts, kind, critical, last error) and the storage writer's state. **503**
+    restarts, kind, critical, last error), how many aged positions have a position
+    actor and how many of those watch (``actors``, from the actor registry), and the
+    storage writer's state. **503**
     when the root supervisor is not running/healthy or a critical child of either
     supervisor has crashed for good; else **200**. A database outage alone is not
     unhealthy: the service keeps monitoring and closing (its writes are buffered),
@@ -146,6 +148,9 @@ def health_report(service: Any) -> tuple[bool, dict[str, Any]]:
                     for name, b in bans.items() if b["banned"]]
         if warnings:
             body["warnings"] = warnings
+    registry = getattr(service, "registry", None)
+    if registry is not None:
+        body["actors"] = {"with_actor": len(registry), "watching": registry.watching()}
     writer = getattr(service, "writer", None)
     if writer is not None:
         body["storage"] = {"database_up": writer.database_up, "write_buffer_depth": writer.depth,

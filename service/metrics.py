@@ -9,7 +9,7 @@ Where the numbers come from::
 
     lifecycle counters / histograms   the event bus (each LifecycleEvent counted once)
     active by status / by phase       ctx.on_state (on every status change) and a
-                                      periodic recount from ctx.state_cache
+                                      periodic recount from the actor registry
     tick → order latency              executor.on_submit
     executor errors                   executor.on_error
     supervisor restarts               root.on_restart, positions.on_restart
@@ -41,14 +41,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from actors.events import CLOSE_COMPLETED, CLOSE_FAILED, CLOSE_TRIGGERED, DETECTED, ESCALATION, PHASE_CHANGED
-from actors.policy import assess
+from actors.policy import Phase, assess
+from actors.statuses import PHASE_OF_STATUS, Status
 
 log = logging.getLogger("service.metrics")
 
 # statuses an aged position can have while it is under watch (``closed`` is not one)
-WATCHED_STATUSES = ("detected", "grace_active", "progressive_active", "error", "skipped")
-PHASE_OF_STATUS = {"grace_active": "grace", "progressive_active": "progressive"}
-PHASES = ("grace", "progressive")
+# The statuses exported (others appear once a position has them).
+WATCHED_STATUSES = (Status.DETECTED, Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.ERROR, Status.SKIPPED)
+# The phases exported by aged_positions_by_phase: those in which a position may close.
+PHASES = (Phase.GRACE, Phase.PROGRESSIVE)
 CLOSE_REASONS = ("profitable", "breakeven", "loss_acceptable", "max_loss", "emergency", "manual", "error")
 CHILD_STATES = ("running", "restarting", "stopped", "exited", "crashed")
 
@@ -58,6 +60,11 @@ PNL_PERCENT_BUCKETS = (-10, -5, -2, -1, 0, 1, 2, 5, 10)  # seed 001
 TICK_TO_ORDER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                          1, 2.5, 5, 10)
 DETECTION_LAG_BUCKETS = (0.001, 0.01, 0.1, 1, 5, 30, 60, 300, 1800)
+
+
+def _in_phase(counts: "_Tally[str]", phase: Phase) -> int:
+    """How many of ``counts`` have a status of ``phase``."""
+    return sum(n for status, n in counts.items() if PHASE_OF_STATUS.get(status) == phase)
 
 
 def _chain(obj: Any, attr: str, mine: Callable[..., None]) -> None:
@@ -290,7 +297,7 @@ class Metrics:
     def _state(self, aged_id: Any) -> Any:
         if self.service is None:
             return None
-        return self.service.ctx.state_cache.get(aged_id)
+        return self.service.registry.state(aged_id)
 
     @staticmethod
     def _phase_at_trigger(state: Any, event: Any) -> str:
@@ -303,7 +310,7 @@ class Metrics:
         previous = self._status.get(new.aged_id)
         if previous == new.status:
             return
-        if new.status == "closed":
+        if new.status == Status.CLOSED:
             self._status.pop(new.aged_id, None)
         else:
             self._status[new.aged_id] = new.status
@@ -312,13 +319,13 @@ class Metrics:
         self.total.set(sum(self._counts.values()))
 
     def _bump(self, status: str | None, delta: int) -> None:
-        if status is None or status == "closed":
+        if status is None or status == Status.CLOSED:
             return
         self._counts[status] = max(0, self._counts[status] + delta)
         self.active.labels(status=status).set(self._counts[status])
         phase = PHASE_OF_STATUS.get(status)
-        if phase is not None:
-            self.by_phase.labels(phase=phase).set(self._counts[status])
+        if phase in PHASES:
+            self.by_phase.labels(phase=phase).set(_in_phase(self._counts, phase))
 
     def _on_submit(self, exchange: str, seconds: float) -> None:
         if seconds >= 0:
@@ -367,18 +374,16 @@ class Metrics:
                 self._log_failure(kind)
 
     def _recount(self) -> None:
-        svc = self.service
-        watching = getattr(svc, "is_watching", None)
         fresh: dict[Any, str] = {}
-        for aged_id, state in list(svc.ctx.state_cache.items()):
-            if state.status == "closed" or (watching is not None and not watching(aged_id)):
+        for aged_id, state in self.service.registry.states().items():
+            if state.status == Status.CLOSED:
                 continue
             fresh[aged_id] = state.status
         counts = _Tally(fresh.values())
         for status in set(WATCHED_STATUSES) | set(self._counts) | set(counts):
             self.active.labels(status=status).set(counts.get(status, 0))
-        for status, phase in PHASE_OF_STATUS.items():
-            self.by_phase.labels(phase=phase).set(counts.get(status, 0))
+        for phase in PHASES:
+            self.by_phase.labels(phase=phase).set(_in_phase(counts, phase))
         self.total.set(sum(counts.values()))
         self._status, self._counts = fresh, counts
 

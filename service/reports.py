@@ -7,9 +7,8 @@ from decimal import Decimal
 from typing import Any, Sequence
 
 from actors.policy import PolicyConfig, assess
+from actors.statuses import PHASE_OF_STATUS, Status
 
-PHASE_OF_STATUS = {"detected": "not aged", "grace_active": "grace", "grace_pending": "grace",
-                   "progressive_active": "progressive"}
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -35,19 +34,22 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _phase_name(status: str) -> str:
+    """The phase a status stands for, as words ("not aged"); the status itself outside the phases."""
+    phase = PHASE_OF_STATUS.get(status)
+    return status if phase is None else phase.value.replace("_", " ")
+
+
 def _pct(v) -> str | None:
     return None if v is None else f"{Decimal(v):+.2f}%"
 
 
 async def summary_table(db, now: datetime) -> str:
-    rows = await db.fetch(
-        """SELECT exchange, symbol, side, status, close_reason, actual_pnl_percent, actual_pnl,
-                  position_opened_at, closed_at, close_attempts, phase_at_close
-           FROM monitoring.aged_positions ORDER BY detected_at""")
+    rows = await db.all_aged_positions()
     body = []
     for r in rows:
         end = r["closed_at"] or now
-        phase = r["phase_at_close"] if r["status"] == "closed" else PHASE_OF_STATUS.get(r["status"], r["status"])
+        phase = r["phase_at_close"] if r["status"] == Status.CLOSED else _phase_name(r["status"])
         body.append([r["exchange"], r["symbol"], r["side"], r["status"], phase, r["close_reason"],
                      _pct(r["actual_pnl_percent"]), None if r["actual_pnl"] is None else r["actual_pnl"].quantize(
                          Decimal("0.0001")), f"{(end - r['position_opened_at']).total_seconds() / 3600:.1f}h",

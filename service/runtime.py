@@ -10,21 +10,19 @@
     │   └── position:<id> …   per-position actors (transient)
     └── detector              permanent; recovery on start, then polls
 
-A crashed position actor is restarted by ``positions`` and reloads from the
-database. If ``positions`` itself gives up (too many restarts), ``root`` restarts it
-and every active aged position is started again. If ``root`` gives up, the service
+The actor registry (:mod:`actors.registry`) runs ``positions`` and knows which
+actors run. A crashed position actor is restarted by ``positions`` and reloads from
+the database. If ``positions`` itself gives up (too many restarts), ``root`` restarts
+it and the registry starts every active aged position again. If ``root`` gives up, the service
 stops with a clear message and exit code 1.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 from uuid import UUID
-
-import trio
 
 from actors.clock import PolicyClock
 from actors.detector import Detector
@@ -32,8 +30,9 @@ from actors.events import EventBus
 from actors.executor import Executor
 from actors.policy import PolicyConfig
 from actors.position import Settings
-from actors.position_actor import ActorContext, run_position_actor
-from actors.writer import StorageWriter
+from actors.position_actor import ActorContext
+from actors.registry import ActorRegistry
+from storage.writer import StorageWriter
 from exchanges.port import ExchangePort
 from supervisor import ChildSpec, Restart, Supervisor, run_root
 
@@ -74,42 +73,27 @@ class Service:
                                 config=self.config.policy, settings=self.config.settings, feeds=self.feeds)
         self.positions = Supervisor("positions", intensity=self.config.positions_intensity,
                                     period=self.config.positions_period, backoff_initial=0.01, backoff_max=5.0)
-        self.detector = Detector(self.ctx, self.exchanges, self.start_actor, self.is_watching,
+        self.registry = ActorRegistry(self.ctx, self.positions, load_for_recovery=self._load_for_recovery)
+        self.detector = Detector(self.ctx, self.exchanges, self.registry,
                                  poll_interval=self.config.poll_interval, symbols=self.config.symbols)
         children = [
             ChildSpec("storage-writer", self.writer.run, Restart.PERMANENT, kind="writer"),
             ChildSpec("executor", self.executor.run, Restart.PERMANENT, kind="executor"),
             ChildSpec("timers", self.ctx.timers.run, Restart.PERMANENT, kind="timers"),
             *[ChildSpec(f"feed:{name}", feed.run, Restart.PERMANENT, kind="feed") for name, feed in self.feeds.items()],
-            ChildSpec("positions", self._run_positions, Restart.PERMANENT, kind="supervisor"),
+            ChildSpec("positions", self.registry.run, Restart.PERMANENT, kind="supervisor"),
             ChildSpec("detector", self.detector.run, Restart.PERMANENT, kind="detector"),
             *extra_children,
         ]
         self.root = Supervisor("root", children, intensity=self.config.root_intensity,
                                period=self.config.root_period, backoff_initial=0.2, backoff_max=5.0)
 
-    @staticmethod
-    def child_id(aged_id: UUID) -> str:
-        return f"position:{aged_id}"
-
     def is_watching(self, aged_id: UUID) -> bool:
-        return self.positions.has_child(self.child_id(aged_id))
+        """Whether ``aged_id`` has a position actor (running or about to restart)."""
+        return self.registry.is_running(aged_id)
 
-    async def start_actor(self, aged_id: UUID, preload: tuple[dict, bool] | None = None) -> None:
-        while not self.positions.running:
-            await trio.sleep(0.005)
-        if self.is_watching(aged_id):
-            return
-        await self.positions.start_child(ChildSpec(
-            self.child_id(aged_id),
-            functools.partial(run_position_actor, self.ctx, aged_id, [preload] if preload else None),
-            Restart.TRANSIENT, kind="position"))
-
-    async def _run_positions(self) -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.positions.run)
-            if self.detector.polls:  # restarted after giving up: bring every actor back now
-                await self.detector.ensure_actors()
+    async def _load_for_recovery(self, skip):
+        return await self.db.load_for_recovery(self.config.policy, self.config.settings, skip)
 
     async def run(self) -> int:
         """Run until :meth:`shutdown`; 0 then, 1 if the root supervisor gave up."""

@@ -1,4 +1,11 @@
-"""PostgreSQL persistence: migrations, the repository, and the embedded server."""
+"""PostgreSQL persistence: migrations, the repository, the storage writer, and the embedded server.
+
+Everything the rest of the program knows about the database goes through here: typed
+operations on :class:`Database` (states for actors, the detector's book, reports),
+write operations (:mod:`storage.ops`) applied by the :class:`StorageWriter`, and
+errors of its own (:mod:`storage.errors`). Nothing outside this package imports the
+database driver or writes SQL.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +19,16 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 
 from storage.embedded import ADVICE, EmbeddedPostgres, EmbeddedPostgresError
+from storage.errors import StorageError, StorageUnavailable, WriteRejected
 from storage.repository import Database
+from storage.writer import StorageWriter
 
 log = logging.getLogger("storage")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["Database", "EmbeddedPostgres", "EmbeddedPostgresError", "ADVICE", "open_database", "default_data_dir"]
+__all__ = ["Database", "EmbeddedPostgres", "EmbeddedPostgresError", "ADVICE", "StorageError", "StorageUnavailable",
+           "StorageWriter", "WriteRejected", "open_database", "default_data_dir"]
 
 
 def default_data_dir() -> Path:

@@ -9,14 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from uuid import UUID
+
+if TYPE_CHECKING:
+    from actors.position import Persist
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateAged:
+    """Apply a position actor's :class:`~actors.position.Persist` to its aged position."""
+
     aged_id: UUID
-    fields: Mapping[str, Any]
+    changes: "Persist"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,16 +13,22 @@ datetime, jsonb → Python objects).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any, Container, Iterable, Sequence
 from uuid import UUID
 
 import asyncpg
 import logging
 import trio_asyncio
 
+from actors.policy import PolicyConfig
+from actors.position import Persist, PositionState, Settings
+from actors.statuses import IN_FLIGHT, MONITORED, Status
 from storage import ops as op
+from storage.mapping import aged_columns, position_state
+from storage.statistics import statistics
+from storage.errors import StorageError, StorageUnavailable, WriteRejected
 from storage.migrate import apply_migrations
 
 log = logging.getLogger("storage.repository")
@@ -40,7 +46,8 @@ CLOSE_ORDER_UPDATABLE = frozenset({
 # The trading bot's table, when the database has one (never created or altered here).
 BOT_BOOK_REQUIRED = frozenset({"id", "exchange", "symbol", "side", "status", "opened_at"})
 BOT_BOOK_CLOSE = frozenset({"closed_at", "exit_reason"})
-ACTIVE_STATUSES = ("detected", "grace_pending", "grace_active", "progressive_active", "error")
+ACTIVE_STATUSES = [str(s) for s in MONITORED]
+IN_FLIGHT_STATES = [str(s) for s in IN_FLIGHT]
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -94,11 +101,19 @@ class Database:
     # --- plumbing --------------------------------------------------------------------
 
     async def _call(self, fn, *args):
-        """Run ``fn(conn, *args)`` (an asyncio coroutine function) on a pooled connection."""
+        """Run ``fn(conn, *args)`` (an asyncio coroutine function) on a pooled connection.
+
+        The driver's errors leave as :mod:`storage.errors`.
+        """
         async def job():
             async with self._pool.acquire() as conn:
                 return await fn(conn, *args)
-        return await trio_asyncio.aio_as_trio(job)()
+        try:
+            return await trio_asyncio.aio_as_trio(job)()
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise _storage_error(exc) from exc
 
     async def fetch(self, sql: str, *args) -> list[dict]:
         async def job(conn):
@@ -251,13 +266,47 @@ class Database:
         rows = await self.fetch("SELECT * FROM monitoring.aged_positions WHERE position_id=$1", position_id)
         return rows[0] if rows else None
 
+    async def all_aged_positions(self) -> list[dict]:
+        """Every aged position, closed or not, oldest detection first."""
+        return await self.fetch("SELECT * FROM monitoring.aged_positions ORDER BY detected_at")
+
     async def active_aged_positions(self) -> list[dict]:
         return await self.fetch(
             "SELECT * FROM monitoring.aged_positions WHERE status = ANY($1::text[]) ORDER BY detected_at",
-            list(ACTIVE_STATUSES))
+            ACTIVE_STATUSES)
 
-    async def update_aged_position(self, aged_id: UUID, **fields) -> None:
-        await self.write_batch([op.UpdateAged(aged_id, fields)])
+    async def load_position(self, aged_id: UUID, config: PolicyConfig, settings: Settings) -> PositionState | None:
+        """The state of aged position ``aged_id`` for its actor, or None if there is no such row."""
+        row = await self.aged_position(aged_id)
+        if row is None:
+            return None
+        orders = await self.close_orders(aged_id)
+        return position_state(row, config, settings, inflight_orders=any(o["state"] in IN_FLIGHT for o in orders))
+
+    async def load_for_recovery(self, config: PolicyConfig, settings: Settings,
+                                skip: Container[UUID] = ()) -> tuple[set[UUID], list[PositionState]]:
+        """The ids of every aged position not closed, and the states of those not in ``skip``.
+
+        Two queries for all of them, however many there are.
+        """
+        rows = await self.fetch("SELECT * FROM monitoring.aged_positions WHERE status <> $1", Status.CLOSED.value)
+        open_ids = {r["id"] for r in rows}
+        wanted = [r for r in rows if r["id"] not in skip]
+        if not wanted:
+            return open_ids, []
+        inflight = {r["aged_position_id"] for r in await self.fetch(
+            "SELECT DISTINCT aged_position_id FROM monitoring.close_orders "
+            "WHERE state = ANY($1::text[]) AND aged_position_id = ANY($2::uuid[])",
+            IN_FLIGHT_STATES, [r["id"] for r in wanted])}
+        return open_ids, [position_state(r, config, settings, inflight_orders=r["id"] in inflight) for r in wanted]
+
+    async def update_aged_position(self, aged_id: UUID, **changes) -> None:
+        """Apply ``changes`` (:class:`~actors.position.Persist` fields) to an aged position now."""
+        try:
+            persist = Persist(**changes)
+        except TypeError as exc:
+            raise WriteRejected(f"not updatable: {exc}") from exc
+        await self.write_batch([op.UpdateAged(aged_id, persist)])
 
     async def history(self, aged_id: UUID) -> list[dict]:
         return await self.fetch(
@@ -283,7 +332,7 @@ class Database:
 
     async def inflight_close_orders(self) -> list[dict]:
         return await self.fetch(
-            "SELECT * FROM monitoring.close_orders WHERE state IN ('pending','unknown','open') ORDER BY created_at")
+            "SELECT * FROM monitoring.close_orders WHERE state = ANY($1::text[]) ORDER BY created_at", IN_FLIGHT_STATES)
 
     # --- batched writes ----------------------------------------------------------------
 
@@ -313,85 +362,29 @@ class Database:
                     await _insert_events(conn, pending_events)
         await self._call(job)
 
-    # --- statistics --------------------------------------------------------------------
+    # --- statistics ----------------------------------------------------------------------
 
     async def statistics(self, days: float = 7, now: datetime | None = None) -> dict:
-        """Counts, success rate, averages at close, by close reason, retries, close latency.
+        """Counts, success rate, averages at close, by close reason, retries, close latency
+        (see :func:`storage.statistics.statistics`)."""
+        return await statistics(self, days, now)
 
-        *Historical* figures cover aged positions detected in the last ``days`` days.
-        ``success_rate`` is the share of positions the service set out to close that it
-        did close: closed (by the service, i.e. not ``manual``) divided by closed plus
-        those currently in ``error``. ``None`` when there is nothing to rate.
-        """
-        now = now or datetime.now(timezone.utc)
-        since = now - timedelta(days=days)
 
-        async def job(conn):
-            current = await conn.fetch(
-                "SELECT status, count(*) AS n, max(EXTRACT(EPOCH FROM ($1 - position_opened_at))/3600) AS oldest "
-                "FROM monitoring.aged_positions WHERE status = ANY($2::text[]) GROUP BY status",
-                now, list(ACTIVE_STATUSES) + ["skipped"])
-            totals = await conn.fetchrow(
-                """SELECT count(*) AS total,
-                          count(*) FILTER (WHERE status='closed') AS closed,
-                          count(*) FILTER (WHERE status='closed' AND close_reason <> 'manual') AS closed_by_service,
-                          count(*) FILTER (WHERE status='error') AS errors,
-                          avg(EXTRACT(EPOCH FROM (closed_at - position_opened_at))/3600)
-                              FILTER (WHERE status='closed') AS avg_age_hours,
-                          avg(actual_pnl_percent) FILTER (WHERE status='closed' AND close_reason <> 'manual')
-                              AS avg_pnl_percent,
-                          sum(actual_pnl) FILTER (WHERE status='closed') AS total_pnl,
-                          avg(close_attempts) FILTER (WHERE status='closed' AND close_reason <> 'manual')
-                              AS avg_close_attempts,
-                          avg(EXTRACT(EPOCH FROM (closed_at - close_triggered_at)))
-                              FILTER (WHERE status='closed' AND close_triggered_at IS NOT NULL)
-                              AS avg_close_seconds,
-                          percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM (closed_at - close_triggered_at)))
-                              FILTER (WHERE status='closed' AND close_triggered_at IS NOT NULL)
-                              AS p95_close_seconds
-                   FROM monitoring.aged_positions WHERE detected_at >= $1""", since)
-            by_reason = await conn.fetch(
-                """SELECT close_reason, count(*) AS n, avg(actual_pnl_percent) AS avg_pnl_percent,
-                          avg(EXTRACT(EPOCH FROM (closed_at - position_opened_at))/3600) AS avg_age_hours
-                   FROM monitoring.aged_positions
-                   WHERE status='closed' AND detected_at >= $1 GROUP BY close_reason ORDER BY close_reason""", since)
-            retries = await conn.fetchrow(
-                """SELECT count(*) AS orders, count(*) FILTER (WHERE o.attempt > 1) AS retries
-                   FROM monitoring.close_orders o JOIN monitoring.aged_positions a ON a.id = o.aged_position_id
-                   WHERE a.detected_at >= $1""", since)
-            return current, totals, by_reason, retries
+_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 
-        current, totals, by_reason, retries = await self._call(job)
-        rated = totals["closed_by_service"] + totals["errors"]
-        return {
-            "window_days": days,
-            "current": {
-                "by_status": {r["status"]: r["n"] for r in current},
-                "monitored": sum(r["n"] for r in current if r["status"] != "skipped"),
-                "oldest_hours": max((r["oldest"] for r in current if r["oldest"] is not None), default=None),
-            },
-            "historical": {
-                "total_processed": totals["total"],
-                "closed": totals["closed"],
-                "errors": totals["errors"],
-                "avg_age_hours_at_close": totals["avg_age_hours"],
-                "avg_pnl_percent": totals["avg_pnl_percent"],
-                "total_pnl": totals["total_pnl"],
-                "by_close_reason": {
-                    r["close_reason"]: {"count": r["n"], "avg_pnl_percent": r["avg_pnl_percent"],
-                                        "avg_age_hours": r["avg_age_hours"]}
-                    for r in by_reason
-                },
-            },
-            "performance": {
-                "success_rate": (Decimal(totals["closed_by_service"]) / rated) if rated else None,
-                "avg_close_attempts": totals["avg_close_attempts"],
-                "close_orders": retries["orders"],
-                "retried_orders": retries["retries"],
-                "avg_close_seconds": totals["avg_close_seconds"],
-                "p95_close_seconds": totals["p95_close_seconds"],
-            },
-        }
+
+def _storage_error(exc: Exception) -> Exception:
+    """The :mod:`storage.errors` exception for a driver (or our own) error; others unchanged."""
+    if isinstance(exc, _UNAVAILABLE):
+        return StorageUnavailable(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError, asyncpg.exceptions.RaiseError,
+                        ValueError, TypeError)) or (
+            isinstance(exc, asyncpg.PostgresError) and str(getattr(exc, "sqlstate", "") or "").startswith(
+                ("22", "23", "42"))):
+        return WriteRejected(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, asyncpg.PostgresError):
+        return StorageError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 async def _insert_events(conn, rows: Iterable[tuple]) -> None:
@@ -423,9 +416,10 @@ async def _start_episode(conn, *, end_previous: str | None, exchange: str, symbo
 
 async def _apply(conn, item: op.WriteOp, bot_book: bool = False) -> None:
     if isinstance(item, op.UpdateAged):
-        if not item.fields:
+        columns = aged_columns(item.changes)
+        if not columns:
             return
-        clause, values = _set_clause(dict(item.fields), AGED_UPDATABLE, 2)
+        clause, values = _set_clause(columns, AGED_UPDATABLE, 2)
         await conn.execute(f"UPDATE monitoring.aged_positions SET {clause} WHERE id=$1", item.aged_id, *values)
     elif isinstance(item, op.RecordCloseOrder):
         await conn.execute(

@@ -199,6 +199,10 @@ class Supervisor:
     async def start_child(self, spec: ChildSpec) -> None:
         """Start a dynamic child and return once it is running.
 
+        A child whose spec ``reports_started`` is running once it has called
+        ``task_status.started()``, or once its first run has ended without doing so
+        (its restart policy then applies as usual).
+
         An id that belongs to a child that has ended for good may be used again; the
         new child replaces the old record.
 
@@ -265,16 +269,19 @@ class Supervisor:
     async def _supervise(
         self, child: _Child, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        first_run = _StartedOnce(task_status)
         try:
             with child.scope:
-                task_status.started()
-                await self._keep_running(child)
+                if not child.spec.reports_started:
+                    first_run.started()
+                await self._keep_running(child, first_run)
         finally:
             self._ended(child)
 
-    async def _keep_running(self, child: _Child) -> None:
+    async def _keep_running(self, child: _Child, first_run: "_StartedOnce") -> None:
         """Run the child, and again after each end its policy restarts, until it ends for good."""
         spec = child.spec
+        status: _StartedOnce | None = first_run
         while True:
             child.state = "running"
             started_at = trio.current_time()
@@ -283,7 +290,10 @@ class Supervisor:
                 fields["restart"] = child.restarts
             self._log(logging.INFO, "child_started", **fields)
 
-            error = await self._run_once(child)
+            error = await self._run_once(child, status)
+            if status is not None:
+                status.started()  # the first run ended before it said so: start_child returns now
+                status = None
             # Ending while being cancelled -- by stop_child or from outside -- is a stop,
             # whatever the child raised; self._ended() records it.
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -312,12 +322,15 @@ class Supervisor:
             child.state = "restarting"
             await trio.sleep(delay)
 
-    async def _run_once(self, child: _Child) -> Exception | None:
+    async def _run_once(self, child: _Child, status: "_StartedOnce | None") -> Exception | None:
         """Run the child's start function once; return what it crashed with, or None."""
         child.exit_error = None
         try:
             try:
-                await child.spec.start()
+                if child.spec.reports_started:
+                    await child.spec.start(task_status=status or trio.TASK_STATUS_IGNORED)
+                else:
+                    await child.spec.start()
             except Exception as exc:
                 child.exit_error = exc
         except* Exception as group:
@@ -403,6 +416,21 @@ class Supervisor:
         self.logger.log(
             level, "supervisor=%s event=%s%s", self.name, event, pairs, exc_info=exc_info
         )
+
+
+class _StartedOnce:
+    """A ``task_status`` whose :meth:`started` may be called more than once; the first call counts."""
+
+    __slots__ = ("_status", "done")
+
+    def __init__(self, status: trio.TaskStatus[None]):
+        self._status = status
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        if not self.done:
+            self.done = True
+            self._status.started(value)
 
 
 def _restarts(policy: Restart, error: BaseException | None) -> bool:

@@ -47,6 +47,11 @@ class ChildSpec:
       kind: A label for logs and metrics, such as ``"position"`` or ``"feed"``.
       critical: Whether the supervisor counts as unhealthy when this child has
           crashed for good; see :meth:`~supervisor.Supervisor.healthy`.
+      reports_started: Whether ``start`` takes a ``task_status`` keyword and calls
+          ``task_status.started()`` once it is ready, as a task started with
+          :meth:`trio.Nursery.start` does. :meth:`~supervisor.Supervisor.start_child`
+          then returns only after that call (or after the first run ended without
+          making it). A restarted run is passed :data:`trio.TASK_STATUS_IGNORED`.
     """
 
     id: str
@@ -54,6 +59,7 @@ class ChildSpec:
     restart: Restart = Restart.PERMANENT
     kind: str = "worker"
     critical: bool = True
+    reports_started: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:

@@ -67,7 +67,7 @@ def test_a_close_request_carries_the_price_the_policy_accepts():
 def test_size_updates_change_what_a_close_asks_for():
     s, _ = step(new_state(qty=D(2)), Start(h(5)))
     s, cmds = step(s, PositionUpdate(h(5), quantity=D("0.5")))
-    assert s.quantity == D("0.5") and Persist({"quantity": D("0.5")}) in cmds
+    assert s.quantity == D("0.5") and Persist(quantity=D("0.5")) in cmds
     s, cmds = step(s, Tick(h(6), bid=D("100.3"), ask=D("100.4")))
     [req] = of(RequestClose, cmds)
     assert req.qty == D("0.5")
@@ -103,12 +103,12 @@ async def test_the_dust_status_is_allowed_in_the_database(db):
     aged, _ = await db.create_aged_position(position, detected_at=h(4), status="grace_active", target_price=D(1),
                                             breakeven_price=D(1), loss_tolerance_percent=D(0), hours_aged=D(4),
                                             config={})
-    await db.write_batch([op.UpdateAged(aged["id"], {"status": "dust", "quantity": D("0.005")})])
+    await db.write_batch([op.UpdateAged(aged["id"], Persist(status="dust", quantity=D("0.005")))])
     row = await db.aged_position(aged["id"])
     assert (row["status"], row["quantity"]) == ("dust", D("0.005"))
     assert [r["to_status"] for r in await db.history(aged["id"])] == ["grace_active", "dust"]
     with pytest.raises(Exception, match="check"):
-        await db.write_batch([op.UpdateAged(aged["id"], {"status": "crumbs"})])
+        await db.write_batch([op.UpdateAged(aged["id"], Persist(status="crumbs"))])
 
 
 async def wait_for(predicate, timeout=3600.0, interval=1.0):

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from actors.executor import CloseRequest, Executor, client_order_id
-from actors.writer import StorageWriter
+from storage.writer import StorageWriter
 from exchanges.errors import InsufficientLiquidityError, NonRetryableError, RetryableError
 from doubles.exchange import MemoryExchange
 from storage import ops as op

@@ -78,7 +78,7 @@ class Stack:
                 if o.record()["exchange"] == held.exchange and o.record()["symbol"] == held.sid]
 
     def aged_state(self, held: Held):
-        for state in self.svc.ctx.state_cache.values():
+        for state in self.svc.registry.states().values():
             if state.exchange == held.exchange and state.symbol == held.symbol:
                 return state
         return None
@@ -98,7 +98,7 @@ class Stack:
         feed = self.feeds[held.exchange]
         await wait_until(lambda: feed.stats.messages >= sent_before + n)
         state = self.aged_state(held)
-        inbox = self.svc.ctx.inboxes.get(state.aged_id)
+        inbox = self.svc.registry.mailbox(state.aged_id)
         await wait_until(lambda: inbox is None or inbox._tick is None)
 
     def send(self, exchange: str, frames: list[str]) -> None:

@@ -154,8 +154,8 @@ async def seed(db) -> None:
         if status == "closed":
             closed = opened + timedelta(hours=9)
             await db.update_aged_position(aged["id"], status="closed", close_reason=reason, closed_at=closed,
-                                          close_triggered_at=closed - timedelta(seconds=2), actual_pnl_percent=pnl,
-                                          actual_pnl=pnl * D("0.5"), close_attempts=1)
+                                          close_triggered_at=closed - timedelta(seconds=2), pnl_percent=pnl,
+                                          pnl=pnl * D("0.5"), close_attempts=1)
 
 
 async def test_stats_returns_the_database_statistics_with_decimals_as_strings(db):

@@ -75,8 +75,8 @@ async def test_lifecycle_moves_every_metric_once(mock_clock, mdb):
         assert value(metrics, "aged_positions_total") == 1
 
         # an actor crash is a supervisor restart; the restarted actor is still one position
-        [aged_id] = list(svc.ctx.state_cache)
-        svc.ctx.inject_crash(aged_id)
+        [aged_id] = list(svc.registry.states())
+        svc.registry.crash_on_next_tick(aged_id)
         await until(lambda: value(metrics, "aged_supervisor_restarts_total", kind="position") == 1)
         metrics.refresh()
         assert value(metrics, "aged_positions_by_phase", phase="grace") == 1

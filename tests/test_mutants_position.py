@@ -47,13 +47,13 @@ def test_a_tick_at_the_target_samples_then_triggers_the_close():
     s, cmds = triggered(bid=D("99.6"), ask=D("99.7"), last=D("99.65"))
     distance = (a.target_price - D("99.6")) / a.target_price * 100
     assert cmds == [
-        Persist({"last_checked_price": D("99.6"), "last_price_check": h(12), "target_price": a.target_price,
-                 "current_loss_tolerance_percent": a.loss_tolerance_percent,
+        Persist(**{"sampled_price": D("99.6"), "sampled_at": h(12), "target_price": a.target_price,
+                 "loss_tolerance_percent": a.loss_tolerance_percent,
                  "hours_aged": D(12), "hours_in_grace": D(8), "hours_in_progressive": D(1)}),
         Emit("price_check", market_price=D("99.6"), target_price=a.target_price, distance_percent=distance),
-        Persist({"close_triggered_at": h(12), "target_price": a.target_price,
-                 "current_loss_tolerance_percent": a.loss_tolerance_percent, "last_checked_price": D("99.6"),
-                 "last_price_check": h(12)}),
+        Persist(**{"close_triggered_at": h(12), "target_price": a.target_price,
+                 "loss_tolerance_percent": a.loss_tolerance_percent, "sampled_price": D("99.6"),
+                 "sampled_at": h(12)}),
         Emit("aged.close.triggered", market_price=D("99.6"), target_price=a.target_price,
              data={"phase": "progressive", "loss_tolerance_percent": str(a.loss_tolerance_percent),
                    "bid": "99.6", "ask": "99.7", "emergency": False}),
@@ -91,9 +91,9 @@ def test_a_full_fill_closes_with_the_realised_pnl():
     reason = close_reason("long", D(100), D("99.6"), a, CFG).value
     assert reason == "loss_acceptable"
     assert cmds == [
-        Persist({"status": "closed", "closed_at": now, "close_reason": reason, "closed_qty": D(2),
-                 "quantity": D(0), "close_attempts": 1, "close_price": D("99.6"), "actual_pnl": pnl,
-                 "actual_pnl_percent": pct, "close_order_id": "o1", "phase_at_close": "progressive"}),
+        Persist(**{"status": "closed", "closed_at": now, "close_reason": reason, "closed_qty": D(2),
+                 "quantity": D(0), "close_attempts": 1, "close_price": D("99.6"), "pnl": pnl,
+                 "pnl_percent": pct, "close_order_id": "o1", "phase_at_close": "progressive"}),
         Emit("aged.close.completed", market_price=D("99.6"), success=True,
              data={"close_reason": reason, "filled_qty": "2", "attempts": 1, "pnl_percent": str(pct)}),
         Stop(),
@@ -107,7 +107,7 @@ def test_a_partial_fill_leaves_the_rest_open():
     now = h(12) + timedelta(seconds=2)
     s, cmds = step(s, CloseResult(now, "open", filled_qty=D("0.5"), avg_price=D("99.6"), remaining_qty=D("1.5"),
                                   attempts=1))
-    assert cmds == [Persist({"close_attempts": 1, "quantity": D("1.5"), "closed_qty": D("0.5")})]
+    assert cmds == [Persist(**{"close_attempts": 1, "quantity": D("1.5"), "closed_qty": D("0.5")})]
     assert (s.status, s.quantity, s.closed_qty, s.close_in_flight) == ("progressive_active", D("1.5"), D("0.5"),
                                                                        False)
 
@@ -118,7 +118,7 @@ def test_a_failed_close_goes_to_error_and_retries_after_the_cooldown():
     until = now + timedelta(seconds=60)
     s, cmds = step(s, CloseResult(now, "failed", attempts=3, error="boom"))
     assert cmds == [
-        Persist({"status": "error", "last_error_message": "boom", "last_close_attempt": now, "close_attempts": 3,
+        Persist(**{"status": "error", "last_error": "boom", "last_close_attempt_at": now, "close_attempts": 3,
                  "quantity": D(2), "closed_qty": D(0)}),
         Emit("aged.close.failed", success=False, error="boom", critical=True,
              data={"attempts": 3, "retry_after": until.isoformat()}),
@@ -133,8 +133,8 @@ def test_dust_stops_the_actor_with_what_is_left():
     s, cmds = step(s, CloseResult(now, "dust", filled_qty=D("1.99"), avg_price=D("99.6"), remaining_qty=D("0.01"),
                                   attempts=2, error="below min"))
     assert cmds == [
-        Persist({"status": "dust", "quantity": D("0.01"), "closed_qty": D("1.99"), "close_attempts": 2,
-                 "last_error_message": "below min", "last_close_attempt": now}),
+        Persist(**{"status": "dust", "quantity": D("0.01"), "closed_qty": D("1.99"), "close_attempts": 2,
+                 "last_error": "below min", "last_close_attempt_at": now}),
         Emit("aged.close.dust", success=False, error="below min", critical=True,
              data={"remaining_qty": "0.01", "filled_qty": "1.99", "attempts": 2}),
         Stop(),
@@ -154,7 +154,7 @@ def test_dust_without_a_reported_remainder_keeps_what_was_not_filled():
 def test_entering_grace_persists_the_phase_and_times_the_next_change():
     s, cmds = step(new_state(), Start(h(3.5)))
     assert cmds == [
-        Persist({"status": "grace_active", "target_price": D("100.2"), "current_loss_tolerance_percent": D(0),
+        Persist(**{"status": "grace_active", "target_price": D("100.2"), "loss_tolerance_percent": D(0),
                  "hours_aged": D("3.5"), "hours_in_grace": D("0.5"), "hours_in_progressive": D(0),
                  "grace_started_at": h(3)}),
         Emit("aged.phase.changed", target_price=D("100.2"),
@@ -167,8 +167,8 @@ def test_a_late_start_goes_straight_to_progressive_with_its_hours():
     a = assess("long", D(100), T0, h(12), CFG)
     s, cmds = step(new_state(), Start(h(12)))
     assert cmds == [
-        Persist({"status": "progressive_active", "target_price": a.target_price,
-                 "current_loss_tolerance_percent": a.loss_tolerance_percent,
+        Persist(**{"status": "progressive_active", "target_price": a.target_price,
+                 "loss_tolerance_percent": a.loss_tolerance_percent,
                  "hours_aged": D(12), "hours_in_grace": D(8), "hours_in_progressive": D(1),
                  "grace_started_at": h(3), "progressive_started_at": h(11)}),
         Emit("aged.phase.changed", target_price=a.target_price,
@@ -184,7 +184,7 @@ def test_a_position_gone_before_any_fill_of_ours_is_a_manual_close():
     now = h(12.01)
     s, cmds = step(s, CloseResult(now, "vanished", attempts=1))
     assert cmds == [
-        Persist({"status": "closed", "closed_at": now, "close_reason": "manual", "closed_qty": D(0),
+        Persist(**{"status": "closed", "closed_at": now, "close_reason": "manual", "closed_qty": D(0),
                  "quantity": D(0), "close_attempts": 1}),
         Emit("aged.close.completed", market_price=None, success=True,
              data={"close_reason": "manual", "filled_qty": "0", "attempts": 1, "pnl_percent": "None"}),
@@ -199,9 +199,9 @@ def test_a_close_finished_by_someone_else_records_our_part():
     s, cmds = step(s, CloseResult(now, "vanished", filled_qty=D("0.5"), avg_price=D("99.6"), attempts=2,
                                   last_order_id="o2"))
     pnl, pct = realised_pnl("long", D(100), D("99.6"), D("0.5"), CFG)
-    assert cmds[0] == Persist({"status": "closed", "closed_at": now, "close_reason": "manual",
+    assert cmds[0] == Persist(**{"status": "closed", "closed_at": now, "close_reason": "manual",
                                "closed_qty": D("0.5"), "quantity": D(0), "close_attempts": 2,
-                               "close_price": D("99.6"), "actual_pnl": pnl, "actual_pnl_percent": pct,
+                               "close_price": D("99.6"), "pnl": pnl, "pnl_percent": pct,
                                "close_order_id": "o2", "phase_at_close": "progressive"})
     assert s.closed_qty == D("0.5") and s.close_attempts == 2
 
@@ -304,7 +304,7 @@ def test_a_tick_in_error_before_the_cooldown_neither_closes_nor_leaves_error():
 def test_a_tick_at_the_end_of_the_cooldown_leaves_error_and_closes():
     s, until = failed()
     s, cmds = step(s, Tick(until, bid=D(100)))
-    assert cmds[0] == Persist({"status": "progressive_active", "last_error_message": None})
+    assert cmds[0] == Persist(**{"status": "progressive_active", "last_error": None})
     assert s.error_until is None and s.close_in_flight
     assert cmds[-1] == RequestClose(D(2), 4, emergency=False, worst_price=assess("long", D(100), T0, until,
                                                                                      CFG).target_price)
@@ -316,7 +316,7 @@ def test_the_cooldown_timer_leaves_error_at_its_instant():
     s2, cmds = step(s, Timer(until - timedelta(microseconds=1), "cooldown"))
     assert s2.status == "error"
     s, cmds = step(s, Timer(until, "cooldown"))
-    assert cmds[0] == Persist({"status": "progressive_active", "last_error_message": None})
+    assert cmds[0] == Persist(**{"status": "progressive_active", "last_error": None})
     assert s.status == "progressive_active" and s.error_until is None
 
 
@@ -343,9 +343,9 @@ def test_a_new_entry_price_moves_the_targets_at_once():
     s, cmds = step(s, PositionUpdate(h(12.5), entry_price=D(101)))
     a = assess("long", D(101), T0, h(12.5), CFG)
     assert cmds == [
-        Persist({"quantity": D(2), "entry_price": D(101), "target_price": a.target_price,
+        Persist(**{"quantity": D(2), "entry_price": D(101), "target_price": a.target_price,
                  "breakeven_price": breakeven_price("long", D(101), CFG),
-                 "current_loss_tolerance_percent": a.loss_tolerance_percent}),
+                 "loss_tolerance_percent": a.loss_tolerance_percent}),
         Emit("position.changed", target_price=a.target_price,
              data={"old_quantity": "2", "new_quantity": "2", "old_entry_price": "100", "new_entry_price": "101"}),
     ]
@@ -368,9 +368,9 @@ def test_a_trailing_stop_skips_even_an_errored_position_and_its_end_resumes_it()
     s, _ = step(s, CloseResult(h(5.6), "failed", attempts=3, error="boom"))
     assert s.status == "error"
     s, cmds = step(s, PositionUpdate(h(5.7), trailing_active=True))
-    assert cmds == [Persist({"status": "skipped"}), Emit("skipped", data={"reason": "trailing stop active"})]
+    assert cmds == [Persist(**{"status": "skipped"}), Emit("skipped", data={"reason": "trailing stop active"})]
     s, cmds = step(s, PositionUpdate(h(6), trailing_active=False))
-    assert cmds == [Persist({"status": "grace_active"}),
+    assert cmds == [Persist(**{"status": "grace_active"}),
                     Emit("resumed", data={"reason": "trailing stop no longer active"}),
                     ScheduleTimer(h(11) + timedelta(microseconds=1), "phase")]
     assert s.status == "grace_active"
@@ -389,7 +389,7 @@ def test_a_position_gone_without_a_close_of_ours_is_closed_as_manual():
     s = progressive()
     s, cmds = step(s, PositionVanished(h(13)))
     assert cmds == [
-        Persist({"status": "closed", "closed_at": h(13), "close_reason": "manual", "closed_qty": D(0),
+        Persist(**{"status": "closed", "closed_at": h(13), "close_reason": "manual", "closed_qty": D(0),
                  "quantity": D(0), "close_attempts": 0}),
         Emit("aged.close.completed", market_price=None, success=True,
              data={"close_reason": "manual", "filled_qty": "0", "attempts": 0, "pnl_percent": "None"}),
@@ -444,7 +444,7 @@ def test_a_restart_in_error_reconciles_and_sets_a_fresh_cooldown():
     # the reconcile fails too: still in error, the row says why
     later = now + timedelta(seconds=5)
     s, cmds = step(s, CloseResult(later, "failed", attempts=4, error="down"))
-    assert cmds[0] == Persist({"last_error_message": "down", "last_close_attempt": later, "close_attempts": 4,
+    assert cmds[0] == Persist(**{"last_error": "down", "last_close_attempt_at": later, "close_attempts": 4,
                                "quantity": D(2), "closed_qty": D(0)})
     assert s.status == "error" and not s.needs_reconcile and not s.close_in_flight
 

@@ -18,10 +18,13 @@ from actors.executor import Executor
 from actors import position
 from actors.policy import PolicyConfig
 from actors.position import Settings
-from actors.position_actor import ActorContext, run_position_actor
-from actors.writer import StorageWriter
+from actors.position_actor import ActorContext
+from actors.registry import ActorRegistry
+from storage.writer import StorageWriter
 from doubles.exchange import MemoryExchange
 from storage import ops
+from storage.mapping import position_state
+from supervisor import Supervisor
 from tests.support import MemoryFeed
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -34,8 +37,8 @@ class RowStore:
     def __init__(self, row):
         self.row = row
 
-    async def aged_position(self, aged_id):
-        return dict(self.row)
+    async def load_position(self, aged_id, config, settings):
+        return position_state(self.row, config, settings, inflight_orders=False)
 
     async def close_orders(self, aged_id):
         return []
@@ -63,12 +66,18 @@ def setup(origin, *, side="long", qty="1"):
     return aged_id, ctx, ex, feed, written
 
 
-def start_actor(nursery, ctx, aged_id) -> None:
-    """The actor and what it needs running: writer, executor, timers."""
+def start_actor(nursery, ctx, aged_id) -> ActorRegistry:
+    """The actor, under a registry of its own, and what it needs running: writer, executor, timers."""
     nursery.start_soon(ctx.writer.run)
     nursery.start_soon(ctx.executor.run)
     nursery.start_soon(ctx.timers.run)
-    nursery.start_soon(run_position_actor, ctx, aged_id)
+    registry = ActorRegistry(ctx, Supervisor("positions"))
+
+    async def run():
+        await nursery.start(registry.run)
+        await registry.ensure(aged_id)  # no state handed over: the actor loads its row
+    nursery.start_soon(run)
+    return registry
 
 
 def bids_stepped_on(monkeypatch) -> list:
@@ -85,7 +94,7 @@ def bids_stepped_on(monkeypatch) -> list:
 
 
 def statuses(written):
-    return [w.fields["status"] for w in written if isinstance(w, ops.UpdateAged) and "status" in w.fields]
+    return [w.changes.status for w in written if isinstance(w, ops.UpdateAged) and "status" in w.changes.fields]
 
 
 async def test_forty_hour_lifecycle_on_the_mock_clock(autojump_clock):
@@ -107,8 +116,8 @@ async def test_forty_hour_lifecycle_on_the_mock_clock(autojump_clock):
         await trio.sleep(1)
         n.cancel_scope.cancel()
     assert statuses(written) == ["grace_active", "progressive_active", "closed"]
-    [closed] = [w for w in written if isinstance(w, ops.UpdateAged) and w.fields.get("status") == "closed"]
-    assert closed.fields["close_reason"] == "loss_acceptable"
+    [closed] = [w.changes for w in written if isinstance(w, ops.UpdateAged) and w.changes.status == "closed"]
+    assert closed.close_reason == "loss_acceptable"
     # 8 % is reached 15 h into progressive (acceleration after 10 h): age 26 h
     assert T0 + timedelta(hours=26) <= ctx.clock.now() <= T0 + timedelta(hours=26, minutes=16)
     assert len(ex.orders) == 1
@@ -126,9 +135,9 @@ async def test_phase_changes_come_from_timers_without_any_tick(autojump_clock):
         await trio.sleep(11 * 3600)
         n.cancel_scope.cancel()
     assert statuses(written) == ["grace_active", "progressive_active"]
-    [grace, progressive] = [w for w in written if isinstance(w, ops.UpdateAged) and "status" in w.fields]
-    assert grace.fields["grace_started_at"] == T0 + timedelta(hours=3)
-    assert progressive.fields["progressive_started_at"] == T0 + timedelta(hours=11)
+    [grace, progressive] = [w.changes for w in written if isinstance(w, ops.UpdateAged) and "status" in w.changes.fields]
+    assert grace.grace_started_at == T0 + timedelta(hours=3)
+    assert progressive.progressive_started_at == T0 + timedelta(hours=11)
 
 
 async def test_an_actor_that_falls_behind_decides_on_the_freshest_tick(autojump_clock, monkeypatch):
@@ -213,12 +222,12 @@ async def test_quiet_ticks_do_not_wake_the_actor_and_a_crossing_still_closes(aut
     aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=12))  # progressive: target 99.5
     stepped = bids_stepped_on(monkeypatch)
     async with trio.open_nursery() as n:
-        start_actor(n, ctx, aged_id)
+        registry = start_actor(n, ctx, aged_id)
         await trio.sleep(1)
         feed.push(SYMBOL, bid="99.0", ask="99.01")  # the first tick is sampled: the band is set
         await trio.sleep(1)
         assert stepped == [D("99.0")]
-        box = ctx.inboxes[aged_id]
+        box = registry.mailbox(aged_id)
         for i in range(1000):
             feed.push(SYMBOL, bid=f"{99 + i / 10000:.4f}", ask="99.2")
             await trio.sleep(0.01)

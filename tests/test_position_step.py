@@ -13,8 +13,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from actors.policy import PolicyConfig
 from actors.position import (
     LEGAL, CloseResult, Emit, Persist, PositionState, PositionUpdate, PositionVanished, RequestClose,
-    ScheduleTimer, Settings, Start, Stop, Tick, Timer, state_from_row, step,
+    ScheduleTimer, Settings, Start, Stop, Tick, Timer, step,
 )
+from storage.mapping import position_state
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -81,7 +82,7 @@ def test_fill_closes_with_reason_and_pnl():
     assert s.status == "closed" and of(Stop, cmds)
     [p] = [c for c in of(Persist, cmds) if "status" in c.fields]
     assert p.fields["close_reason"] == "loss_acceptable" and p.fields["phase_at_close"] == "progressive"
-    assert p.fields["actual_pnl_percent"] == D("-0.6") and p.fields["closed_qty"] == D(2)
+    assert p.fields["pnl_percent"] == D("-0.6") and p.fields["closed_qty"] == D(2)
     # closed is final: later events change nothing
     s2, cmds = step(s, Tick(h(13), bid=D(200)))
     assert s2 == s and not of(RequestClose, cmds)
@@ -152,7 +153,7 @@ def test_restart_with_a_triggered_close_reconciles_before_anything_else():
            "entry_price": D(100), "quantity": D(1), "position_opened_at": T0, "status": "grace_active",
            "closed_qty": D(0), "close_attempts": 1, "close_triggered_at": h(6), "last_price_check": None,
            "last_checked_price": None}
-    s = state_from_row(row, PolicyConfig(), Settings(), inflight_orders=True)
+    s = position_state(row, PolicyConfig(), Settings(), inflight_orders=True)
     s, cmds = step(s, Start(h(7)))
     [req] = of(RequestClose, cmds)
     assert req.reconcile_only and s.close_in_flight
@@ -274,7 +275,7 @@ def test_a_state_loaded_from_the_database_samples_on_its_first_tick():
            "entry_price": D(100), "quantity": D(1), "position_opened_at": T0, "status": "grace_active",
            "closed_qty": D(0), "close_attempts": 0, "close_triggered_at": None, "last_price_check": h(6),
            "last_checked_price": D(99)}
-    s = state_from_row(row, PolicyConfig(), Settings(), inflight_orders=False)
+    s = position_state(row, PolicyConfig(), Settings(), inflight_orders=False)
     s, _ = step(s, Start(h(6.001)))
     s, cmds = step(s, Tick(h(6.002), bid=D("99.5")))
     assert [e.event_type for e in of(Emit, cmds)] == ["price_check"]

@@ -20,6 +20,7 @@ from exchanges.errors import RetryableError
 from doubles.exchange import MemoryExchange
 from service.runtime import Service, ServiceConfig
 from storage import ops as op
+from storage.errors import StorageUnavailable
 from storage.repository import Database
 from tests.support import DatabaseProxy, MemoryFeed, make_service, push_prices, wait_until, within
 
@@ -117,7 +118,7 @@ async def test_actor_crashed_mid_close_restarts_and_exactly_one_order_is_sent(mo
         feed.push(SYMBOL, bid="99.5", ask="99.6")
         await wait_for(triggered, interval=0.2)
         row = await aged_row(db)
-        svc.ctx.inject_crash(row["id"])
+        svc.registry.crash_on_next_tick(row["id"])
         feed.push(SYMBOL, bid="99.5", ask="99.6")  # the actor crashes while the order is in flight
 
         async def closed():
@@ -270,7 +271,7 @@ async def test_database_down_then_up_loses_nothing(aio_loop, database_url, db):
                 await trio.sleep(0.05)
         # An actor loads its state from the database when it starts (a restarted one
         # falls back to its last known state, a new one has none): cut once it watches.
-        await wait_until(lambda: row["id"] in svc.ctx.inboxes and row["id"] in svc.ctx.state_cache,
+        await wait_until(lambda: svc.registry.is_watching(row["id"]) and svc.registry.state(row["id"]) is not None,
                          "the actor was watching the position with its state loaded")
         await proxy.cut()
         for i in range(20):  # ticks while the database is away: sampled checks pile up in the buffer
@@ -318,3 +319,28 @@ async def test_root_gives_up_with_exit_code_1_when_a_child_keeps_crashing(mock_c
     assert "ConnectionError: exchange unreachable" in critical[-1].getMessage()
     restarts = [r for r in caplog.records if "event=child_restarting" in r.getMessage()]
     assert len(restarts) == svc.config.root_intensity
+
+
+async def test_a_detector_restarted_while_a_position_was_ageing_still_detects_it(mock_clock, mdb, monkeypatch):
+    db = mdb
+    ex = MemoryExchange(name="bybit")
+    ex.set_position(SYMBOL, "long", "1", "100", opened_at=T0)
+    feed = MemoryFeed("bybit")
+    svc = make_service(db, ex, feed, origin=T0 + timedelta(hours=2), poll_interval=30)
+    real = db.aged_position_for
+    failures = []
+
+    async def away_once(position_id):
+        if not failures:  # the aging timer's first look: the database is away, the detector crashes
+            failures.append(position_id)
+            raise StorageUnavailable("ConnectionResetError: the database went away")
+        return await real(position_id)
+    monkeypatch.setattr(db, "aged_position_for", away_once)
+    async with trio.open_nursery() as n:
+        n.start_soon(svc.run)
+        await wait_for(lambda: aged_row(db), interval=30)  # created once the position turns 3 h old
+        assert failures and svc.root.children()["detector"].restarts == 1
+        aged_id = (await aged_row(db))["id"]
+        await wait_until(lambda: svc.is_watching(aged_id), "the aged position has its actor")
+        svc.shutdown()
+        n.cancel_scope.cancel()

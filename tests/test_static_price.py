@@ -31,7 +31,7 @@ async def test_one_quote_then_silence_still_closes_when_the_target_reaches_it(mo
     async with trio.open_nursery() as n:
         n.start_soon(svc.run)
         with trio.fail_after(3600):
-            while not svc.ctx.inboxes:
+            while not svc.registry.watching():
                 await trio.sleep(1)
         feed.push(SYMBOL, bid="99.2", ask="99.3", last="99.2")  # the only tick there will ever be
         pushed_at = svc.clock.now()
@@ -58,7 +58,7 @@ async def test_an_old_quote_nobody_vouches_for_closes_nothing(mock_clock, mdb):
     async with trio.open_nursery() as n:
         n.start_soon(svc.run)
         with trio.fail_after(3600):
-            while not svc.ctx.inboxes:
+            while not svc.registry.watching():
                 await trio.sleep(1)
         feed.push(SYMBOL, bid="99.2", ask="99.3", last="99.2")
         await trio.sleep(6 * 3600)  # the target passed 99.2 long ago; no quote says the book is still there

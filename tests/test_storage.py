@@ -14,10 +14,15 @@ import pytest
 import storage
 import trio_asyncio
 from storage import with_database
-from storage.repository import Database
+from storage.mapping import AGED_COLUMN
+from storage.repository import AGED_UPDATABLE, Database
 from tests.support import BOT_TABLE
+from actors.policy import PolicyConfig
+from actors.position import Persist, Settings
+from actors.statuses import OrderState, Status
 from storage import ops
 from storage.embedded import EmbeddedPostgres
+from storage.errors import StorageUnavailable, WriteRejected
 from storage.migrate import available_migrations
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -57,13 +62,13 @@ async def test_an_edited_applied_migration_is_refused(db):
 
 async def test_history_is_written_by_the_trigger_on_every_status_change(db):
     _, aged = await make_aged(db, status="detected")
-    await db.update_aged_position(aged["id"], status="grace_active", last_checked_price=D("99.1"))
-    await db.update_aged_position(aged["id"], last_checked_price=D("99.2"))  # no status change: no row
-    await db.update_aged_position(aged["id"], status="progressive_active", current_loss_tolerance_percent=D("0.5"),
-                                  target_price=D("99.5"), last_checked_price=D("99.3"))
+    await db.update_aged_position(aged["id"], status="grace_active", sampled_price=D("99.1"))
+    await db.update_aged_position(aged["id"], sampled_price=D("99.2"))  # no status change: no row
+    await db.update_aged_position(aged["id"], status="progressive_active", loss_tolerance_percent=D("0.5"),
+                                  target_price=D("99.5"), sampled_price=D("99.3"))
     await db.update_aged_position(aged["id"], status="closed", close_reason="loss_acceptable",
                                   closed_at=T0 + timedelta(hours=12), close_price=D("99.6"),
-                                  actual_pnl_percent=D("-0.6"))
+                                  pnl_percent=D("-0.6"))
     hist = await db.history(aged["id"])
     assert [(h["from_status"], h["to_status"]) for h in hist] == [
         (None, "detected"), ("detected", "grace_active"), ("grace_active", "progressive_active"),
@@ -76,9 +81,10 @@ async def test_history_is_written_by_the_trigger_on_every_status_change(db):
 async def test_a_closed_aged_position_is_final(db):
     _, aged = await make_aged(db)
     await db.update_aged_position(aged["id"], status="closed", close_reason="breakeven", closed_at=T0)
-    with pytest.raises(asyncpg.CheckViolationError, match="closed"):
+    with pytest.raises(WriteRejected, match="closed") as refused:
         await db.update_aged_position(aged["id"], status="progressive_active")
-    with pytest.raises(asyncpg.CheckViolationError, match="final"):
+    assert isinstance(refused.value.__cause__, asyncpg.CheckViolationError)  # the driver's error, kept as cause
+    with pytest.raises(WriteRejected, match="final"):
         await db.update_aged_position(aged["id"], close_reason="manual")
     await db.write_batch([ops.CloseVanished(aged["id"], T0)])  # a late "vanished" changes nothing
     row = await db.aged_position(aged["id"])
@@ -89,10 +95,10 @@ async def test_a_closed_aged_position_is_final(db):
 
 
 @pytest.mark.parametrize("fields,error", [
-    ({"status": "finished"}, asyncpg.CheckViolationError),
-    ({"close_reason": "bored"}, asyncpg.CheckViolationError),
-    ({"status": "closed"}, asyncpg.CheckViolationError),  # closed without a reason
-    ({"current_loss_tolerance_percent": D(-1)}, asyncpg.CheckViolationError),
+    ({"status": "finished"}, WriteRejected),
+    ({"close_reason": "bored"}, WriteRejected),
+    ({"status": "closed"}, WriteRejected),  # closed without a reason
+    ({"loss_tolerance_percent": D(-1)}, WriteRejected),
 ])
 async def test_bad_values_are_refused_by_the_database(db, fields, error):
     _, aged = await make_aged(db)
@@ -103,9 +109,9 @@ async def test_bad_values_are_refused_by_the_database(db, fields, error):
 
 async def test_unknown_columns_and_sides_are_refused(db):
     _, aged = await make_aged(db)
-    with pytest.raises(ValueError, match="not updatable"):
+    with pytest.raises(WriteRejected, match="not updatable"):
         await db.update_aged_position(aged["id"], id="x")
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(WriteRejected):
         await db.upsert_open_position(exchange="bybit", symbol="ETH/USDT:USDT", side="sideways", quantity=D(1),
                                       entry_price=D(1), opened_at=T0)
 
@@ -142,9 +148,9 @@ async def test_write_ahead_rows_and_in_flight_orders(db):
     assert await db.inflight_close_orders() == []
     [row] = await db.close_orders(aged["id"])
     assert row["state"] == "filled" and row["avg_price"] == D("100.3") and row["attempt"] == 1
-    with pytest.raises(asyncpg.CheckViolationError):  # never more filled than requested
+    with pytest.raises(WriteRejected):  # never more filled than requested
         await db.write_batch([ops.UpdateCloseOrder("apm-abc-1", {"filled_qty": D("0.6")})])
-    with pytest.raises(asyncpg.UniqueViolationError):  # one order per attempt number
+    with pytest.raises(WriteRejected, match="UniqueViolation"):  # one order per attempt number
         await db.record_close_order(ops.RecordCloseOrder(
             client_order_id="apm-other-1", aged_id=aged["id"], attempt=1, exchange="bybit",
             symbol="BTC/USDT:USDT", side="sell", order_type="market", requested_qty=D("0.5")))
@@ -154,11 +160,11 @@ async def test_write_batch_is_atomic_and_ordered(db):
     _, aged = await make_aged(db)
     batch = [
         ops.AddEvent(aged["id"], "price_check", market_price=D("99"), target_price=D("100.2")),
-        ops.UpdateAged(aged["id"], {"last_checked_price": D("99")}),
+        ops.UpdateAged(aged["id"], Persist(sampled_price=D("99"))),
         ops.AddEvent(aged["id"], "close_triggered", metadata={"bid": "100.3"}),
-        ops.UpdateAged(aged["id"], {"status": "no-such-status"}),
+        ops.UpdateAged(aged["id"], Persist(status="no-such-status")),
     ]
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(WriteRejected):
         await db.write_batch(batch)
     assert await db.events(aged["id"]) == []  # nothing from the failed batch
     await db.write_batch(batch[:3])
@@ -179,7 +185,7 @@ async def test_statistics_on_seeded_data(db):
         _, aged = await make_aged(db, symbol=f"S{i}/USDT:USDT", opened_at=opened)
         closed = opened + timedelta(hours=age_h)
         await db.update_aged_position(
-            aged["id"], status="closed", close_reason=reason, closed_at=closed, actual_pnl_percent=pnl,
+            aged["id"], status="closed", close_reason=reason, closed_at=closed, pnl_percent=pnl,
             close_attempts=attempts,
             close_triggered_at=None if latency is None else closed - timedelta(seconds=latency))
         for attempt in range(1, attempts + 1):
@@ -188,7 +194,7 @@ async def test_statistics_on_seeded_data(db):
                 symbol="X", side="sell", order_type="market", requested_qty=D(1)))
         rows.append(aged)
     _, err = await make_aged(db, symbol="ERR/USDT:USDT", opened_at=now - timedelta(hours=30))
-    await db.update_aged_position(err["id"], status="error", last_error_message="rejected")
+    await db.update_aged_position(err["id"], status="error", last_error="rejected")
     await make_aged(db, symbol="LIVE/USDT:USDT", opened_at=now - timedelta(hours=5))
 
     stats = await db.statistics(days=7, now=now)
@@ -324,3 +330,38 @@ async def test_a_book_from_before_episodes_is_renamed_and_kept(aio_loop, databas
             await database.close()
     finally:
         await _drop_database(database_url, name)
+
+
+async def test_a_database_that_cannot_be_reached_is_storage_unavailable(db, database_url):
+    bad = await Database.connect(database_url, min_size=0, max_size=1)
+    await bad.close()
+    with pytest.raises(StorageUnavailable):
+        await bad.open_positions()
+
+
+def test_every_persist_field_has_a_column_the_repository_may_update():
+    assert set(AGED_COLUMN.values()) <= AGED_UPDATABLE
+    assert len(set(AGED_COLUMN.values())) == len(AGED_COLUMN)  # no two fields share a column
+
+
+async def test_what_an_actor_persists_is_what_it_loads_again(db):
+    _, aged = await make_aged(db)
+    await db.update_aged_position(aged["id"], status="progressive_active", sampled_price=D("99.4"),
+                                  sampled_at=T0 + timedelta(hours=12), close_attempts=2, closed_qty=D("0.1"),
+                                  quantity=D("0.4"), last_error="rejected")
+    state = await db.load_position(aged["id"], PolicyConfig(), Settings())
+    assert state.status is Status.PROGRESSIVE_ACTIVE and state.last_price == D("99.4")
+    assert state.last_sample_at == T0 + timedelta(hours=12) and state.close_attempts == 2
+    assert state.quantity == D("0.4") and state.closed_qty == D("0.1") and not state.needs_reconcile
+    row = await db.aged_position(aged["id"])
+    assert row["last_checked_price"] == D("99.4") and row["last_error_message"] == "rejected"
+
+    await db.record_close_order(ops.RecordCloseOrder(
+        client_order_id="apm-x-3", aged_id=aged["id"], attempt=3, exchange="bybit", symbol="BTC/USDT:USDT",
+        side="sell", order_type="market", requested_qty=D("0.4")))
+    assert (await db.load_position(aged["id"], PolicyConfig(), Settings())).needs_reconcile  # pending: in flight
+    open_ids, states = await db.load_for_recovery(PolicyConfig(), Settings())
+    assert open_ids == {aged["id"]} and [s.needs_reconcile for s in states] == [True]
+    await db.write_batch([ops.UpdateCloseOrder("apm-x-3", {"state": OrderState.FILLED, "filled_qty": D("0.4")})])
+    assert not (await db.load_position(aged["id"], PolicyConfig(), Settings())).needs_reconcile
+    assert await db.load_for_recovery(PolicyConfig(), Settings(), skip={aged["id"]}) == ({aged["id"]}, [])

@@ -599,3 +599,42 @@ async def test_a_supervisor_runs_once_at_a_time(autojump_clock):
         with pytest.raises(RuntimeError, match="already running"):
             await sup.run()
         nursery.cancel_scope.cancel()
+
+
+async def test_start_child_waits_for_a_child_that_reports_started(autojump_clock):
+    sup = Supervisor("s", backoff_initial=1.0)
+    runs: list[bool] = []  # per run: whether it was handed a real task_status
+
+    async def child(*, task_status=trio.TASK_STATUS_IGNORED):
+        runs.append(task_status is not trio.TASK_STATUS_IGNORED)
+        await trio.sleep(5)  # loading its state
+        task_status.started()
+        if len(runs) == 1:
+            raise ValueError("crash after starting")
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        t0 = trio.current_time()
+        await sup.start_child(ChildSpec("c", child, Restart.TRANSIENT, reports_started=True))
+        assert trio.current_time() - t0 == 5  # returned once the child said it was ready
+        await trio.sleep(10)
+        assert runs == [True, False]  # the restart is not waited for
+        assert sup.children()["c"].state == "running" and sup.children()["c"].restarts == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_start_child_returns_when_a_reporting_child_ends_before_it_started(autojump_clock):
+    sup = Supervisor("s", backoff_initial=1.0)
+    runs = Recorder()
+
+    async def child(*, task_status=trio.TASK_STATUS_IGNORED):
+        await runs.crash_then_forever(1)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await sup.start_child(ChildSpec("c", child, Restart.TRANSIENT, reports_started=True))
+        assert runs.runs == 1 and sup.children()["c"].state == "restarting"
+        await trio.sleep(1)
+        assert runs.runs == 2 and sup.children()["c"].state == "running"
+        nursery.cancel_scope.cancel()

@@ -11,8 +11,9 @@ from uuid import uuid4
 import trio
 
 from actors.executor import CloseRequest, Executor
-from actors.writer import StorageWriter
+from storage.writer import StorageWriter
 from doubles.exchange import MemoryExchange
+from actors.position import Persist
 from storage import ops
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -114,7 +115,7 @@ async def test_a_tick_triggered_close_commits_its_write_ahead_row_before_the_dec
         n.start_soon(executor.run)
         await trio.sleep(0)
         # what an actor does on the crossing tick: audit rows first, then the close request
-        writer.submit(event(), ops.UpdateAged(uuid4(), {"status": "closing"}))
+        writer.submit(event(), ops.UpdateAged(uuid4(), Persist(status="closing")))
         executor.submit(close_request(uuid4(), send))
         result = await receive.receive()
         await writer.wait_flushed()

@@ -12,8 +12,9 @@ The buffer is bounded for *routine* rows only (sampled price checks): past
 (status, close orders, decisions) are never dropped. When the database comes back
 the buffer is flushed in order.
 
-A write the database refuses as invalid (a constraint violation) is not a database
-outage: that one write is logged with its error and dropped, and the rest go on.
+A write the database refuses as invalid (:exc:`storage.errors.WriteRejected`, such as
+a constraint violation) is not a database outage: that one write is logged with its
+error and dropped, and the rest go on. Any other failure is taken as an outage.
 
 A write that must be committed on its own before something else happens (the
 executor's write-ahead row, before its order is sent) can take a :meth:`~StorageWriter.hold`:
@@ -28,10 +29,10 @@ import logging
 from collections import deque
 from typing import Callable, Sequence
 
-import asyncpg
 import trio
 
 from storage import ops as op
+from storage.errors import WriteRejected
 
 log = logging.getLogger("storage.writer")
 
@@ -61,13 +62,6 @@ class NoHold:
 
     def release(self) -> None:
         pass
-
-
-def _is_data_error(exc: BaseException) -> bool:
-    return isinstance(exc, (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
-                            asyncpg.exceptions.RaiseError, ValueError, TypeError)) or (
-        isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", "") is not None
-        and str(getattr(exc, "sqlstate", "")).startswith(("22", "23", "42")))
 
 
 class StorageWriter:
@@ -193,10 +187,10 @@ class StorageWriter:
             batch = self._next_batch()
             try:
                 await self._write_batch(batch)
-            except Exception as exc:  # noqa: BLE001 - every failure is sorted below
-                if _is_data_error(exc):
-                    await self._write_one_by_one(len(batch))
-                    continue
+            except WriteRejected:
+                await self._write_one_by_one(len(batch))
+                continue
+            except Exception as exc:  # noqa: BLE001 - anything else: the database is away
                 if self.database_up:
                     log.error("DATABASE UNAVAILABLE (%s: %s): buffering writes (%d queued); actors carry on",
                               type(exc).__name__, exc, len(self._buffer))
@@ -224,9 +218,7 @@ class StorageWriter:
             item = self._buffer[0]
             try:
                 await self._write_batch([item])
-            except Exception as exc:  # noqa: BLE001
-                if not _is_data_error(exc):
-                    raise
+            except WriteRejected as exc:
                 self.rejected += 1
                 log.error("database refused a write, dropped it: %r (%s: %s)", item, type(exc).__name__, exc)
             self._buffer.popleft()
