@@ -1,0 +1,448 @@
+"""Executor promises pinned down by mutation testing (``make mutate``).
+
+Each scenario runs one close on the in-memory exchange under trio's autojump MockClock
+and checks everything the executor did, not just the outcome:
+
+* the whole :class:`CloseResult` it answered (every field, compared at once);
+* what it asked the exchange, in order, with the arguments and the virtual time of
+  each call (so a retry schedule is checked to the second);
+* every write-ahead row and update it asked the storage writer to record;
+* its counters (:class:`ExecutorStats`) and the metric callbacks (``on_submit``,
+  ``on_error``, ``on_attempt``).
+
+The harness is the one of tests/test_executor.py; what it adds is the trace.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal as D
+from uuid import UUID, uuid4
+
+import pytest
+import trio
+
+from actors.executor import CloseRequest, EpisodeChanged, Executor, client_order_id
+from actors.position import CloseResult, PositionUpdate
+from actors.writer import StorageWriter
+from exchanges.errors import (
+    InsufficientLiquidityError, NonRetryableError, RetryableError, UnknownOutcomeError,
+)
+from exchanges.port import Fill, LotLimits, OrderResult
+from storage import ops as op
+from tests.test_executor import NOW, SYMBOL, Harness, exchange
+
+LIQUIDITY = "30208"  # Bybit's "insufficient liquidity" code, as the adapter passes it on
+
+
+class Traced(Harness):
+    """The executor harness, plus a trace of everything the executor did.
+
+    ``calls``: ``(virtual time, method, args)`` of every exchange call; ``errors``,
+    ``attempts``, ``submits``: what the metric callbacks were told.
+    """
+
+    def __init__(self, ex, **kw):
+        self.errors: list[tuple[str, str]] = []
+        self.submits: list[tuple[str, float]] = []
+        super().__init__(ex, on_error=lambda name, code: self.errors.append((name, code)),
+                         on_submit=lambda name, seconds: self.submits.append((name, seconds)), **kw)
+        self.attempts: list[tuple[str, int]] = []
+        self.executor.on_attempt = lambda name, attempt: self.attempts.append((name, attempt))
+        self.calls: list[tuple[float, str, tuple]] = []
+        real_enter = ex._enter
+
+        async def enter(method, *args):
+            self.calls.append((trio.current_time(), method, args))
+            await real_enter(method, *args)
+
+        ex._enter = enter
+
+    def timeline(self, method: str | None = None) -> list[tuple[float, str]]:
+        """(seconds since the first call, method) of each exchange call."""
+        t0 = self.calls[0][0]
+        return [(round(t - t0, 6), m) for t, m, _ in self.calls if method in (None, m)]
+
+    def writes(self) -> list:
+        """Every write-ahead row and update, in the order the executor asked for them."""
+        return [o for o in self.ops if isinstance(o, (op.RecordCloseOrder, op.UpdateCloseOrder))]
+
+    def stats(self) -> tuple:
+        s = self.executor.stats
+        return s.attempts, s.retries, s.lookups, s.errors_by_code
+
+
+def result(outcome: str, **fields) -> CloseResult:
+    return CloseResult(NOW, outcome, **fields)
+
+
+def row(cid: str, aged: UUID, attempt: int, *, side="sell", order_type="market", qty="1", limit=None):
+    return op.RecordCloseOrder(client_order_id=cid, aged_id=aged, attempt=attempt, exchange="bybit",
+                               symbol=SYMBOL, side=side, order_type=order_type, requested_qty=D(qty),
+                               limit_price=limit)
+
+
+def update(cid: str, **fields) -> op.UpdateCloseOrder:
+    return op.UpdateCloseOrder(cid, fields)
+
+
+def filled(cid: str, number: int, qty="1", price="100") -> op.UpdateCloseOrder:
+    return update(cid, state="filled", exchange_order_id=f"bybit-{number}", filled_qty=D(qty), avg_price=D(price))
+
+
+def answer_lookups(ex, answers: dict[str, OrderResult | None]) -> None:
+    """Lookups of these client order ids get these answers (the call is still traced)."""
+    real = ex.fetch_order_by_client_id
+
+    async def lookup(symbol, cid):
+        if cid in answers:
+            await ex._enter("fetch_order_by_client_id", symbol, cid)
+            return answers[cid]
+        return await real(symbol, cid)
+
+    ex.fetch_order_by_client_id = lookup
+
+
+# --- the building blocks -----------------------------------------------------------------
+
+
+def test_a_client_order_id_is_the_prefix_24_hex_digits_and_the_attempt():
+    aged = UUID("0123456789abcdef0123456789abcdef")
+    assert client_order_id(aged, 7) == "apm-0123456789abcdef01234567-7"
+    assert len(client_order_id(aged, 9999)) <= 36
+
+
+def test_an_episode_change_says_what_the_position_is_now():
+    changed = EpisodeChanged(D("1.5"), D("101"))
+    assert (changed.qty, changed.entry_price) == (D("1.5"), D("101"))
+    assert str(changed) == "position now 1.5 at entry 101"
+
+
+def test_the_price_tick_is_the_exchanges_own():
+    ex = exchange(tick_size=D("0.1"))
+    executor = Harness(ex).executor
+    assert executor.price_tick("bybit", SYMBOL) == D("0.1")
+    assert executor.price_tick("okx", SYMBOL) is None  # an exchange it does not know
+
+    class NoTick:
+        pass
+
+    assert Executor({"bybit": NoTick()}, StorageWriter(None), None).price_tick("bybit", SYMBOL) is None
+
+    class PerSymbol:
+        def price_tick(self, symbol):
+            return {SYMBOL: D("0.5")}.get(symbol)
+
+    per_symbol = Executor({"bybit": PerSymbol()}, StorageWriter(None), None)
+    assert (per_symbol.price_tick("bybit", SYMBOL), per_symbol.price_tick("bybit", "ETH/USDT:USDT")) == (D("0.5"), None)
+
+
+def test_the_defaults():
+    executor = Executor({}, StorageWriter(None), None)
+    assert executor.retry_delays == (1.0, 3.0, 5.0)
+    assert executor.slippage == D("0.01")
+    assert (executor.max_partial_rounds, executor.max_rounds, executor.follow_polls) == (10, 1000, 60)
+    assert (executor.lookup_retries, executor.db_timeout, executor.write_direct) == (3, 2.0, None)
+    request = CloseRequest(aged_id=uuid4(), exchange="bybit", symbol=SYMBOL, side="long", qty=D(1), next_attempt=1,
+                           reply=None, clock=lambda: NOW)
+    assert (request.reconcile_only, request.emergency, request.tick_received_at) == (False, False, None)
+    assert (request.entry_price, request.opened_at, request.worst_price) == (None, None, None)
+
+
+def test_the_queue_takes_a_thousand_requests_then_refuses():
+    executor = Executor({}, StorageWriter(None), None)
+    request = CloseRequest(aged_id=uuid4(), exchange="bybit", symbol=SYMBOL, side="long", qty=D(1), next_attempt=1,
+                           reply=None, clock=lambda: NOW)
+    for _ in range(1000):
+        executor.submit(request)
+    with pytest.raises(trio.WouldBlock):
+        executor.submit(request)
+
+
+# --- a market close, traced --------------------------------------------------------------
+
+
+async def test_a_market_close_in_full(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    cid = client_order_id(aged, 1)
+    r = await h.close(aged)
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=1, last_order_id=cid)
+    assert [(m, a) for _, m, a in h.calls] == [
+        ("fetch_positions", ([SYMBOL],)), ("close_limits", (SYMBOL,)),
+        ("create_close_order", (SYMBOL, "long", D(1), cid, None)), ("fetch_positions", ([SYMBOL],))]
+    assert h.writes() == [row(cid, aged, 1), filled(cid, 1)]
+    assert h.stats() == (1, 0, 0, {})
+    assert (h.attempts, h.errors, h.submits) == ([("bybit", 1)], [], [])
+    assert aged not in h.executor._fills
+
+
+async def test_a_short_is_closed_by_a_buy(autojump_clock):
+    h, aged = Traced(exchange(side="short")), uuid4()
+    cid = client_order_id(aged, 1)
+    r = await h.close(aged, side="short")
+    assert r == result("flat", filled_qty=D(1), avg_price=D("100.1"), remaining_qty=D(0), attempts=1, last_order_id=cid)
+    assert h.writes() == [row(cid, aged, 1, side="buy"), filled(cid, 1, price="100.1")]
+
+
+async def test_the_time_from_tick_to_order_is_reported_for_the_first_order_only(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.ex.fail_next(RetryableError("503", exchange="bybit"))
+    r = await h.close(aged, tick_received_at=trio.current_time() - 0.25)
+    assert (r.outcome, r.attempts) == ("flat", 2)
+    assert h.submits == [("bybit", pytest.approx(0.25))]
+    assert h.attempts == [("bybit", 1), ("bybit", 2)]
+    assert h.stats() == (2, 1, 0, {"RetryableError": 1})
+    # a later request whose first order is not its first attempt is timed too
+    h2, aged2 = Traced(exchange()), uuid4()
+    await h2.close(aged2, next_attempt=3, tick_received_at=trio.current_time() - 0.5)
+    assert h2.submits == [("bybit", pytest.approx(0.5))] and h2.attempts == [("bybit", 3)]
+    assert h2.stats() == (1, 1, 0, {})
+
+
+# --- failures on the send ----------------------------------------------------------------
+
+
+async def test_retryable_rejections_are_retried_on_schedule_then_fail(autojump_clock):
+    h, aged = Traced(exchange(), retry_delays=(1.0, 3.0)), uuid4()
+    h.ex.fail_next(RetryableError("busy " + "x" * 600, exchange="bybit", code="10006"), 5)
+    r = await h.close(aged)
+    cids = [client_order_id(aged, a) for a in (1, 2, 3)]
+    error = "RetryableError: busy " + "x" * 600
+    assert r == result("failed", attempts=3, error=error)
+    assert h.timeline() == [(0, "fetch_positions"), (0, "close_limits"), (0, "create_close_order"),
+                            (1, "fetch_positions"), (1, "create_close_order"),
+                            (4, "fetch_positions"), (4, "create_close_order")]
+    rejected = update("", state="rejected", error_code="10006", error_message=("busy " + "x" * 600)[:500]).fields
+    assert h.writes() == [w for c, a in zip(cids, (1, 2, 3)) for w in (row(c, aged, a), update(c, **rejected))]
+    assert h.stats() == (3, 2, 0, {"10006": 3})
+    assert h.errors == [("bybit", "10006")] * 3 and h.attempts == [("bybit", a) for a in (1, 2, 3)]
+    assert aged in h.executor._fills  # failed: kept for the next request
+
+
+async def test_a_rejection_the_exchange_can_not_retry_ends_the_close(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.ex.fail_next(NonRetryableError("bad symbol", exchange="bybit", code="10001"))
+    r = await h.close(aged, next_attempt=2)
+    cid = client_order_id(aged, 2)
+    assert r == result("failed", remaining_qty=D(1), attempts=2, error="NonRetryableError: bad symbol")
+    assert h.writes() == [row(cid, aged, 2), update(cid, state="rejected", error_code="10001", error_message="bad symbol")]
+    assert [m for _, m, _ in h.calls] == ["fetch_positions", "close_limits", "create_close_order", "fetch_positions"]
+    assert h.stats() == (1, 1, 0, {"10001": 1})
+    # the position check after it fails too: what remains is unknown
+    h2, aged2 = Traced(exchange()), uuid4()
+    h2.ex.fail_next(NonRetryableError("bad symbol", exchange="bybit", code="10001"))
+    real = h2.ex.create_close_order
+
+    async def create(*a, **kw):
+        try:
+            return await real(*a, **kw)
+        finally:
+            h2.ex.fail_next(RetryableError("502", exchange="bybit"), method="fetch_positions")
+
+    h2.ex.create_close_order = create
+    r2 = await h2.close(aged2)
+    assert r2 == result("failed", attempts=1, error="NonRetryableError: bad symbol")
+    # a minimum-quantity rejection then is a failure too, not dust: the remainder is unknown
+    h3, aged3 = Traced(exchange(qty="0.005", min_qty=D("0.01"))), uuid4()
+    h3.ex.close_limits = None
+    h3.ex.fail_next(RetryableError("502", exchange="bybit"), method="fetch_positions")
+    real3 = h3.ex.create_close_order
+
+    async def create3(*a, **kw):
+        try:
+            return await real3(*a, **kw)
+        finally:
+            h3.ex.fail_next(RetryableError("502", exchange="bybit"), method="fetch_positions")
+
+    h3.ex.create_close_order = create3
+    r3 = await h3.close(aged3, qty="0.005")
+    assert r3 == result("failed", attempts=1, error="NonRetryableError: bybit: qty 0.005 below the minimum order 0.01")
+
+
+async def test_a_minimum_rejection_is_dust_with_what_remains(autojump_clock):
+    # the executor's limits know no minimum; the exchange does
+    h, aged = Traced(exchange(qty="0.005", min_qty=D("0.01"))), uuid4()
+
+    async def limits(symbol):
+        await h.ex._enter("close_limits", symbol)
+        return LotLimits(step=D("0.001"))
+
+    h.ex.close_limits = limits
+    r = await h.close(aged, qty="0.005", next_attempt=2)
+    cid = client_order_id(aged, 2)
+    error = "remaining 0.005 is below the minimum order quantity 0.001: no order can close it"
+    assert r == result("dust", remaining_qty=D("0.005"), attempts=2, error=error)
+    assert h.writes() == [row(cid, aged, 2, qty="0.005"), update(
+        cid, state="rejected", error_code="qty_below_min", error_message="bybit: qty 0.005 below the minimum order 0.01")]
+    assert aged not in h.executor._fills  # dust: finished
+    # without any limits the message names no minimum
+    h2, aged2 = Traced(exchange(qty="0.005", min_qty=D("0.01"))), uuid4()
+    h2.ex.close_limits = None
+    r2 = await h2.close(aged2, qty="0.005")
+    assert r2 == result("dust", remaining_qty=D("0.005"), attempts=1,
+                        error="remaining 0.005 is below the minimum order quantity: no order can close it")
+
+
+async def test_dust_before_any_order_names_the_minimum(autojump_clock):
+    h, aged = Traced(exchange(qty="0.005", min_qty=D("0.01"))), uuid4()
+    r = await h.close(aged, qty="0.005", next_attempt=3)
+    assert r == result("dust", remaining_qty=D("0.005"), attempts=2,
+                       error="remaining 0.005 is below the minimum order quantity 0.01: no order can close it")
+    # no minimum, only the lot: the lot is the least order
+    h2 = Traced(exchange(qty="0.0005"))
+    r2 = await h2.close(uuid4(), qty="0.0005")
+    assert r2 == result("dust", remaining_qty=D("0.0005"), attempts=0,
+                        error="remaining 0.0005 is below the minimum order quantity 0.001: no order can close it")
+    # after a fill: what was filled is reported with the dust
+    h3, aged3 = Traced(exchange(qty="1.0005")), uuid4()
+    r3 = await h3.close(aged3, qty="1.0005")
+    assert r3 == result("dust", filled_qty=D(1), avg_price=D(100), remaining_qty=D("0.0005"), attempts=1,
+                        last_order_id=client_order_id(aged3, 1),
+                        error="remaining 0.0005 is below the minimum order quantity 0.001: no order can close it")
+
+
+# --- no liquidity: the limit-IOC fallback ------------------------------------------------
+
+
+def thin_book(message="thin book"):
+    return InsufficientLiquidityError(message, exchange="bybit", code=LIQUIDITY)
+
+
+async def test_without_a_price_bound_a_thin_book_is_retried_at_market(autojump_clock):
+    # neither an emergency nor a policy price: no limit order, the market order again later
+    h, aged = Traced(exchange()), uuid4()
+    h.ex.fail_next(thin_book("x" * 600))
+    r = await h.close(aged)
+    c1, c2 = client_order_id(aged, 1), client_order_id(aged, 2)
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=2, last_order_id=c2)
+    assert h.writes() == [row(c1, aged, 1),
+                          update(c1, state="rejected", error_code=LIQUIDITY, error_message="x" * 500),
+                          row(c2, aged, 2), filled(c2, 1)]
+    assert h.timeline("create_close_order") == [(0, "create_close_order"), (1, "create_close_order")]
+    assert h.stats() == (2, 1, 0, {LIQUIDITY: 1}) and h.errors == [("bybit", LIQUIDITY)]
+
+
+async def test_a_thin_book_falls_back_at_once_and_the_ioc_is_retried_on_schedule(autojump_clock):
+    h, aged = Traced(exchange(), retry_delays=(1.0, 3.0)), uuid4()
+    h.ex.fail_next(thin_book(), 4)
+    r = await h.close(aged, emergency=True)
+    cids = [client_order_id(aged, a) for a in (1, 2, 3, 4)]
+    assert r == result("failed", attempts=4, error="InsufficientLiquidityError: thin book")
+    assert h.timeline("create_close_order") == [(0, "create_close_order"), (0, "create_close_order"),
+                                                (1, "create_close_order"), (4, "create_close_order")]
+    assert [a[4] for _, m, a in h.calls if m == "create_close_order"] == [None, D("99.00"), D("99.00"), D("99.00")]
+    rejected = {"state": "rejected", "error_code": LIQUIDITY, "error_message": "thin book"}
+    assert h.writes() == [row(cids[0], aged, 1), update(cids[0], **rejected)] + [
+        w for a, c in enumerate(cids[1:], 2)
+        for w in (row(c, aged, a, order_type="limit_ioc", limit=D("99.00")), update(c, **rejected))]
+    assert h.stats() == (4, 3, 0, {LIQUIDITY: 4})
+
+
+async def test_after_a_fill_the_next_order_is_at_market_again(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.ex.fail_next(thin_book())
+    h.ex.partial_fill_ratio = D("0.5")
+    real = h.ex.create_close_order
+
+    async def create(*a, **kw):
+        try:
+            return await real(*a, **kw)
+        finally:
+            if kw.get("limit_price") is not None:
+                h.ex.partial_fill_ratio = None  # the IOC filled half; the book refills
+
+    h.ex.create_close_order = create
+    r = await h.close(aged, worst_price=D(90))
+    c1, c2, c3 = (client_order_id(aged, a) for a in (1, 2, 3))
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=3, last_order_id=c3)
+    assert [(a[3], a[2], a[4]) for _, m, a in h.calls if m == "create_close_order"] == [
+        (c1, D(1), None), (c2, D(1), D("99.00")), (c3, D("0.5"), None)]
+    assert h.writes()[3] == update(c2, state="partially_filled", exchange_order_id="bybit-1", filled_qty=D("0.5"),
+                                   avg_price=D(100))
+
+
+async def test_the_limit_order_has_its_own_maximum(autojump_clock):
+    h, aged = Traced(exchange(max_market_qty=D("0.4"), max_limit_qty=D(1))), uuid4()
+    h.ex.fail_next(thin_book())
+    r = await h.close(aged, emergency=True)
+    assert (r.outcome, r.filled_qty, r.attempts) == ("flat", D(1), 2)
+    assert [(a[2], a[4]) for _, m, a in h.calls if m == "create_close_order"] == [(D("0.4"), None), (D(1), D("99.00"))]
+
+
+async def test_an_ioc_that_finds_nothing_is_canceled_and_retried(autojump_clock):
+    ex = exchange()
+    ex.set_quote(SYMBOL, "99", "99.1", "99")
+    h, aged = Traced(ex, retry_delays=(1.0,)), uuid4()
+    h.ex.fail_next(thin_book())
+    r = await h.close(aged, worst_price=D(100))
+    c1, c2, c3 = (client_order_id(aged, a) for a in (1, 2, 3))
+    assert r == result("failed", remaining_qty=None, attempts=3, error="InsufficientLiquidityError: thin book")
+    assert h.writes() == [
+        row(c1, aged, 1), update(c1, state="rejected", error_code=LIQUIDITY, error_message="thin book"),
+        row(c2, aged, 2, order_type="limit_ioc", limit=D(100)),
+        update(c2, state="canceled", exchange_order_id="bybit-1", filled_qty=D(0)),
+        row(c3, aged, 3, order_type="limit_ioc", limit=D(100)),
+        update(c3, state="canceled", exchange_order_id="bybit-2", filled_qty=D(0))]
+    assert h.timeline("create_close_order") == [(0, "create_close_order"), (0, "create_close_order"),
+                                                (1, "create_close_order")]
+
+
+@pytest.mark.parametrize("side, bid, ask, last, bound, emergency, limit", [
+    ("long", "100.123456789", "100.2", "100", None, True, "99.12222223"),  # bid - 1 %, rounded up
+    ("short", "100", "100.123456789", "100", None, True, "101.12469135"),  # ask + 1 %, rounded down
+    ("long", None, "100.2", "50", None, True, "49.50"),  # no bid: the last price
+    ("short", "100", None, "50", None, True, "50.50"),  # no ask: the last price
+    ("long", "100", "100.1", "100", "99.5", False, "99.5"),  # the policy price is better: it bounds
+    ("long", "100", "100.1", "100", "98", False, "99.00"),  # the bound is worse: 1 % through
+    ("short", "100", "100.1", "100", "100.5", False, "100.5"),
+    ("short", "100", "100.1", "100", "102", False, "101.101"),
+    ("long", "100", "100.1", "100", "99.5", True, "99.00"),  # an emergency ignores the bound
+])
+async def test_the_limit_price(autojump_clock, side, bid, ask, last, bound, emergency, limit):
+    ex = exchange(side=side)
+    ex.set_quote(SYMBOL, bid, ask, last)
+    h = Traced(ex)
+    h.ex.fail_next(thin_book())
+    await h.close(uuid4(), side=side, emergency=emergency, worst_price=None if bound is None else D(bound))
+    assert [a[4] for _, m, a in h.calls if m == "create_close_order"][1] == D(limit)
+
+
+async def test_a_limit_slippage_of_two_percent(autojump_clock):
+    h = Traced(exchange(), liquidity_slippage_percent=D(2))
+    h.ex.fail_next(thin_book())
+    await h.close(uuid4(), emergency=True)
+    assert [a[4] for _, m, a in h.calls if m == "create_close_order"] == [None, D("98.00")]
+
+
+@pytest.mark.parametrize("bid, last", [(None, None), ("0", None), (None, "0")])
+async def test_no_price_for_a_limit_is_retried_then_fails(autojump_clock, bid, last):
+    ex = exchange()
+    ex.set_quote(SYMBOL, bid, "100.1", last)
+    h, aged = Traced(ex, retry_delays=(1.0, 3.0)), uuid4()
+    h.ex.fail_next(thin_book())
+    r = await h.close(aged, emergency=True)
+    assert r == result("failed", attempts=1, error=f"InsufficientLiquidityError: no price to set a limit for {SYMBOL}")
+    assert [t for t, m in h.timeline("fetch_quote")] == [0, 1, 4]
+    assert h.stats() == (1, 0, 0, {LIQUIDITY: 1, "InsufficientLiquidityError": 3})
+    assert [w.client_order_id for w in h.writes()] == [client_order_id(aged, 1)] * 2  # no limit order was sent
+
+
+async def test_a_price_just_above_one_is_a_price(autojump_clock):
+    ex = exchange()
+    ex.set_quote(SYMBOL, "0.5", "0.6", "0.5")
+    h = Traced(ex)
+    h.ex.fail_next(thin_book())
+    r = await h.close(uuid4(), emergency=True)
+    assert r.outcome == "flat"
+    assert [a[4] for _, m, a in h.calls if m == "create_close_order"] == [None, D("0.495")]
+
+
+async def test_a_quote_that_fails_is_retried(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.ex.fail_next(thin_book())
+    h.ex.fail_next(RetryableError("quote 503", exchange="bybit", retry_after=7), method="fetch_quote")
+    r = await h.close(aged, emergency=True)
+    c2 = client_order_id(aged, 2)
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=2, last_order_id=c2)
+    assert h.timeline("fetch_quote") == [(0, "fetch_quote"), (7, "fetch_quote")]
+    assert h.errors == [("bybit", LIQUIDITY), ("bybit", "RetryableError")]
