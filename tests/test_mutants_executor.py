@@ -446,3 +446,264 @@ async def test_a_quote_that_fails_is_retried(autojump_clock):
     assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=2, last_order_id=c2)
     assert h.timeline("fetch_quote") == [(0, "fetch_quote"), (7, "fetch_quote")]
     assert h.errors == [("bybit", LIQUIDITY), ("bybit", "RetryableError")]
+
+
+# --- the position check, lookups, unknown outcomes, open orders --------------------------
+
+
+async def test_a_position_check_that_fails_is_retried_on_schedule(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.ex.fail_next(RetryableError("502", exchange="bybit"), method="fetch_positions")
+    h.ex.fail_next(RetryableError("429", exchange="bybit", code="10006", retry_after=8), method="fetch_positions")
+    r = await h.close(aged)
+    cid = client_order_id(aged, 1)
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=1, last_order_id=cid)
+    assert h.timeline() == [(0, "fetch_positions"), (1, "fetch_positions"), (9, "fetch_positions"),
+                            (9, "close_limits"), (9, "create_close_order"), (9, "fetch_positions")]
+    assert h.errors == [("bybit", "RetryableError"), ("bybit", "10006")]
+
+
+async def test_a_position_check_that_keeps_failing_fails_the_close(autojump_clock):
+    h, aged = Traced(exchange(), retry_delays=(1.0, 3.0)), uuid4()
+    h.ex.fail_next(RetryableError("502", exchange="bybit"), 3, method="fetch_positions")
+    r = await h.close(aged, next_attempt=3)
+    assert r == result("failed", attempts=2, error="RetryableError: 502")
+    assert h.timeline() == [(0, "fetch_positions"), (1, "fetch_positions"), (4, "fetch_positions")]
+    assert h.writes() == [] and h.stats() == (0, 0, 0, {"RetryableError": 3})
+
+
+async def test_a_lost_reply_with_lookups_that_fail_leaves_the_order_unknown(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    cid = client_order_id(aged, 1)
+    h.ex.lose_reply_next(1)
+    h.ex.fail_next(RetryableError("lookup 502", exchange="bybit", retry_after=2), 3, method="fetch_order_by_client_id")
+    r = await h.close(aged)
+    lost = f"bybit: reply lost for {cid!r} (order executed)"
+    assert r == result("failed", attempts=1, error=f"UnknownOutcomeError: {lost}; could not look up order {cid}")
+    assert h.writes() == [row(cid, aged, 1), update(cid, state="unknown", error_message=lost)]
+    assert h.timeline("fetch_order_by_client_id") == [(0, "fetch_order_by_client_id"), (2, "fetch_order_by_client_id"),
+                                                      (5, "fetch_order_by_client_id")]
+    assert h.stats() == (1, 0, 3, {"lost_reply": 1, "RetryableError": 3})
+    assert h.executor._fills[aged].pending == {cid: 1}
+
+
+async def test_a_long_unknown_outcome_message_is_cut_for_the_table(autojump_clock):
+    h, aged = Traced(exchange(), lookup_retries=1), uuid4()
+    cid = client_order_id(aged, 1)
+    h.ex.fail_next(UnknownOutcomeError("timeout " + "x" * 600, exchange="bybit"))
+    h.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), method="fetch_order_by_client_id")
+    r = await h.close(aged)
+    assert r.error == f"UnknownOutcomeError: timeout {'x' * 600}; could not look up order {cid}"
+    assert h.writes()[-1] == update(cid, state="unknown", error_message=("timeout " + "x" * 600)[:500])
+    assert h.stats()[2] == 1  # one lookup, no wait
+
+
+async def test_an_order_that_never_arrived_is_not_found_and_the_next_attempt_follows(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    c1, c2 = client_order_id(aged, 1), client_order_id(aged, 2)
+    h.ex.fail_next(UnknownOutcomeError("timeout " + "x" * 600, exchange="bybit"))  # never reached the exchange
+    r = await h.close(aged)
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=2, last_order_id=c2)
+    assert h.writes() == [row(c1, aged, 1), update(c1, state="not_found", error_message=("timeout " + "x" * 600)[:500]),
+                          row(c2, aged, 2), filled(c2, 1)]
+    assert h.timeline("create_close_order") == [(0, "create_close_order"), (1, "create_close_order")]
+    assert h.stats() == (2, 1, 1, {"UnknownOutcomeError": 1})
+
+
+async def test_lookups_retry_on_the_schedule_and_the_last_delay_repeats(autojump_clock):
+    h, aged = Traced(exchange(), retry_delays=(1.0, 3.0), lookup_retries=4), uuid4()
+    h.ex.lose_reply_next(1)
+    h.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), 3, method="fetch_order_by_client_id")
+    r = await h.close(aged)
+    assert (r.outcome, r.attempts) == ("flat", 1)
+    assert [t for t, _ in h.timeline("fetch_order_by_client_id")] == [0, 1, 4, 7]
+    assert h.stats()[2] == 4
+    # without a schedule lookups follow each other at once
+    h2, aged2 = Traced(exchange(), retry_delays=(), lookup_retries=3), uuid4()
+    h2.ex.lose_reply_next(1)
+    h2.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), 2, method="fetch_order_by_client_id")
+    r2 = await h2.close(aged2)
+    assert (r2.outcome, r2.attempts) == ("flat", 1)
+    assert [t for t, _ in h2.timeline("fetch_order_by_client_id")] == [0, 0, 0]
+
+
+async def test_an_open_order_is_followed_on_the_schedule(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    cid = client_order_id(aged, 1)
+    h.ex.open_next(1, lookups=4)
+    r = await h.close(aged)
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=1, last_order_id=cid)
+    assert [t for t, _ in h.timeline("fetch_order_by_client_id")] == [1, 4, 9, 14]
+    assert h.writes() == [row(cid, aged, 1), filled(cid, 1)]
+    # without a schedule: one second apart
+    h2 = Traced(exchange(), retry_delays=())
+    h2.ex.open_next(1, lookups=3)
+    r2 = await h2.close(uuid4())
+    assert r2.outcome == "flat"
+    assert [t for t, _ in h2.timeline("fetch_order_by_client_id")] == [1, 2, 3]
+
+
+async def test_a_followed_order_keeps_its_requested_quantity(autojump_clock):
+    # the lookup does not say how much was asked for: the order is still known to be partial
+    h, aged = Traced(exchange()), uuid4()
+    c1, c2 = client_order_id(aged, 1), client_order_id(aged, 2)
+    h.ex.open_next(1, lookups=99)
+    real = h.ex.fetch_order_by_client_id
+
+    async def lookup(symbol, cid):
+        found = await real(symbol, cid)
+        if cid != c1:
+            return found
+        h.ex.set_position(SYMBOL, "long", "0.5", "100")
+        return OrderResult(cid, "x-1", "canceled", D("0.5"), D(100), None)
+
+    h.ex.fetch_order_by_client_id = lookup
+    r = await h.close(aged)
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=2, last_order_id=c2)
+    assert h.writes()[:2] == [row(c1, aged, 1), update(c1, state="partially_filled", exchange_order_id="x-1",
+                                                       filled_qty=D("0.5"), avg_price=D(100))]
+
+
+async def test_a_followed_order_that_fills_in_full_without_a_requested_quantity(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    cid = client_order_id(aged, 1)
+    h.ex.open_next(1, lookups=99)
+    real = h.ex.fetch_order_by_client_id
+
+    async def lookup(symbol, c):
+        await real(symbol, c)
+        h.ex.close_externally(SYMBOL)
+        return OrderResult(c, "x-1", "closed", D(1), D(100), None)
+
+    h.ex.fetch_order_by_client_id = lookup
+    r = await h.close(aged)
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=1, last_order_id=cid)
+    assert h.writes()[1] == update(cid, state="filled", exchange_order_id="x-1", filled_qty=D(1), avg_price=D(100))
+
+
+async def test_an_open_order_whose_lookups_fail_stays_open(autojump_clock):
+    h, aged = Traced(exchange(), lookup_retries=2), uuid4()
+    cid = client_order_id(aged, 1)
+    h.ex.open_next(1, lookups=9)
+    h.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), 2, method="fetch_order_by_client_id")
+    r = await h.close(aged)
+    assert r == result("failed", attempts=1, error=f"UnknownOutcomeError: could not look up order {cid}")
+    assert h.writes() == [row(cid, aged, 1), update(cid, state="open")]
+    assert h.executor._fills[aged].pending == {cid: 1}
+
+
+async def test_an_order_open_too_long_is_recorded_open(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.executor.follow_polls = 2
+    cid = client_order_id(aged, 1)
+    h.ex.open_next(1, lookups=9)
+    r = await h.close(aged)
+    assert r == result("failed", attempts=1, error=f"order {cid} is still open on the exchange")
+    assert h.writes() == [row(cid, aged, 1), update(cid, state="open", exchange_order_id="bybit-1", filled_qty=D(0))]
+    assert [t for t, _ in h.timeline("fetch_order_by_client_id")] == [1, 4]
+
+
+# --- partial fills, splits and the round limits ------------------------------------------
+
+
+async def test_partial_fills_go_on_at_once_up_to_the_limit_then_wait(autojump_clock):
+    h, aged = Traced(exchange(qty="1"), max_partial_rounds=2, retry_delays=(1.0, 3.0)), uuid4()
+    h.ex.partial_fill_ratio = D("0.5")
+    r = await h.close(aged)
+    # three orders at once (the first and two partial rounds), then the schedule
+    assert [t for t, _ in h.timeline("create_close_order")] == [0, 0, 0, 1, 4]
+    assert [a[2] for a in h.creates()] == [D(1), D("0.5"), D("0.25"), D("0.125"), D("0.063")]
+    assert r == result("failed", filled_qty=D("0.968"), avg_price=D(100), attempts=5,
+                       last_order_id=client_order_id(aged, 5))
+    assert h.stats() == (5, 4, 0, {})
+
+
+async def test_full_fills_of_a_split_close_do_not_count_as_partial(autojump_clock):
+    h, aged = Traced(exchange(qty="1", max_market_qty=D("0.4")), max_partial_rounds=0), uuid4()
+    r = await h.close(aged)
+    assert (r.outcome, r.filled_qty, r.attempts) == ("flat", D(1), 3)
+    assert [t for t, _ in h.timeline("create_close_order")] == [0, 0, 0]
+    # a fill reported without the quantity asked for counts as partial
+    h2, aged2 = Traced(exchange(qty="1", max_market_qty=D("0.4")), max_partial_rounds=0), uuid4()
+    real = h2.ex.create_close_order
+
+    async def create(*a, **kw):
+        found = await real(*a, **kw)
+        return OrderResult(found.client_order_id, found.exchange_order_id, found.status, found.filled_qty,
+                           found.avg_price, None)
+
+    h2.ex.create_close_order = create
+    r2 = await h2.close(aged2)
+    assert (r2.outcome, r2.filled_qty) == ("flat", D(1))
+    assert [t for t, _ in h2.timeline("create_close_order")] == [0, 1, 4]
+
+
+async def test_one_request_sends_at_most_max_rounds_orders(autojump_clock):
+    h, aged = Traced(exchange(qty="1", max_market_qty=D("0.4"))), uuid4()
+    h.executor.max_rounds = 2
+    r = await h.close(aged)
+    c2 = client_order_id(aged, 2)
+    assert r == result("failed", filled_qty=D("0.8"), avg_price=D(100), remaining_qty=D("0.2"), attempts=2,
+                       last_order_id=c2, error="too many orders for one close")
+    assert len(h.creates()) == 2
+    # with an error before, that error is reported
+    h2, aged2 = Traced(exchange(qty="1", max_market_qty=D("0.4"))), uuid4()
+    h2.executor.max_rounds = 2
+    h2.ex.fail_next(RetryableError("502", exchange="bybit"))
+    r2 = await h2.close(aged2)
+    assert (r2.outcome, r2.error, r2.remaining_qty, r2.attempts) == ("failed", "RetryableError: 502", D("0.6"), 2)
+
+
+async def test_a_split_with_a_minimum_leaves_a_closable_remainder(autojump_clock):
+    # 1.005 in orders of at most 0.5 with a minimum 0.01: 0.5, 0.495, then 0.01
+    h = Traced(exchange(qty="1.005", max_market_qty=D("0.5"), min_qty=D("0.01")))
+    r = await h.close(uuid4(), qty="1.005")
+    assert [a[2] for a in h.creates()] == [D("0.5"), D("0.495"), D("0.01")] and r.outcome == "flat"
+    # a remainder of exactly the minimum can be closed: no change
+    h2 = Traced(exchange(qty="1.01", max_market_qty=D("0.5"), min_qty=D("0.01")))
+    await h2.close(uuid4(), qty="1.01")
+    assert [a[2] for a in h2.creates()] == [D("0.5"), D("0.5"), D("0.01")]
+    # the cap not on the lot grid: rounded down to it
+    h3 = Traced(exchange(qty="1", max_market_qty=D("0.4005")))
+    await h3.close(uuid4())
+    assert [a[2] for a in h3.creates()] == [D("0.4"), D("0.4"), D("0.2")]
+    # one minimum too few to split well: two orders are still made
+    h4 = Traced(exchange(qty="0.52", max_market_qty=D("0.5"), min_qty=D("0.03")))
+    await h4.close(uuid4(), qty="0.52")
+    assert [a[2] for a in h4.creates()] == [D("0.49"), D("0.03")]
+    h5 = Traced(exchange(qty="0.52", max_market_qty=D("0.5"), min_qty=D("0.3")))
+    r5 = await h5.close(uuid4(), qty="0.52")
+    assert [a[2] for a in h5.creates()] == [D("0.5")] and r5.outcome == "dust"
+
+
+@pytest.mark.parametrize("limits, remaining, qty", [
+    (LotLimits(), "1.23456", "1.23456"),  # nothing known: all of it
+    (LotLimits(step=D(0)), "1.23456", "1.23456"),  # a zero step is no step
+    (LotLimits(step=D("0.5")), "1.23456", "1.0"),
+    (LotLimits(step=D("0.5"), min_qty=D(0)), "0.4", None),  # a zero minimum: the step is the least order
+    (LotLimits(step=D("0.001"), min_qty=D("0.5")), "0.5", "0.5"),  # exactly the minimum
+    (LotLimits(step=D("0.001"), max_market_qty=D(0)), "3", "3"),  # a zero maximum is no maximum
+    (LotLimits(step=D("0.001"), max_market_qty=D(2)), "2", "2"),  # exactly the maximum
+    (LotLimits(step=D("0.001"), max_market_qty=D("0.8")), "2", "0.8"),
+    (LotLimits(max_market_qty=D("0.8")), "2", "0.8"),  # no step: the cap as it is
+    (LotLimits(step=D("0.001")), "0", None),
+])
+def test_the_order_quantity(limits, remaining, qty):
+    expected = None if qty is None else D(qty)
+    assert Executor._order_qty(D(remaining), limits, limit=False) == expected
+
+
+async def test_a_position_without_lot_limits_is_closed_as_it_is(autojump_clock):
+    h = Traced(exchange(qty="0.0005"))
+    h.ex.close_limits = None
+    h.ex.lot_size = D(0)
+    r = await h.close(uuid4(), qty="0.0005")
+    assert r.outcome == "flat" and [a[2] for a in h.creates()] == [D("0.0005")]
+
+
+async def test_lot_limits_that_fail_to_load_leave_the_adapter_to_check(autojump_clock):
+    h = Traced(exchange())
+    h.ex.fail_next(RetryableError("markets 502", exchange="bybit", code="m502"), method="close_limits")
+    r = await h.close(uuid4())
+    assert r.outcome == "flat" and h.errors == [("bybit", "m502")]
+    assert [m for _, m, _ in h.calls] == ["fetch_positions", "close_limits", "create_close_order", "fetch_positions"]
