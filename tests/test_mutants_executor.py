@@ -58,6 +58,14 @@ class Traced(Harness):
 
         ex._enter = enter
 
+    async def _write(self, batch) -> None:
+        # An update of an order the in-memory table never saw (its row is in a test's own
+        # loader) is kept too: a write that always failed would hold the writer forever.
+        for item in batch:
+            if isinstance(item, op.UpdateCloseOrder):
+                self.table.setdefault(item.client_order_id, {"client_order_id": item.client_order_id})
+        await super()._write(batch)
+
     def timeline(self, method: str | None = None) -> list[tuple[float, str]]:
         """(seconds since the first call, method) of each exchange call."""
         t0 = self.calls[0][0]
@@ -707,3 +715,259 @@ async def test_lot_limits_that_fail_to_load_leave_the_adapter_to_check(autojump_
     r = await h.close(uuid4())
     assert r.outcome == "flat" and h.errors == [("bybit", "m502")]
     assert [m for _, m, _ in h.calls] == ["fetch_positions", "close_limits", "create_close_order", "fetch_positions"]
+
+
+# --- reconciling with the write-ahead table and the exchange -----------------------------
+
+
+class Table:
+    """A write-ahead table frozen at ``rows`` (one aged position's), as a loader."""
+
+    def __init__(self, aged: UUID, rows: list[dict]):
+        self.aged, self.rows, self.reads = aged, rows, 0
+
+    async def __call__(self, aged_id: UUID) -> list[dict]:
+        self.reads += 1
+        return [dict(r) for r in self.rows] if aged_id == self.aged else []
+
+
+def table_row(aged: UUID, attempt: int, state: str, qty="0", price=None) -> dict:
+    return {"client_order_id": client_order_id(aged, attempt), "attempt": attempt, "state": state,
+            "filled_qty": D(qty), "avg_price": None if price is None else D(price)}
+
+
+def lookups(h: Traced) -> list[str]:
+    return [a[1] for _, m, a in h.calls if m == "fetch_order_by_client_id"]
+
+
+async def test_a_first_close_does_not_read_the_table(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.executor.load_orders = table = Table(aged, [])
+    await h.close(aged)
+    assert table.reads == 0
+    await h.close(uuid4(), next_attempt=2)
+    await h.close(uuid4(), reconcile_only=True)
+    assert table.reads == 2
+
+
+async def test_an_order_unresolved_in_memory_is_looked_up_even_on_a_first_attempt(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    cid = client_order_id(aged, 1)
+    h.ex.lose_reply_next(1)
+    h.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), 3, method="fetch_order_by_client_id")
+    await h.close(aged)
+    h.executor.load_orders = Table(aged, [])  # the table knows nothing of it
+    r = await h.close(aged)  # the actor asks again with attempt 1
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=1, last_order_id=cid)
+    assert lookups(h)[3:] == [cid] and len(h.creates()) == 1
+
+
+async def test_an_order_both_in_the_table_and_in_memory_is_looked_up_once(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    cid = client_order_id(aged, 1)
+    h.ex.lose_reply_next(1)
+    h.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), 3, method="fetch_order_by_client_id")
+    await h.close(aged)
+    assert h.table[cid]["state"] == "unknown"
+    r = await h.close(aged, next_attempt=2)
+    assert (r.outcome, r.filled_qty) == ("flat", D(1))
+    assert lookups(h)[3:] == [cid]
+
+
+async def test_the_table_is_read_for_this_aged_position(autojump_clock):
+    h, aged = Traced(exchange(qty="0.75")), uuid4()
+    h.executor.load_orders = Table(aged, [table_row(aged, 1, "partially_filled", "0.25", "110")])
+    r = await h.close(aged, qty="0.75", next_attempt=2)
+    c2 = client_order_id(aged, 2)
+    assert r == result("flat", filled_qty=D(1), avg_price=D("102.5"), remaining_qty=D(0), attempts=2, last_order_id=c2)
+
+
+async def test_a_table_that_does_not_answer_in_time_is_done_without(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+
+    async def hangs(aged_id):
+        await trio.sleep_forever()
+
+    h.executor.load_orders = hangs
+    r = await h.close(aged, next_attempt=2)
+    assert (r.outcome, r.attempts) == ("flat", 2)
+    assert h.calls[0][0] == pytest.approx(2.0)  # the database got its two seconds
+
+
+async def test_what_memory_knows_is_final_is_not_looked_up_again(autojump_clock):
+    # the table lags: it still shows every order pending
+    h, aged = Traced(exchange(), retry_delays=(1.0,)), uuid4()
+    c1, c2, c3 = (client_order_id(aged, a) for a in (1, 2, 3))
+    h.ex.partial_fill_ratio = D("0.5")
+    real = h.ex.create_close_order
+
+    async def create(*a, **kw):
+        found = await real(*a, **kw)
+        h.ex.partial_fill_ratio = None
+        h.ex.fail_next(RetryableError("502", exchange="bybit"), 2)
+        return found
+
+    h.ex.create_close_order = create
+    r = await h.close(aged)
+    assert (r.outcome, r.filled_qty, r.attempts) == ("failed", D("0.5"), 3)
+    h.ex.create_close_order = real
+    h.executor.load_orders = Table(aged, [table_row(aged, a, "pending") for a in (1, 2, 3)])
+    r2 = await h.close(aged, next_attempt=4)
+    assert lookups(h) == [c2, c3]  # never seen by the exchange: not found
+    assert [w for w in h.writes() if isinstance(w, op.UpdateCloseOrder)][-3:-1] == [
+        update(c2, state="not_found"), update(c3, state="not_found")]
+    assert (r2.outcome, r2.filled_qty, r2.attempts) == ("flat", D(1), 4)
+
+
+async def test_orders_unresolved_in_memory_are_looked_up_in_attempt_order(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    c9, c10, c11 = (client_order_id(aged, a) for a in (9, 10, 11))
+    odd = {c: OrderResult(c, None, "expired", D(0), None, D(1)) for c in (c9, c10)}  # a status we do not know
+    answer_lookups(h.ex, odd)
+    h.executor.load_orders = Table(aged, [table_row(aged, 9, "pending"), table_row(aged, 10, "pending")])
+    h.ex.fail_next(NonRetryableError("maintenance", exchange="bybit", code="10001"))
+    r = await h.close(aged, next_attempt=11)
+    assert (r.outcome, r.attempts) == ("failed", 11)
+    assert [w for w in h.writes() if w.client_order_id in (c9, c10)] == [update(c9, state="unknown", filled_qty=D(0)),
+                                                                          update(c10, state="unknown", filled_qty=D(0))]
+    assert h.executor._fills[aged].pending == {c9: 9, c10: 10}
+
+    async def away(aged_id):
+        raise OSError("database away")
+
+    h.executor.load_orders = away
+    r2 = await h.close(aged, next_attempt=12)
+    assert lookups(h)[2:] == [c9, c10]
+    assert lookups(h)[:2] == [c9, c10]
+    assert c11 not in lookups(h)  # rejected: settled
+
+
+async def test_an_unresolved_order_found_never_sent_is_settled(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    c1, c2 = client_order_id(aged, 1), client_order_id(aged, 2)
+    h.ex.fail_next(UnknownOutcomeError("timeout", exchange="bybit"))  # never reached the exchange
+    h.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), 3, method="fetch_order_by_client_id")
+    await h.close(aged)
+    assert h.executor._fills[aged].pending == {c1: 1}
+    h.ex.fail_next(NonRetryableError("maintenance", exchange="bybit", code="10001"))
+    r = await h.close(aged, next_attempt=2)
+    assert r == result("failed", remaining_qty=D(1), attempts=2, error="NonRetryableError: maintenance")
+    assert h.states(c1) == ["unknown", "not_found"]
+    assert h.executor._fills[aged].pending == {} and h.executor._fills[aged].max_attempt == 2
+    assert [a[3] for a in h.creates()] == [c1, c2]
+
+
+async def test_every_unresolved_order_is_looked_up(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.executor.load_orders = Table(aged, [table_row(aged, 1, "pending"), table_row(aged, 2, "unknown")])
+    r = await h.close(aged, next_attempt=3)
+    assert lookups(h) == [client_order_id(aged, 1), client_order_id(aged, 2)]
+    assert [w for w in h.writes() if isinstance(w, op.UpdateCloseOrder)][:2] == [
+        update(client_order_id(aged, 1), state="not_found"), update(client_order_id(aged, 2), state="not_found")]
+    assert (r.outcome, r.attempts) == ("flat", 3)
+
+
+async def test_an_order_still_open_on_reconcile_stops_the_close(autojump_clock):
+    ex, aged = exchange(), uuid4()
+    cid = client_order_id(aged, 1)
+    ex.open_next(1, lookups=9)
+    await ex.create_close_order(SYMBOL, "long", D(1), cid)
+    h = Traced(ex)
+    h.executor.follow_polls = 1
+    h.executor.load_orders = Table(aged, [table_row(aged, 1, "pending")])
+    r = await h.close(aged, next_attempt=2)
+    assert r == result("failed", attempts=1, error=f"UnknownOutcomeError: order {cid} is still open on the exchange")
+    assert [m for _, m, _ in h.calls].count("create_close_order") == 0 and len(lookups(h)) == 2
+
+
+async def test_what_lookups_find_is_recorded_by_its_status(autojump_clock):
+    ex, aged = exchange(qty="0.5"), uuid4()
+    c = {a: client_order_id(aged, a) for a in range(1, 9)}
+    answer_lookups(ex, {
+        c[1]: OrderResult(c[1], "e1", "rejected", D(0), None, D(1)),
+        c[2]: OrderResult(c[2], "e2", "expired", D(0), None, D(1)),
+        c[3]: OrderResult(c[3], "e3", "canceled", D(0), None, D(1)),
+        c[4]: OrderResult(c[4], "e4", "closed", D("0.3"), D(100), D("0.5")),
+        c[5]: OrderResult(c[5], "e5", "closed", D("0.2"), D(110), None),
+        c[6]: OrderResult(c[6], "e6", "canceled", D("0.1"), D(90), D(1)),
+        c[7]: OrderResult(c[7], None, "canceled", D(0), None, None),  # never in the table: adopted
+    })
+    h = Traced(ex)
+    h.executor.load_orders = Table(aged, [table_row(aged, a, "pending") for a in range(1, 7)])
+    r = await h.close(aged, qty="0.5", next_attempt=7, reconcile_only=True)
+    assert lookups(h) == [c[a] for a in range(1, 8)]  # the table's six, then one beyond
+    assert [w for w in h.writes() if w.client_order_id != c[7]] == [
+        update(c[1], state="rejected", exchange_order_id="e1", filled_qty=D(0)),
+        update(c[2], state="unknown", exchange_order_id="e2", filled_qty=D(0)),
+        update(c[3], state="canceled", exchange_order_id="e3", filled_qty=D(0)),
+        update(c[4], state="partially_filled", exchange_order_id="e4", filled_qty=D("0.3"), avg_price=D(100)),
+        update(c[5], state="filled", exchange_order_id="e5", filled_qty=D("0.2"), avg_price=D(110)),
+        update(c[6], state="partially_filled", exchange_order_id="e6", filled_qty=D("0.1"), avg_price=D(90))]
+    assert [w for w in h.writes() if w.client_order_id == c[7]] == [
+        row(c[7], aged, 7, qty="1e-18"), update(c[7], state="canceled", filled_qty=D(0))]
+    assert r == result("open", filled_qty=D("0.6"), avg_price=(D(30) + D(22) + D(9)) / D("0.6"), remaining_qty=D("0.5"),
+                       attempts=7, last_order_id=c[6])
+    assert h.executor._fills[aged].pending == {c[2]: 2}
+
+
+async def test_orders_found_beyond_the_table_are_adopted_as_they_were(autojump_clock):
+    ex, aged = exchange(qty="2"), uuid4()
+    c2, c3 = client_order_id(aged, 2), client_order_id(aged, 3)
+    ex.partial_fill_ratio = D("0.5")
+    await ex.create_close_order(SYMBOL, "long", D("0.5"), c2)  # sent while the table was away
+    ex.partial_fill_ratio = None
+    answer_lookups(ex, {c3: OrderResult(c3, "e3", "closed", D("0.2"), D(100), None)})
+    h = Traced(ex)
+    h.executor.load_orders = Table(aged, [table_row(aged, 1, "filled", "0.1", "100")])
+    r = await h.close(aged, qty="2", next_attempt=3, reconcile_only=True)
+    assert lookups(h) == [c2, c3]
+    assert h.writes() == [
+        row(c2, aged, 2, qty="0.5"),
+        update(c2, state="partially_filled", exchange_order_id="bybit-1", filled_qty=D("0.25"), avg_price=D(100)),
+        row(c3, aged, 3, qty="0.2"), update(c3, state="filled", exchange_order_id="e3", filled_qty=D("0.2"),
+                                            avg_price=D(100))]
+    assert (r.outcome, r.filled_qty, r.remaining_qty, r.attempts) == ("open", D("0.55"), D("1.75"), 3)
+    # a short's orders were buys
+    ex2, aged2 = exchange(side="short"), uuid4()
+    await ex2.create_close_order(SYMBOL, "short", D(1), client_order_id(aged2, 1))
+    h2 = Traced(ex2)
+    await h2.close(aged2, side="short", next_attempt=2, reconcile_only=True)
+    assert h2.writes()[0] == row(client_order_id(aged2, 1), aged2, 1, side="buy")
+
+
+@pytest.mark.parametrize("next_attempt, rows, expected", [
+    (3, [], [1, 2, 3]),  # up to the attempt after the last the actor knew
+    (1, [], [1]),
+    (3, [(1, "filled")], [2, 3]),
+    (2, [(1, "rejected"), (4, "rejected")], [2, 3, 5]),
+])
+async def test_a_restart_probes_the_attempts_the_table_may_have_missed(autojump_clock, next_attempt, rows, expected):
+    h, aged = Traced(exchange()), uuid4()
+    h.executor.load_orders = Table(aged, [table_row(aged, a, s) for a, s in rows])
+    r = await h.close(aged, next_attempt=next_attempt, reconcile_only=True)
+    assert lookups(h) == [client_order_id(aged, a) for a in expected]
+    attempts = max([next_attempt - 1] + [a for a, _ in rows])
+    assert r == result("open", remaining_qty=D(1), attempts=attempts)
+    assert h.writes() == []
+
+
+async def test_a_restart_probe_skips_what_memory_knows_though_the_table_lags(autojump_clock):
+    h, aged = Traced(exchange(qty="1")), uuid4()
+    h.executor.load_orders = Table(aged, [table_row(aged, 1, "filled", "0.25", "100")])
+    h.ex.set_position(SYMBOL, "long", "0.75", "100")
+    h.ex.partial_fill_ratio = D("0.5")
+    real = h.ex.create_close_order
+
+    async def create(*a, **kw):
+        found = await real(*a, **kw)
+        h.ex.partial_fill_ratio = None
+        h.ex.fail_next(NonRetryableError("maintenance", exchange="bybit", code="10001"))
+        return found
+
+    h.ex.create_close_order = create
+    r = await h.close(aged, qty="0.75", next_attempt=2)
+    assert (r.outcome, r.attempts) == ("failed", 3)
+    r2 = await h.close(aged, qty="0.75", next_attempt=4, reconcile_only=True)
+    # attempt 2 is final in memory though the table lags; 3 was rejected, so it is probed
+    assert lookups(h) == [client_order_id(aged, 3), client_order_id(aged, 4)]
+    assert (r2.outcome, r2.filled_qty, r2.attempts) == ("open", D("0.625"), 3)
