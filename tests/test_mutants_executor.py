@@ -971,3 +971,382 @@ async def test_a_restart_probe_skips_what_memory_knows_though_the_table_lags(aut
     # attempt 2 is final in memory though the table lags; 3 was rejected, so it is probed
     assert lookups(h) == [client_order_id(aged, 3), client_order_id(aged, 4)]
     assert (r2.outcome, r2.filled_qty, r2.attempts) == ("open", D("0.625"), 3)
+
+
+# --- a position already flat: our own orders are probed ----------------------------------
+
+
+async def test_a_flat_position_probes_from_the_first_attempt_to_the_last_sent(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.ex.close_externally(SYMBOL)
+    r = await h.close(aged)
+    assert lookups(h) == [client_order_id(aged, 1)]
+    assert r == result("vanished", remaining_qty=D(0), attempts=0)
+    h2, aged2 = Traced(exchange()), uuid4()
+    h2.ex.close_externally(SYMBOL)
+    r2 = await h2.close(aged2, next_attempt=4)
+    assert lookups(h2) == [client_order_id(aged2, a) for a in (1, 2, 3)]
+    assert r2 == result("vanished", remaining_qty=D(0), attempts=3)
+    assert aged2 not in h2.executor._fills
+
+
+async def test_the_probe_skips_known_orders_and_adopts_a_filled_one(autojump_clock):
+    ex, aged = exchange(), uuid4()
+    c1, c2, c3 = (client_order_id(aged, a) for a in (1, 2, 3))
+    await ex.create_close_order(SYMBOL, "long", D(1), c2)  # filled, by a process that died unrecorded
+    h = Traced(ex)
+    h.executor.load_orders = Table(aged, [table_row(aged, 1, "rejected")])
+    r = await h.close(aged, next_attempt=4)
+    assert lookups(h) == [c2, c3]
+    assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=3, last_order_id=c2)
+    assert h.writes() == [row(c2, aged, 2), filled(c2, 1)]
+
+
+async def test_the_probe_leaves_an_unfilled_order_alone(autojump_clock):
+    ex, aged = exchange(), uuid4()
+    ex.set_quote(SYMBOL, "90", "90.1", "90")
+    await ex.create_close_order(SYMBOL, "long", D(1), client_order_id(aged, 1), limit_price=D(100))  # found nothing
+    ex.close_externally(SYMBOL)
+    h = Traced(ex)
+    r = await h.close(aged, next_attempt=2)
+    assert r == result("vanished", remaining_qty=D(0), attempts=1)
+    assert h.writes() == []
+
+
+async def test_a_probe_whose_lookups_fail_reports_the_position_vanished(autojump_clock):
+    h, aged = Traced(exchange(), lookup_retries=1), uuid4()
+    h.ex.close_externally(SYMBOL)
+    h.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), 5, method="fetch_order_by_client_id")
+    r = await h.close(aged, next_attempt=3)
+    assert lookups(h) == [client_order_id(aged, 1)]  # the first failure ends the probe
+    assert r == result("vanished", remaining_qty=D(0), attempts=2)
+
+
+# --- the episode on the exchange is not the one the actor decided on ---------------------
+
+
+def episode(h: Traced, aged: UUID, fills=(), **kw):
+    opened = NOW - timedelta(days=2)
+    h.ex.fills[SYMBOL] = list(fills)
+    return h.close(aged, entry_price=D(100), opened_at=opened, **kw)
+
+
+def fill(side: str, qty: str, hours_ago: float, price="100") -> Fill:
+    return Fill(f"f{hours_ago}", NOW - timedelta(hours=hours_ago), side, D(qty), D(price))
+
+
+async def test_an_averaged_in_position_is_not_closed_and_the_actor_learns_of_it(autojump_clock):
+    ex = exchange(qty="1.5")
+    ex.set_position(SYMBOL, "long", "1.5", "101")
+    h, aged = Traced(ex), uuid4()
+    h.executor.load_orders = Table(aged, [table_row(aged, a, "rejected") for a in (1, 2, 3)])
+    await episode(h, aged, [fill("buy", "1", 48), fill("buy", "0.5", 1, "103")], next_attempt=2)
+    assert h.results == [PositionUpdate(NOW, quantity=D("1.5"), entry_price=D(101)), result("open", attempts=3)]
+    assert [(m, a) for _, m, a in h.calls] == [
+        ("fetch_positions", ([SYMBOL],)),
+        ("fetch_fills", (SYMBOL, NOW - timedelta(days=2), NOW + timedelta(seconds=5)))]
+    assert h.writes() == [] and aged in h.executor._fills
+    # without a table behind it: the attempts the actor knew of
+    ex2 = exchange()
+    ex2.set_position(SYMBOL, "long", "1", "99")
+    h2, aged2 = Traced(ex2), uuid4()
+    await episode(h2, aged2, next_attempt=4)
+    assert h2.results == [PositionUpdate(NOW, quantity=D(1), entry_price=D(99)), result("open", attempts=3)]
+
+
+async def test_a_position_opened_again_is_another_episode(autojump_clock):
+    ex = exchange(qty="1")
+    ex.set_position(SYMBOL, "long", "1", "105")
+    h, aged = Traced(ex), uuid4()
+    r = await episode(h, aged, [fill("buy", "1", 40), fill("sell", "1", 3), fill("buy", "1", 1, "105")])
+    assert r == result("vanished", remaining_qty=D(0), attempts=0)
+    assert h.creates() == [] and h.results == [r]
+
+
+async def test_the_fill_history_asked_is_at_most_a_week(autojump_clock):
+    ex = exchange(qty="2")
+    h, aged = Traced(ex), uuid4()
+    h.ex.fills[SYMBOL] = []
+    r = await h.close(aged, entry_price=D(100), opened_at=NOW - timedelta(days=30))  # more than asked: ask
+    assert [a for _, m, a in h.calls if m == "fetch_fills"] == [
+        (SYMBOL, NOW - timedelta(days=7) + timedelta(seconds=10), NOW + timedelta(seconds=5))]
+    assert (r.outcome, r.filled_qty) == ("flat", D(2))
+
+
+@pytest.mark.parametrize("position_qty, entry, opened, asks", [
+    ("1", "100", True, False),  # the episode as the actor knows it
+    ("0.5", "100", True, False),  # less than asked (a partial close by someone else)
+    ("1.5", "100", True, True),  # more
+    ("1", "101", True, True),  # another entry
+    ("1.5", "100", False, False),  # no open time known: nothing to compare with
+])
+async def test_the_fill_history_is_asked_only_when_the_position_changed(autojump_clock, position_qty, entry, opened,
+                                                                         asks):
+    ex = exchange(qty=position_qty)
+    ex.set_position(SYMBOL, "long", position_qty, entry)
+    h = Traced(ex)
+    await h.close(uuid4(), entry_price=D(100), opened_at=NOW - timedelta(days=2) if opened else None)
+    assert ("fetch_fills" in [m for _, m, _ in h.calls]) == asks
+
+
+async def test_without_a_known_entry_nothing_is_compared(autojump_clock):
+    ex = exchange(qty="1.5")
+    ex.set_position(SYMBOL, "long", "1.5", "101")
+    h = Traced(ex)
+    r = await h.close(uuid4(), opened_at=NOW - timedelta(days=2))
+    assert (r.outcome, r.filled_qty) == ("flat", D("1.5"))
+    assert "fetch_fills" not in [m for _, m, _ in h.calls]
+
+
+async def test_after_a_fill_a_changed_entry_is_closed_anyway(autojump_clock):
+    h, aged = Traced(exchange(qty="1")), uuid4()
+    h.ex.partial_fill_ratio = D("0.5")
+    real = h.ex.create_close_order
+
+    async def create(*a, **kw):
+        found = await real(*a, **kw)
+        if h.ex.partial_fill_ratio is not None:
+            h.ex.partial_fill_ratio = None
+            h.ex.set_position(SYMBOL, "long", "0.5", "102")  # the exchange re-averaged the entry
+        return found
+
+    h.ex.create_close_order = create
+    r = await h.close(aged, entry_price=D(100))
+    assert (r.outcome, r.filled_qty, r.attempts) == ("flat", D(1), 2)
+    assert not any(isinstance(x, PositionUpdate) for x in h.results)
+
+
+# --- answering the actor ------------------------------------------------------------------
+
+
+def request(h: Traced, aged: UUID, *, exchange_name: str = "bybit", symbol: str = SYMBOL, reply="harness", **kw):
+    kw.setdefault("next_attempt", 1)
+    return CloseRequest(aged_id=aged, exchange=exchange_name, symbol=symbol, side="long", qty=D(1),
+                        reply=h if reply == "harness" else reply, clock=lambda: NOW, **kw)
+
+
+async def handle(h: Traced, req: CloseRequest) -> None:
+    async with trio.open_nursery() as n:
+        n.start_soon(h.writer.run)
+        await h.executor._handle(req)
+        await h.writer.wait_flushed()
+        n.cancel_scope.cancel()
+
+
+async def test_a_close_on_an_exchange_it_does_not_know_fails_and_says_why(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    await handle(h, request(h, aged, exchange_name="okx", next_attempt=3))
+    assert h.results == [result("failed", attempts=2, error="KeyError: 'okx'")]
+
+
+async def test_an_unexpected_error_reports_everything_known(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.ex.fail_next(ValueError("malformed"), method="fetch_positions")
+    r = await h.close(aged, next_attempt=3)
+    assert r == result("failed", attempts=2, error="ValueError: malformed")
+    h2, aged2 = Traced(exchange(qty="1")), uuid4()
+    h2.ex.partial_fill_ratio = D("0.5")
+    real = h2.ex.create_close_order
+
+    async def create(*a, **kw):
+        found = await real(*a, **kw)
+        h2.ex.fail_next(KeyError("malformed"), method="fetch_positions")
+        return found
+
+    h2.ex.create_close_order = create
+    r2 = await h2.close(aged2)
+    assert r2 == result("failed", filled_qty=D("0.5"), avg_price=D(100), attempts=1,
+                        last_order_id=client_order_id(aged2, 1), error="KeyError: 'malformed'")
+
+
+class Gone:
+    """An actor that died: its mailbox refuses everything."""
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def send_nowait(self, message):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [trio.WouldBlock(), trio.BrokenResourceError(), trio.ClosedResourceError()])
+async def test_a_dead_actor_does_not_stop_the_executor(autojump_clock, exc):
+    h, aged = Traced(exchange()), uuid4()
+    await handle(h, request(h, aged, reply=Gone(exc)))
+    assert len(h.creates()) == 1 and aged not in h.executor._fills
+    ex = exchange()
+    ex.set_position(SYMBOL, "long", "1", "101")
+    h2 = Traced(ex)
+    h2.ex.fills[SYMBOL] = []
+    await handle(h2, request(h2, uuid4(), reply=Gone(exc), entry_price=D(100), opened_at=NOW - timedelta(days=1)))
+    assert h2.creates() == []
+    await handle(h2, request(h2, uuid4(), reply=None, entry_price=D(100), opened_at=NOW - timedelta(days=1)))
+    assert h2.creates() == []
+
+
+@pytest.mark.parametrize("setup, outcome, kept", [
+    (lambda ex: None, "flat", False),
+    (lambda ex: ex.close_externally(SYMBOL), "vanished", False),
+    (lambda ex: ex.set_position(SYMBOL, "long", "0.0001", "100"), "dust", False),
+    (lambda ex: ex.fail_next(NonRetryableError("no", exchange="bybit")), "failed", True),
+])
+async def test_a_finished_close_forgets_its_orders(autojump_clock, setup, outcome, kept):
+    h, aged = Traced(exchange()), uuid4()
+    setup(h.ex)
+    r = await h.close(aged)
+    assert r.outcome == outcome and (aged in h.executor._fills) == kept
+
+
+class Hold:
+    """A writer hold that notes how many orders had been sent when it was released."""
+
+    def __init__(self, h: Traced):
+        self.h, self.released_after = h, []
+
+    def release(self) -> None:
+        self.released_after.append(len(h_creates(self.h)))
+
+
+def h_creates(h: Traced) -> list:
+    return [a for _, m, a in h.calls if m == "create_close_order"]
+
+
+async def run_all(h: Traced, *requests: CloseRequest) -> None:
+    """Submit ``requests`` to the running executor and wait for every answer."""
+    async with trio.open_nursery() as n:
+        n.start_soon(h.writer.run)
+        await n.start(h.executor.run)
+        for req in requests:
+            h.executor.submit(req)
+        while len(h.results) < len(requests):
+            await trio.sleep(0.01)
+        await h.writer.wait_flushed()
+        n.cancel_scope.cancel()
+
+
+async def test_a_close_from_a_tick_holds_the_writer_until_its_row_is_written(autojump_clock):
+    h = Traced(exchange())
+    holds: list[Hold] = []
+    h.writer.hold = lambda: holds.append(Hold(h)) or holds[-1]
+    await run_all(h, request(h, uuid4(), tick_received_at=trio.current_time()))
+    assert [hold.released_after for hold in holds] == [[0, 1]]  # released before the send (and once more after)
+    assert h.results[0].outcome == "flat"
+    # a close not triggered by a tick holds nothing
+    await run_all(h, request(h, uuid4()))
+    assert len(holds) == 1
+    # nor one whose row is not written straight to the database
+    h2 = Traced(exchange())
+    h2.executor.write_direct = None
+    h2.writer.hold = lambda: holds.append(Hold(h2)) or holds[-1]
+    await run_all(h2, request(h2, uuid4(), tick_received_at=trio.current_time()))
+    assert len(holds) == 1 and h2.results[0].outcome == "flat"
+
+
+async def test_closes_on_different_symbols_run_side_by_side_and_on_one_symbol_in_turn(autojump_clock):
+    other = "ETH/USDT:USDT"
+    ex = exchange(latency=1.0)
+    ex.set_position(other, "long", "1", "100")
+    ex.set_quote(other, "100", "100.1", "100")
+    h = Traced(ex)
+    await run_all(h, request(h, uuid4()), request(h, uuid4(), symbol=other))
+    assert trio.current_time() == pytest.approx(4.0, abs=0.1)  # four calls of one second each, side by side
+    h2 = Traced(exchange(latency=1.0))
+    start = trio.current_time()
+    await run_all(h2, request(h2, uuid4()), request(h2, uuid4()))
+    assert trio.current_time() - start == pytest.approx(6.0, abs=0.1)  # 4 s, then 2 s for the one found flat
+
+
+# --- the write-ahead row -----------------------------------------------------------------
+
+
+def direct_writes(h: Traced) -> list:
+    """Record what goes straight to the database (the rest goes through the writer)."""
+    seen: list = []
+    real = h.executor.write_direct
+
+    async def write(batch):
+        seen.extend(batch)
+        await real(batch)
+
+    h.executor.write_direct = write
+    return seen
+
+
+async def test_the_row_goes_straight_to_the_database_while_it_is_up(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    seen = direct_writes(h)
+    await h.close(aged)
+    assert seen == [row(client_order_id(aged, 1), aged, 1)]
+
+
+async def test_while_the_database_is_down_the_row_is_queued_in_the_writer(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    seen = direct_writes(h)
+    h.writer.database_up = False
+    r = await h.close(aged)
+    cid = client_order_id(aged, 1)
+    assert seen == [] and r.outcome == "flat"
+    assert h.writes() == [row(cid, aged, 1), filled(cid, 1)]
+
+
+async def test_a_direct_write_that_fails_is_queued_and_the_order_sent(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+
+    async def fails(batch):
+        raise OSError("connection reset")
+
+    h.executor.write_direct = fails
+    r = await h.close(aged)
+    cid = client_order_id(aged, 1)
+    assert r.outcome == "flat" and h.writes() == [row(cid, aged, 1), filled(cid, 1)]
+
+
+async def test_a_direct_write_gets_two_seconds(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+
+    async def hangs(batch):
+        await trio.sleep_forever()
+
+    h.executor.write_direct = hangs
+    r = await h.close(aged)
+    assert r.outcome == "flat"
+    assert h.timeline("create_close_order") == [(2.0, "create_close_order")]
+    assert h.writes()[0] == row(client_order_id(aged, 1), aged, 1)
+
+
+# --- the retry schedule ------------------------------------------------------------------
+
+
+async def test_a_retry_waits_the_schedule_or_what_the_exchange_asks_whichever_is_longer(autojump_clock):
+    h = Traced(exchange(), retry_delays=(0.1, 0.2))
+    h.ex.fail_next(RetryableError("502", exchange="bybit"))
+    h.ex.fail_next(RetryableError("429", exchange="bybit", retry_after=0.5))
+    r = await h.close(uuid4())
+    assert r.outcome == "flat"
+    assert [t for t, _ in h.timeline("create_close_order")] == [0, 0.1, 0.6]
+    h2 = Traced(exchange(), retry_delays=(0.1,))
+    h2.ex.fail_next(RetryableError("429", exchange="bybit", retry_after=0))  # no wait asked: the schedule
+    await h2.close(uuid4())
+    assert [t for t, _ in h2.timeline("create_close_order")] == [0, 0.1]
+
+
+async def test_an_order_found_after_a_lost_reply_is_no_longer_unresolved(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    c1 = client_order_id(aged, 1)
+    h.ex.lose_reply_next(1)
+    h.ex.partial_fill_ratio = D("0.5")
+    real = h.ex.create_close_order
+
+    async def create(*a, **kw):
+        try:
+            return await real(*a, **kw)
+        finally:
+            h.ex.partial_fill_ratio = None
+            h.ex.fail_next(NonRetryableError("maintenance", exchange="bybit", code="10001"))
+
+    h.ex.create_close_order = create
+    r = await h.close(aged)
+    assert r == result("failed", filled_qty=D("0.5"), avg_price=D(100), remaining_qty=D("0.5"), attempts=2,
+                       last_order_id=c1, error="NonRetryableError: maintenance")
+    fills = h.executor._fills[aged]
+    assert (fills.pending, fills.max_attempt) == ({}, 2)
