@@ -225,6 +225,7 @@ async def test_retryable_rejections_are_retried_on_schedule_then_fail(autojump_c
     assert h.stats() == (3, 2, 0, {"10006": 3})
     assert h.errors == [("bybit", "10006")] * 3 and h.attempts == [("bybit", a) for a in (1, 2, 3)]
     assert aged in h.executor._fills  # failed: kept for the next request
+    assert h.executor._fills[aged].pending == {}  # each rejected: nothing to look up next time
 
 
 async def test_a_rejection_the_exchange_can_not_retry_ends_the_close(autojump_clock):
@@ -344,6 +345,7 @@ async def test_a_thin_book_falls_back_at_once_and_the_ioc_is_retried_on_schedule
         w for a, c in enumerate(cids[1:], 2)
         for w in (row(c, aged, a, order_type="limit_ioc", limit=D("99.00")), update(c, **rejected))]
     assert h.stats() == (4, 3, 0, {LIQUIDITY: 4})
+    assert h.executor._fills[aged].pending == {}
 
 
 async def test_after_a_fill_the_next_order_is_at_market_again(autojump_clock):
@@ -491,6 +493,7 @@ async def test_a_lost_reply_with_lookups_that_fail_leaves_the_order_unknown(auto
     assert h.writes() == [row(cid, aged, 1), update(cid, state="unknown", error_message=lost)]
     assert h.timeline("fetch_order_by_client_id") == [(0, "fetch_order_by_client_id"), (2, "fetch_order_by_client_id"),
                                                       (5, "fetch_order_by_client_id")]
+    assert trio.current_time() - h.calls[0][0] == pytest.approx(5)  # no wait after the last lookup
     assert h.stats() == (1, 0, 3, {"lost_reply": 1, "RetryableError": 3})
     assert h.executor._fills[aged].pending == {cid: 1}
 
@@ -563,13 +566,31 @@ async def test_a_followed_order_keeps_its_requested_quantity(autojump_clock):
         if cid != c1:
             return found
         h.ex.set_position(SYMBOL, "long", "0.5", "100")
-        return OrderResult(cid, "x-1", "canceled", D("0.5"), D(100), None)
+        return OrderResult(cid, "x-1", "closed", D("0.5"), D(100), None)
 
     h.ex.fetch_order_by_client_id = lookup
     r = await h.close(aged)
     assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=2, last_order_id=c2)
     assert h.writes()[:2] == [row(c1, aged, 1), update(c1, state="partially_filled", exchange_order_id="x-1",
                                                        filled_qty=D("0.5"), avg_price=D(100))]
+
+
+async def test_a_followed_order_takes_the_quantity_the_lookup_reports(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    c1 = client_order_id(aged, 1)
+    h.ex.open_next(1, lookups=99)
+    real = h.ex.fetch_order_by_client_id
+
+    async def lookup(symbol, cid):
+        found = await real(symbol, cid)
+        if cid != c1:
+            return found
+        h.ex.set_position(SYMBOL, "long", "0.5", "100")
+        return OrderResult(cid, "x-1", "closed", D("0.5"), D(100), D("0.5"))  # the exchange cut the order
+
+    h.ex.fetch_order_by_client_id = lookup
+    await h.close(aged)
+    assert h.writes()[1] == update(c1, state="filled", exchange_order_id="x-1", filled_qty=D("0.5"), avg_price=D(100))
 
 
 async def test_a_followed_order_that_fills_in_full_without_a_requested_quantity(autojump_clock):
@@ -672,13 +693,16 @@ async def test_a_split_with_a_minimum_leaves_a_closable_remainder(autojump_clock
     await h2.close(uuid4(), qty="1.01")
     assert [a[2] for a in h2.creates()] == [D("0.5"), D("0.5"), D("0.01")]
     # the cap not on the lot grid: rounded down to it
-    h3 = Traced(exchange(qty="1", max_market_qty=D("0.4005")))
+    h3 = Traced(exchange(qty="1", max_market_qty=D("0.4008")))
     await h3.close(uuid4())
     assert [a[2] for a in h3.creates()] == [D("0.4"), D("0.4"), D("0.2")]
     # one minimum too few to split well: two orders are still made
     h4 = Traced(exchange(qty="0.52", max_market_qty=D("0.5"), min_qty=D("0.03")))
     await h4.close(uuid4(), qty="0.52")
     assert [a[2] for a in h4.creates()] == [D("0.49"), D("0.03")]
+    h6 = Traced(exchange(qty="0.6", max_market_qty=D("0.5"), min_qty=D("0.3")))  # two minimums exactly
+    await h6.close(uuid4(), qty="0.6")
+    assert [a[2] for a in h6.creates()] == [D("0.3"), D("0.3")]
     h5 = Traced(exchange(qty="0.52", max_market_qty=D("0.5"), min_qty=D("0.3")))
     r5 = await h5.close(uuid4(), qty="0.52")
     assert [a[2] for a in h5.creates()] == [D("0.5")] and r5.outcome == "dust"
@@ -1350,3 +1374,83 @@ async def test_an_order_found_after_a_lost_reply_is_no_longer_unresolved(autojum
                        last_order_id=c1, error="NonRetryableError: maintenance")
     fills = h.executor._fills[aged]
     assert (fills.pending, fills.max_attempt) == ({}, 2)
+
+
+async def test_an_order_that_never_arrived_is_settled_even_when_the_close_then_fails(autojump_clock):
+    h, aged = Traced(exchange(), retry_delays=(1.0,)), uuid4()
+    h.ex.fail_next(UnknownOutcomeError("timeout", exchange="bybit"), 2)
+    r = await h.close(aged)
+    assert r == result("failed", attempts=2, error="UnknownOutcomeError: timeout")
+    assert h.executor._fills[aged].pending == {}
+
+
+async def test_a_reconcile_that_cannot_finish_reports_what_the_table_knows(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    c2 = client_order_id(aged, 2)
+    h.executor.load_orders = Table(aged, [table_row(aged, 1, "filled", "0.3", "100"), table_row(aged, 2, "unknown")])
+    h.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), 3, method="fetch_order_by_client_id")
+    r = await h.close(aged, next_attempt=2)
+    assert r == result("failed", filled_qty=D("0.3"), avg_price=D(100), attempts=2, last_order_id=client_order_id(aged, 1),
+                       error=f"UnknownOutcomeError: could not look up order {c2}")
+    h2, aged2 = Traced(exchange()), uuid4()
+    h2.executor.load_orders = Table(aged2, [table_row(aged2, 1, "unknown")])
+    h2.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), 3, method="fetch_order_by_client_id")
+    r2 = await h2.close(aged2, next_attempt=4)
+    assert (r2.outcome, r2.attempts) == ("failed", 3)
+
+
+async def test_no_order_at_all_when_the_round_limit_is_zero(autojump_clock):
+    h = Traced(exchange())
+    h.executor.max_rounds = 0
+    r = await h.close(uuid4(), next_attempt=3)
+    assert r == result("failed", remaining_qty=D(1), attempts=2, error="too many orders for one close")
+    assert h.creates() == []
+
+
+class WithoutLimits:
+    """A port that has no ``close_limits`` at all (the adapter checks the lot itself)."""
+
+    def __init__(self, ex):
+        self._ex = ex
+
+    def __getattr__(self, name):
+        if name == "close_limits":
+            raise AttributeError(name)
+        return getattr(self._ex, name)
+
+
+async def test_a_port_without_lot_limits(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.executor.exchanges["bybit"] = WithoutLimits(h.ex)
+    r = await h.close(aged)
+    assert (r.outcome, r.filled_qty) == ("flat", D(1))
+    assert "close_limits" not in [m for _, m, _ in h.calls]
+
+
+# --- the crash points of the fault-injection suite ---------------------------------------
+
+
+class Crashed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("point, rows, sent, recorded", [
+    ("before_wal", 0, 0, 0),  # nothing written, nothing sent
+    ("after_wal", 1, 0, 0),  # the row is committed, the order not sent
+    ("after_send", 1, 1, 0),  # the order is on the exchange, its outcome not recorded
+    ("after_record", 1, 1, 1),  # recorded
+])
+async def test_each_crash_point_is_where_its_name_says(autojump_clock, monkeypatch, point, rows, sent, recorded):
+    import actors.failpoints as failpoints
+
+    def crash(pid, sig):
+        raise Crashed(point)
+
+    monkeypatch.setattr(failpoints, "_armed", {point: 1})
+    monkeypatch.setattr(failpoints.os, "kill", crash)
+    h, aged = Traced(exchange()), uuid4()
+    r = await h.close(aged)
+    assert (r.outcome, r.error) == ("failed", f"Crashed: {point}")
+    assert len([w for w in h.writes() if isinstance(w, op.RecordCloseOrder)]) == rows
+    assert len(h.creates()) == sent
+    assert len([w for w in h.writes() if isinstance(w, op.UpdateCloseOrder)]) == recorded
