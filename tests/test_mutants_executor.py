@@ -1454,3 +1454,25 @@ async def test_each_crash_point_is_where_its_name_says(autojump_clock, monkeypat
     assert len([w for w in h.writes() if isinstance(w, op.RecordCloseOrder)]) == rows
     assert len(h.creates()) == sent
     assert len([w for w in h.writes() if isinstance(w, op.UpdateCloseOrder)]) == recorded
+
+
+async def test_an_order_open_too_long_with_a_partial_fill_is_recorded_with_it(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    h.executor.follow_polls = 1
+    cid = client_order_id(aged, 1)
+    h.ex.open_next(1, lookups=9)
+    answer_lookups(h.ex, {cid: OrderResult(cid, "x-1", "open", D("0.3"), D(100), D(1))})
+    r = await h.close(aged)
+    assert r == result("failed", attempts=1, error=f"order {cid} is still open on the exchange")
+    assert h.writes()[1] == update(cid, state="open", exchange_order_id="x-1", filled_qty=D("0.3"), avg_price=D(100))
+
+
+async def test_an_own_order_found_still_open_on_a_flat_position_stays_unresolved(autojump_clock):
+    h, aged = Traced(exchange()), uuid4()
+    cid = client_order_id(aged, 1)
+    h.ex.close_externally(SYMBOL)
+    answer_lookups(h.ex, {cid: OrderResult(cid, "x-1", "open", D("0.5"), D(100), D(1))})
+    r = await h.close(aged)
+    assert r == result("vanished", remaining_qty=D(0), attempts=1)  # its attempt is used up
+    assert h.writes() == [row(cid, aged, 1), update(cid, state="open", exchange_order_id="x-1", filled_qty=D("0.5"),
+                                                    avg_price=D(100))]
