@@ -234,7 +234,8 @@ async def test_a_rejection_the_exchange_can_not_retry_ends_the_close(autojump_cl
     r = await h.close(aged, next_attempt=2)
     cid = client_order_id(aged, 2)
     assert r == result("failed", remaining_qty=D(1), attempts=2, error="NonRetryableError: bad symbol")
-    assert h.writes() == [row(cid, aged, 2), update(cid, state="rejected", error_code="10001", error_message="bad symbol")]
+    assert h.writes() == [row(cid, aged, 2),
+                          update(cid, state="rejected", error_code="10001", error_message="bad symbol")]
     assert [m for _, m, _ in h.calls] == ["fetch_positions", "close_limits", "create_close_order", "fetch_positions"]
     assert h.stats() == (1, 1, 0, {"10001": 1})
     # the position check after it fails too: what remains is unknown
@@ -281,8 +282,9 @@ async def test_a_minimum_rejection_is_dust_with_what_remains(autojump_clock):
     cid = client_order_id(aged, 2)
     error = "remaining 0.005 is below the minimum order quantity 0.001: no order can close it"
     assert r == result("dust", remaining_qty=D("0.005"), attempts=2, error=error)
-    assert h.writes() == [row(cid, aged, 2, qty="0.005"), update(
-        cid, state="rejected", error_code="qty_below_min", error_message="bybit: qty 0.005 below the minimum order 0.01")]
+    assert h.writes() == [row(cid, aged, 2, qty="0.005"),
+                          update(cid, state="rejected", error_code="qty_below_min",
+                                 error_message="bybit: qty 0.005 below the minimum order 0.01")]
     assert aged not in h.executor._fills  # dust: finished
     # without any limits the message names no minimum
     h2, aged2 = Traced(exchange(qty="0.005", min_qty=D("0.01"))), uuid4()
@@ -1143,10 +1145,12 @@ async def test_after_a_fill_a_changed_entry_is_closed_anyway(autojump_clock):
 # --- answering the actor ------------------------------------------------------------------
 
 
-def request(h: Traced, aged: UUID, *, exchange_name: str = "bybit", symbol: str = SYMBOL, reply="harness", **kw):
+def request(h: Traced, aged: UUID, *, exchange_name: str = "bybit", symbol: str = SYMBOL, **kw):
+    """A close of a 1-lot long; the harness is the actor's mailbox unless ``reply`` says otherwise."""
     kw.setdefault("next_attempt", 1)
+    kw.setdefault("reply", h)
     return CloseRequest(aged_id=aged, exchange=exchange_name, symbol=symbol, side="long", qty=D(1),
-                        reply=h if reply == "harness" else reply, clock=lambda: NOW, **kw)
+                        clock=lambda: NOW, **kw)
 
 
 async def handle(h: Traced, req: CloseRequest) -> None:
@@ -1228,11 +1232,7 @@ class Hold:
         self.h, self.released_after = h, []
 
     def release(self) -> None:
-        self.released_after.append(len(h_creates(self.h)))
-
-
-def h_creates(h: Traced) -> list:
-    return [a for _, m, a in h.calls if m == "create_close_order"]
+        self.released_after.append(len(self.h.creates()))
 
 
 async def run_all(h: Traced, *requests: CloseRequest) -> None:
@@ -1390,7 +1390,8 @@ async def test_a_reconcile_that_cannot_finish_reports_what_the_table_knows(autoj
     h.executor.load_orders = Table(aged, [table_row(aged, 1, "filled", "0.3", "100"), table_row(aged, 2, "unknown")])
     h.ex.fail_next(RetryableError("lookup 502", exchange="bybit"), 3, method="fetch_order_by_client_id")
     r = await h.close(aged, next_attempt=2)
-    assert r == result("failed", filled_qty=D("0.3"), avg_price=D(100), attempts=2, last_order_id=client_order_id(aged, 1),
+    assert r == result("failed", filled_qty=D("0.3"), avg_price=D(100), attempts=2,
+                       last_order_id=client_order_id(aged, 1),
                        error=f"UnknownOutcomeError: could not look up order {c2}")
     h2, aged2 = Traced(exchange()), uuid4()
     h2.executor.load_orders = Table(aged2, [table_row(aged2, 1, "unknown")])
