@@ -239,9 +239,9 @@ class Executor:
             except EpisodeChanged as changed:
                 # Nothing was sent. The actor learns the new size and entry first, then that
                 # its close did nothing; it decides again against the new targets.
-                log.warning("%s %s %s: not closing, the position changed to %s at entry %s (averaged into); "
-                            "targets follow the new entry", req.exchange, req.symbol, req.side, changed.qty,
-                            changed.entry_price)
+                log.warning("%s %s %s: not closing, the position changed to %s at entry %s (averaged into); "  # pragma: no mutate
+                            "targets follow the new entry", req.exchange, req.symbol, req.side, changed.qty,  # pragma: no mutate
+                            changed.entry_price)  # pragma: no mutate
                 if req.reply is not None:
                     try:
                         req.reply.send_nowait(PositionUpdate(req.clock(), quantity=changed.qty,
@@ -252,7 +252,7 @@ class Executor:
                 result = CloseResult(req.clock(), "open", filled_qty=fills.total, avg_price=fills.vwap,
                                      attempts=max(fills.max_attempt, req.next_attempt - 1))
             except Exception as exc:  # noqa: BLE001 - a close must always answer its actor
-                log.exception("close of %s %s failed unexpectedly", req.exchange, req.symbol)
+                log.exception("close of %s %s failed unexpectedly", req.exchange, req.symbol)  # pragma: no mutate
                 fills = self._fills.get(req.aged_id, _Fills())
                 result = CloseResult(req.clock(), "failed", filled_qty=fills.total, avg_price=fills.vwap,
                                      remaining_qty=None, last_order_id=fills.last_order_id,
@@ -266,8 +266,8 @@ class Executor:
             try:
                 req.reply.send_nowait(result)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                log.warning("actor for %s %s is gone; its successor will reconcile from the write-ahead table",
-                            req.exchange, req.symbol)
+                log.warning("actor for %s %s is gone; its successor will reconcile from the write-ahead table",  # pragma: no mutate
+                            req.exchange, req.symbol)  # pragma: no mutate
 
     # --- the close procedure -------------------------------------------------------------
 
@@ -340,8 +340,8 @@ class Executor:
             self.on_attempt(req.exchange, attempt)
             if req.tick_received_at is not None and attempt == req.next_attempt:
                 self.on_submit(req.exchange, trio.current_time() - req.tick_received_at)
-            log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, order_side,
-                     logfmt.qty(qty), self._limit_text(req, limit_price, order_side), attempt)
+            log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, order_side,  # pragma: no mutate
+                     logfmt.qty(qty), self._limit_text(req, limit_price, order_side), attempt)  # pragma: no mutate
             failpoint("after_wal")
             try:
                 result = await self._call(req.exchange, port.create_close_order, req.symbol, req.side, qty,
@@ -464,7 +464,7 @@ class Executor:
         least = limits.min_qty if limits is not None and limits.min_qty else (limits.step if limits else None)
         error = (f"remaining {remaining} is below the minimum order quantity"
                  + (f" {least}" if least is not None else "") + ": no order can close it")
-        log.error("%s %s: %s", req.exchange, req.symbol, error)
+        log.error("%s %s: %s", req.exchange, req.symbol, error)  # pragma: no mutate
         return CloseResult(req.clock(), "dust", filled_qty=fills.total, avg_price=fills.vwap,
                            remaining_qty=remaining, attempts=max(attempts, fills.max_attempt),
                            last_order_id=fills.last_order_id, error=error)
@@ -484,7 +484,7 @@ class Executor:
             except UnknownOutcomeError:
                 return
             if result is not None and result.filled_qty > 0:
-                log.info("found our own order %s on the exchange: filled %s", cid, logfmt.qty(result.filled_qty))
+                log.info("found our own order %s on the exchange: filled %s", cid, logfmt.qty(result.filled_qty))  # pragma: no mutate
                 self._adopt(req, fills, cid, a, result)
 
     async def _write_ahead(self, row: op.RecordCloseOrder) -> None:
@@ -501,8 +501,8 @@ class Executor:
                     await self.write_direct([row])
                 return
             except Exception as exc:  # noqa: BLE001 - database away: the writer keeps it
-                log.warning("write-ahead row %s not committed (%s: %s); queued, sending anyway",
-                            row.client_order_id, type(exc).__name__, exc)
+                log.warning("write-ahead row %s not committed (%s: %s); queued, sending anyway",  # pragma: no mutate
+                            row.client_order_id, type(exc).__name__, exc)  # pragma: no mutate
         self.writer.submit(row)
 
     async def _position_qty(self, req: CloseRequest, port: ExchangePort) -> Decimal:
@@ -535,13 +535,13 @@ class Executor:
                                  max(req.opened_at, now - _EPISODE_CHECK_WINDOW), now + _CLOCK_SKEW)
         at = reentered_at(fills, req.side, p.qty, last_look=req.opened_at, opened_at=req.opened_at, skew=_CLOCK_SKEW)
         if at is not None:
-            log.warning("%s %s %s: not closing, the position on the exchange was opened again at %s "
-                        "(a new episode); this aged position is over", req.exchange, req.symbol, req.side,
-                        at.isoformat())
+            log.warning("%s %s %s: not closing, the position on the exchange was opened again at %s "  # pragma: no mutate
+                        "(a new episode); this aged position is over", req.exchange, req.symbol, req.side,  # pragma: no mutate
+                        at.isoformat())  # pragma: no mutate
             return True
         return False
 
-    def _limit_text(self, req: CloseRequest, limit_price: Decimal | None, order_side: str) -> str:
+    def _limit_text(self, req: CloseRequest, limit_price: Decimal | None, order_side: str) -> str:  # pragma: no mutate block
         if not limit_price:
             return " market"
         rounding = ROUND_FLOOR if order_side == "sell" else ROUND_CEILING  # as the adapter sends it
@@ -588,8 +588,8 @@ class Executor:
             with trio.fail_after(self.db_timeout):
                 rows = await self.load_orders(req.aged_id)
         except Exception as exc:  # noqa: BLE001 - database away or slow: rely on memory and the exchange
-            log.warning("cannot read the write-ahead table (%s: %s); reconciling from memory and the exchange",
-                        type(exc).__name__, exc)
+            log.warning("cannot read the write-ahead table (%s: %s); reconciling from memory and the exchange",  # pragma: no mutate
+                        type(exc).__name__, exc)  # pragma: no mutate
         for row in rows:
             if row["state"] in FINAL_STATES and row["client_order_id"] not in fills.orders:
                 fills.record(row["client_order_id"], row["attempt"], row["filled_qty"], row["avg_price"])
@@ -622,7 +622,7 @@ class Executor:
                 result = await self._follow(req, port, cid, result)
                 if result.status == "open":
                     raise UnknownOutcomeError(f"order {cid} is still open on the exchange", exchange=req.exchange)
-            log.info("reconciled order %s: %s filled %s", cid, result.status, logfmt.qty(result.filled_qty))
+            log.info("reconciled order %s: %s filled %s", cid, result.status, logfmt.qty(result.filled_qty))  # pragma: no mutate
             if attempt in extra:
                 self._adopt(req, fills, cid, attempt, result)
             else:
@@ -661,7 +661,7 @@ class Executor:
         code = exc.code or type(exc).__name__
         self.stats.errors_by_code[code] = self.stats.errors_by_code.get(code, 0) + 1
         self.on_error(req.exchange, code)
-        log.warning("%s %s: %s failed: %s (%s)", req.exchange, req.symbol, stage, type(exc).__name__, exc)
+        log.warning("%s %s: %s failed: %s (%s)", req.exchange, req.symbol, stage, type(exc).__name__, exc)  # pragma: no mutate
         return f"{type(exc).__name__}: {exc}"
 
     def _result(self, req: CloseRequest, fills: _Fills, remaining: Decimal, attempts: int, *,
@@ -674,8 +674,8 @@ class Executor:
 
     def _failed(self, req: CloseRequest, fills: _Fills, attempts: int, error: str | None,
                 remaining: Decimal | None = None) -> CloseResult:
-        log.critical("CLOSE FAILED %s %s after %d attempts: %s — position stays under watch",
-                     req.exchange, req.symbol, attempts, error)
+        log.critical("CLOSE FAILED %s %s after %d attempts: %s — position stays under watch",  # pragma: no mutate
+                     req.exchange, req.symbol, attempts, error)  # pragma: no mutate
         return CloseResult(req.clock(), "failed", filled_qty=fills.total, avg_price=fills.vwap,
                            remaining_qty=remaining, attempts=max(attempts, fills.max_attempt),
                            last_order_id=fills.last_order_id, error=error)

@@ -274,3 +274,47 @@ def test_binance_book_updates_keep_the_last_trade_price():
     p.parse(dumps(BOOK), 2.0)
     t = p.parse(dumps(dict(BOOK, b="25.3")), 3.0)
     assert t.last == Decimal("25.36")
+
+
+# --- the exact frames sent, and the reasons given ----------------------------------------------
+
+from feeds.protocol import Ignored  # noqa: E402
+
+
+def test_binance_requests_are_compact_json_numbered_from_one():
+    p = BinanceProtocol()
+    assert p.subscribe_messages([BTC]) == [
+        '{"method":"SUBSCRIBE","params":["btcusdt@bookTicker","btcusdt@aggTrade"],"id":1}']
+    assert p.unsubscribe_messages([BTC]) == [
+        '{"method":"UNSUBSCRIBE","params":["btcusdt@bookTicker","btcusdt@aggTrade"],"id":2}']
+
+
+def test_bybit_requests_and_pings_are_compact_json_numbered_from_one():
+    p = BybitProtocol()
+    assert p.subscribe_messages([BTC]) == ['{"op":"subscribe","req_id":"1","args":["tickers.BTCUSDT"]}']
+    assert p.ping_message() == '{"op":"ping","req_id":"ping-2"}'
+    assert p.unsubscribe_messages([BTC]) == ['{"op":"unsubscribe","req_id":"3","args":["tickers.BTCUSDT"]}']
+
+
+def test_binance_another_event_is_ignored_and_says_so():
+    assert binance().parse(dumps({"e": "markPriceUpdate", "s": "BTCUSDT", "p": "1"}), 1.0) == \
+        Ignored("unexpected event")
+
+
+def test_binance_a_missing_symbol_is_described_exactly():
+    r = binance().parse(book(s=None), 1.0)
+    assert (r.reason, r.detail) == ("bad symbol", "missing or not a string")
+
+
+def test_bybit_another_topic_is_ignored_and_says_so():
+    assert bybit().parse(dumps({"topic": "orderbook.1.BTCUSDT", "type": "snapshot", "data": {}}), 1.0) == \
+        Ignored("unexpected topic")
+
+
+def test_bybit_an_empty_price_clears_it_and_is_remembered_as_empty():
+    p = bybit()
+    p.parse(snap(PRICES), 1.0)
+    t = p.parse(snap({"bid1Price": ""}, kind="delta"), 2.0)
+    assert isinstance(t, Tick) and t.bid is None and t.ask == Decimal("100.5")
+    assert (p.state()["BTCUSDT"].bid_s, p.state()["BTCUSDT"].bid) == ("", None)
+    assert p.parse(snap({"bid1Price": ""}, kind="delta"), 3.0) == Alive(BTC)  # still empty: no news

@@ -1,8 +1,11 @@
 """Print the results of the last ``mutmut run`` (the mutants/ folder) per module.
 
-Usage: ``python tools/mutmut_report.py [--survivors]``. Counts per mutated file and in
-total: killed / survived / timeout / suspicious (and any other status mutmut gave);
-``--survivors`` also lists each surviving mutant's name (``mutmut show NAME`` shows it).
+Usage: ``python tools/mutmut_report.py [--survivors] [--by-function]``. Counts per
+mutated file and in total: killed / survived / timeout / suspicious (and any other status
+mutmut gave); ``--survivors`` also lists each surviving mutant's name (``mutmut show NAME``
+shows it); ``--by-function`` counts the survivors of each function instead, largest first,
+which shows the untested branches at a glance. Survivors judged equivalent are listed, with
+the reason, in tests/MUTANTS.md.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ def main(argv: list[str]) -> int:
         print("\nsurvivors:")
         for name in survivors:
             print("   ", name)
+    if "--by-function" in argv:
+        print("\nsurvivors by function:")
+        for function, count in Counter(name.rsplit("__mutmut_", 1)[0] for name in survivors).most_common():
+            print(f"    {count:5}  {function}")
     return 0
 
 
