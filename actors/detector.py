@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 from uuid import UUID
 
 import trio
@@ -81,8 +81,6 @@ class Detector:
         self.clock_skew = clock_skew
         self.polls = 0
         self.detections = 0
-        # called with the seconds from the aging instant to the row created (policy clock)
-        self.on_detected: Callable[[float], None] = lambda lag_seconds: None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -348,7 +346,7 @@ class Detector:
         if created:
             self.detections += 1
             lag = (now - crossing).total_seconds()
-            self.on_detected(lag)
+            self.ctx.observer.position_detected(lag)
             data = {"phase": a.phase.value, "status": status, "target": str(a.target_price),
                     "age_hours": str(a.age_hours.quantize(Decimal("0.001")))}
             self.ctx.writer.submit(op.AddEvent(aged["id"], DETECTED, target_price=a.target_price, metadata=data,

@@ -57,6 +57,7 @@ from exchanges.errors import (
 from exchanges.port import ExchangePort, LotLimits, OrderResult
 from storage import ops as op
 from supervisor.backoff import Backoff, retry_after_of
+from supervisor.observer import NO_OBSERVER, Observer
 
 log = logging.getLogger("actors.executor")
 
@@ -187,8 +188,7 @@ class Executor:
     def __init__(self, exchanges: Mapping[str, ExchangePort], writer: StorageWriter, load_orders,
                  *, retry_delays: tuple[float, ...] = (1.0, 3.0, 5.0), requests_per_second: float = 10.0,
                  liquidity_slippage_percent: Decimal = Decimal(1), max_partial_rounds: int = 10,
-                 lookup_retries: int = 3, on_submit: Callable[[str, float], None] | None = None,
-                 on_error: Callable[[str, str], None] | None = None, write_direct=None):
+                 lookup_retries: int = 3, observer: Observer = NO_OBSERVER, write_direct=None):
         self.exchanges = dict(exchanges)
         self.writer = writer
         self.load_orders = load_orders
@@ -211,9 +211,7 @@ class Executor:
         self._fills: dict[UUID, _Fills] = {}
         self._send, self._receive = trio.open_memory_channel(1000)
         self.stats = ExecutorStats()
-        self.on_submit = on_submit or (lambda exchange, seconds: None)
-        self.on_attempt: Callable[[str, int], None] = lambda exchange, attempt: None
-        self.on_error = on_error or (lambda exchange, code: None)
+        self.observer = observer
 
     def price_tick(self, exchange: str, symbol: str) -> Decimal | None:
         """The market's price tick, to show prices in log lines as the exchange does; None when not known."""
@@ -337,9 +335,9 @@ class Executor:
             self.stats.attempts += 1
             if attempt > 1:
                 self.stats.retries += 1
-            self.on_attempt(req.exchange, attempt)
+            self.observer.close_attempted(req.exchange, attempt)
             if req.tick_received_at is not None and attempt == req.next_attempt:
-                self.on_submit(req.exchange, trio.current_time() - req.tick_received_at)
+                self.observer.order_submitted(req.exchange, trio.current_time() - req.tick_received_at)
             log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, order_side,  # pragma: no mutate
                      logfmt.qty(qty), self._limit_text(req, limit_price, order_side), attempt)  # pragma: no mutate
             failpoint("after_wal")
@@ -660,7 +658,7 @@ class Executor:
     def _note_error(self, req: CloseRequest, exc: ExchangeError, stage: str) -> str:
         code = exc.code or type(exc).__name__
         self.stats.errors_by_code[code] = self.stats.errors_by_code.get(code, 0) + 1
-        self.on_error(req.exchange, code)
+        self.observer.exchange_error(req.exchange, code)
         log.warning("%s %s: %s failed: %s (%s)", req.exchange, req.symbol, stage, type(exc).__name__, exc)  # pragma: no mutate
         return f"{type(exc).__name__}: {exc}"
 

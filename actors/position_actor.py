@@ -31,6 +31,7 @@ from exchanges import logfmt
 from feeds.tick import Tick as FeedTick
 from storage import ops as op
 from storage.writer import StorageWriter
+from supervisor.observer import NO_OBSERVER, Observer
 
 log = logging.getLogger("actors.position")
 
@@ -57,8 +58,8 @@ class ActorContext:
     settings: pos.Settings
     feeds: Mapping[str, TickSource] = field(default_factory=dict)
     timers: TimerService = field(default_factory=TimerService)  # someone must run timers.run()
-    # Told of every state an actor reaches, with the one before (metrics, benchmarks).
-    on_state: Callable[[pos.PositionState, pos.PositionState | None], None] | None = None
+    # Told what the actors and the detector do (metrics, benchmarks): supervisor.observer.
+    observer: Observer = NO_OBSERVER
 
 
 async def load_state(ctx: ActorContext, aged_id: UUID,
@@ -101,8 +102,7 @@ class PositionActor:
         before = self.state
         self.state, commands = pos.step(self.state, event)
         self.on_state(self.state)
-        if self.ctx.on_state is not None:
-            self.ctx.on_state(self.state, before)
+        self.ctx.observer.state_changed(self.state, before)
         for command in commands:
             self._carry_out(command)
         self._publish_band()

@@ -29,6 +29,7 @@ from actors.position import PHASE_STATUS, Settings
 from storage import with_database
 from storage.migrate import apply_migrations
 from storage.probe import answers
+from supervisor.observer import Observer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -246,17 +247,23 @@ def make_service(db, exchange, feed, *, poll_interval: float = 3600.0, requests_
     return Service(db, exchanges, {EXCHANGE: feed}, cfg, PolicyClock())
 
 
-def add_on_state(svc, fn) -> None:
-    """Add ``fn(new, old)`` to ``ctx.on_state`` after whatever is already there (metrics)."""
-    previous = svc.ctx.on_state
-    if previous is None:
-        svc.ctx.on_state = fn
-        return
+class _Watch(Observer):
+    def __init__(self, **calls):
+        for name, fn in calls.items():
+            if not callable(getattr(Observer, name, None)):
+                raise TypeError(f"Observer has no {name}")
+            setattr(self, name, fn)  # shadows the no-op method
 
-    def both(new, old):
-        previous(new, old)
-        fn(new, old)
-    svc.ctx.on_state = both
+
+def watch(svc, **calls) -> Observer:
+    """Have ``svc`` tell the given functions, e.g. ``watch(svc, state_changed=fn)``.
+
+    The names are :class:`supervisor.observer.Observer`'s; every other watcher (metrics)
+    is still told. ``svc.observers.remove(returned)`` stops it.
+    """
+    watcher = _Watch(**calls)
+    svc.observers.add(watcher)
+    return watcher
 
 
 def running_children(svc) -> int:

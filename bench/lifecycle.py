@@ -6,7 +6,7 @@ makes them cross ``max_age_hours`` about a second after the service starts (one 
 fires → the aged row is created in PostgreSQL → the actor is started by the positions
 supervisor, loads its row, subscribes its symbol and handles its ``Start``. Measured on
 the policy clock (the real clock here) from the crossing instant to that first step
-(``ctx.on_state``); the median over the positions.
+(the observers' ``state_changed``); the median over the positions.
 
 actor_restart_ms — with ``positions`` actors watching, one at a time is crashed by
 fault injection (``registry.crash_on_next_tick`` and a tick): measured from pushing that
@@ -24,7 +24,7 @@ import trio
 
 from actors.policy import PolicyConfig, aged_at
 from bench.common import (
-    EXCHANGE, add_on_state,
+    EXCHANGE, watch,
     connect, make_service, median, memory_exchange, percentile, seed_aged, symbol,
     wait_until,
 )
@@ -52,14 +52,8 @@ async def bench_detection(url: str, *, positions: int = 10, first_after: float =
             def on_state(new, old):
                 if new.aged_id not in seen:
                     seen[new.aged_id] = (svc.clock.now() - aged_at(new.opened_at, config)).total_seconds()
-            add_on_state(svc, on_state)
             lag_row: list[float] = []
-            metrics_hook = svc.detector.on_detected
-
-            def on_detected(lag: float) -> None:
-                metrics_hook(lag)
-                lag_row.append(lag)
-            svc.detector.on_detected = on_detected
+            watch(svc, state_changed=on_state, position_detected=lag_row.append)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(svc.run)
                 await wait_until(lambda: len(seen) == positions, timeout=first_after + positions * spacing + 30)
@@ -88,7 +82,7 @@ async def bench_restart(url: str, *, positions: int = 100, crashes: int = 7, gap
 
             def on_state(new, old):
                 steps.setdefault(new.aged_id, []).append(trio.current_time())
-            add_on_state(svc, on_state)
+            watch(svc, state_changed=on_state)
             times = []
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(svc.run)
@@ -117,4 +111,4 @@ async def bench_restart(url: str, *, positions: int = 100, crashes: int = 7, gap
             "details": {"restarts_seen_by_supervisor": restarts, "positions": positions,
                         "restart_ms_all": [round(t * 1000, 2) for t in times],
                         "restart_ms_p90": round(percentile(times, 90) * 1000, 2),
-                        "supervisor_backoff_initial_ms": svc.positions._backoff_initial * 1000}}
+                        "supervisor_backoff_initial_ms": svc.positions._backoff.initial * 1000}}

@@ -29,7 +29,7 @@ After the first failing rate, the gap to the last sustained rate is bisected.
 tick_to_order — with ``background_rate`` deltas/s flowing, the blaster moves the bid of
 a chosen set of symbols over the target, one symbol per ``cross_interval``. The
 executor itself measures from ``Tick.received_at`` (the feed got the frame) to the
-moment it calls ``create_close_order`` (its ``on_submit`` hook).
+moment it calls ``create_close_order`` (the observers' ``order_submitted``).
 The executor's rate limiter is set very high here (``requests_per_second``) so that
 the numbers are about our path, not about a 10 requests/s exchange budget.
 
@@ -50,7 +50,7 @@ import time
 import trio
 
 from bench.common import (
-    add_on_state,
+    watch,
     EXCHANGE, Blaster, CpuWindow, connect, lag_us_from_price, median, memory_exchange, make_service,
     percentile, running_children, seed_aged, symbol_id, wait_until,
 )
@@ -197,7 +197,7 @@ async def _start(url: str, positions: int, blaster: Blaster, nursery, *, request
         if tick is not None and decided.get(new.symbol) is not tick:
             decided[new.symbol] = tick
             append((mono(), tick.bid))
-    add_on_state(svc, on_state)
+    watch(svc, state_changed=on_state)
     fan_out = feed._fan_out
 
     def fan_out_and_count_quiet(symbol, subs, tick):
@@ -299,12 +299,7 @@ async def _tick_to_order(rig: _Rig, db, positions: int, *, background_rate: int,
                          cross_interval: float, warmup: float, offset: int = 0) -> dict:
     svc = rig.svc
     lat: list[float] = []
-    previous_on_submit = svc.executor.on_submit
-
-    def on_submit(exchange: str, seconds: float) -> None:
-        previous_on_submit(exchange, seconds)
-        lat.append(seconds)
-    svc.executor.on_submit = on_submit
+    submissions = watch(svc, order_submitted=lambda exchange, seconds: lat.append(seconds))
     load_orders = svc.executor.load_orders = _Timed(getattr(svc.executor.load_orders, "fn", svc.executor.load_orders))
     write = svc.executor.write_direct = _Timed(getattr(svc.executor.write_direct, "fn", svc.executor.write_direct))
     port = svc.executor.exchanges[EXCHANGE]
@@ -331,7 +326,7 @@ async def _tick_to_order(rig: _Rig, db, positions: int, *, background_rate: int,
     with trio.move_on_after(10):
         while svc.registry.watching() > watching - crossings:
             await trio.sleep(0.05)
-    svc.executor.on_submit = previous_on_submit
+    svc.observers.remove(submissions)
     lags = [x / 1000 for x in (lag_us_from_price(p, ns) for ns, p in samples) if x is not None]
     closed = await db.fetchval("SELECT count(*) FROM monitoring.aged_positions WHERE status='closed'") - closed0
     return {

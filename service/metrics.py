@@ -8,24 +8,27 @@ the parts around the policy: feeds, executor, supervisors, storage writer.
 Where the numbers come from::
 
     lifecycle counters / histograms   the event bus (each LifecycleEvent counted once)
-    active by status / by phase       ctx.on_state (on every status change) and a
+    active by status / by phase       state_changed (on every status change) and a
                                       periodic recount from the actor registry
-    tick → order latency              executor.on_submit
-    executor errors                   executor.on_error
-    supervisor restarts               root.on_restart, positions.on_restart
-    write buffer depth                writer.on_depth (and the periodic refresh)
-    feed, executor attempts, storage  deltas of the actors' own stats, periodically
+    tick → order latency              order_submitted
+    executor attempts, retries        close_attempted
+    executor errors                   exchange_error
+    supervisor restarts               child_restarted
+    write buffer depth                write_buffer_depth (and the periodic refresh)
+    detection lag                     position_detected
+    feed, lookups, storage            deltas of the actors' own stats, periodically
 
-``attach(service)`` wires all of it (an existing callback is chained, never
-replaced); ``await metrics.run_refresher(service, interval)`` is the periodic part
+:class:`Metrics` is a :class:`supervisor.observer.Observer`: ``attach(service)`` adds
+it to the service's observers and subscribes it to the event bus; ``await metrics.run_refresher(service, interval)`` is the periodic part
 (run it as a supervised child, see :mod:`service.http`). ``refresh()`` is also called
 at every scrape, so ``/metrics`` is never staler than the request.
 
 Money and prices are :class:`~decimal.Decimal` everywhere else; they become floats
 only here, when a value is handed to Prometheus.
 
-None of the hooks ever raises into an actor: a failure in metrics code is logged
-(at most once a minute per kind) and otherwise ignored.
+None of this ever raises into an actor: a failure in metrics code is logged (at most
+once a minute per kind; the service's :class:`~supervisor.observer.ObserverSet` does
+it for the observer calls) and otherwise ignored.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from actors.events import CLOSE_COMPLETED, CLOSE_FAILED, CLOSE_TRIGGERED, DETECTED, ESCALATION, PHASE_CHANGED
 from actors.policy import Phase, assess
 from actors.statuses import PHASE_OF_STATUS, Status
+from supervisor.observer import Observer
 
 log = logging.getLogger("service.metrics")
 
@@ -67,22 +71,6 @@ def _in_phase(counts: "_Tally[str]", phase: Phase) -> int:
     return sum(n for status, n in counts.items() if PHASE_OF_STATUS.get(status) == phase)
 
 
-def _chain(obj: Any, attr: str, mine: Callable[..., None]) -> None:
-    """Set ``obj.attr`` to call its current callback (if any) and then ``mine``."""
-    previous = getattr(obj, attr, None)
-    if previous is None:
-        setattr(obj, attr, mine)
-        return
-
-    def chained(*args: Any) -> None:
-        try:
-            previous(*args)
-        finally:
-            mine(*args)
-
-    setattr(obj, attr, chained)
-
-
 def _decimal(value: Any) -> Decimal | None:
     if value is None or isinstance(value, bool):
         return None
@@ -100,7 +88,7 @@ def _trio_now() -> float | None:
         return None
 
 
-class Metrics:
+class Metrics(Observer):
     """All of the service's Prometheus metrics; see the module docstring."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
@@ -201,17 +189,15 @@ class Metrics:
         self._triggered: dict[Any, float | None] = {}  # aged_id -> trio time of aged.close.triggered
         self._last: dict[tuple, int] = {}  # previous readings of the actors' cumulative counters
         self._quote_labels: dict[str, set[str]] = {}
-        self._attempt_hook = False
         self._failures: dict[str, float] = {}
         self._unsubscribe: Callable[[], None] | None = None
 
     # --- wiring ---------------------------------------------------------------------------
 
     def attach(self, service: Any) -> None:
-        """Wire every hook of a :class:`service.runtime.Service`. Idempotent for one service.
+        """Watch a :class:`service.runtime.Service`: its observers and its event bus. Idempotent for one service.
 
-        Existing callbacks are chained, not replaced. A second, different service is
-        refused: one :class:`Metrics` describes one service.
+        A second, different service is refused: one :class:`Metrics` describes one service.
         """
         if self.service is service:
             return
@@ -219,17 +205,7 @@ class Metrics:
             raise RuntimeError("this Metrics is already attached to another service")
         self.service = service
         self._unsubscribe = service.bus.subscribe(self._guard("event", self._on_event))
-        _chain(service.ctx, "on_state", self._guard("state", self._on_state))
-        _chain(service.executor, "on_submit", self._guard("submit", self._on_submit))
-        _chain(service.executor, "on_error", self._guard("error", self._on_error))
-        if hasattr(service.executor, "on_attempt"):  # a per-exchange attempt hook, when the executor has one
-            _chain(service.executor, "on_attempt", self._guard("attempt", self._on_attempt))
-            self._attempt_hook = True
-        _chain(service.writer, "on_depth", self._guard("depth", self._on_depth))
-        _chain(service.detector, "on_detected",
-               self._guard("detected", lambda lag: self.detection_lag.observe(max(0.0, float(lag)))))
-        for sup in (service.root, service.positions):
-            _chain(sup, "on_restart", self._guard("restart", self._on_restart))
+        service.observers.add(self)
         self.refresh()
 
     def watch_alerts(self, router: Any) -> None:
@@ -306,7 +282,7 @@ class Metrics:
         at = state.close_triggered_at or event.at
         return assess(state.side, state.entry_price, state.opened_at, at, state.config).phase.value
 
-    def _on_state(self, new: Any, old: Any) -> None:
+    def state_changed(self, new: Any, old: Any) -> None:
         previous = self._status.get(new.aged_id)
         if previous == new.status:
             return
@@ -327,22 +303,25 @@ class Metrics:
         if phase in PHASES:
             self.by_phase.labels(phase=phase).set(_in_phase(self._counts, phase))
 
-    def _on_submit(self, exchange: str, seconds: float) -> None:
-        if seconds >= 0:
-            self.tick_to_order.labels(exchange=exchange).observe(seconds)
+    def order_submitted(self, exchange: str, tick_to_order_seconds: float) -> None:
+        if tick_to_order_seconds >= 0:
+            self.tick_to_order.labels(exchange=exchange).observe(tick_to_order_seconds)
 
-    def _on_error(self, exchange: str, code: str) -> None:
+    def exchange_error(self, exchange: str, code: str) -> None:
         self.exec_errors.labels(exchange=exchange, code=str(code)).inc()
 
-    def _on_attempt(self, exchange: str, attempt: int, *_: Any) -> None:
+    def close_attempted(self, exchange: str, attempt: int) -> None:
         self.exec_attempts.labels(exchange=exchange).inc()
         if attempt > 1:
             self.exec_retries.labels(exchange=exchange).inc()
 
-    def _on_depth(self, depth: int) -> None:
+    def write_buffer_depth(self, depth: int) -> None:
         self.buffer_depth.set(depth)
 
-    def _on_restart(self, spec: Any, count: int) -> None:
+    def position_detected(self, lag_seconds: float) -> None:
+        self.detection_lag.observe(max(0.0, float(lag_seconds)))
+
+    def child_restarted(self, spec: Any, count: int) -> None:
         self.restarts.labels(kind=getattr(spec, "kind", "unknown")).inc()
 
     # --- periodic refresh -------------------------------------------------------------------
@@ -428,15 +407,7 @@ class Metrics:
     def _refresh_executor(self) -> None:
         ex = self.service.executor
         stats = ex.stats
-        self._delta(self.exec_lookups, ("lookups",), stats.lookups)
-        if self._attempt_hook:
-            return
-        # ExecutorStats counts attempts for all exchanges together: per exchange only
-        # when there is one exchange (an ``on_attempt(exchange, attempt)`` hook would fix this).
-        names = list(getattr(ex, "exchanges", {}))
-        label = names[0] if len(names) == 1 else "all"
-        self._delta(self.exec_attempts.labels(exchange=label), ("attempts",), stats.attempts)
-        self._delta(self.exec_retries.labels(exchange=label), ("retries",), stats.retries)
+        self._delta(self.exec_lookups, ("lookups",), stats.lookups)  # attempts: close_attempted
 
     def _refresh_exchanges(self) -> None:
         for name, ex in (getattr(self.service, "exchanges", None) or {}).items():

@@ -34,7 +34,7 @@ from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
 from storage.writer import StorageWriter
 from exchanges.port import ExchangePort
-from supervisor import ChildSpec, Restart, Supervisor, run_root
+from supervisor import ChildSpec, ObserverSet, Restart, Supervisor, run_root
 
 log = logging.getLogger("service")
 
@@ -65,14 +65,19 @@ class Service:
         self.feeds = dict(feeds)
         self.clock = clock or PolicyClock()
         self.bus = bus or EventBus()
-        self.writer = StorageWriter(db.write_batch)
+        # Whoever watches the service (metrics, benchmarks) adds itself here: see supervisor.observer.
+        self.observers = ObserverSet()
+        self.writer = StorageWriter(db.write_batch, observer=self.observers)
         self.executor = Executor(self.exchanges, self.writer, db.close_orders,
                                  retry_delays=self.config.retry_delays,
-                                 requests_per_second=self.config.requests_per_second, write_direct=db.write_batch)
+                                 requests_per_second=self.config.requests_per_second, write_direct=db.write_batch,
+                                 observer=self.observers)
         self.ctx = ActorContext(db=db, writer=self.writer, executor=self.executor, bus=self.bus, clock=self.clock,
-                                config=self.config.policy, settings=self.config.settings, feeds=self.feeds)
+                                config=self.config.policy, settings=self.config.settings, feeds=self.feeds,
+                                observer=self.observers)
         self.positions = Supervisor("positions", intensity=self.config.positions_intensity,
-                                    period=self.config.positions_period, backoff_initial=0.01, backoff_max=5.0)
+                                    period=self.config.positions_period, backoff_initial=0.01, backoff_max=5.0,
+                                    observer=self.observers)
         self.registry = ActorRegistry(self.ctx, self.positions, load_for_recovery=self._load_for_recovery)
         self.detector = Detector(self.ctx, self.exchanges, self.registry,
                                  poll_interval=self.config.poll_interval, symbols=self.config.symbols)
@@ -86,7 +91,8 @@ class Service:
             *extra_children,
         ]
         self.root = Supervisor("root", children, intensity=self.config.root_intensity,
-                               period=self.config.root_period, backoff_initial=0.2, backoff_max=5.0)
+                               period=self.config.root_period, backoff_initial=0.2, backoff_max=5.0,
+                               observer=self.observers)
 
     def is_watching(self, aged_id: UUID) -> bool:
         """Whether ``aged_id`` has a position actor (running or about to restart)."""

@@ -33,6 +33,8 @@ import trio
 
 from storage import ops as op
 from storage.errors import WriteRejected
+from supervisor.backoff import Backoff
+from supervisor.observer import NO_OBSERVER, Observer
 
 log = logging.getLogger("storage.writer")
 
@@ -73,7 +75,7 @@ class StorageWriter:
 
     def __init__(self, write_batch: Callable[[Sequence[op.WriteOp]], object], *, max_buffer: int = 100_000,
                  max_batch: int = 2_000, retry_initial: float = 0.5, retry_max: float = 10.0,
-                 on_depth: Callable[[int], None] | None = None, max_hold: float = 0.02):
+                 observer: Observer = NO_OBSERVER, max_hold: float = 0.02):
         self._write_batch = write_batch
         self._buffer: deque[op.WriteOp] = deque()
         self._wakeup = trio.Event()
@@ -88,7 +90,7 @@ class StorageWriter:
         self.dropped_routine = 0
         self.rejected = 0
         self.written = 0
-        self.on_depth = on_depth or (lambda depth: None)
+        self.observer = observer
         self.max_hold = max_hold
         self._holds: set[WriterHold] = set()
         self._holds_changed = trio.Event()
@@ -141,7 +143,7 @@ class StorageWriter:
         self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
         if len(self._buffer) > self.max_buffer:
             self._shed_routine()
-        self.on_depth(len(self._buffer))
+        self.observer.write_buffer_depth(len(self._buffer))
         self._wakeup.set()
 
     def _shed_routine(self) -> None:
@@ -176,7 +178,8 @@ class StorageWriter:
                           "the next start reconciles from the exchange", len(self._buffer))
 
     async def _write_forever(self) -> None:
-        delay = self.retry_initial
+        backoff = Backoff.exponential(self.retry_initial, max=self.retry_max)
+        failures = 0  # in a row; a batch rejected for its data is not a database failure
         while True:
             if not self._buffer:
                 self._flushed.set()
@@ -195,14 +198,14 @@ class StorageWriter:
                     log.error("DATABASE UNAVAILABLE (%s: %s): buffering writes (%d queued); actors carry on",
                               type(exc).__name__, exc, len(self._buffer))
                 self.database_up = False
-                await trio.sleep(delay)
-                delay = min(delay * 2, self.retry_max)
+                failures += 1
+                await backoff.sleep(failures)
                 continue
             self._commit(len(batch))
             if not self.database_up:
                 log.warning("database is back: flushed %d buffered writes", len(batch))
             self.database_up = True
-            delay = self.retry_initial
+            failures = 0
 
     def _next_batch(self) -> list[op.WriteOp]:
         return [self._buffer[i] for i in range(min(self.max_batch, len(self._buffer)))]
@@ -211,7 +214,7 @@ class StorageWriter:
         for _ in range(n):
             self._buffer.popleft()
         self.written += n
-        self.on_depth(len(self._buffer))
+        self.observer.write_buffer_depth(len(self._buffer))
 
     async def _write_one_by_one(self, n: int) -> None:
         for _ in range(n):

@@ -15,19 +15,25 @@ At the top of a program, run the root supervisor with :func:`run_root`::
 
 :class:`Backoff` and :func:`retry` (from :mod:`supervisor.backoff`) are the delay
 schedule and retry loop that the supervisor's restarts use, shared with everything
-else in the service that tries again after a failure.
+else in the service that tries again after a failure. :class:`Observer` (from
+:mod:`supervisor.observer`) is how every part of the service, the supervisors first,
+tells whoever watches it (metrics, tests) what it does.
 """
 
 from __future__ import annotations
 
 from .backoff import Backoff, Retrying, retry, retry_after_of
 from .core import Supervisor
+from .observer import NO_OBSERVER, Observer, ObserverSet
 from .spec import ChildSpec, ChildState, Restart, State, SupervisorEscalation
 
 __all__ = [
     "Backoff",
     "ChildSpec",
     "ChildState",
+    "NO_OBSERVER",
+    "Observer",
+    "ObserverSet",
     "Restart",
     "Retrying",
     "State",

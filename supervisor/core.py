@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import trio
 
 from .backoff import Backoff
+from .observer import NO_OBSERVER, Observer
 from .spec import ChildSpec, ChildState, Restart, State, SupervisorEscalation, describe
 
 _LIVE: frozenset[State] = frozenset({"running", "restarting"})
@@ -84,10 +85,10 @@ class Supervisor:
       backoff_max: ...up to this many seconds.
       logger: Where to log; by default the ``"supervisor"`` logger. Each event is
           one line of ``key=value`` pairs starting with ``supervisor=NAME event=EVENT``.
-      on_restart: Called as ``on_restart(spec, count)`` each time a child is to be
+      observer: Told ``child_restarted(spec, count)`` each time a child is to be
           restarted (before its backoff delay), where ``count`` is that child's total
-          number of restarts so far. An exception it raises is logged and otherwise
-          ignored.
+          number of restarts so far (see :mod:`supervisor.observer`). An exception it
+          raises is logged and otherwise ignored.
 
     A supervisor can be run again after :meth:`run` has returned or raised; it then
     starts afresh from its static children, which is what a parent supervisor does
@@ -104,7 +105,7 @@ class Supervisor:
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         logger: logging.Logger | None = None,
-        on_restart: Callable[[ChildSpec, int], None] | None = None,
+        observer: Observer = NO_OBSERVER,
     ):
         if intensity < 0:
             raise ValueError("intensity must be >= 0")
@@ -121,9 +122,8 @@ class Supervisor:
         self._specs = tuple(children)
         self._intensity = intensity
         self._period = period
-        self._backoff_initial = backoff_initial  # read by bench/lifecycle.py
         self._backoff = Backoff.exponential(backoff_initial, max=backoff_max)
-        self.on_restart = on_restart
+        self.observer = observer
         self._children: dict[str, _Child] = {}
         self._restart_times: deque[float] = deque()
         self._nursery: trio.Nursery | None = None
@@ -363,13 +363,10 @@ class Supervisor:
             restart=child.restarts,
             delay=f"{delay:.3f}s",
         )
-        if self.on_restart is not None:
-            try:
-                self.on_restart(child.spec, child.restarts)
-            except Exception as exc:
-                self._log(
-                    logging.WARNING, "on_restart_failed", child=child.spec.id, error=describe(exc)
-                )
+        try:
+            self.observer.child_restarted(child.spec, child.restarts)
+        except Exception as exc:
+            self._log(logging.WARNING, "observer_failed", child=child.spec.id, error=describe(exc))
         return delay
 
     def _escalate(self, child: _Child, error: BaseException | None) -> None:

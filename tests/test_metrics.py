@@ -22,6 +22,7 @@ from uuid import uuid4
 import pytest
 import trio
 import trio.testing
+from supervisor import Observer
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.clock import PolicyClock
@@ -59,8 +60,15 @@ async def test_lifecycle_moves_every_metric_once(mock_clock, mdb):
     feed = MemoryFeed("bybit")
     svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=1))
     seen_states, seen_submits = [], []
-    svc.ctx.on_state = lambda new, old: seen_states.append(new.status)  # someone else's hooks, set first
-    svc.executor.on_submit = lambda exchange, seconds: seen_submits.append(exchange)
+
+    class SomeoneElse(Observer):  # another watcher, added first: both are told
+        def state_changed(self, new, old):
+            seen_states.append(new.status)
+
+        def order_submitted(self, exchange, seconds):
+            seen_submits.append(exchange)
+
+    svc.observers.add(SomeoneElse())
     metrics = Metrics()
     metrics.attach(svc)
     metrics.attach(svc)  # idempotent: no double subscription
@@ -189,7 +197,7 @@ async def test_feed_stats_become_counters_by_delta_and_events_count_once():
     assert value(metrics, "aged_positions_detected_total") == 1
     assert value(metrics, "aged_positions_closed_total", close_reason="manual") == 1
     assert value(metrics, "aged_position_pnl_percent_count") == 0  # a manual close without a fill has no pnl
-    svc.writer.submit(*[object() for _ in range(3)])  # on_depth
+    svc.writer.submit(*[object() for _ in range(3)])  # write_buffer_depth
     assert value(metrics, "aged_storage_write_buffer_depth") == 3
 
 
@@ -198,8 +206,8 @@ def test_a_metrics_hook_that_fails_never_reaches_the_actor(caplog):
     metrics = Metrics()
     metrics.attach(svc)
     broken = SimpleNamespace(aged_id=uuid4())  # no .status: the hook raises inside
-    svc.ctx.on_state(broken, None)  # must not raise
-    assert "metrics state hook failed" in caplog.text
+    svc.observers.state_changed(broken, None)  # must not raise
+    assert "Metrics.state_changed failed" in caplog.text
     with pytest.raises(RuntimeError):
         metrics.attach(Service(_fake_db(), {}, {}))
 

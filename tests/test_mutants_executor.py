@@ -7,8 +7,8 @@ and checks everything the executor did, not just the outcome:
 * what it asked the exchange, in order, with the arguments and the virtual time of
   each call (so a retry schedule is checked to the second);
 * every write-ahead row and update it asked the storage writer to record;
-* its counters (:class:`ExecutorStats`) and the metric callbacks (``on_submit``,
-  ``on_error``, ``on_attempt``).
+* its counters (:class:`ExecutorStats`) and what it tells its observer
+  (``order_submitted``, ``exchange_error``, ``close_attempted``).
 
 The harness is the one of tests/test_executor.py; what it adds is the trace.
 """
@@ -24,7 +24,8 @@ import trio
 
 from actors.executor import CloseRequest, EpisodeChanged, Executor, client_order_id
 from actors.position import CloseResult, PositionUpdate
-from actors.writer import StorageWriter
+from storage.writer import StorageWriter
+from supervisor.observer import Observer
 from exchanges.errors import (
     InsufficientLiquidityError, NonRetryableError, RetryableError, UnknownOutcomeError,
 )
@@ -33,6 +34,22 @@ from storage import ops as op
 from tests.test_executor import NOW, SYMBOL, Harness, exchange
 
 LIQUIDITY = "30208"  # Bybit's "insufficient liquidity" code, as the adapter passes it on
+
+
+class _Told(Observer):
+    """Records what the executor tells its observer into a :class:`Traced`'s lists."""
+
+    def __init__(self, trace):
+        self.trace = trace
+
+    def exchange_error(self, exchange, code):
+        self.trace.errors.append((exchange, code))
+
+    def order_submitted(self, exchange, seconds):
+        self.trace.submits.append((exchange, seconds))
+
+    def close_attempted(self, exchange, attempt):
+        self.trace.attempts.append((exchange, attempt))
 
 
 class Traced(Harness):
@@ -45,10 +62,8 @@ class Traced(Harness):
     def __init__(self, ex, **kw):
         self.errors: list[tuple[str, str]] = []
         self.submits: list[tuple[str, float]] = []
-        super().__init__(ex, on_error=lambda name, code: self.errors.append((name, code)),
-                         on_submit=lambda name, seconds: self.submits.append((name, seconds)), **kw)
         self.attempts: list[tuple[str, int]] = []
-        self.executor.on_attempt = lambda name, attempt: self.attempts.append((name, attempt))
+        super().__init__(ex, observer=_Told(self), **kw)
         self.calls: list[tuple[float, str, tuple]] = []
         real_enter = ex._enter
 

@@ -24,7 +24,7 @@ from storage.writer import StorageWriter
 from doubles.exchange import MemoryExchange
 from storage import ops
 from storage.mapping import position_state
-from supervisor import Supervisor
+from supervisor import Observer, Supervisor
 from tests.support import MemoryFeed
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -100,7 +100,12 @@ def statuses(written):
 async def test_forty_hour_lifecycle_on_the_mock_clock(autojump_clock):
     aged_id, ctx, ex, feed, written = setup(T0 + timedelta(hours=2))
     steps = []
-    ctx.on_state = lambda new, old: steps.append(new.status)
+
+    class Steps(Observer):
+        def state_changed(self, new, old):
+            steps.append(new.status)
+
+    ctx.observer = Steps()
     async with trio.open_nursery() as n:
         start_actor(n, ctx, aged_id)
 

@@ -21,7 +21,17 @@ import logging
 import pytest
 import trio
 
-from supervisor import ChildSpec, Restart, Supervisor, SupervisorEscalation, run_root
+from supervisor import ChildSpec, Observer, ObserverSet, Restart, Supervisor, SupervisorEscalation, run_root
+
+
+class OnRestart(Observer):
+    """A watcher that hands each restart to ``record(spec, count)``."""
+
+    def __init__(self, record):
+        self.record = record
+
+    def child_restarted(self, spec, count):
+        self.record(spec, count)
 
 
 class Recorder:
@@ -174,7 +184,7 @@ async def test_exceeding_intensity_stops_all_children_and_escalates(autojump_clo
         [spec("sibling", sibling.forever), spec("crasher", crasher.crash)],
         intensity=3,
         period=5.0,
-        on_restart=lambda s, n: restarts.append((s.id, n)),
+        observer=OnRestart(lambda s, n: restarts.append((s.id, n))),
     )
     with pytest.raises(SupervisorEscalation) as info:
         await sup.run()
@@ -202,7 +212,7 @@ async def test_intensity_counts_restarts_across_children(autojump_clock):
         "root",
         [spec("a", a.crash_then_forever, 2), spec("b", b.crash_then_forever, 2)],
         intensity=3,
-        on_restart=lambda s, n: restarts.append(s.id),
+        observer=OnRestart(lambda s, n: restarts.append(s.id)),
     )
     with pytest.raises(SupervisorEscalation) as info:
         await sup.run()
@@ -270,7 +280,7 @@ async def test_nested_escalation_is_a_crash_in_the_parent(autojump_clock):
     parent = Supervisor(
         "parent",
         [ChildSpec("inner", inner.run, kind="supervisor")],
-        on_restart=lambda s, n: parent_restarts.append((s.id, n)),
+        observer=OnRestart(lambda s, n: parent_restarts.append((s.id, n))),
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(parent.run)
@@ -295,7 +305,7 @@ async def test_stop_child_is_not_a_crash(autojump_clock):
         "root",
         [spec("w", rec.forever), spec("other", other.forever)],
         intensity=0,  # any restart at all would escalate
-        on_restart=lambda s, n: restarts.append(n),
+        observer=OnRestart(lambda s, n: restarts.append(n)),
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
@@ -480,22 +490,42 @@ def test_duplicate_static_ids_are_rejected():
 # -- callbacks and logs --------------------------------------------------------------
 
 
-async def test_failing_on_restart_callback_does_not_break_supervision(autojump_clock, caplog):
+async def test_failing_observer_does_not_break_supervision(autojump_clock, caplog):
     rec = Recorder()
 
     def on_restart(spec, count):
         raise RuntimeError("metrics down")
 
-    sup = Supervisor("root", [spec("w", rec.crash_then_forever, 2)], on_restart=on_restart)
+    sup = Supervisor("root", [spec("w", rec.crash_then_forever, 2)], observer=OnRestart(on_restart))
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         await trio.sleep(10)
         assert (rec.runs, sup.children()["w"].state) == (3, "running")
         nursery.cancel_scope.cancel()
     assert (
-        "supervisor=root event=on_restart_failed child=w error=RuntimeError: metrics down"
+        "supervisor=root event=observer_failed child=w error=RuntimeError: metrics down"
         in log_lines(caplog)
     )
+
+
+async def test_an_observer_set_tells_every_watcher_and_survives_a_failing_one(autojump_clock, caplog):
+    rec = Recorder()
+    seen = []
+
+    def broken(spec, count):
+        raise RuntimeError("metrics down")
+
+    watchers = ObserverSet(OnRestart(broken))
+    sup = Supervisor("root", [spec("w", rec.crash_then_forever, 2)], observer=watchers)
+    watchers.add(OnRestart(lambda s, n: seen.append((s.id, n))))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await trio.sleep(10)
+        assert (rec.runs, sup.children()["w"].state) == (3, "running")
+        nursery.cancel_scope.cancel()
+    assert seen == [("w", 1), ("w", 2)]
+    failures = [r for r in caplog.records if r.name == "observer"]
+    assert len(failures) == 1 and "OnRestart.child_restarted failed" in failures[0].getMessage()
 
 
 async def test_log_lines(autojump_clock, caplog):
