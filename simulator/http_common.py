@@ -9,12 +9,15 @@ comes) and :func:`service_unavailable` (what a gateway in trouble sends).
 from __future__ import annotations
 
 import json
+import logging
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
 MAX_DROP_HOLD_S = 300.0  # a dropped reply holds the request at most this long
+
+log = logging.getLogger(__name__)
 
 
 def json_response(payload, status: int = 200, headers: dict | None = None) -> Response:
@@ -57,3 +60,31 @@ def parse_bool(value) -> bool | None:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     return None
+
+
+async def reply_or_drop(request: Request, response: Response, drop: bool, what: str) -> Response:
+    """``response``, or, when ``drop`` (the "reply lost" fault), nothing at all.
+
+    The order was handled either way: a dropped reply is an order the exchange took
+    whose answer never reached the client.
+    """
+    if not drop:
+        return response
+    log.info("simulator: %s reply dropped (fault)", what)
+    await hold_until_disconnect(request)
+    return NoReply()
+
+
+def default_window(start: int | None, end: int | None, now: int, window: int) -> tuple[int, int]:
+    """A history query's ``[start, end]`` in ms when one or both ends are missing.
+
+    Both exchanges document the same rule for their trade lists: neither given, the
+    ``window`` up to now; one given, ``window`` from or up to it.
+    """
+    if start is None and end is None:
+        return now - window, now
+    if start is None:
+        return end - window, end
+    if end is None:
+        return start, start + window
+    return start, end

@@ -7,7 +7,7 @@ from decimal import Decimal
 from starlette.requests import Request
 from starlette.responses import Response
 
-from simulator.http_common import json_response
+from simulator.http_common import default_window, json_response
 from simulator.rest_binance.envelope import EXCHANGE, TAKER_FEE, BinanceEnvelope, mandatory_parameter
 from simulator.state import Fill, dstr, dt_ms
 
@@ -81,12 +81,7 @@ class BinanceHistory(BinanceEnvelope):
             fills = [f for f in fills if int(f.trade_id) >= from_id]
             return json_response([self._trade_row(f) for f in fills[:limit]])
         most_recent = start is None  # no startTime: the most recent trades (of the window)
-        if start is None and end is None:
-            start, end = now - WINDOW_MS, now
-        elif start is None:
-            start = end - WINDOW_MS
-        elif end is None:
-            end = start + WINDOW_MS
+        start, end = default_window(start, end, now, WINDOW_MS)
         if start > end:
             return self.error("-1023", "Start time is greater than end time.")
         if end - start > WINDOW_MS:

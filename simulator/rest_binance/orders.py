@@ -17,7 +17,7 @@ from decimal import Decimal
 from starlette.requests import Request
 from starlette.responses import Response
 
-from simulator.http_common import NoReply, hold_until_disconnect, json_response
+from simulator.http_common import json_response, reply_or_drop
 from simulator.rest_binance.envelope import EXCHANGE, MESSAGES, BinanceEnvelope, illegal_parameter, mandatory_parameter
 from simulator.state import Market, Order, SimError, dstr, dt_ms, to_decimal
 
@@ -164,12 +164,7 @@ class BinanceOrders(BinanceEnvelope):
         if err is not None:
             return err
         drop = self.state.faults.take_drop_reply(EXCHANGE)
-        response = self._order_new(p)
-        if drop:
-            log.info("simulator: binance order reply dropped (fault)")
-            await hold_until_disconnect(request)
-            return NoReply()
-        return response
+        return await reply_or_drop(request, self._order_new(p), drop, "binance order")
 
     def _order_new(self, p: dict) -> Response:
         st = self.state

@@ -12,6 +12,7 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import Response
 
+from simulator.http_common import default_window
 from simulator.rest_bybit.envelope import EXCHANGE, TAKER_FEE, BybitEnvelope
 from simulator.state import Fill, Market, dstr, dt_ms
 
@@ -91,12 +92,7 @@ class BybitHistory(BybitEnvelope):
         elif cid is not None:
             fills = [f for f in fills if f.client_order_id == str(cid)]
         else:
-            if start is None and end is None:
-                start, end = now - WINDOW_MS, now
-            elif start is None:
-                start = end - WINDOW_MS
-            elif end is None:
-                end = start + WINDOW_MS
+            start, end = default_window(start, end, now, WINDOW_MS)
             if start > end:
                 return self.error("10001", "params error: startTime should be less than endTime")
             if end - start > WINDOW_MS:

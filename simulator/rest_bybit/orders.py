@@ -14,7 +14,7 @@ from decimal import Decimal
 from starlette.requests import Request
 from starlette.responses import Response
 
-from simulator.http_common import NoReply, hold_until_disconnect, parse_bool
+from simulator.http_common import parse_bool, reply_or_drop
 from simulator.rest_bybit.envelope import EXCHANGE, MESSAGES, TAKER_FEE, BybitEnvelope
 from simulator.state import Market, Order, SimError, dstr, dt_ms, to_decimal
 
@@ -166,12 +166,7 @@ class BybitOrders(BybitEnvelope):
         if err is not None:
             return err
         drop = self.state.faults.take_drop_reply(EXCHANGE)
-        response = self._order_create(p)
-        if drop:
-            log.info("simulator: bybit order/create reply dropped (fault)")
-            await hold_until_disconnect(request)
-            return NoReply()
-        return response
+        return await reply_or_drop(request, self._order_create(p), drop, "bybit order/create")
 
     def _order_create(self, p: dict) -> Response:
         st = self.state
