@@ -87,8 +87,17 @@ class Traced(Harness):
         return [(round(t - t0, 6), m) for t, m, _ in self.calls if method in (None, m)]
 
     def writes(self) -> list:
-        """Every write-ahead row and update, in the order the executor asked for them."""
+        """Every write-ahead row and update, in the order they reached the database.
+
+        Rows are written directly and updates through the storage writer's task, so rows
+        and updates of *different* orders may interleave either way; compare those with
+        :meth:`writes_for`.
+        """
         return [o for o in self.ops if isinstance(o, (op.RecordCloseOrder, op.UpdateCloseOrder))]
+
+    def writes_for(self, cid: str) -> list:
+        """The write-ahead row and updates of one order, in order."""
+        return [o for o in self.writes() if o.client_order_id == cid]
 
     def stats(self) -> tuple:
         s = self.executor.stats
@@ -384,8 +393,8 @@ async def test_after_a_fill_the_next_order_is_at_market_again(autojump_clock):
     assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=3, last_order_id=c3)
     assert [(a[3], a[2], a[4]) for _, m, a in h.calls if m == "create_close_order"] == [
         (c1, D(1), None), (c2, D(1), D("99.00")), (c3, D("0.5"), None)]
-    assert h.writes()[3] == update(c2, state="partially_filled", exchange_order_id="bybit-1", filled_qty=D("0.5"),
-                                   avg_price=D(100))
+    assert h.writes_for(c2)[1] == update(c2, state="partially_filled", exchange_order_id="bybit-1",
+                                         filled_qty=D("0.5"), avg_price=D(100))
 
 
 async def test_the_limit_order_has_its_own_maximum(autojump_clock):
@@ -588,8 +597,8 @@ async def test_a_followed_order_keeps_its_requested_quantity(autojump_clock):
     h.ex.fetch_order_by_client_id = lookup
     r = await h.close(aged)
     assert r == result("flat", filled_qty=D(1), avg_price=D(100), remaining_qty=D(0), attempts=2, last_order_id=c2)
-    assert h.writes()[:2] == [row(c1, aged, 1), update(c1, state="partially_filled", exchange_order_id="x-1",
-                                                       filled_qty=D("0.5"), avg_price=D(100))]
+    assert h.writes_for(c1)[:2] == [row(c1, aged, 1), update(c1, state="partially_filled", exchange_order_id="x-1",
+                                                             filled_qty=D("0.5"), avg_price=D(100))]
 
 
 async def test_a_followed_order_takes_the_quantity_the_lookup_reports(autojump_clock):
@@ -607,7 +616,8 @@ async def test_a_followed_order_takes_the_quantity_the_lookup_reports(autojump_c
 
     h.ex.fetch_order_by_client_id = lookup
     await h.close(aged)
-    assert h.writes()[1] == update(c1, state="filled", exchange_order_id="x-1", filled_qty=D("0.5"), avg_price=D(100))
+    assert h.writes_for(c1)[1] == update(c1, state="filled", exchange_order_id="x-1", filled_qty=D("0.5"),
+                                         avg_price=D(100))
 
 
 async def test_a_followed_order_that_fills_in_full_without_a_requested_quantity(autojump_clock):
