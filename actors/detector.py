@@ -31,6 +31,7 @@ active aged position that has no actor.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Mapping, Sequence
@@ -62,23 +63,35 @@ BOT_SIDES = {"long": "long", "buy": "long", "short": "short", "sell": "short"}
 FILL_WINDOW = timedelta(days=7)
 
 
+@dataclass(frozen=True)
+class DetectorConfig:
+    """How the detector follows the exchanges, with the service's defaults.
+
+    ``poll_interval`` — seconds between two reads of every exchange's open positions.
+    ``fill_history`` — how far back the fill history is searched for a position's
+    opening. ``clock_skew`` — the allowance between the exchange's clock and ours.
+    """
+
+    poll_interval: float = 30.0
+    fill_history: timedelta = timedelta(days=30)
+    clock_skew: timedelta = timedelta(seconds=5)
+
+
 class Detector:
     def __init__(self, ctx: ActorContext, exchanges: Mapping[str, ExchangePort],
                  registry: ActorRegistry, *,
-                 poll_interval: float = 30.0, symbols: Mapping[str, Sequence[str] | None] | None = None,
-                 fill_history: timedelta = timedelta(days=30), clock_skew: timedelta = timedelta(seconds=5)):
+                 config: DetectorConfig = DetectorConfig(),
+                 symbols: Mapping[str, Sequence[str] | None] | None = None):
         self.ctx = ctx
         self.exchanges = dict(exchanges)
         self.registry = registry
-        self.poll_interval = poll_interval
+        self.poll_interval = config.poll_interval
         self.symbols = {k: (set(v) if v else None) for k, v in (symbols or {}).items()}
         self._timers: dict[int, trio.CancelScope] = {}
         self._last_sent: dict[UUID, tuple] = {}  # the last update told to each actor
         self._bad_symbols: set[tuple[str, str]] = set()
-        # how far back the fill history is searched for an opening, and the allowance
-        # between the exchange's clock and ours
-        self.fill_history = fill_history
-        self.clock_skew = clock_skew
+        self.fill_history = config.fill_history
+        self.clock_skew = config.clock_skew
         self.polls = 0
         self.detections = 0
 

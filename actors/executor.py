@@ -169,6 +169,29 @@ class _Backoff:
         return True
 
 
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How the executor retries and bounds a close, with the service's defaults.
+
+    ``retry_delays`` — the pauses (seconds) between the attempts of one close; the
+    same schedule paces the lookups of an unknown outcome and the follow-ups of an
+    open order. ``liquidity_slippage_percent`` — how far past the book a limit-IOC
+    fallback is priced (never past the policy's worst price). ``max_partial_rounds`` —
+    partial fills in a row before a close stops for now. ``lookup_retries`` — lookups
+    of an unknown outcome before the close gives up for now. ``follow_polls`` — how
+    often an order still open after the adapter's fill wait is looked up again.
+    ``db_timeout`` — how long a close waits on the database (a write-ahead row, a
+    read) before it goes on without it: the database is the memory, not the heartbeat.
+    """
+
+    retry_delays: tuple[float, ...] = (1.0, 3.0, 5.0)
+    liquidity_slippage_percent: Decimal = Decimal(1)
+    max_partial_rounds: int = 10
+    lookup_retries: int = 3
+    follow_polls: int = 60
+    db_timeout: float = 2.0
+
+
 @dataclass
 class ExecutorStats:
     attempts: int = 0
@@ -186,27 +209,25 @@ class Executor:
     """
 
     def __init__(self, exchanges: Mapping[str, ExchangePort], writer: StorageWriter, load_orders,
-                 *, retry_delays: tuple[float, ...] = (1.0, 3.0, 5.0), requests_per_second: float = 10.0,
-                 liquidity_slippage_percent: Decimal = Decimal(1), max_partial_rounds: int = 10,
-                 lookup_retries: int = 3, observer: Observer = NO_OBSERVER, write_direct=None):
+                 *, config: ExecutorConfig = ExecutorConfig(), observer: Observer = NO_OBSERVER,
+                 write_direct=None):
         self.exchanges = dict(exchanges)
         self.writer = writer
         self.load_orders = load_orders
         self.write_direct = write_direct  # Database.write_batch, for write-ahead rows
-        self.retry_delays = tuple(retry_delays)
-        self.slippage = liquidity_slippage_percent / 100
-        self.max_partial_rounds = max_partial_rounds
+        self.config = config
+        self.retry_delays = tuple(config.retry_delays)
+        self.slippage = config.liquidity_slippage_percent / 100
+        self.max_partial_rounds = config.max_partial_rounds
         self.max_rounds = 1000  # orders of one request at most (a split close included)
         # An order still open after the adapter's fill wait is looked up again this many
         # times (``retry_delays`` apart, the last one repeated) before the close gives
         # up for now; the order stays unresolved and is followed again before anything new.
-        self.follow_polls = 60
-        self.lookup_retries = lookup_retries
-        # How long a close may wait on the database (a write-ahead row, a read) before it
-        # goes on without it: the database is the memory, not the heartbeat.
-        self.db_timeout = 2.0
-        # requests_per_second is accepted and unused: each exchange's ccxt client paces
-        # every request (exchanges/clients.py).
+        self.follow_polls = config.follow_polls
+        self.lookup_retries = config.lookup_retries
+        self.db_timeout = config.db_timeout
+        # Requests are not paced here: each exchange's ccxt client paces every request
+        # (exchanges/clients.py).
         self._locks: dict[tuple[str, str], trio.Lock] = {}
         self._fills: dict[UUID, _Fills] = {}
         self._send, self._receive = trio.open_memory_channel(1000)

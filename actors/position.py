@@ -64,7 +64,7 @@ class Settings:
 
     sample_interval: timedelta = timedelta(seconds=60)
     material_change_percent: Decimal = Decimal("0.5")
-    error_cooldown: timedelta = timedelta(seconds=60)
+    error_cooldown: timedelta = timedelta(seconds=300)
     emergency_close_after_hours: Decimal | None = None
 
 

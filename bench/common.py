@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +26,7 @@ import trio
 
 from actors.policy import PolicyConfig, assess, breakeven_price
 from actors.position import PHASE_STATUS, Settings
+from feeds.feed import FeedTimings
 from storage import with_database
 from storage.migrate import apply_migrations
 from storage.probe import answers
@@ -39,6 +40,8 @@ MONITORING_TABLES = (
 )
 EXCHANGE = "bybit"
 ENTRY = Decimal(100)
+# A bench's feed never goes stale: its stream is the thing measured, never the REST fallback.
+QUIET_FEED = FeedTimings(stale_after=3600.0)
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -226,18 +229,22 @@ def memory_exchange(count: int, now: datetime, start: int = 0):
     return ex
 
 
-def make_service(db, exchange, feed, *, poll_interval: float = 3600.0, requests_per_second: float = 10.0,
-                 settings: Settings | None = None, config: PolicyConfig | None = None, observed: bool = True):
+def make_service(db, exchange, feed, *, poll_interval: float = 3600.0, settings: Settings | None = None,
+                 config: PolicyConfig | None = None, observed: bool = True):
     """The service under test, on the real clock, around ``db``, one exchange and one feed.
+
+    Its configuration is the program's defaults with the detector's ``poll_interval``
+    and, when given, the position ``settings`` and policy ``config`` overridden.
 
     ``observed`` (the default): wired as production wires it (:func:`service.app.build_service`:
     the :class:`service.runtime.Service` plus its metrics hooks, metrics refresher and
     alert router; no HTTP endpoint). Otherwise the bare :class:`service.runtime.Service`.
     """
     from actors.clock import PolicyClock  # noqa: PLC0415
-    from service.runtime import Service, ServiceConfig  # noqa: PLC0415
-    cfg = ServiceConfig(policy=config or PolicyConfig(), settings=settings or Settings(),
-                        poll_interval=poll_interval, requests_per_second=requests_per_second)
+    from service.config import DEFAULTS  # noqa: PLC0415
+    from service.runtime import Service  # noqa: PLC0415
+    cfg = replace(DEFAULTS, policy=config or DEFAULTS.policy, positions=settings or DEFAULTS.positions,
+                  detector=replace(DEFAULTS.detector, poll_interval=poll_interval))
     exchanges = {EXCHANGE: exchange} if exchange is not None else {}
     if observed:
         from service.app import build_service, tune_gc  # noqa: PLC0415

@@ -25,7 +25,7 @@ import tracemalloc
 import trio
 
 from bench.common import (
-    EXCHANGE, Blaster, connect, make_service, rss_bytes, running_children, seed_aged, wait_until,
+    EXCHANGE, QUIET_FEED, Blaster, connect, make_service, rss_bytes, running_children, seed_aged, wait_until,
 )
 from service.asyncio_bridge import open_asyncio_loop
 
@@ -51,7 +51,7 @@ async def bench_memory(url: str, *, positions: int = 1000, settle_s: float = 12.
         db = await connect(url)
         try:
             async with Blaster("feed") as blaster:
-                feed = Feed(EXCHANGE, blaster.url, stale_after=3600.0)
+                feed = Feed(EXCHANGE, blaster.url, timings=QUIET_FEED)
                 svc = make_service(db, None, feed)  # no exchange: the detector only does recovery
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(svc.run)

@@ -29,9 +29,9 @@ After the first failing rate, the gap to the last sustained rate is bisected.
 tick_to_order — with ``background_rate`` deltas/s flowing, the blaster moves the bid of
 a chosen set of symbols over the target, one symbol per ``cross_interval``. The
 executor itself measures from ``Tick.received_at`` (the feed got the frame) to the
-moment it calls ``create_close_order`` (the observers' ``order_submitted``).
-The executor's rate limiter is set very high here (``requests_per_second``) so that
-the numbers are about our path, not about a 10 requests/s exchange budget.
+moment it calls ``create_close_order`` (the observers' ``order_submitted``). The in-memory
+exchange has no ccxt client and so no request pacing: the numbers are about our path,
+not about an exchange's request budget.
 
 Every close commits its write-ahead row before the order goes out, so tick_to_order
 can be no shorter than one durable commit. ``durable_commit_floor_ms`` in the details
@@ -46,12 +46,13 @@ import gc
 import io
 import pstats
 import time
+from dataclasses import replace
 
 import trio
 
 from bench.common import (
     watch,
-    EXCHANGE, Blaster, CpuWindow, connect, lag_us_from_price, median, memory_exchange, make_service,
+    EXCHANGE, QUIET_FEED, Blaster, CpuWindow, connect, lag_us_from_price, median, memory_exchange, make_service,
     percentile, running_children, seed_aged, symbol_id, wait_until,
 )
 from bench.storage_bench import durable_commit_floor
@@ -174,15 +175,15 @@ class _Rig:
         return out
 
 
-async def _start(url: str, positions: int, blaster: Blaster, nursery, *, requests_per_second: float):
+async def _start(url: str, positions: int, blaster: Blaster, nursery):
     from feeds.feed import Feed  # noqa: PLC0415
     db = await connect(url)
     book = await seed_aged(db, positions)
     ex = memory_exchange(positions, book.now)
     # the blaster's background prices sit near 50 and its crossings jump to 100.5: on a real
     # feed the suspect-quote guard would hold them; this bench measures the close path
-    feed = Feed(EXCHANGE, blaster.url, stale_after=3600.0, suspect_threshold=None)
-    svc = make_service(db, ex, feed, requests_per_second=requests_per_second)
+    feed = Feed(EXCHANGE, blaster.url, timings=replace(QUIET_FEED, suspect_threshold=None))
+    svc = make_service(db, ex, feed)
     samples: list = []
     append = samples.append
     mono = time.monotonic_ns
@@ -349,26 +350,25 @@ async def _tick_to_order(rig: _Rig, db, positions: int, *, background_rate: int,
 async def bench_pipeline(url: str, *, positions: int = 1000, start_rate: int = 2000, factor: float = 1.4,
                          bisect: int = 3, window: float = 5.0, warmup: float = 1.0, max_steps: int = 12,
                          background_rate: int = 10_000, crossings: int = 200, cross_interval: float = 0.05,
-                         requests_per_second: float = 1e6, profile_rate: int | None = None,
+                         profile_rate: int | None = None,
                          profile_out: str | None = None, floor: int = 250, commit_probes: int = 300) -> dict:
     gc.callbacks.append(_gc_callback)
     try:
         return await _bench_pipeline(url, positions, start_rate, factor, bisect, window, warmup, max_steps,
-                                     background_rate, crossings, cross_interval, requests_per_second,
+                                     background_rate, crossings, cross_interval,
                                      profile_rate, profile_out, floor, commit_probes)
     finally:
         gc.callbacks.remove(_gc_callback)
 
 
 async def _bench_pipeline(url, positions, start_rate, factor, bisect, window, warmup, max_steps,
-                          background_rate, crossings, cross_interval, requests_per_second,
+                          background_rate, crossings, cross_interval,
                           profile_rate, profile_out, floor, commit_probes) -> dict:
     async with open_asyncio_loop():
         async with Blaster("feed") as blaster:
             async with trio.open_nursery() as nursery:
                 began = time.monotonic()
-                db, book, ex, svc, feed, rig = await _start(url, positions, blaster, nursery,
-                                                            requests_per_second=requests_per_second)
+                db, book, ex, svc, feed, rig = await _start(url, positions, blaster, nursery)
                 setup_s = time.monotonic() - began
                 best, steps = await _step_up(rig, start=start_rate, factor=factor, bisect=bisect, window=window,
                                              warmup=warmup, max_steps=max_steps, floor=floor)

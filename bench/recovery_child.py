@@ -14,10 +14,10 @@ import trio  # noqa: E402
 import service.app  # noqa: E402,F401 - the real service's import graph (ccxt, feeds, storage, ...)
 from actors.clock import PolicyClock  # noqa: E402
 from feeds.feed import Feed  # noqa: E402
-from service.runtime import ServiceConfig  # noqa: E402
+from service.config import DEFAULTS  # noqa: E402
 from storage import open_database  # noqa: E402
 
-from bench.common import EXCHANGE, configure_logging, memory_exchange  # noqa: E402
+from bench.common import EXCHANGE, QUIET_FEED, configure_logging, memory_exchange  # noqa: E402
 from service.asyncio_bridge import open_asyncio_loop  # noqa: E402
 
 T_IMPORTED = time.time()
@@ -37,8 +37,8 @@ async def main() -> dict:
                 return await inner(fn, *args)
             db._call = counting
             ex = memory_exchange(n, datetime.fromisoformat(os.environ["BENCH_NOW"]))
-            feed = Feed(EXCHANGE, os.environ["BENCH_WS_URL"], rest_quote=ex.fetch_quote, stale_after=3600.0)
-            svc, _obs = service.app.build_service(db, {EXCHANGE: ex}, {EXCHANGE: feed}, ServiceConfig(),
+            feed = Feed(EXCHANGE, os.environ["BENCH_WS_URL"], rest_quote=ex.fetch_quote, timings=QUIET_FEED)
+            svc, _obs = service.app.build_service(db, {EXCHANGE: ex}, {EXCHANGE: feed}, DEFAULTS,
                                                   PolicyClock(), http_port=None)  # as run_live builds it
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(svc.run)

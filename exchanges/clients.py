@@ -43,9 +43,8 @@ the one call that must not wait, a close, while the budget it meant to protect w
 spent elsewhere. So this bucket is the only limiter. The other one ran on trio's
 clock, so tests could skip its waits; this one runs on the real clock, as do the
 tests that drive it (they talk to the simulator over loopback). Its
-``requests_per_second`` (never a key of the configuration file: the service always
-ran with 10) is still accepted by ``ServiceConfig`` and the executor and does
-nothing, since one number cannot stand for the weighted budgets ccxt already follows.
+``requests_per_second`` setting (never a key of the configuration file) is gone: one
+number cannot stand for the weighted budgets ccxt already follows.
 When the exchange still answers "too many requests", :mod:`exchanges.gate` stops every
 request until the end it names.
 """

@@ -31,6 +31,7 @@ and retried.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Awaitable, Callable
 
@@ -51,7 +52,8 @@ from feeds.subscriptions import Subscriptions
 from feeds.suspects import Suspects
 from feeds.tick import Tick
 
-__all__ = ["Feed", "FeedStats", "HeartbeatTimeout", "MESSAGE_QUEUE_SIZE", "RECEIVE_BUFFER_SIZE", "make_protocol"]
+__all__ = ["Feed", "FeedStats", "FeedTimings", "HeartbeatTimeout", "MESSAGE_QUEUE_SIZE", "RECEIVE_BUFFER_SIZE",
+           "make_protocol"]
 
 RestQuote = Callable[[str], Awaitable["object"]]  # async (unified symbol) -> exchanges.port.Quote
 
@@ -65,8 +67,34 @@ def make_protocol(exchange: str) -> ExchangeProtocol:
     raise ValueError(f"no stream protocol for exchange {exchange!r}")
 
 
+@dataclass(frozen=True)
+class FeedTimings:
+    """How a feed paces itself (seconds), with the service's defaults.
+
+    ``stale_after`` — a wanted symbol silent on the stream this long is stale and
+    polled over REST every ``rest_poll_interval``. ``heartbeat_interval`` — a ping
+    this often; ``reconnect_initial``/``reconnect_max`` bound the jittered backoff
+    between connection attempts; ``connect_timeout``/``rest_timeout`` bound one
+    connection attempt and one REST quote. ``suspect_threshold`` — the relative jump
+    the quote guard holds until a second source agrees (``None``: no guard).
+    """
+
+    stale_after: float = 10.0
+    rest_poll_interval: float = 2.0
+    heartbeat_interval: float = 20.0
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 30.0
+    connect_timeout: float = 10.0
+    rest_timeout: float = 10.0
+    suspect_threshold: Decimal | str | float | None = DEFAULT_THRESHOLD
+
+
 class Feed(Connection, Delivery, Subscriptions, Staleness, RestFallback, Suspects):
-    """Market-data feed actor for one exchange. See the module docstring."""
+    """Market-data feed actor for one exchange. See the module docstring.
+
+    ``timings`` (:class:`FeedTimings`) paces it; each value is copied to an attribute
+    of the same name, which tests may change on a running feed.
+    """
 
     def __init__(
         self,
@@ -74,31 +102,25 @@ class Feed(Connection, Delivery, Subscriptions, Staleness, RestFallback, Suspect
         ws_url: str,
         *,
         rest_quote: RestQuote | None = None,
-        stale_after: float = 10.0,
-        rest_poll_interval: float = 2.0,
-        heartbeat_interval: float = 20.0,
-        reconnect_initial: float = 0.5,
-        reconnect_max: float = 30.0,
+        timings: FeedTimings = FeedTimings(),
         logger: logging.Logger | None = None,
         protocol: ExchangeProtocol | None = None,
-        connect_timeout: float = 10.0,
-        rest_timeout: float = 10.0,
-        suspect_threshold: Decimal | str | float | None = DEFAULT_THRESHOLD,
     ):
         self.exchange = exchange
         self.ws_url = ws_url
         self.protocol = protocol if protocol is not None else make_protocol(exchange)
         self.rest_quote = rest_quote
-        self.stale_after = stale_after
-        self.rest_poll_interval = rest_poll_interval
-        self.heartbeat_interval = heartbeat_interval
-        self.reconnect_initial = reconnect_initial
-        self.reconnect_max = reconnect_max
-        self.connect_timeout = connect_timeout
-        self.rest_timeout = rest_timeout
+        self.timings = timings
+        self.stale_after = timings.stale_after
+        self.rest_poll_interval = timings.rest_poll_interval
+        self.heartbeat_interval = timings.heartbeat_interval
+        self.reconnect_initial = timings.reconnect_initial
+        self.reconnect_max = timings.reconnect_max
+        self.connect_timeout = timings.connect_timeout
+        self.rest_timeout = timings.rest_timeout
         self.log = logger if logger is not None else logging.getLogger(f"feeds.{exchange}")
         self.stats = FeedStats()
-        self.guard = QuoteGuard(suspect_threshold)
+        self.guard = QuoteGuard(timings.suspect_threshold)
 
         self._init_subscriptions()
         self._init_staleness()

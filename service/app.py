@@ -6,7 +6,6 @@ import gc
 import logging
 import signal
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Mapping
 
 import trio
@@ -17,25 +16,13 @@ from exchanges.ccxt_adapter import CcxtExchange
 from exchanges.clients import credentials_from_env
 from exchanges.dry_run import DryRunExchange
 from exchanges.port import ExchangePort
-from feeds.feed import Feed
+from feeds.feed import Feed, FeedTimings
 from service.alerts import alert_router_from_env
-from service.config import AppConfig, ExchangeConfig
+from service.config import DEFAULTS, AppConfig, ExchangeConfig
 from service.http import Observability
-from service.runtime import Service, ServiceConfig
+from service.runtime import Service
 
 log = logging.getLogger("service")
-
-
-@dataclass
-class FeedTimings:
-    stale_after: float = 10.0
-    rest_poll_interval: float = 2.0
-
-
-def service_config(app: AppConfig) -> ServiceConfig:
-    return ServiceConfig(policy=app.policy, settings=app.manager.settings, poll_interval=app.manager.poll_interval,
-                         retry_delays=app.manager.retry_delays,
-                         symbols={e.name: list(e.symbols) if e.symbols else None for e in app.exchanges})
 
 
 def make_exchange(cfg: ExchangeConfig, *, dry_run: bool, api_key: str | None = None,
@@ -50,9 +37,9 @@ def make_exchange(cfg: ExchangeConfig, *, dry_run: bool, api_key: str | None = N
 
 
 def make_feeds(exchanges: Mapping[str, ExchangePort], ws_urls: Mapping[str, str],
-               timings: FeedTimings = FeedTimings()) -> dict[str, Feed]:
-    return {name: Feed(name, ws_urls[name], rest_quote=port.fetch_quote, stale_after=timings.stale_after,
-                       rest_poll_interval=timings.rest_poll_interval)
+               timings: FeedTimings = DEFAULTS.feeds) -> dict[str, Feed]:
+    """One feed per exchange, at ``ws_urls[name]``, polling the exchange's REST quote when stale."""
+    return {name: Feed(name, ws_urls[name], rest_quote=port.fetch_quote, timings=timings)
             for name, port in exchanges.items()}
 
 
@@ -96,12 +83,13 @@ async def hedge_mode_accounts(exchanges: Mapping[str, ExchangePort]) -> list[str
     return hedged
 
 
-def build_service(db, exchanges: Mapping[str, ExchangePort], feeds: Mapping[str, Feed], config: ServiceConfig,
-                  clock: PolicyClock, *, http_port: int | None, webhook_url_env: str | None = None,
-                  telegram: bool = False) -> tuple[Service, Observability]:
-    """The service with its metrics, HTTP endpoint (``http_port`` None: none; 0: any free port) and alerts."""
+def build_service(db, exchanges: Mapping[str, ExchangePort], feeds: Mapping[str, Feed], config: AppConfig,
+                  clock: PolicyClock, *, http_port: int | None) -> tuple[Service, Observability]:
+    """The service with its metrics, HTTP endpoint (``http_port`` None: none; 0: any free port) and
+    the alerts of ``config.alerts``."""
+    alerts = config.alerts
     obs = Observability(http_port=http_port,
-                        alerts=alert_router_from_env(webhook_url_env=webhook_url_env, telegram=telegram))
+                        alerts=alert_router_from_env(webhook_url_env=alerts.webhook_url_env, telegram=alerts.telegram))
     service = Service(db, exchanges, feeds, config, clock, extra_children=obs.children())
     obs.attach(service)
     return service, obs
@@ -150,7 +138,7 @@ async def run_service(service: Service, *, before_run: Callable[[Service, trio.N
 
 async def run_live(app: AppConfig, db, *, dry_run: bool, metrics_port: int | None = None) -> int:
     exchanges = {e.name: make_exchange(e, dry_run=dry_run) for e in app.exchanges}
-    db.update_bot_book = app.update_bot_book and not dry_run  # a dry run writes nothing of the bot's
+    db.update_bot_book = app.database.update_bot_book and not dry_run  # a dry run writes nothing of the bot's
     log.info("starting %s mode on %s", "DRY-RUN (nothing is sent)" if dry_run else "LIVE",
              ", ".join(f"{e.name} ({e.rest_url or 'production'})" for e in app.exchanges))
     async with AsyncExitStack() as stack:
@@ -160,9 +148,7 @@ async def run_live(app: AppConfig, db, *, dry_run: bool, metrics_port: int | Non
             log.critical("%s: the account is in hedge mode; %s", name, HEDGE_MODE_HELP)
         if hedged:
             return 2
-        feeds = make_feeds(exchanges, {e.name: e.ws_url for e in app.exchanges},
-                           FeedTimings(app.manager.stale_after, app.manager.rest_poll_interval))
-        service, obs = build_service(db, exchanges, feeds, service_config(app), PolicyClock(),
-                                     http_port=(app.metrics_port if metrics_port is None else metrics_port) or None,
-                                     webhook_url_env=app.webhook_url_env, telegram=app.telegram)
+        feeds = make_feeds(exchanges, {e.name: e.ws_url for e in app.exchanges}, app.feeds)
+        service, obs = build_service(db, exchanges, feeds, app, PolicyClock(),
+                                     http_port=(app.metrics.port if metrics_port is None else metrics_port) or None)
         return await run_observed(service, obs)

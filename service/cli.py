@@ -33,9 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     demo = sub.add_parser("demo", parents=[common], help="the self-contained demo (the default command)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl+C)")
-    demo.add_argument("--speed", type=float, default=120.0,
+    demo.add_argument("--speed", type=float, default=DEMO_SPEED,
                       help="run the policy clock this many times faster (default 120: a minute is two hours)")
-    demo.add_argument("--metrics-port", type=int, default=9108, help="HTTP /metrics, /health, /stats (0 disables)")
+    demo.add_argument("--metrics-port", type=int, default=None,
+                      help="HTTP /metrics, /health, /stats on this port (0 disables; default: the [metrics] default)")
     demo.add_argument("--database", default=DEMO_DATABASE,
                       help=f"the database on the server the demo empties and uses (default {DEMO_DATABASE})")
     live = sub.add_parser("live", parents=[common], help="manage real positions (or any base URLs)")
@@ -63,6 +64,7 @@ def _load(path):
 
 
 DEMO_DATABASE = "aged_position_demo"
+DEMO_SPEED = 120.0  # a real minute is two policy hours
 
 
 async def _with_db(url, fn, migrate=True, **kw):
@@ -113,7 +115,7 @@ def main(argv: list[str]) -> int:
             async def show(db):
                 print(await status_table(db, PolicyClock().now(), policy))
                 return 0
-            return trio.run(_with_db, cfg.database_url if cfg else None, show)
+            return trio.run(_with_db, cfg.database.url if cfg else None, show)
         if command == "stats":
             from service.reports import stats_tables  # noqa: PLC0415
             cfg = _load(args.config) if args.config else None
@@ -121,15 +123,15 @@ def main(argv: list[str]) -> int:
             async def show(db):
                 print(stats_tables(await db.statistics(days=args.days)))
                 return 0
-            return trio.run(_with_db, cfg.database_url if cfg else None, show)
+            return trio.run(_with_db, cfg.database.url if cfg else None, show)
         if command == "live":
             from service.app import run_live  # noqa: PLC0415
             cfg = _load(args.config)
-            return trio.run(_with_db, cfg.database_url,
+            return trio.run(_with_db, cfg.database.url,
                             lambda db: run_live(cfg, db, dry_run=args.dry_run, metrics_port=args.metrics_port))
         from service.demo import run_demo  # noqa: PLC0415
         if args.command is None:
-            args.duration, args.speed, args.metrics_port, args.database = None, 120.0, 9108, DEMO_DATABASE
+            args.duration, args.speed, args.metrics_port, args.database = None, DEMO_SPEED, None, DEMO_DATABASE
         if args.speed <= 0:
             print("run.py: --speed must be positive", file=sys.stderr)
             return 2

@@ -1,35 +1,34 @@
-"""The configuration file (TOML) for live and dry-run modes.
+"""The configuration: one frozen tree, every default in it, validated once at start.
 
-::
+:class:`AppConfig` is the tree, one frozen section per component (the policy, the
+position actors, the detector, the feeds, the executor, the storage writer, the
+supervisors, the exchanges, metrics, alerts). ``AppConfig()`` holds every default of
+the program, written once, in the section classes; :data:`DEFAULTS` is that value.
+Most sections live beside their component (:class:`~feeds.feed.FeedTimings` in
+:mod:`feeds.feed`, :class:`~actors.executor.ExecutorConfig` in :mod:`actors.executor`,
+...) so that imports flow one way: the service knows the components, never the reverse.
 
-    [database]
-    url = "postgresql://..."            # optional; DATABASE_URL or embedded otherwise
-    [policy]                            # any PolicyConfig field; defaults from the spec
-    max_age_hours = 3
-    [manager]                           # optional; how the actors behave around the policy
-    poll_interval_seconds = 30
-    stale_after_seconds = 10            # no tick for this long: poll the price over REST
-    rest_poll_seconds = 2
-    sample_interval_seconds = 60
-    error_cooldown_seconds = 300
-    retry_delays_seconds = [1, 3, 5]
-    emergency_close_after_hours = 48    # off when absent
-    [[exchanges]]
-    name = "bybit"                      # or "binanceusdm"
-    rest_url = "http://127.0.0.1:8800/bybit"                # optional, production by default
-    ws_url = "ws://127.0.0.1:8800/bybit/v5/public/linear"   # optional
-    api_key_env = "BYBIT_API_KEY"       # names of environment variables, never the keys
-    api_secret_env = "BYBIT_API_SECRET"
-    symbols = ["BTC/USDT:USDT"]         # optional allowlist (gradual rollout)
-    [metrics]
-    port = 9108                         # optional; 0 disables
+The configuration file (TOML, for live and dry-run modes; ``config.example.toml``
+shows every key) sets part of the tree::
 
-Every setting is declared once, in :data:`SETTINGS`: its type, its allowed range and
-its default. The ranges are what a trader could mean (no position is managed on a
-schedule longer than ten years) and keep all date arithmetic at run time far from
-overflow. Every mistake is one :class:`ConfigError` naming the key by its full path
-(``manager.retry_delays_seconds[1]``, ``exchanges[0].name``), the value and what is
-allowed; ``run.py`` prints it on one line and exits with status 2.
+    [database]      url, update_bot_book                    -> database
+    [policy]        every PolicyConfig field                -> policy
+    [manager]       poll_interval_seconds                   -> detector
+                    stale_after_seconds, rest_poll_seconds  -> feeds
+                    sample_interval_seconds, material_change_percent,
+                    error_cooldown_seconds, emergency_close_after_hours -> positions
+                    retry_delays_seconds                    -> executor
+    [[exchanges]]   name, rest_url, ws_url, api_key_env, api_secret_env, symbols
+    [metrics]       port
+    [alerts]        webhook_url_env, telegram
+
+Every key is declared once, in :data:`SETTINGS`: its type, its allowed range, its
+unit and its doc; its default is read from :data:`DEFAULTS`. The ranges are what a
+trader could mean (no position is managed on a schedule longer than ten years) and
+keep all date arithmetic at run time far from overflow. :func:`load_config` and
+:func:`parse_config` return the tree or raise one :class:`ConfigError` naming the key
+by its full path (``manager.retry_delays_seconds[1]``, ``exchanges[0].name``), the
+value and what is allowed; ``run.py`` prints it on one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -37,15 +36,19 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from actors.detector import DetectorConfig
+from actors.executor import ExecutorConfig
 from actors.policy import ConfigError, PolicyConfig
 from actors.position import Settings
+from feeds.feed import FeedTimings
+from storage.writer import WriterConfig
 
 EXCHANGES = {
     "bybit": {"ws_url": "wss://stream.bybit.com/v5/public/linear"},
@@ -75,7 +78,8 @@ class Setting:
 
     ``min``/``max`` bound numbers (and each item of a list of seconds); they are
     inclusive unless ``min_open``/``max_open``. ``items`` bounds the length of a list.
-    ``default`` is the value when the key is absent (``None``: not set / off).
+    ``default`` is the value when the key is absent (``None``: not set / off), as the
+    file would spell it (seconds, not a ``timedelta``); it comes from :data:`DEFAULTS`.
     """
 
     key: str
@@ -174,51 +178,160 @@ def _url(path: str, value: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
-def _hours(key: str, default: Any, doc: str, *, minimum: str = "0", **kw) -> Setting:
-    return Setting(key, NUMBER, None if default is None else Decimal(default), Decimal(minimum), TEN_YEARS_HOURS,
-                   unit="hours", doc=doc, **kw)
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """``url`` — the PostgreSQL server (None: ``DATABASE_URL``, else an embedded one).
+    ``update_bot_book`` — after our close, mark the trading bot's row closed too."""
+
+    url: str | None = None
+    update_bot_book: bool = True
 
 
-def _seconds(key: str, default: float, minimum: str, maximum: int, doc: str) -> Setting:
-    return Setting(key, SECONDS, default, Decimal(minimum), Decimal(maximum), unit="seconds", doc=doc)
+@dataclass(frozen=True)
+class ExchangeConfig:
+    """One ``[[exchanges]]`` table: where to reach the exchange and what to manage there.
+
+    ``rest_url`` None is production; ``ws_url`` is always set (production when the
+    file leaves it out). ``symbols`` None manages every symbol.
+    """
+
+    name: str
+    rest_url: str | None
+    ws_url: str
+    api_key_env: str | None
+    api_secret_env: str | None
+    symbols: tuple[str, ...] | None
 
 
-def _percent(key: str, default: str, minimum: str, maximum: int, doc: str, *, unit: str = "percent",
+@dataclass(frozen=True)
+class SupervisionConfig:
+    """How many restarts each supervisor allows, and how it paces them.
+
+    More than ``*_intensity`` restarts within ``*_period`` seconds and the supervisor
+    gives up (``root`` giving up stops the service). Restarts wait a backoff from
+    ``*_backoff_initial`` up to ``*_backoff_max`` seconds.
+    """
+
+    root_intensity: int = 5
+    root_period: float = 30.0
+    root_backoff_initial: float = 0.2
+    root_backoff_max: float = 5.0
+    positions_intensity: int = 20
+    positions_period: float = 10.0
+    positions_backoff_initial: float = 0.01
+    positions_backoff_max: float = 5.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``port`` — Prometheus ``/metrics``, ``/health`` and ``/stats``; 0 disables."""
+
+    port: int = 9108
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """``webhook_url_env`` — the environment variable holding the webhook URL (None: no
+    webhook). ``telegram`` — send alerts to Telegram too."""
+
+    webhook_url_env: str | None = None
+    telegram: bool = False
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The whole configuration: one frozen section per component.
+
+    ``AppConfig()`` is every default of the program; :data:`DEFAULTS` is that value,
+    and the file's table (:data:`SETTINGS`) takes its defaults from it. A variant
+    (the demo, a test, a benchmark) is the defaults with explicit overrides::
+
+        replace(DEFAULTS, detector=DetectorConfig(poll_interval=2.0))
+
+    Each component takes its own section: :class:`~actors.policy.PolicyConfig` the
+    policy, :class:`~actors.position.Settings` the position actors,
+    :class:`~actors.detector.DetectorConfig`, :class:`~feeds.feed.FeedTimings`,
+    :class:`~actors.executor.ExecutorConfig`, :class:`~storage.writer.WriterConfig`,
+    and :class:`SupervisionConfig` the supervisors.
+    """
+
+    database: DatabaseConfig = DatabaseConfig()
+    policy: PolicyConfig = PolicyConfig()
+    positions: Settings = Settings()
+    detector: DetectorConfig = DetectorConfig()
+    feeds: FeedTimings = FeedTimings()
+    executor: ExecutorConfig = ExecutorConfig()
+    writer: WriterConfig = WriterConfig()
+    supervision: SupervisionConfig = SupervisionConfig()
+    exchanges: tuple[ExchangeConfig, ...] = ()
+    metrics: MetricsConfig = MetricsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+
+    @property
+    def symbols(self) -> dict[str, tuple[str, ...] | None]:
+        """Each exchange's allowlist of symbols (None: all)."""
+        return {e.name: e.symbols for e in self.exchanges}
+
+
+DEFAULTS = AppConfig()
+
+
+def _hours(key: str, default: Decimal | None, doc: str, *, minimum: str = "0", **kw) -> Setting:
+    return Setting(key, NUMBER, default, Decimal(minimum), TEN_YEARS_HOURS, unit="hours", doc=doc, **kw)
+
+
+def _seconds(key: str, default: float | timedelta, minimum: str, maximum: int, doc: str) -> Setting:
+    seconds = default.total_seconds() if isinstance(default, timedelta) else default
+    return Setting(key, SECONDS, seconds, Decimal(minimum), Decimal(maximum), unit="seconds", doc=doc)
+
+
+def _percent(key: str, default: Decimal, minimum: str, maximum: int, doc: str, *, unit: str = "percent",
              **kw) -> Setting:
-    return Setting(key, NUMBER, Decimal(default), Decimal(minimum), Decimal(maximum), unit=unit, doc=doc, **kw)
+    return Setting(key, NUMBER, default, Decimal(minimum), Decimal(maximum), unit=unit, doc=doc, **kw)
 
 
 SETTINGS: dict[str, tuple[Setting, ...]] = {
     "database": (
         Setting("url", URL, choices=("postgresql", "postgres"),
                 doc="the PostgreSQL server; else DATABASE_URL, else an embedded server"),
-        Setting("update_bot_book", BOOL, True,
+        Setting("update_bot_book", BOOL, DEFAULTS.database.update_bot_book,
                 doc="after the service closes a position, mark the trading bot's row in monitoring.positions "
                     "closed (status, closed_at, exit_reason = 'aged_<phase>')"),
     ),
     "policy": (
-        _hours("max_age_hours", 3, "a position is aged once strictly older than this", minimum="0.01"),
-        _hours("grace_period_hours", 8, "after aging, close only at breakeven for this long"),
-        _percent("loss_step_percent", "0.5", "0.001", 100, "the accepted loss grows this much per hour",
-                 unit="percent per hour", max_open=True),
-        _hours("acceleration_after_hours", 10, "hours of the progressive phase before the step speeds up"),
-        Setting("acceleration_factor", NUMBER, Decimal("1.2"), Decimal(1), Decimal(100),
+        _hours("max_age_hours", DEFAULTS.policy.max_age_hours, "a position is aged once strictly older than this",
+               minimum="0.01"),
+        _hours("grace_period_hours", DEFAULTS.policy.grace_period_hours,
+               "after aging, close only at breakeven for this long"),
+        _percent("loss_step_percent", DEFAULTS.policy.loss_step_percent, "0.001", 100,
+                 "the accepted loss grows this much per hour", unit="percent per hour", max_open=True),
+        _hours("acceleration_after_hours", DEFAULTS.policy.acceleration_after_hours,
+               "hours of the progressive phase before the step speeds up"),
+        Setting("acceleration_factor", NUMBER, DEFAULTS.policy.acceleration_factor, Decimal(1), Decimal(100),
                 doc="how much faster the loss grows after acceleration_after_hours"),
-        _percent("max_loss_percent", "10", "0.001", 100, "the largest accepted loss", max_open=True),
-        _percent("commission_percent", "0.1", "0", 10, "the taker fee of one side (breakeven pays two)"),
+        _percent("max_loss_percent", DEFAULTS.policy.max_loss_percent, "0.001", 100, "the largest accepted loss",
+                 max_open=True),
+        _percent("commission_percent", DEFAULTS.policy.commission_percent, "0", 10,
+                 "the taker fee of one side (breakeven pays two)"),
     ),
     "manager": (
-        _seconds("poll_interval_seconds", 30.0, "0.5", 3600, "how often the position book is synced"),
-        _seconds("stale_after_seconds", 10.0, "0.5", 3600, "no tick for this long: poll the price over REST"),
-        _seconds("rest_poll_seconds", 2.0, "0.5", 3600, "how often a stale symbol's price is polled"),
-        _seconds("sample_interval_seconds", 60.0, "1", 86400, "at most one routine price-check row per this"),
-        _percent("material_change_percent", "0.5", "0.001", 100,
+        _seconds("poll_interval_seconds", DEFAULTS.detector.poll_interval, "0.5", 3600,
+                 "how often the position book is synced"),
+        _seconds("stale_after_seconds", DEFAULTS.feeds.stale_after, "0.5", 3600,
+                 "no tick for this long: poll the price over REST"),
+        _seconds("rest_poll_seconds", DEFAULTS.feeds.rest_poll_interval, "0.5", 3600,
+                 "how often a stale symbol's price is polled"),
+        _seconds("sample_interval_seconds", DEFAULTS.positions.sample_interval, "1", 86400,
+                 "at most one routine price-check row per this"),
+        _percent("material_change_percent", DEFAULTS.positions.material_change_percent, "0.001", 100,
                  "…unless the distance to target moved this many points", unit="percentage points"),
-        _seconds("error_cooldown_seconds", 300.0, "1", 604800, "after a close failed on every attempt, retry after"),
-        Setting("retry_delays_seconds", SECONDS_LIST, (1.0, 3.0, 5.0), Decimal("0.1"), Decimal(300),
+        _seconds("error_cooldown_seconds", DEFAULTS.positions.error_cooldown, "1", 604800,
+                 "after a close failed on every attempt, retry after"),
+        Setting("retry_delays_seconds", SECONDS_LIST, DEFAULTS.executor.retry_delays, Decimal("0.1"), Decimal(300),
                 unit="seconds", items=(1, 10), doc="the pauses between the attempts of one close"),
-        _hours("emergency_close_after_hours", None, "force a close at any price once this old (after aging); "
-               "off when absent", minimum="0.01", min_open=True),
+        _hours("emergency_close_after_hours", DEFAULTS.positions.emergency_close_after_hours,
+               "force a close at any price once this old (after aging); off when absent",
+               minimum="0.01", min_open=True),
     ),
     "exchanges": (  # each [[exchanges]] table
         Setting("name", CHOICE, required=True, choices=tuple(EXCHANGES), doc="the exchange"),
@@ -229,46 +342,16 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting("symbols", SYMBOLS, items=(1, 1000), doc="manage only these symbols; all when absent"),
     ),
     "metrics": (
-        Setting("port", INTEGER, 9108, Decimal(0), Decimal(65535),
+        Setting("port", INTEGER, DEFAULTS.metrics.port, Decimal(0), Decimal(65535),
                 doc="Prometheus /metrics, /health, /stats; 0 disables"),
     ),
     "alerts": (
         Setting("webhook_url_env", ENV_NAME, doc="the environment variable holding the webhook URL"),
-        Setting("telegram", BOOL, False, doc="send alerts to Telegram (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID)"),
+        Setting("telegram", BOOL, DEFAULTS.alerts.telegram,
+                doc="send alerts to Telegram (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID)"),
     ),
 }
 SECTIONS = set(SETTINGS)
-
-
-@dataclass(frozen=True)
-class ExchangeConfig:
-    name: str
-    rest_url: str | None
-    ws_url: str
-    api_key_env: str | None
-    api_secret_env: str | None
-    symbols: tuple[str, ...] | None
-
-
-@dataclass(frozen=True)
-class ManagerConfig:
-    poll_interval: float = 30.0
-    retry_delays: tuple[float, ...] = (1.0, 3.0, 5.0)
-    settings: Settings = field(default_factory=Settings)
-    stale_after: float = 10.0
-    rest_poll_interval: float = 2.0
-
-
-@dataclass(frozen=True)
-class AppConfig:
-    database_url: str | None = None
-    update_bot_book: bool = True
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    manager: ManagerConfig = field(default_factory=ManagerConfig)
-    exchanges: tuple[ExchangeConfig, ...] = ()
-    metrics_port: int = 9108
-    webhook_url_env: str | None = None
-    telegram: bool = False
 
 
 def _section(table: Any, path: str, settings: tuple[Setting, ...]) -> dict[str, Any]:
@@ -300,20 +383,25 @@ def _policy(values: dict[str, Any]) -> PolicyConfig:
         raise ConfigError(f"policy.{exc.key}", str(exc)[len(exc.key) + 2:]) from None
 
 
-def _manager(values: dict[str, Any], policy: PolicyConfig) -> ManagerConfig:
+def _manager(values: dict[str, Any], policy: PolicyConfig) -> dict[str, Any]:
+    """The sections the ``[manager]`` table sets: the position actors', the detector's,
+    the feeds' and the executor's (their other fields keep the defaults)."""
     emergency = values["emergency_close_after_hours"]
     if emergency is not None and emergency <= policy.max_age_hours:
         raise ConfigError("manager.emergency_close_after_hours",
                           f"{emergency} must be more than policy.max_age_hours ({policy.max_age_hours})")
-    settings = Settings(
-        sample_interval=timedelta(seconds=values["sample_interval_seconds"]),
-        material_change_percent=values["material_change_percent"],
-        error_cooldown=timedelta(seconds=values["error_cooldown_seconds"]),
-        emergency_close_after_hours=emergency,
+    return dict(
+        positions=Settings(
+            sample_interval=timedelta(seconds=values["sample_interval_seconds"]),
+            material_change_percent=values["material_change_percent"],
+            error_cooldown=timedelta(seconds=values["error_cooldown_seconds"]),
+            emergency_close_after_hours=emergency,
+        ),
+        detector=replace(DEFAULTS.detector, poll_interval=values["poll_interval_seconds"]),
+        feeds=replace(DEFAULTS.feeds, stale_after=values["stale_after_seconds"],
+                      rest_poll_interval=values["rest_poll_seconds"]),
+        executor=replace(DEFAULTS.executor, retry_delays=values["retry_delays_seconds"]),
     )
-    return ManagerConfig(poll_interval=values["poll_interval_seconds"], retry_delays=values["retry_delays_seconds"],
-                         settings=settings, stale_after=values["stale_after_seconds"],
-                         rest_poll_interval=values["rest_poll_seconds"])
 
 
 def _exchange(i: int, table: Any) -> ExchangeConfig:
@@ -345,12 +433,12 @@ def parse_config(doc: Mapping[str, Any]) -> AppConfig:
         raise ConfigError("exchanges", "each exchange may appear once")
     metrics = _section(doc.get("metrics", {}), "metrics", SETTINGS["metrics"])
     alerts = _section(doc.get("alerts", {}), "alerts", SETTINGS["alerts"])
-    return AppConfig(database_url=database["url"], update_bot_book=database["update_bot_book"], policy=policy, manager=manager, exchanges=exchanges,
-                     metrics_port=metrics["port"], webhook_url_env=alerts["webhook_url_env"],
-                     telegram=alerts["telegram"])
+    return replace(DEFAULTS, database=DatabaseConfig(**database), policy=policy, **manager, exchanges=exchanges,
+                   metrics=MetricsConfig(**metrics), alerts=AlertsConfig(**alerts))
 
 
 def load_config(path: str | Path) -> AppConfig:
+    """The configuration in the TOML file at ``path``, validated; one :class:`ConfigError` naming the key."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:

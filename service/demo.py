@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -22,16 +22,32 @@ import trio
 
 from actors.clock import PolicyClock
 from actors.events import DETECTED
-from actors.position import Settings
 from exchanges.ccxt_adapter import CcxtExchange
-from service.app import FeedTimings, build_service, exchanges_open, make_feeds, run_observed
-from service.runtime import ServiceConfig
+from service.app import build_service, exchanges_open, make_feeds, run_observed
+from service.config import DEFAULTS, AppConfig
 from simulator.server import serve_simulator
 from simulator.state import RejectRule, SimState
 
 log = logging.getLogger("demo")
 
 SIM_KEY, SIM_SECRET = "sim-key", "sim-secret"
+
+
+def demo_config() -> AppConfig:
+    """The defaults, paced for a demo that shows every phase within minutes.
+
+    The policy clock runs ``--speed`` times faster, so the position actors' intervals
+    (policy time) are longer than in production, and the detector, the feeds and the
+    executor's retries (real time) are quicker.
+    """
+    return replace(
+        DEFAULTS,
+        positions=replace(DEFAULTS.positions, sample_interval=timedelta(minutes=10),
+                          error_cooldown=timedelta(minutes=30)),
+        detector=replace(DEFAULTS.detector, poll_interval=2.0),
+        feeds=replace(DEFAULTS.feeds, stale_after=5.0),
+        executor=replace(DEFAULTS.executor, retry_delays=(1.0, 2.0, 3.0)),
+    )
 
 
 @dataclass(frozen=True)
@@ -97,7 +113,11 @@ async def _script_prices(state: SimState, clock: PolicyClock, origin) -> None:
         await trio.sleep(0.5)
 
 
-async def run_demo(db, *, duration: float | None, speed: float, metrics_port: int | None = 9108) -> int:
+async def run_demo(db, *, duration: float | None, speed: float, metrics_port: int | None = None) -> int:
+    """Run the demo until Ctrl+C or ``duration`` seconds, then print a summary.
+
+    ``metrics_port`` None: the configured default (:data:`service.config.DEFAULTS`); 0: no endpoint.
+    """
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(serve_simulator, "127.0.0.1", 0, 7)
         log.info("simulator at %s (admin %s)", handle.base_url, handle.admin_url)
@@ -122,12 +142,9 @@ async def run_demo(db, *, duration: float | None, speed: float, metrics_port: in
         exchanges = {name: CcxtExchange.create(name, rest_url=info[name]["rest"], api_key=SIM_KEY, secret=SIM_SECRET)
                      for name in ("bybit", "binanceusdm")}
         async with exchanges_open(exchanges):
-            feeds = make_feeds(exchanges, {n: info[n]["ws"] for n in exchanges}, FeedTimings(stale_after=5.0))
-            seconds = lambda policy_seconds: timedelta(seconds=policy_seconds)  # noqa: E731
-            cfg = ServiceConfig(
-                poll_interval=2.0, retry_delays=(1.0, 2.0, 3.0),
-                settings=Settings(sample_interval=seconds(600), error_cooldown=seconds(1800)))
-            http_port = metrics_port or None  # 0 on the command line: no endpoint
+            cfg = demo_config()
+            feeds = make_feeds(exchanges, {n: info[n]["ws"] for n in exchanges}, cfg.feeds)
+            http_port = (cfg.metrics.port if metrics_port is None else metrics_port) or None
             if http_port and not _port_free(http_port):
                 log.warning("port %d is in use: the demo's metrics go to a free port instead", http_port)
                 http_port = 0

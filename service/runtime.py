@@ -15,12 +15,17 @@ actors run. A crashed position actor is restarted by ``positions`` and reloads f
 the database. If ``positions`` itself gives up (too many restarts), ``root`` restarts
 it and the registry starts every active aged position again. If ``root`` gives up, the service
 stops with a clear message and exit code 1.
+
+Each part is built from its own section of the one configuration tree
+(:class:`service.config.AppConfig`): the writer from ``writer``, the executor from
+``executor``, the detector from ``detector``, the actors from ``policy`` and
+``positions``, the supervisors from ``supervision``. The feeds come built (their
+``feeds`` timings are applied where they are made, :func:`service.app.make_feeds`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 from uuid import UUID
 
@@ -28,38 +33,28 @@ from actors.clock import PolicyClock
 from actors.detector import Detector
 from actors.events import EventBus
 from actors.executor import Executor
-from actors.policy import PolicyConfig
-from actors.position import Settings
 from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
 from storage.writer import StorageWriter
 from exchanges.port import ExchangePort
+from service.config import DEFAULTS, AppConfig
 from supervisor import ChildSpec, ObserverSet, Restart, Supervisor, run_root
 
 log = logging.getLogger("service")
 
 
-@dataclass
-class ServiceConfig:
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    settings: Settings = field(default_factory=Settings)
-    poll_interval: float = 30.0
-    retry_delays: tuple[float, ...] = (1.0, 3.0, 5.0)
-    requests_per_second: float = 10.0
-    symbols: Mapping[str, Sequence[str] | None] = field(default_factory=dict)
-    root_intensity: int = 5
-    root_period: float = 30.0
-    positions_intensity: int = 20
-    positions_period: float = 10.0
-
-
 class Service:
-    """Everything that runs, around one database and a set of exchanges."""
+    """Everything that runs, around one database and a set of exchanges.
+
+    ``config`` is the whole tree (:class:`~service.config.AppConfig`; the defaults
+    when None). Its ``exchanges`` sections only say which symbols the detector
+    manages on each exchange; the exchange ports and feeds are passed in built.
+    """
 
     def __init__(self, db: Any, exchanges: Mapping[str, ExchangePort], feeds: Mapping[str, Any],
-                 config: ServiceConfig | None = None, clock: PolicyClock | None = None,
+                 config: AppConfig | None = None, clock: PolicyClock | None = None,
                  bus: EventBus | None = None, extra_children: Sequence[ChildSpec] = ()):
-        self.config = config or ServiceConfig()
+        self.config = config or DEFAULTS
         self.db = db
         self.exchanges = dict(exchanges)
         self.feeds = dict(feeds)
@@ -67,20 +62,20 @@ class Service:
         self.bus = bus or EventBus()
         # Whoever watches the service (metrics, benchmarks) adds itself here: see supervisor.observer.
         self.observers = ObserverSet()
-        self.writer = StorageWriter(db.write_batch, observer=self.observers)
-        self.executor = Executor(self.exchanges, self.writer, db.close_orders,
-                                 retry_delays=self.config.retry_delays,
-                                 requests_per_second=self.config.requests_per_second, write_direct=db.write_batch,
-                                 observer=self.observers)
+        self.writer = StorageWriter(db.write_batch, config=self.config.writer, observer=self.observers)
+        self.executor = Executor(self.exchanges, self.writer, db.close_orders, config=self.config.executor,
+                                 write_direct=db.write_batch, observer=self.observers)
         self.ctx = ActorContext(db=db, writer=self.writer, executor=self.executor, bus=self.bus, clock=self.clock,
-                                config=self.config.policy, settings=self.config.settings, feeds=self.feeds,
+                                config=self.config.policy, settings=self.config.positions, feeds=self.feeds,
                                 observer=self.observers)
-        self.positions = Supervisor("positions", intensity=self.config.positions_intensity,
-                                    period=self.config.positions_period, backoff_initial=0.01, backoff_max=5.0,
-                                    observer=self.observers)
+        supervision = self.config.supervision
+        self.positions = Supervisor("positions", intensity=supervision.positions_intensity,
+                                    period=supervision.positions_period,
+                                    backoff_initial=supervision.positions_backoff_initial,
+                                    backoff_max=supervision.positions_backoff_max, observer=self.observers)
         self.registry = ActorRegistry(self.ctx, self.positions, load_for_recovery=self._load_for_recovery)
-        self.detector = Detector(self.ctx, self.exchanges, self.registry,
-                                 poll_interval=self.config.poll_interval, symbols=self.config.symbols)
+        self.detector = Detector(self.ctx, self.exchanges, self.registry, config=self.config.detector,
+                                 symbols=self.config.symbols)
         children = [
             ChildSpec("storage-writer", self.writer.run, Restart.PERMANENT, kind="writer"),
             ChildSpec("executor", self.executor.run, Restart.PERMANENT, kind="executor"),
@@ -90,16 +85,16 @@ class Service:
             ChildSpec("detector", self.detector.run, Restart.PERMANENT, kind="detector"),
             *extra_children,
         ]
-        self.root = Supervisor("root", children, intensity=self.config.root_intensity,
-                               period=self.config.root_period, backoff_initial=0.2, backoff_max=5.0,
-                               observer=self.observers)
+        self.root = Supervisor("root", children, intensity=supervision.root_intensity,
+                               period=supervision.root_period, backoff_initial=supervision.root_backoff_initial,
+                               backoff_max=supervision.root_backoff_max, observer=self.observers)
 
     def is_watching(self, aged_id: UUID) -> bool:
         """Whether ``aged_id`` has a position actor (running or about to restart)."""
         return self.registry.is_running(aged_id)
 
     async def _load_for_recovery(self, skip):
-        return await self.db.load_for_recovery(self.config.policy, self.config.settings, skip)
+        return await self.db.load_for_recovery(self.config.policy, self.config.positions, skip)
 
     async def run(self) -> int:
         """Run until :meth:`shutdown`; 0 then, 1 if the root supervisor gave up."""

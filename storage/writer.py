@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import trio
@@ -43,6 +44,24 @@ ROUTINE_EVENTS = frozenset({"price_check"})
 
 def _is_routine(item: op.WriteOp) -> bool:
     return isinstance(item, op.AddEvent) and item.event_type in ROUTINE_EVENTS
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    """How the storage writer batches and retries, with the service's defaults.
+
+    ``max_buffer`` — queued writes past which routine rows are dropped (oldest
+    first). ``max_batch`` — writes per database round trip. ``retry_initial`` /
+    ``retry_max`` — the doubling pause (seconds) between tries while the database is
+    away. ``max_hold`` — the longest (seconds) a :meth:`StorageWriter.hold` delays the
+    next batch.
+    """
+
+    max_buffer: int = 100_000
+    max_batch: int = 2_000
+    retry_initial: float = 0.5
+    retry_max: float = 10.0
+    max_hold: float = 0.02
 
 
 class WriterHold:
@@ -73,25 +92,24 @@ class StorageWriter:
     any async callable with the same contract.
     """
 
-    def __init__(self, write_batch: Callable[[Sequence[op.WriteOp]], object], *, max_buffer: int = 100_000,
-                 max_batch: int = 2_000, retry_initial: float = 0.5, retry_max: float = 10.0,
-                 observer: Observer = NO_OBSERVER, max_hold: float = 0.02):
+    def __init__(self, write_batch: Callable[[Sequence[op.WriteOp]], object], *,
+                 config: WriterConfig = WriterConfig(), observer: Observer = NO_OBSERVER):
         self._write_batch = write_batch
         self._buffer: deque[op.WriteOp] = deque()
         self._wakeup = trio.Event()
         self._flushed = trio.Event()
         self._flushed.set()
-        self.max_buffer = max_buffer
+        self.max_buffer = config.max_buffer
         self.shutdown_flush_timeout = 5.0
-        self.max_batch = max_batch
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
+        self.max_batch = config.max_batch
+        self.retry_initial = config.retry_initial
+        self.retry_max = config.retry_max
         self.database_up = True
         self.dropped_routine = 0
         self.rejected = 0
         self.written = 0
         self.observer = observer
-        self.max_hold = max_hold
+        self.max_hold = config.max_hold
         self._holds: set[WriterHold] = set()
         self._holds_changed = trio.Event()
 

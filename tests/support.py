@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -44,13 +45,15 @@ async def wait_until(predicate, what: str, *, timeout: float = 60.0, interval: f
             await trio.sleep(interval)
 
 
-def make_service(db, exchange, feed, *, origin, **cfg):
-    """A Service on one in-memory exchange named bybit, with test-friendly defaults."""
-    from service.runtime import Service, ServiceConfig  # noqa: PLC0415
+def make_service(db, exchange, feed, *, origin, poll_interval: float = 300.0,
+                 retry_delays: tuple[float, ...] = (1.0, 3.0, 5.0),
+                 settings: Settings = Settings(sample_interval=timedelta(minutes=10))):
+    """A Service on one in-memory exchange named bybit, with test-friendly overrides of the defaults."""
+    from service.config import DEFAULTS  # noqa: PLC0415
+    from service.runtime import Service  # noqa: PLC0415
 
-    config = ServiceConfig(poll_interval=cfg.pop("poll_interval", 300.0),
-                           retry_delays=cfg.pop("retry_delays", (1.0, 3.0, 5.0)),
-                           settings=cfg.pop("settings", Settings(sample_interval=timedelta(minutes=10))), **cfg)
+    config = replace(DEFAULTS, positions=settings, detector=replace(DEFAULTS.detector, poll_interval=poll_interval),
+                     executor=replace(DEFAULTS.executor, retry_delays=retry_delays))
     return Service(db, {"bybit": exchange}, {"bybit": feed}, config, PolicyClock(origin))
 
 

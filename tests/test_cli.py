@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tomllib
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from pathlib import Path
@@ -62,9 +63,9 @@ def test_valid_config_and_defaults():
     cfg = parse_config({**VALID, "policy": {"max_age_hours": 4, "commission_percent": 0.04},
                         "manager": {"emergency_close_after_hours": 48}})
     assert cfg.policy.max_age_hours == D(4) and cfg.policy.commission_percent == D("0.04")
-    assert cfg.manager.settings.emergency_close_after_hours == D(48)
+    assert cfg.positions.emergency_close_after_hours == D(48)
     assert cfg.exchanges[0].ws_url.startswith("wss://stream.bybit.com")
-    assert cfg.metrics_port == 9108
+    assert cfg.metrics.port == 9108
 
 
 def test_live_with_a_bad_config_file_exits_non_zero_naming_the_key(tmp_path):
@@ -256,10 +257,12 @@ async def test_hedge_mode_check_names_hedged_accounts_and_passes_unreachable_one
 
 
 def test_the_example_config_is_valid():
-    from service.config import load_config  # noqa: PLC0415
+    from service.config import DEFAULTS, load_config  # noqa: PLC0415
     cfg = load_config(ROOT / "config.example.toml")
     assert [e.name for e in cfg.exchanges] == ["bybit", "binanceusdm"]
-    assert cfg.policy.max_age_hours == D(3) and cfg.manager.retry_delays == (1.0, 3.0, 5.0)
+    assert cfg.policy.max_age_hours == D(3) and cfg.executor.retry_delays == (1.0, 3.0, 5.0)
+    # the values it writes out are the program's defaults
+    assert cfg == replace(DEFAULTS, exchanges=cfg.exchanges)
 
 
 # --- the standalone simulator, as a newcomer uses it -------------------------------------------

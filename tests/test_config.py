@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from pathlib import Path
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from actors import position as pos
 from actors.policy import ConfigError, PolicyConfig, assess, next_phase_change
 from service.config import (
-    BOOL, CHOICE, ENV_NAME, INTEGER, NUMBER, SECONDS, SECONDS_LIST, SETTINGS, SYMBOLS, URL, ManagerConfig,
+    BOOL, CHOICE, DEFAULTS, ENV_NAME, INTEGER, NUMBER, SECONDS, SECONDS_LIST, SETTINGS, SYMBOLS, URL, AppConfig,
     parse_config,
 )
 
@@ -157,8 +158,8 @@ def test_emergency_close_must_come_after_aging():
                          "manager": {"emergency_close_after_hours": emergency}})
         assert err.key == "manager.emergency_close_after_hours" and "policy.max_age_hours" in str(err)
     cfg = parse_config({**VALID, "policy": {"max_age_hours": 3}, "manager": {"emergency_close_after_hours": 3.5}})
-    assert cfg.manager.settings.emergency_close_after_hours == D("3.5")
-    assert parse_config(VALID).manager.settings.emergency_close_after_hours is None  # off when absent
+    assert cfg.positions.emergency_close_after_hours == D("3.5")
+    assert parse_config(VALID).positions.emergency_close_after_hours is None  # off when absent
 
 
 def test_the_loss_cap_must_cover_one_step():
@@ -173,7 +174,7 @@ def test_each_retry_delay_is_named_by_its_position():
     assert err.key == "manager.retry_delays_seconds[2]"
     for bad in ([], [1] * 11):
         assert error_for({**VALID, "manager": {"retry_delays_seconds": bad}}).key == "manager.retry_delays_seconds"
-    assert parse_config({**VALID, "manager": {"retry_delays_seconds": [0.5, 2]}}).manager.retry_delays == (0.5, 2.0)
+    assert parse_config({**VALID, "manager": {"retry_delays_seconds": [0.5, 2]}}).executor.retry_delays == (0.5, 2.0)
 
 
 @pytest.mark.parametrize("section", ["database", "policy", "manager", "metrics", "alerts", "exchanges"])
@@ -211,19 +212,31 @@ def test_well_formed_strings_are_accepted():
                                        "api_key_env": "BYBIT_KEY", "api_secret_env": "BYBIT_SECRET",
                                        "symbols": ["BTC/USDT:USDT", "ETH/USDT:USDT-261225"]}],
                         "alerts": {"webhook_url_env": "APM_WEBHOOK", "telegram": True}})
-    assert cfg.exchanges[0].symbols == ("BTC/USDT:USDT", "ETH/USDT:USDT-261225") and cfg.telegram
+    assert cfg.exchanges[0].symbols == ("BTC/USDT:USDT", "ETH/USDT:USDT-261225") and cfg.alerts.telegram
+    assert cfg.symbols == {"bybit": ("BTC/USDT:USDT", "ETH/USDT:USDT-261225")}
 
 
 def test_the_table_defaults_are_the_program_defaults():
     cfg = parse_config(VALID)
-    assert cfg.policy == PolicyConfig()
+    assert cfg == replace(DEFAULTS, exchanges=cfg.exchanges) and DEFAULTS == AppConfig()
     assert {s.key: s.default for s in SETTINGS["policy"]} == {k: D(v) for k, v in PolicyConfig().as_dict().items()}
-    m = ManagerConfig()
-    assert (cfg.manager.poll_interval, cfg.manager.retry_delays, cfg.manager.stale_after,
-            cfg.manager.rest_poll_interval) == (m.poll_interval, m.retry_delays, m.stale_after, m.rest_poll_interval)
-    assert cfg.manager.settings.sample_interval == timedelta(seconds=60)
-    assert cfg.manager.settings.error_cooldown == timedelta(seconds=300)
-    assert cfg.metrics_port == 9108
+    assert cfg.positions.sample_interval == timedelta(seconds=60)
+    assert cfg.positions.error_cooldown == timedelta(seconds=300)  # the documented default
+    assert cfg.metrics.port == 9108
+
+
+def test_every_manager_key_sets_its_section():
+    cfg = parse_config({**VALID, "manager": {
+        "poll_interval_seconds": 7, "stale_after_seconds": 4, "rest_poll_seconds": 1.5,
+        "sample_interval_seconds": 90, "material_change_percent": 0.25, "error_cooldown_seconds": 45,
+        "retry_delays_seconds": [2], "emergency_close_after_hours": 50}})
+    assert cfg.detector == replace(DEFAULTS.detector, poll_interval=7.0)
+    assert cfg.feeds == replace(DEFAULTS.feeds, stale_after=4.0, rest_poll_interval=1.5)
+    assert cfg.executor == replace(DEFAULTS.executor, retry_delays=(2.0,))
+    assert cfg.positions == replace(DEFAULTS.positions, sample_interval=timedelta(seconds=90),
+                                    material_change_percent=D("0.25"), error_cooldown=timedelta(seconds=45),
+                                    emergency_close_after_hours=D(50))
+    assert (cfg.writer, cfg.supervision) == (DEFAULTS.writer, DEFAULTS.supervision)  # not in the file
 
 
 def test_the_example_config_documents_the_ranges():
@@ -312,7 +325,7 @@ def test_an_accepted_config_runs_the_policy_for_ten_years(tables, side, entry, o
     except ConfigError as exc:
         assert exc.key.split(".")[0] in ("policy", "manager") and exc.key.split(".", 1)[1] in str(exc)
         return
-    policy, s = cfg.policy, cfg.manager.settings
+    policy, s = cfg.policy, cfg.positions
     instants = {opened, opened + TEN_YEARS, *(opened + timedelta(microseconds=o) for o in offsets)}
     for boundary in (next_phase_change(opened, opened, policy),):  # the phase boundaries themselves
         while boundary is not None and boundary <= opened + TEN_YEARS:

@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 import pytest
 import trio
 
-from actors.executor import CloseRequest, Executor, client_order_id
+from actors.executor import CloseRequest, Executor, ExecutorConfig, client_order_id
 from storage.writer import StorageWriter
 from exchanges.errors import InsufficientLiquidityError, NonRetryableError, RetryableError
 from doubles.exchange import MemoryExchange
@@ -41,7 +41,8 @@ class Harness:
         self.table: dict[str, dict] = {r["client_order_id"]: dict(r) for r in rows or []}
         self.writer = StorageWriter(self._write)
         kw.setdefault("retry_delays", (1.0, 3.0, 5.0))
-        self.executor = Executor({ex.name: ex}, self.writer, self._load, write_direct=self._write, **kw)
+        self.executor = Executor({ex.name: ex}, self.writer, self._load, write_direct=self._write,
+                                 config=ExecutorConfig(**kw))
         self.results: list = []
 
     async def _write(self, batch) -> None:
@@ -460,7 +461,7 @@ class Stack:
         self.writer = StorageWriter(db.write_batch)
         kw.setdefault("retry_delays", (0.05, 0.1, 0.2))
         self.executor = Executor({adapter.name: adapter}, self.writer, db.close_orders, write_direct=db.write_batch,
-                                 **kw)
+                                 config=ExecutorConfig(**kw))
         self.results: list = []
 
     def send_nowait(self, result) -> None:

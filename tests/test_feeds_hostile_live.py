@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from functools import partial
@@ -29,8 +29,11 @@ import trio
 
 from actors.clock import PolicyClock
 from exchanges.ccxt_adapter import CcxtExchange
-from feeds.feed import Feed
-from service.runtime import Service, ServiceConfig
+from actors.detector import DetectorConfig
+from actors.executor import ExecutorConfig
+from feeds.feed import Feed, FeedTimings
+from service.config import DEFAULTS
+from service.runtime import Service
 from service.metrics import Metrics
 from simulator.server import serve_simulator
 from tests.test_feeds_live import make_feed, next_tick, sim  # noqa: F401 - sim is a fixture
@@ -142,11 +145,11 @@ async def stack(aio_loop, db, nursery):
                      for n in EXCHANGES}
         for port in exchanges.values():
             await port.load_markets()
-        feeds = {n: Feed(n, info[n]["ws"], rest_quote=exchanges[n].fetch_quote, stale_after=60.0,
-                         rest_poll_interval=0.2, reconnect_initial=0.05, reconnect_max=0.5)
-                 for n in EXCHANGES}
-        svc = Service(db, exchanges, feeds, ServiceConfig(poll_interval=0.3, retry_delays=(0.2, 0.5, 1.0)),
-                      PolicyClock())
+        timings = FeedTimings(stale_after=60.0, rest_poll_interval=0.2, reconnect_initial=0.05, reconnect_max=0.5)
+        feeds = {n: Feed(n, info[n]["ws"], rest_quote=exchanges[n].fetch_quote, timings=timings) for n in EXCHANGES}
+        config = replace(DEFAULTS, detector=DetectorConfig(poll_interval=0.3),
+                         executor=ExecutorConfig(retry_delays=(0.2, 0.5, 1.0)))
+        svc = Service(db, exchanges, feeds, config, PolicyClock())
         nursery.start_soon(svc.run)
         s = Stack(sim, exchanges, feeds, svc, db)
         stacks.append(s)

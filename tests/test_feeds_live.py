@@ -31,7 +31,7 @@ from hypercorn.trio import serve
 from starlette.applications import Starlette
 
 from exchanges.port import Quote
-from feeds.feed import Feed
+from feeds.feed import Feed, FeedTimings
 from feeds.tick import Tick
 from simulator.state import SimState
 from simulator.streams import StreamHub, websocket_routes
@@ -88,10 +88,11 @@ async def sim(nursery):
     hub.close()
 
 
-def make_feed(sim: Sim, exchange: str, **kw) -> Feed:
+def make_feed(sim: Sim, exchange: str, *, rest_quote=None, **timings) -> Feed:
+    """A feed on the test simulator, paced for tests; ``timings`` overrides :class:`FeedTimings` fields."""
     opts = dict(stale_after=5.0, rest_poll_interval=0.1, reconnect_initial=0.05, reconnect_max=0.5)
-    opts.update(kw)
-    return Feed(exchange, sim.url(exchange), **opts)
+    opts.update(timings)
+    return Feed(exchange, sim.url(exchange), rest_quote=rest_quote, timings=FeedTimings(**opts))
 
 
 async def next_tick(rx, pred=lambda t: True) -> Tick:
@@ -294,7 +295,7 @@ async def test_slow_consumer_gets_the_freshest_tick_not_a_backlog(sim, nursery, 
 
 
 async def test_binance_combined_stream_endpoint(sim, nursery):
-    feed = Feed("binanceusdm", sim.ws_base + "/binance/stream", stale_after=5.0)
+    feed = Feed("binanceusdm", sim.ws_base + "/binance/stream", timings=FeedTimings(stale_after=5.0))
     await nursery.start(feed.run)
     rx = feed.subscribe(ETH)
     await next_tick(rx)
@@ -342,10 +343,7 @@ async def test_feed_keeps_retrying_when_the_server_is_unreachable(nursery):
         "bybit",
         f"ws://127.0.0.1:{port}/bybit/v5/public/linear",
         rest_quote=rest_quote,
-        stale_after=0.2,
-        rest_poll_interval=0.05,
-        reconnect_initial=0.02,
-        reconnect_max=0.1,
+        timings=FeedTimings(stale_after=0.2, rest_poll_interval=0.05, reconnect_initial=0.02, reconnect_max=0.1),
     )
     await nursery.start(feed.run)
     rx = feed.subscribe(BTC)
@@ -392,10 +390,7 @@ async def test_full_simulator_admin_faults_and_ccxt_rest_fallback(nursery, aio_l
             exchange,
             info["ws"],
             rest_quote=rest.fetch_quote,
-            stale_after=5.0,
-            rest_poll_interval=0.1,
-            reconnect_initial=0.05,
-            reconnect_max=0.5,
+            timings=FeedTimings(stale_after=5.0, rest_poll_interval=0.1, reconnect_initial=0.05, reconnect_max=0.5),
         )
         await nursery.start(feed.run)
         rx = feed.subscribe(BTC)

@@ -619,9 +619,9 @@ def test_feed_subscription_bookkeeping_without_io():
 
 
 def test_feed_backoff_is_jittered_exponential_and_capped():
-    from feeds.feed import Feed
+    from feeds.feed import Feed, FeedTimings
 
-    feed = Feed("binanceusdm", "ws://x", reconnect_initial=0.5, reconnect_max=30.0)
+    feed = Feed("binanceusdm", "ws://x", timings=FeedTimings(reconnect_initial=0.5, reconnect_max=30.0))
     for attempt, cap in [(0, 0.5), (1, 1.0), (2, 2.0), (5, 16.0), (6, 30.0), (100, 30.0)]:
         delays = [feed._backoff(attempt) for _ in range(200)]
         assert all(cap / 2 <= d <= cap for d in delays)

@@ -21,7 +21,8 @@ from service.alerts import AlertRouter, LogSink
 from actors.clock import PolicyClock
 from service.app import build_service
 from service.http import Observability, http_child, http_endpoint
-from service.runtime import Service, ServiceConfig
+from service.config import DEFAULTS
+from service.runtime import Service
 from service.metrics import Metrics
 from storage.repository import Database
 from supervisor import ChildSpec, Restart, Supervisor
@@ -200,7 +201,7 @@ async def test_stats_is_503_when_the_database_is_away(aio_loop, database_url):
 
 async def test_observability_built_with_the_service(db):
     # the CLI's port 0 is http_port=None: no endpoint, metrics and alerts attached
-    _, disabled = build_service(db, {}, {}, ServiceConfig(), PolicyClock(), http_port=None)
+    _, disabled = build_service(db, {}, {}, DEFAULTS, PolicyClock(), http_port=None)
     assert disabled.endpoint is None and [c.id for c in disabled.children()] == ["metrics", "alerts"]
     obs = Observability(http_port=0, alerts=AlertRouter([LogSink()]), refresh_interval=0.05)
     service = Service(db, {"bybit": MemoryExchange(name="bybit")}, {"bybit": MemoryFeed("bybit")},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from pathlib import Path
@@ -27,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.clock import PolicyClock
 from actors.events import CLOSE_COMPLETED, DETECTED, LifecycleEvent
+from actors.detector import DetectorConfig
 from actors.position import Settings
 from exchanges.errors import RetryableError
 from doubles.exchange import MemoryExchange
@@ -34,7 +36,8 @@ from feeds.feed import Feed
 from service.alerts import AlertRouter, LogSink
 from service.http import Observability
 from service.metrics import Metrics
-from service.runtime import Service, ServiceConfig
+from service.config import DEFAULTS
+from service.runtime import Service
 from tests.support import MemoryFeed, make_service, push_prices, wait_until, within
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
@@ -237,7 +240,7 @@ async def test_metrics_scraped_over_http_change_while_the_system_runs(db):
     feed = MemoryFeed("bybit")
     obs = Observability(http_port=0, refresh_interval=0.1)
     clock = PolicyClock(T0, speed=3600)  # one real second is one policy hour
-    svc = Service(db, {"bybit": ex}, {"bybit": feed}, ServiceConfig(poll_interval=0.1), clock,
+    svc = Service(db, {"bybit": ex}, {"bybit": feed}, replace(DEFAULTS, detector=DetectorConfig(poll_interval=0.1)), clock,
                   extra_children=obs.children())
     obs.attach(svc)
     async with trio.open_nursery() as n:

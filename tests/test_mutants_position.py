@@ -18,6 +18,7 @@ from actors.position import (
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 CFG = PolicyConfig()
+COOLDOWN = timedelta(seconds=300)  # the default error_cooldown: the documented configuration default
 
 
 def h(hours) -> datetime:
@@ -115,7 +116,7 @@ def test_a_partial_fill_leaves_the_rest_open():
 def test_a_failed_close_goes_to_error_and_retries_after_the_cooldown():
     s, _ = triggered(bid=D("99.6"))
     now = h(12) + timedelta(seconds=2)
-    until = now + timedelta(seconds=60)
+    until = now + COOLDOWN
     s, cmds = step(s, CloseResult(now, "failed", attempts=3, error="boom"))
     assert cmds == [
         Persist(**{"status": "error", "last_error": "boom", "last_close_attempt_at": now, "close_attempts": 3,
@@ -291,7 +292,7 @@ def failed():
     s, _ = triggered(bid=D("99.6"))
     now = h(12.01)
     s, _ = step(s, CloseResult(now, "failed", attempts=3, error="boom"))
-    return s, now + timedelta(seconds=60)
+    return s, now + COOLDOWN
 
 
 def test_a_tick_in_error_before_the_cooldown_neither_closes_nor_leaves_error():
@@ -439,8 +440,8 @@ def test_a_restart_in_error_reconciles_and_sets_a_fresh_cooldown():
     s = new_state(status="error", needs_reconcile=True, close_attempts=3)
     now = h(12)
     s, cmds = step(s, Start(now))
-    assert cmds == [RequestClose(D(2), 4, reconcile_only=True), ScheduleTimer(now + timedelta(seconds=60), "cooldown")]
-    assert s.error_until == now + timedelta(seconds=60) and s.close_in_flight
+    assert cmds == [RequestClose(D(2), 4, reconcile_only=True), ScheduleTimer(now + COOLDOWN, "cooldown")]
+    assert s.error_until == now + COOLDOWN and s.close_in_flight
     # the reconcile fails too: still in error, the row says why
     later = now + timedelta(seconds=5)
     s, cmds = step(s, CloseResult(later, "failed", attempts=4, error="down"))

@@ -20,7 +20,7 @@ from actors.policy import PolicyConfig
 from actors.position import Settings
 from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
-from storage.writer import StorageWriter
+from storage.writer import StorageWriter, WriterConfig
 from doubles.exchange import MemoryExchange
 from storage import ops
 from storage.mapping import position_state
@@ -167,7 +167,7 @@ async def test_a_stopped_writer_flushes_what_is_queued(autojump_clock):
         await trio.sleep(0.5)
         written.extend(batch)
 
-    writer = StorageWriter(slow_write, max_batch=10)
+    writer = StorageWriter(slow_write, config=WriterConfig(max_batch=10))
     async with trio.open_nursery() as n:
         n.start_soon(writer.run)
         await trio.sleep(0)

@@ -8,6 +8,7 @@ time jump; asyncpg's own timeouts are off. The outage test runs on the real cloc
 waits for conditions (a row, a sampled check, a fill), never for an amount of time.
 """
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
@@ -15,10 +16,12 @@ import trio
 import trio.testing
 
 from actors.clock import PolicyClock
+from actors.detector import DetectorConfig
 from actors.position import Settings
 from exchanges.errors import RetryableError
 from doubles.exchange import MemoryExchange
-from service.runtime import Service, ServiceConfig
+from service.config import DEFAULTS
+from service.runtime import Service
 from storage import ops as op
 from storage.errors import StorageUnavailable
 from storage.repository import Database
@@ -254,7 +257,8 @@ async def test_database_down_then_up_loses_nothing(aio_loop, database_url, db):
         ex.set_position(SYMBOL, "long", "1", "100", opened_at=T0)
         feed = MemoryFeed("bybit")
         svc = Service(pdb, {"bybit": ex}, {"bybit": feed},
-                      ServiceConfig(poll_interval=0.2, settings=Settings(sample_interval=timedelta(seconds=0))),
+                      replace(DEFAULTS, detector=DetectorConfig(poll_interval=0.2),
+                              positions=Settings(sample_interval=timedelta(seconds=0))),
                       PolicyClock(T0 + timedelta(hours=4), speed=60.0))  # a real second is a policy minute
         svc.writer.retry_initial = 0.05
         svc.writer.retry_max = 0.5  # retries soon after the restore, however long the outage was
@@ -310,7 +314,7 @@ class CrashingFeed(MemoryFeed):
 async def test_root_gives_up_with_exit_code_1_when_a_child_keeps_crashing(mock_clock, mdb, caplog):
     caplog.set_level("INFO")
     svc = Service(mdb, {"bybit": MemoryExchange(name="bybit")}, {"bybit": CrashingFeed("bybit")},
-                  ServiceConfig(poll_interval=60), PolicyClock(T0))
+                  replace(DEFAULTS, detector=DetectorConfig(poll_interval=60)), PolicyClock(T0))
     with trio.fail_after(600):
         code = await svc.run()
     assert code == 1
@@ -318,7 +322,7 @@ async def test_root_gives_up_with_exit_code_1_when_a_child_keeps_crashing(mock_c
     assert critical and "feed:bybit" in critical[-1].getMessage()
     assert "ConnectionError: exchange unreachable" in critical[-1].getMessage()
     restarts = [r for r in caplog.records if "event=child_restarting" in r.getMessage()]
-    assert len(restarts) == svc.config.root_intensity
+    assert len(restarts) == svc.config.supervision.root_intensity
 
 
 async def test_a_detector_restarted_while_a_position_was_ageing_still_detects_it(mock_clock, mdb, monkeypatch):

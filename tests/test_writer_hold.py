@@ -11,7 +11,7 @@ from uuid import uuid4
 import trio
 
 from actors.executor import CloseRequest, Executor
-from storage.writer import StorageWriter
+from storage.writer import StorageWriter, WriterConfig
 from doubles.exchange import MemoryExchange
 from actors.position import Persist
 from storage import ops
@@ -52,7 +52,7 @@ async def test_no_batch_starts_while_a_hold_is_live_and_one_starts_when_it_is_re
 
 async def test_a_forgotten_hold_lapses_after_max_hold(autojump_clock):
     log = []
-    writer = StorageWriter(recorder(log, "writer"), max_hold=0.05)
+    writer = StorageWriter(recorder(log, "writer"), config=WriterConfig(max_hold=0.05))
     async with trio.open_nursery() as n:
         n.start_soon(writer.run)
         began = trio.current_time()
@@ -70,7 +70,7 @@ async def test_a_forgotten_hold_lapses_after_max_hold(autojump_clock):
 
 async def test_holds_that_keep_coming_delay_a_batch_by_max_hold_at_most(autojump_clock):
     log = []
-    writer = StorageWriter(recorder(log, "writer"), max_hold=0.05)
+    writer = StorageWriter(recorder(log, "writer"), config=WriterConfig(max_hold=0.05))
     async with trio.open_nursery() as n:
         n.start_soon(writer.run)
 
