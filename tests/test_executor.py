@@ -26,6 +26,7 @@ from storage.writer import StorageWriter
 from exchanges.errors import InsufficientLiquidityError, NonRetryableError, RetryableError
 from doubles.exchange import MemoryExchange
 from storage import ops as op
+from supervisor.observer import NO_OBSERVER
 
 SYMBOL = "BTC/USDT:USDT"
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -35,14 +36,14 @@ FINAL = {"filled", "rejected", "canceled", "not_found", "partially_filled"}
 class Harness:
     """An executor over one in-memory exchange; its writes kept as an in-memory table."""
 
-    def __init__(self, ex: MemoryExchange, *, rows: list[dict] | None = None, **kw):
+    def __init__(self, ex: MemoryExchange, *, rows: list[dict] | None = None, observer=NO_OBSERVER, **kw):
         self.ex = ex
         self.ops: list = []
         self.table: dict[str, dict] = {r["client_order_id"]: dict(r) for r in rows or []}
         self.writer = StorageWriter(self._write)
         kw.setdefault("retry_delays", (1.0, 3.0, 5.0))
         self.executor = Executor({ex.name: ex}, self.writer, self._load, write_direct=self._write,
-                                 config=ExecutorConfig(**kw))
+                                 config=ExecutorConfig(**kw), observer=observer)
         self.results: list = []
 
     async def _write(self, batch) -> None:
