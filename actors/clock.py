@@ -8,7 +8,7 @@ the wall clock at start.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import trio
 
@@ -27,7 +27,7 @@ class PolicyClock:
         if self._start is None:
             self._start = trio.current_time()
             if self._origin is None:
-                self._origin = datetime.now(timezone.utc)
+                self._origin = datetime.now(UTC)
 
     def now(self) -> datetime:
         self._anchor()

@@ -31,9 +31,9 @@ active aged position that has no actor.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Mapping, Sequence
 from uuid import UUID
 
 import trio

@@ -37,7 +37,7 @@ class FaultInjector:
     def armed(self, aged_id: UUID) -> bool:
         return aged_id in self._armed
 
-    def wrap(self, aged_id: UUID, mailbox) -> "FaultyMailbox":
+    def wrap(self, aged_id: UUID, mailbox) -> FaultyMailbox:
         """``mailbox`` as its actor should see it: crashing where a crash is armed."""
         return FaultyMailbox(self, aged_id, mailbox)
 

@@ -11,10 +11,11 @@ So the loop always decides on the freshest tick (the mailbox keeps only the newe
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 import trio

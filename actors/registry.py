@@ -46,8 +46,8 @@ active aged position without an actor gets one).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Container, Sequence
 from uuid import UUID
 
 import trio
@@ -70,7 +70,7 @@ the states of those that were asked for."""
 class _Busy:
     """The aged positions recovery must not start: those with an actor, or finished."""
 
-    def __init__(self, registry: "ActorRegistry"):
+    def __init__(self, registry: ActorRegistry):
         self._registry = registry
 
     def __contains__(self, aged_id: object) -> bool:

@@ -27,7 +27,7 @@ Quirks this module knows:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -210,5 +210,5 @@ class BybitDialect(Dialect):
         if reset is not None:
             at = ms_to_dt(reset)
             if at is not None:
-                return max(0.0, (at - datetime.now(timezone.utc)).total_seconds())
+                return max(0.0, (at - datetime.now(UTC)).total_seconds())
         return None

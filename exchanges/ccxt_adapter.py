@@ -58,19 +58,20 @@ positive number, an unknown symbol) is skipped, with one error per symbol.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import trio
 import trio_asyncio
 
 from exchanges import rounding
-from exchanges.classify import classify, is_order_not_found
-from exchanges.clients import make_ccxt_client
 from exchanges.binance import BinanceDialect
 from exchanges.bybit import BybitDialect
+from exchanges.classify import classify, is_order_not_found
+from exchanges.clients import make_ccxt_client
 from exchanges.dialect import Dialect
 from exchanges.errors import ExchangeError, NonRetryableError
 from exchanges.gate import RequestGate
@@ -133,7 +134,7 @@ class CcxtExchange:
         secret: str | None = None,
         timeout_ms: int = 10000,
         **kw: Any,
-    ) -> "CcxtExchange":
+    ) -> CcxtExchange:
         client = make_ccxt_client(name, rest_url=rest_url, api_key=api_key, secret=secret, timeout_ms=timeout_ms)
         return cls(name, client, rest_url=rest_url, **kw)
 
@@ -414,7 +415,7 @@ class CcxtExchange:
         except Exception:  # closing must not fail the caller's shutdown
             pass
 
-    async def __aenter__(self) -> "CcxtExchange":
+    async def __aenter__(self) -> CcxtExchange:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -26,8 +26,9 @@ for position rows, so a poll loop does not flood the log).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, ClassVar
+from typing import Any, ClassVar
 
 from exchanges.port import ExchangePosition, Fill, LotLimits, OrderResult, Quote
 from exchanges.raw import dec, ms_to_dt, price

@@ -10,11 +10,10 @@ was "filled", so the rest of the system behaves exactly as it would live.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Sequence
-
-from dataclasses import replace
 
 from exchanges import logfmt
 from exchanges.errors import InsufficientLiquidityError, NonRetryableError

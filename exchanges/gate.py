@@ -16,7 +16,7 @@ Time is trio's clock, so tests move it with ``MockClock``.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import trio
 
@@ -51,9 +51,9 @@ class RequestGate:
         left = self.remaining()
         if left <= 0:
             return None
-        until = datetime.now(timezone.utc).timestamp() + left
+        until = datetime.now(UTC).timestamp() + left
         return {"seconds_left": round(left, 3),
-                "until": datetime.fromtimestamp(until, tz=timezone.utc).isoformat(timespec="seconds"),
+                "until": datetime.fromtimestamp(until, tz=UTC).isoformat(timespec="seconds"),
                 "reason": self._reason}
 
     def check(self) -> None:

@@ -18,8 +18,9 @@ and service can all use it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 SIGNIFICANT_DIGITS = 8
 PERCENT_PLACES = 3

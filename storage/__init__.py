@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import trio

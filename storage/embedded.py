@@ -35,8 +35,8 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 from urllib.parse import quote
 
 log = logging.getLogger("storage.embedded")

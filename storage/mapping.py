@@ -8,7 +8,8 @@ else knows which column holds what.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from actors.policy import PolicyConfig
 from actors.position import PERSIST_FIELDS, Persist, PositionState, Settings

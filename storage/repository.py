@@ -13,23 +13,24 @@ datetime, jsonb → Python objects).
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Container, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Container, Iterable, Sequence
+from typing import Any
 from uuid import UUID
 
 import asyncpg
-import logging
 import trio_asyncio
 
 from actors.policy import PolicyConfig
 from actors.position import Persist, PositionState, Settings
 from actors.statuses import IN_FLIGHT, MONITORED, Status
 from storage import ops as op
-from storage.mapping import aged_columns, position_state
-from storage.statistics import statistics
 from storage.errors import StorageError, StorageUnavailable, WriteRejected
+from storage.mapping import aged_columns, position_state
 from storage.migrate import apply_migrations
+from storage.statistics import statistics
 
 log = logging.getLogger("storage.repository")
 
@@ -89,7 +90,7 @@ class Database:
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 8,
-                      command_timeout: float | None = 10.0, connect_timeout: float | None = 10.0) -> "Database":
+                      command_timeout: float | None = 10.0, connect_timeout: float | None = 10.0) -> Database:
         pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
             url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=command_timeout,
             timeout=connect_timeout, reset=_keep_session)

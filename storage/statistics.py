@@ -3,7 +3,7 @@ one trio→asyncio crossing."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from storage.repository import Database
 
 
-async def statistics(db: "Database", days: float = 7, now: datetime | None = None) -> dict:
+async def statistics(db: Database, days: float = 7, now: datetime | None = None) -> dict:
     """Counts, success rate, averages at close, by close reason, retries, close latency.
 
     *Historical* figures cover aged positions detected in the last ``days`` days.
@@ -21,7 +21,7 @@ async def statistics(db: "Database", days: float = 7, now: datetime | None = Non
     did close: closed (by the service, i.e. not ``manual``) divided by closed plus
     those currently in ``error``. ``None`` when there is nothing to rate.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     since = now - timedelta(days=days)
 
     async def job(conn):

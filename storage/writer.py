@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -50,7 +50,7 @@ class WriterHold:
 
     __slots__ = ("_writer", "deadline")
 
-    def __init__(self, writer: "StorageWriter", deadline: float):
+    def __init__(self, writer: StorageWriter, deadline: float):
         self._writer = writer
         self.deadline = deadline
 

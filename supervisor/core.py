@@ -278,7 +278,7 @@ class Supervisor:
         finally:
             self._ended(child)
 
-    async def _keep_running(self, child: _Child, first_run: "_StartedOnce") -> None:
+    async def _keep_running(self, child: _Child, first_run: _StartedOnce) -> None:
         """Run the child, and again after each end its policy restarts, until it ends for good."""
         spec = child.spec
         status: _StartedOnce | None = first_run
@@ -322,7 +322,7 @@ class Supervisor:
             child.state = "restarting"
             await trio.sleep(delay)
 
-    async def _run_once(self, child: _Child, status: "_StartedOnce | None") -> Exception | None:
+    async def _run_once(self, child: _Child, status: _StartedOnce | None) -> Exception | None:
         """Run the child's start function once; return what it crashed with, or None."""
         child.exit_error = None
         try:
