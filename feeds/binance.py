@@ -23,8 +23,9 @@ streams).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from feeds.protocol import (
     Ack,

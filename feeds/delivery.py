@@ -17,13 +17,14 @@ the feed's state (``stats``, ``guard``, ``protocol``, the subscriptions, ...).
 from __future__ import annotations
 
 from feeds.guard import CONFIRMED, HELD
-from feeds.protocol import Ack, Alive, Ignored, Malformed, Pong, RequestError, excerpt
+from feeds.protocol import Ack, Alive, Ignored, Malformed, ParseResult, Pong, RequestError, excerpt
+from feeds.state import FeedState, Subscribers
 from feeds.tick import Tick
 
 __all__ = ["Delivery"]
 
 
-class Delivery:
+class Delivery(FeedState):
     """Frame handling of :class:`feeds.feed.Feed`. See the module docstring."""
 
     # hot path
@@ -46,7 +47,7 @@ class Delivery:
             self._sync_guard_stats()
         self._deliver(symbol, subs, tick, t)
 
-    def _deliver(self, symbol: str, subs: dict, tick: Tick, t: float) -> None:
+    def _deliver(self, symbol: str, subs: Subscribers, tick: Tick, t: float) -> None:
         self.stats.last_stream_at[symbol] = t
         if symbol in self._stale:
             self._recovered(symbol, t)
@@ -54,10 +55,9 @@ class Delivery:
         self._latest[symbol] = tick
         self._fan_out(symbol, subs, tick)
 
-    def _on_event(self, result, t: float) -> None:
+    def _on_event(self, result: ParseResult, t: float) -> None:
         stats = self.stats
-        kind = type(result)
-        if kind is Alive:
+        if type(result) is Alive:
             stats.alive += 1
             symbol = result.symbol
             if symbol in self._subs:
@@ -70,7 +70,7 @@ class Delivery:
                 stats.last_stream_at[symbol] = t
                 if symbol in self._stale:
                     self._recovered(symbol, t)
-        elif kind is Malformed:
+        elif type(result) is Malformed:
             stats.malformed += 1
             reasons = stats.malformed_reasons
             reasons[result.reason] = reasons.get(result.reason, 0) + 1
@@ -81,13 +81,13 @@ class Delivery:
                 self.log.warning(
                     "%s: malformed message: %s%s: %s%s", self.exchange, result.reason, detail, result.raw, more
                 )
-        elif kind is Ignored:
+        elif type(result) is Ignored:
             stats.ignored += 1
             stats.ignored_reasons[result.reason] = stats.ignored_reasons.get(result.reason, 0) + 1
             ok, suppressed = self._limiter.allow("ignored:" + result.reason)
             if ok:
                 self.log.info("%s: ignored message: %s", self.exchange, result.reason)
-        elif kind is RequestError:
+        elif type(result) is RequestError:
             stats.request_errors += 1
             # a refusal of one of our requests is always logged; one that answers no request
             # of ours (a confused or hostile server can send any number) is rate-limited
@@ -98,7 +98,7 @@ class Delivery:
                                excerpt(result.message), result.req_id, more)
             if result.op.lower() == "subscribe":
                 self._subscribe_refused(result.symbols)
-        elif kind is Pong or kind is Ack:
+        elif type(result) is Pong or type(result) is Ack:
             pass
         else:  # pragma: no cover - a protocol returned something new
             stats.ignored += 1
