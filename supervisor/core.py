@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -127,6 +128,7 @@ class Supervisor:
         self._children: dict[str, _Child] = {}
         self._restart_times: deque[float] = deque()
         self._nursery: trio.Nursery | None = None
+        self._started = trio.Event()  # set while start_child can be used; a new one after each run
         self._scope: trio.CancelScope | None = None
         self._escalation: SupervisorEscalation | None = None
         self._shutdown_requested = False
@@ -159,6 +161,7 @@ class Supervisor:
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    self._started.set()
                     try:
                         for spec in self._specs:
                             # A child that crashed at once may have made us give up already.
@@ -169,6 +172,7 @@ class Supervisor:
                         await trio.sleep_forever()
                     finally:
                         self._nursery = None  # no new children while the others stop
+                        self._started = trio.Event()
         finally:
             self._scope = None
             if self._escalation is not None:
@@ -195,6 +199,11 @@ class Supervisor:
     def running(self) -> bool:
         """Whether :meth:`start_child` can be used now."""
         return self._nursery is not None
+
+    async def wait_running(self) -> None:
+        """Return once :meth:`start_child` can be used (at once if it can now)."""
+        while not self.running:
+            await self._started.wait()
 
     async def start_child(self, spec: ChildSpec) -> None:
         """Start a dynamic child and return once it is running.
@@ -285,7 +294,7 @@ class Supervisor:
         while True:
             child.state = "running"
             started_at = trio.current_time()
-            fields: dict[str, object] = {"child": spec.id, "kind": spec.kind}
+            fields: dict[str, Any] = {"child": spec.id, "kind": spec.kind}
             if child.restarts:
                 fields["restart"] = child.restarts
             self._log(logging.INFO, "child_started", **fields)
@@ -392,7 +401,7 @@ class Supervisor:
         """Record that the child's task is over; it runs however the task ended."""
         if child.state in _LIVE:
             child.state = "stopped"
-            fields: dict[str, object] = {
+            fields: dict[str, Any] = {
                 "child": child.spec.id,
                 "reason": "stop" if child.stop_requested else "shutdown",
             }
