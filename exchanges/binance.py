@@ -71,10 +71,12 @@ class BinanceDialect(Dialect):
             return None
         symbol = self._unified_from_id(str(row.get("symbol") or ""))
         if symbol is None:
-            return self._bad_row(row.get("symbol"), "unknown symbol")
+            self._bad_row(row.get("symbol"), "unknown symbol")
+            return None
         entry = price(row.get("entryPrice"))
         if entry is None:
-            return self._bad_row(row.get("symbol"), f"entry price {row.get('entryPrice')!r} is not a positive number")
+            self._bad_row(row.get("symbol"), f"entry price {row.get('entryPrice')!r} is not a positive number")
+            return None
         self._row_read(row.get("symbol"))
         return ExchangePosition(
             exchange=self.name,

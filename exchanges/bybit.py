@@ -99,10 +99,12 @@ class BybitDialect(Dialect):
             return None
         symbol = self._unified_from_id(str(row.get("symbol") or ""))
         if symbol is None:
-            return self._bad_row(row.get("symbol"), "unknown symbol")
+            self._bad_row(row.get("symbol"), "unknown symbol")
+            return None
         entry = price(row.get("avgPrice")) or price(row.get("entryPrice"))
         if entry is None:
-            return self._bad_row(row.get("symbol"), f"entry price {row.get('avgPrice')!r} is not a positive number")
+            self._bad_row(row.get("symbol"), f"entry price {row.get('avgPrice')!r} is not a positive number")
+            return None
         self._row_read(row.get("symbol"))
         return ExchangePosition(
             exchange=self.name,

@@ -343,12 +343,16 @@ class CcxtExchange:
         limit_price: Decimal | None = None,
     ) -> OrderResult:
         if position_side not in ("long", "short"):
-            raise NonRetryableError(f"position_side must be 'long' or 'short', not {position_side!r}", exchange=self.name)
+            raise NonRetryableError(
+                f"position_side must be 'long' or 'short', not {position_side!r}", exchange=self.name
+            )
         if not isinstance(qty, Decimal) or not qty.is_finite() or qty <= 0:
             raise NonRetryableError(f"close qty must be a positive Decimal, not {qty!r}", exchange=self.name)
         if not client_order_id:
             raise NonRetryableError("a client order id is required", exchange=self.name)
-        if limit_price is not None and (not isinstance(limit_price, Decimal) or not limit_price.is_finite() or limit_price <= 0):
+        if limit_price is not None and (
+            not isinstance(limit_price, Decimal) or not limit_price.is_finite() or limit_price <= 0
+        ):
             raise NonRetryableError(f"limit_price must be a positive Decimal, not {limit_price!r}", exchange=self.name)
         await self._ensure_markets([symbol])
         market = self._market(symbol)

@@ -153,7 +153,6 @@ class Dialect:
         if key not in self._bad_rows_reported:
             self._bad_rows_reported.add(key)
             log.error("%s: position row for %s skipped: %s", self.name, key, why)
-        return None
 
     def _row_read(self, symbol_id: Any) -> None:
         """A row of ``symbol_id`` was read again: a later bad row is reported anew."""

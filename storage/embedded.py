@@ -201,6 +201,8 @@ class EmbeddedPostgres:
         if it is a real directory owned by the server user or root and not writable by
         others; it is never chmod-ed or chown-ed.
         """
+        if self._run_as is None:
+            raise RuntimeError("the temp folder is only for a server that runs as another user")
         home = fallback_dir(self.root)
         pw = pwd.getpwnam(self._run_as)
         if len(str(home / "pgdata" / _SOCKET_NAME)) > _SOCKET_PATH_LIMIT:
@@ -222,12 +224,12 @@ class EmbeddedPostgres:
                 raise EmbeddedPostgresError(
                     f"{home} exists and belongs to {owner}, not to '{self._run_as}' or root, so it was not created "
                     "by this program and is left alone. Remove it, or " + OR_ADVICE
-                )
+                ) from None
             if st.st_mode & 0o022:
                 raise EmbeddedPostgresError(
                     f"{home} exists and is writable by other users, so it was not created by this program and is "
                     "left alone. Remove it, or " + OR_ADVICE
-                )
+                ) from None
         else:
             fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             try:  # the directory created just now, by us
@@ -326,6 +328,7 @@ class EmbeddedPostgres:
     def _initdb(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():
             return
+        assert self._bindir is not None  # picked before the data directory is prepared
         out = self._run(str(self._bindir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
                         "--auth=trust", "-E", "UTF8", "--no-instructions")
         if out.returncode != 0:

@@ -158,8 +158,9 @@ async def retry(attempt: Callable[[], Awaitable[T]], *, backoff: Backoff, retrie
         return backoff.delay(state.attempt_number, retry_after_of(error) if error is not None else None)
 
     def report(state: tenacity.RetryCallState) -> None:
-        if before_sleep is not None and state.outcome is not None:
-            before_sleep(Retrying(state.attempt_number, state.outcome.exception(), state.upcoming_sleep))
+        error = state.outcome.exception() if state.outcome is not None else None
+        if before_sleep is not None and error is not None:  # (only failures are retried)
+            before_sleep(Retrying(state.attempt_number, error, state.upcoming_sleep))
 
     looping = tenacity.AsyncRetrying(
         sleep=trio.sleep,

@@ -55,7 +55,7 @@ class ChildSpec:
     """
 
     id: str
-    start: Callable[[], Awaitable[None]]
+    start: Callable[..., Awaitable[None]]  # takes task_status= when reports_started
     restart: Restart = Restart.PERMANENT
     kind: str = "worker"
     critical: bool = True
