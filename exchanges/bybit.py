@@ -127,8 +127,13 @@ class BybitDialect(Dialect):
         cursor: str | None = None
         seen: set[str] = set()
         for _ in range(_MAX_FILL_PAGES):
-            params: dict[str, Any] = {"category": "linear", "symbol": symbol_id, "startTime": start_ms,
-                                      "endTime": end_ms, "limit": 100}
+            params: dict[str, Any] = {
+                "category": "linear",
+                "symbol": symbol_id,
+                "startTime": start_ms,
+                "endTime": end_ms,
+                "limit": 100,
+            }
             if cursor:
                 params["cursor"] = cursor
             response = await self._request(self._client.privateGetV5ExecutionList, params)
@@ -167,9 +172,12 @@ class BybitDialect(Dialect):
     def lot_limits(self, market: dict) -> LotLimits:
         """``instruments-info`` ``lotSizeFilter``: ``qtyStep``, ``minOrderQty``, ``maxOrderQty``, ``maxMktOrderQty``."""
         lot = (market.get("info") or {}).get("lotSizeFilter") or {}
-        return LotLimits(step=dec(lot.get("qtyStep")), min_qty=dec(lot.get("minOrderQty")),
-                         max_market_qty=dec(lot.get("maxMktOrderQty")) or dec(lot.get("maxOrderQty")),
-                         max_limit_qty=dec(lot.get("maxOrderQty")))
+        return LotLimits(
+            step=dec(lot.get("qtyStep")),
+            min_qty=dec(lot.get("minOrderQty")),
+            max_market_qty=dec(lot.get("maxMktOrderQty")) or dec(lot.get("maxOrderQty")),
+            max_limit_qty=dec(lot.get("maxOrderQty")),
+        )
 
     def tag_order(self, client_order_id: str) -> dict[str, Any]:
         return {"clientOrderId": client_order_id}  # ccxt sends it as orderLinkId

@@ -357,9 +357,14 @@ class CcxtExchange:
         await self._ensure_markets([symbol])
         market = self._market(symbol)
         order_side = "sell" if position_side == "long" else "buy"
-        amount = rounding.close_quantity(self.name, symbol, qty, self.dialect.lot_limits(market),
-                                         limit=limit_price is not None,
-                                         fallback_step=dec(market["precision"]["amount"]))
+        amount = rounding.close_quantity(
+            self.name,
+            symbol,
+            qty,
+            self.dialect.lot_limits(market),
+            limit=limit_price is not None,
+            fallback_step=dec(market["precision"]["amount"]),
+        )
         params: dict[str, Any] = {"reduceOnly": True, **self.dialect.tag_order(client_order_id)}
         if limit_price is None:
             order_type, price = "market", None

@@ -52,16 +52,22 @@ class RequestGate:
         if left <= 0:
             return None
         until = datetime.now(UTC).timestamp() + left
-        return {"seconds_left": round(left, 3),
-                "until": datetime.fromtimestamp(until, tz=UTC).isoformat(timespec="seconds"),
-                "reason": self._reason}
+        return {
+            "seconds_left": round(left, 3),
+            "until": datetime.fromtimestamp(until, tz=UTC).isoformat(timespec="seconds"),
+            "reason": self._reason,
+        }
 
     def check(self) -> None:
         """Raise :class:`RetryableError` (``code="banned"``, ``retry_after``) while closed."""
         left = self.remaining()
         if left > 0:
-            raise RetryableError(f"{self.exchange}: requests held back for {left:.1f}s more ({self._reason})",
-                                 exchange=self.exchange, code="banned", retry_after=left)
+            raise RetryableError(
+                f"{self.exchange}: requests held back for {left:.1f}s more ({self._reason})",
+                exchange=self.exchange,
+                code="banned",
+                retry_after=left,
+            )
 
     def close(self, err: ExchangeError) -> None:
         """Close (or keep closed longer) for ``err.retry_after`` seconds; other errors leave it."""

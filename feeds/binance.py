@@ -204,6 +204,4 @@ class BinanceProtocol(ExchangeProtocol):
         detail = str(text)
         if params:
             detail = f"{detail} (params {params})"
-        return RequestError(
-            op, detail, rid, code if type(code) is int else None, symbols=request[1] if request else ()
-        )
+        return RequestError(op, detail, rid, code if type(code) is int else None, symbols=request[1] if request else ())

@@ -36,8 +36,9 @@ class Delivery(FeedState):
             return  # e.g. late update after an unsubscribe
         guard = self.guard
         had_held = symbol in guard._held
-        verdict = guard.check(tick, self.protocol.frames, stream_vouches=self._stream_vouches(symbol),
-                              mark_info=self.protocol.mark_info)
+        verdict = guard.check(
+            tick, self.protocol.frames, stream_vouches=self._stream_vouches(symbol), mark_info=self.protocol.mark_info
+        )
         if verdict is HELD:
             self._on_suspect(tick)
             return
@@ -94,8 +95,14 @@ class Delivery(FeedState):
             ok, suppressed = (True, 0) if result.symbols else self._limiter.allow("request-error")
             if ok:
                 more = f" ({suppressed} more since the last report)" if suppressed else ""
-                self.log.error("%s: %s refused by the exchange: %s (req %s)%s", self.exchange, result.op,
-                               excerpt(result.message), result.req_id, more)
+                self.log.error(
+                    "%s: %s refused by the exchange: %s (req %s)%s",
+                    self.exchange,
+                    result.op,
+                    excerpt(result.message),
+                    result.req_id,
+                    more,
+                )
             if result.op.lower() == "subscribe":
                 self._subscribe_refused(result.symbols)
         elif type(result) is Pong or type(result) is Ack:

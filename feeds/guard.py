@@ -103,8 +103,14 @@ class QuoteGuard:
 
     # -- events ---------------------------------------------------------------------------
 
-    def check(self, tick: Tick, frame: int, *, stream_vouches: bool = False,
-              mark_info: Callable[[str], tuple[Decimal | None, int]] | None = None) -> str:
+    def check(
+        self,
+        tick: Tick,
+        frame: int,
+        *,
+        stream_vouches: bool = False,
+        mark_info: Callable[[str], tuple[Decimal | None, int]] | None = None,
+    ) -> str:
         """Judge a stream tick from frame number ``frame``: :data:`ACCEPTED`,
         :data:`CONFIRMED` (both: deliver it) or :data:`HELD` (do not).
 

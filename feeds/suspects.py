@@ -49,8 +49,16 @@ class Suspects(FeedState):
             more = f" ({suppressed} more since the last report)" if suppressed else ""
             self.log.warning(
                 "%s: suspect quote for %s held (bid %s ask %s last %s; last accepted price %s, more than %s%% "
-                "away); waiting for a second source%s", self.exchange, tick.symbol, tick.bid, tick.ask, tick.last,
-                self.guard.anchor(tick.symbol), self.guard.threshold * 100, more)
+                "away); waiting for a second source%s",
+                self.exchange,
+                tick.symbol,
+                tick.bid,
+                tick.ask,
+                tick.last,
+                self.guard.anchor(tick.symbol),
+                self.guard.threshold * 100,
+                more,
+            )
         if self.rest_quote is not None and self._nursery is not None and symbol not in self._checkers:
             scope = trio.CancelScope()
             self._checkers[symbol] = scope
@@ -58,8 +66,15 @@ class Suspects(FeedState):
 
     def _on_confirmed(self, tick: Tick, source: str) -> None:
         self._sync_guard_stats()
-        self.log.info("%s: suspect quote for %s confirmed by %s (bid %s ask %s last %s)", self.exchange,
-                      tick.symbol, source, tick.bid, tick.ask, tick.last)
+        self.log.info(
+            "%s: suspect quote for %s confirmed by %s (bid %s ask %s last %s)",
+            self.exchange,
+            tick.symbol,
+            source,
+            tick.bid,
+            tick.ask,
+            tick.last,
+        )
 
     async def _check_suspect(self, symbol: str, rest_quote: RestQuote, scope: trio.CancelScope) -> None:
         """Ask REST about ``symbol`` while it has a held tick (at most every rest_poll_interval)."""
@@ -82,8 +97,13 @@ class Suspects(FeedState):
                         ok, suppressed = self._limiter.allow("rest-check:" + symbol)
                         if ok:
                             more = f" ({suppressed} more)" if suppressed else ""
-                            self.log.warning("%s: REST look-up of a suspect quote for %s failed: %s%s",
-                                             self.exchange, symbol, describe_failure(exc), more)
+                            self.log.warning(
+                                "%s: REST look-up of a suspect quote for %s failed: %s%s",
+                                self.exchange,
+                                symbol,
+                                describe_failure(exc),
+                                more,
+                            )
                         continue
                     self._rest_failing.discard(symbol)
                     prices = self._rest_prices(symbol, quote)
@@ -99,8 +119,13 @@ class Suspects(FeedState):
                         ok, suppressed = self._limiter.allow("suspect-dropped")
                         if ok:
                             more = f" ({suppressed} more since the last report)" if suppressed else ""
-                            self.log.warning("%s: suspect quote for %s dropped: REST says bid %s ask %s last %s%s",
-                                             self.exchange, symbol, *prices, more)
+                            self.log.warning(
+                                "%s: suspect quote for %s dropped: REST says bid %s ask %s last %s%s",
+                                self.exchange,
+                                symbol,
+                                *prices,
+                                more,
+                            )
             finally:
                 if self._checkers.get(symbol) is scope:
                     del self._checkers[symbol]

@@ -47,7 +47,7 @@ ADVICE = (
     "Set DATABASE_URL to a PostgreSQL server you can use, e.g. "
     "DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres"
 )
-OR_ADVICE = "set" + ADVICE[len("Set"):]  # after "..., or "
+OR_ADVICE = "set" + ADVICE[len("Set") :]  # after "..., or "
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -134,7 +134,8 @@ class EmbeddedPostgres:
         except KeyError:
             raise EmbeddedPostgresError(
                 "PostgreSQL refuses to run as root and there is no 'postgres' system user to run it as. "
-                + ADVICE + ", or run as a normal user."
+                + ADVICE
+                + ", or run as a normal user."
             ) from None
         if not shutil.which("runuser"):
             raise EmbeddedPostgresError("running as root needs 'runuser' to start PostgreSQL as 'postgres'. " + ADVICE)
@@ -189,7 +190,8 @@ class EmbeddedPostgres:
         raise EmbeddedPostgresError(
             f"no PostgreSQL server binaries usable by {who} were found"
             + (f" for the existing data directory (version {wanted}) at {self.pgdata}" if wanted else "")
-            + ". " + ADVICE
+            + ". "
+            + ADVICE
         )
 
     # --- the temp folder (as root, when the project is out of the server user's reach) ---
@@ -283,8 +285,13 @@ class EmbeddedPostgres:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        log.info("copied the PostgreSQL binaries of %s (%d MiB) to %s, where the '%s' user can run them",
-                 pginstall, size // 2**20, copied, self._run_as)
+        log.info(
+            "copied the PostgreSQL binaries of %s (%d MiB) to %s, where the '%s' user can run them",
+            pginstall,
+            size // 2**20,
+            copied,
+            self._run_as,
+        )
         return copied
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -308,9 +315,13 @@ class EmbeddedPostgres:
             # the temp folder. initdb, running as that user, creates pgdata inside it.
             home = self._fallback_home()
             self.pgdata = home / "pgdata"
-            log.info("the '%s' system user cannot reach %s (a parent directory is not searchable by other "
-                     "users); the embedded PostgreSQL keeps its data in %s instead", self._run_as, self.root,
-                     self.pgdata)
+            log.info(
+                "the '%s' system user cannot reach %s (a parent directory is not searchable by other "
+                "users); the embedded PostgreSQL keeps its data in %s instead",
+                self._run_as,
+                self.root,
+                self.pgdata,
+            )
             return
         self.pgdata = self.root / "pgdata"
         if not self.pgdata.exists():
@@ -329,8 +340,17 @@ class EmbeddedPostgres:
         if (self.pgdata / "PG_VERSION").exists():
             return
         assert self._bindir is not None  # picked before the data directory is prepared
-        out = self._run(str(self._bindir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8", "--no-instructions")
+        out = self._run(
+            str(self._bindir / "initdb"),
+            "-D",
+            str(self.pgdata),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        )
         if out.returncode != 0:
             raise EmbeddedPostgresError(f"initdb failed: {out.stderr.strip()[-500:]}. " + ADVICE)
 
@@ -359,8 +379,19 @@ class EmbeddedPostgres:
             return self.url()
         options = f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' -c fsync=on"
         began = time.monotonic()
-        out = self._run(str(self._bindir / "pg_ctl"), "start", "-w", "-t", "30", "-D", str(self.pgdata),
-                        "-l", str(self.pgdata / "server.log"), "-o", options)
+        out = self._run(
+            str(self._bindir / "pg_ctl"),
+            "start",
+            "-w",
+            "-t",
+            "30",
+            "-D",
+            str(self.pgdata),
+            "-l",
+            str(self.pgdata / "server.log"),
+            "-o",
+            options,
+        )
         if out.returncode != 0:
             tail = ""
             try:
@@ -369,8 +400,13 @@ class EmbeddedPostgres:
                 pass
             raise EmbeddedPostgresError(f"PostgreSQL did not start: {out.stderr.strip()} {tail}. " + ADVICE)
         self._started_here = True
-        log.info("embedded PostgreSQL started at %s in %.2fs (binaries %s%s)", self.pgdata,
-                 time.monotonic() - began, self._bindir, f", as user {self._run_as}" if self._run_as else "")
+        log.info(
+            "embedded PostgreSQL started at %s in %.2fs (binaries %s%s)",
+            self.pgdata,
+            time.monotonic() - began,
+            self._bindir,
+            f", as user {self._run_as}" if self._run_as else "",
+        )
         return self.url()
 
     def stop(self) -> None:

@@ -39,9 +39,18 @@ class AddEvent:
     at: datetime | None = None
 
     def as_row(self) -> tuple:
-        return (self.aged_id, self.event_type, self.market_price, self.target_price,
-                self.price_distance_percent, self.action_taken, self.success, self.error_message,
-                None if self.metadata is None else dict(self.metadata), self.at)
+        return (
+            self.aged_id,
+            self.event_type,
+            self.market_price,
+            self.target_price,
+            self.price_distance_percent,
+            self.action_taken,
+            self.success,
+            self.error_message,
+            None if self.metadata is None else dict(self.metadata),
+            self.at,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,9 +265,7 @@ class Supervisor:
         """
         if self._scope is None or self._escalation is not None:
             return False
-        return not any(
-            child.spec.critical and child.state == "crashed" for child in self._children.values()
-        )
+        return not any(child.spec.critical and child.state == "crashed" for child in self._children.values())
 
     async def _spawn(self, spec: ChildSpec, *, static: bool) -> None:
         assert self._nursery is not None
@@ -275,9 +273,7 @@ class Supervisor:
         self._children[spec.id] = child
         await self._nursery.start(self._supervise, child)
 
-    async def _supervise(
-        self, child: _Child, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _supervise(self, child: _Child, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         first_run = _StartedOnce(task_status)
         try:
             with child.scope:
@@ -348,9 +344,7 @@ class Supervisor:
             child.exit_error = group
         return child.exit_error
 
-    def _schedule_restart(
-        self, child: _Child, error: BaseException | None, *, ran_for: float
-    ) -> float | None:
+    def _schedule_restart(self, child: _Child, error: BaseException | None, *, ran_for: float) -> float | None:
         """Count a restart of ``child``; return its backoff delay, or None if we escalated."""
         now = trio.current_time()
         while self._restart_times and now - self._restart_times[0] >= self._period:
@@ -413,15 +407,11 @@ class Supervisor:
         if forget and self._children.get(child.spec.id) is child:
             del self._children[child.spec.id]
 
-    def _log(
-        self, level: int, event: str, *, exc_info: BaseException | None = None, **fields: object
-    ) -> None:
+    def _log(self, level: int, event: str, *, exc_info: BaseException | None = None, **fields: object) -> None:
         if not self.logger.isEnabledFor(level):
             return
         pairs = "".join(f" {key}={value}" for key, value in fields.items())
-        self.logger.log(
-            level, "supervisor=%s event=%s%s", self.name, event, pairs, exc_info=exc_info
-        )
+        self.logger.log(level, "supervisor=%s event=%s%s", self.name, event, pairs, exc_info=exc_info)
 
 
 class _StartedOnce:
@@ -445,4 +435,3 @@ def _restarts(policy: Restart, error: BaseException | None) -> bool:
     if policy is Restart.TRANSIENT:
         return error is not None
     return False
-
