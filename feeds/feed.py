@@ -53,6 +53,7 @@ from feeds.tick import Tick
 
 __all__ = ["Feed", "FeedStats", "HeartbeatTimeout", "MESSAGE_QUEUE_SIZE", "RECEIVE_BUFFER_SIZE", "make_protocol"]
 
+
 def make_protocol(exchange: str) -> ExchangeProtocol:
     """The stream protocol for a ccxt exchange id."""
     if exchange == "bybit":
