@@ -1,5 +1,6 @@
 # make run   - the self-contained demo (embedded PostgreSQL + exchange simulator)
 # make test  - the test suite against a real PostgreSQL
+# make check - static checks: ruff (lint and format) and mypy on the product packages
 # make chaos - the kill -9 fault-injection suite (slow)
 # make bench - the benchmarks (writes bench/results.json)
 # make mutate - mutation testing of the policy, the position machine, the executor and
@@ -12,7 +13,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LOCAL_PG := postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test chaos bench mutate clean
+CHECKED := actors supervisor storage feeds exchanges
+
+.PHONY: run test check chaos bench mutate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -30,6 +33,15 @@ test: $(STAMP)
 		export TEST_DATABASE_URL=$(LOCAL_PG); echo "tests use PostgreSQL at $(LOCAL_PG)"; \
 	fi; \
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Configuration: [tool.ruff] and [tool.mypy] in pyproject.toml. All three run, and the
+# target fails if any of them found something.
+check: $(STAMP)
+	@rc=0; \
+	$(VENV)/bin/ruff check $(CHECKED) || rc=1; \
+	$(VENV)/bin/ruff format --check $(CHECKED) || rc=1; \
+	$(VENV)/bin/mypy $(CHECKED) || rc=1; \
+	exit $$rc
 
 chaos: $(STAMP)
 	@if [ -z "$$TEST_DATABASE_URL" ] && $(PY) -m storage.probe $(LOCAL_PG); then \

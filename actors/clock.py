@@ -8,7 +8,7 @@ the wall clock at start.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import trio
 
@@ -23,20 +23,22 @@ class PolicyClock:
         self._origin = origin
         self._start: float | None = None
 
-    def _anchor(self) -> None:
+    def _anchor(self) -> tuple[float, datetime]:
+        """(trio time, policy time) of the moment this clock was first read."""
         if self._start is None:
             self._start = trio.current_time()
-            if self._origin is None:
-                self._origin = datetime.now(timezone.utc)
+        if self._origin is None:
+            self._origin = datetime.now(UTC)
+        return self._start, self._origin
 
     def now(self) -> datetime:
-        self._anchor()
-        return self._origin + timedelta(seconds=(trio.current_time() - self._start) * self.speed)
+        start, origin = self._anchor()
+        return origin + timedelta(seconds=(trio.current_time() - start) * self.speed)
 
     def trio_time(self, when: datetime) -> float:
         """The trio clock reading at which ``now()`` reaches ``when``."""
-        self._anchor()
-        return self._start + (when - self._origin).total_seconds() / self.speed
+        start, origin = self._anchor()
+        return start + (when - origin).total_seconds() / self.speed
 
     async def sleep_until(self, when: datetime) -> None:
         await trio.sleep_until(max(trio.current_time(), self.trio_time(when)))

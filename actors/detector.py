@@ -31,13 +31,14 @@ active aged position that has no actor.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Mapping, Sequence
 from uuid import UUID
 
 import trio
+import trio.lowlevel
 
 from actors import episodes as ep
 from actors import position as pos
@@ -326,7 +327,7 @@ class Detector:
             if existing is None:
                 crossing = aged_at(row["opened_at"], self.ctx.config)
                 await self.ctx.clock.sleep_until(crossing)
-                await trio.sleep(0)  # strictly older: assess just after the boundary
+                await trio.lowlevel.checkpoint()  # strictly older: assess just after the boundary
                 while assess(row["side"], row["entry_price"], row["opened_at"], self.ctx.clock.now(),
                              self.ctx.config).phase is Phase.NOT_AGED:
                     await trio.sleep(0.001)

@@ -13,10 +13,10 @@ episode. Nothing before it matters, so a walk can stop there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Sequence
 
 from exchanges.port import Fill
 

@@ -8,9 +8,10 @@ logged and never breaks the publisher.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 from uuid import UUID
 
 log = logging.getLogger("events")

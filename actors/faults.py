@@ -15,9 +15,14 @@ the next tick is never dropped as quiet: it reaches the actor and crashes it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from actors.mailbox import Inbox
 from feeds.tick import Tick as FeedTick
+
+if TYPE_CHECKING:
+    from actors.position import QuietBand
 
 
 class InjectedCrash(RuntimeError):
@@ -37,11 +42,11 @@ class FaultInjector:
     def armed(self, aged_id: UUID) -> bool:
         return aged_id in self._armed
 
-    def wrap(self, aged_id: UUID, mailbox) -> "FaultyMailbox":
+    def wrap(self, aged_id: UUID, mailbox: Inbox) -> FaultyMailbox:
         """``mailbox`` as its actor should see it: crashing where a crash is armed."""
         return FaultyMailbox(self, aged_id, mailbox)
 
-    def _fire(self, aged_id: UUID, message) -> None:
+    def _fire(self, aged_id: UUID, message: object) -> None:
         if aged_id in self._armed and isinstance(message, FeedTick):
             self._armed.discard(aged_id)
             raise InjectedCrash(f"injected crash in actor for {message.symbol}")
@@ -52,24 +57,24 @@ class FaultyMailbox:
 
     __slots__ = ("_faults", "_aged_id", "inner")
 
-    def __init__(self, faults: FaultInjector, aged_id: UUID, inner):
+    def __init__(self, faults: FaultInjector, aged_id: UUID, inner: Inbox):
         self._faults = faults
         self._aged_id = aged_id
         self.inner = inner
 
-    async def receive(self):
+    async def receive(self) -> Any:
         message = await self.inner.receive()
         self._faults._fire(self._aged_id, message)
         return message
 
-    def set_band(self, band, until: float = 0.0) -> None:
+    def set_band(self, band: QuietBand | None, until: float = 0.0) -> None:
         if self._faults.armed(self._aged_id):
             band = None  # the next tick must reach the actor
         self.inner.set_band(band, until)
 
-    def send_nowait(self, message) -> None:
+    def send_nowait(self, message: Any) -> None:
         self.inner.send_nowait(message)
 
     @property
-    def last_quote(self):
+    def last_quote(self) -> FeedTick | None:
         return self.inner.last_quote

@@ -15,13 +15,45 @@ The actor publishes a :class:`actors.position.QuietBand` after each event it han
 actor, because ``step`` would return the state unchanged and do nothing. A tick is
 judged against the band only while the mailbox is otherwise empty — with a message
 waiting, the band may be out of date, so the tick is kept for the actor as usual.
+
+:class:`Inbox` is what an actor needs of its mailbox; a :class:`Mailbox` is one, and so
+is a wrapper such as :class:`actors.faults.FaultyMailbox`.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
+
+from feeds.tick import Tick
+
+if TYPE_CHECKING:
+    from actors.position import QuietBand
+
+__all__ = ["Inbox", "Mailbox"]
+
+
+class Inbox(Protocol):
+    """What a position actor reads from and tells: see :class:`Mailbox`."""
+
+    async def receive(self) -> Any:
+        """The next control message, else the newest tick; waits for either."""
+        ...
+
+    def send_nowait(self, message: Any) -> None:
+        """Queue a control message."""
+        ...
+
+    def set_band(self, band: QuietBand | None, until: float = 0.0) -> None:
+        """Ticks ``band`` calls quiet, arriving before ``until``, need not wake the actor."""
+        ...
+
+    @property
+    def last_quote(self) -> Tick | None:
+        """The newest tick the feed delivered, quiet or not."""
+        ...
 
 
 class Mailbox:
@@ -29,17 +61,17 @@ class Mailbox:
                  "last_quote")
 
     def __init__(self) -> None:
-        self._messages: deque = deque()
-        self._tick = None
+        self._messages: deque[Any] = deque()
+        self._tick: Tick | None = None
         self._waiter: trio.Event | None = None
         self.closed = False
         self.replaced = 0  # ticks overwritten before the actor read them
         self.quiet = 0  # ticks dropped inside the actor's quiet band
-        self._band = None
+        self._band: QuietBand | None = None
         self._band_until = 0.0
-        self.last_quote = None  # the newest tick the feed delivered, quiet or not
+        self.last_quote: Tick | None = None  # the newest tick the feed delivered, quiet or not
 
-    def set_band(self, band, until: float = 0.0) -> None:
+    def set_band(self, band: QuietBand | None, until: float = 0.0) -> None:
         """Drop ticks that ``band`` calls quiet and that arrive before ``until`` (trio
         time). ``None`` hands every tick to the actor."""
         self._band = band
@@ -50,7 +82,7 @@ class Mailbox:
             self._waiter.set()
             self._waiter = None
 
-    def send_latest(self, tick) -> bool:
+    def send_latest(self, tick: Tick) -> bool:
         """Leave ``tick`` for the actor, replacing an unread one. False once closed."""
         if self.closed:
             return False
@@ -66,7 +98,7 @@ class Mailbox:
         self._wake()
         return True
 
-    def send_nowait(self, message) -> None:
+    def send_nowait(self, message: Any) -> None:
         """Queue a control message. Raises trio.ClosedResourceError once closed."""
         if self.closed:
             raise trio.ClosedResourceError("the actor has stopped")
@@ -77,7 +109,7 @@ class Mailbox:
         self.closed = True
         self._wake()
 
-    async def receive(self):
+    async def receive(self) -> Any:
         """The next control message, else the newest tick; waits for either."""
         while True:
             if self._messages:

@@ -11,10 +11,11 @@ So the loop always decides on the freshest tick (the mailbox keeps only the newe
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 import trio
@@ -23,7 +24,7 @@ from actors import position as pos
 from actors.clock import PolicyClock
 from actors.events import EventBus, LifecycleEvent
 from actors.executor import CloseRequest, Executor
-from actors.mailbox import Mailbox
+from actors.mailbox import Inbox
 from actors.policy import CloseReason, PolicyConfig
 from actors.statuses import Status
 from actors.timers import TimerService
@@ -88,7 +89,7 @@ class TimerDue:
 class PositionActor:
     """What one actor holds between events: its state, its mailbox, its timers."""
 
-    def __init__(self, ctx: ActorContext, state: pos.PositionState, mailbox: Mailbox,
+    def __init__(self, ctx: ActorContext, state: pos.PositionState, mailbox: Inbox,
                  on_state: Callable[[pos.PositionState], None] = lambda state: None):
         self.ctx = ctx
         self.state = state
@@ -198,7 +199,7 @@ def _describe(c: pos.Emit, tick: Decimal | None = None) -> str:
     return " ".join(p for p in parts if p)
 
 
-async def run_actor(ctx: ActorContext, state: pos.PositionState, mailbox: Mailbox,
+async def run_actor(ctx: ActorContext, state: pos.PositionState, mailbox: Inbox,
                     on_state: Callable[[pos.PositionState], None] = lambda state: None, *,
                     task_status=trio.TASK_STATUS_IGNORED) -> bool:
     """Run one actor from ``state`` until its position is closed; True then.

@@ -46,8 +46,8 @@ active aged position without an actor gets one).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Container, Sequence
 from uuid import UUID
 
 import trio
@@ -70,11 +70,11 @@ the states of those that were asked for."""
 class _Busy:
     """The aged positions recovery must not start: those with an actor, or finished."""
 
-    def __init__(self, registry: "ActorRegistry"):
+    def __init__(self, registry: ActorRegistry):
         self._registry = registry
 
     def __contains__(self, aged_id: object) -> bool:
-        return self._registry.is_running(aged_id) or aged_id in self._registry._finished
+        return isinstance(aged_id, UUID) and (self._registry.is_running(aged_id) or aged_id in self._registry._finished)
 
 
 @dataclass(eq=False)
@@ -134,6 +134,8 @@ class ActorRegistry:
         One read for all of them, so recovering a thousand positions does not cost
         thousands of round trips.
         """
+        if self._load_for_recovery is None:  # nothing to recover from
+            return
         await self.ctx.writer.wait_flushed()
         open_ids, states = await self._load_for_recovery(_Busy(self))
         # An actor that finished while the read ran may look unfinished in its result.
@@ -150,8 +152,7 @@ class ActorRegistry:
         """
         if self.is_running(aged_id) or aged_id in self._finished:
             return
-        while not self.supervisor.running:
-            await trio.sleep(0.005)
+        await self.supervisor.wait_running()
         if self.is_running(aged_id):
             return
         entry = self._entries.get(aged_id)

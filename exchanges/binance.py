@@ -71,10 +71,12 @@ class BinanceDialect(Dialect):
             return None
         symbol = self._unified_from_id(str(row.get("symbol") or ""))
         if symbol is None:
-            return self._bad_row(row.get("symbol"), "unknown symbol")
+            self._bad_row(row.get("symbol"), "unknown symbol")
+            return None
         entry = price(row.get("entryPrice"))
         if entry is None:
-            return self._bad_row(row.get("symbol"), f"entry price {row.get('entryPrice')!r} is not a positive number")
+            self._bad_row(row.get("symbol"), f"entry price {row.get('entryPrice')!r} is not a positive number")
+            return None
         self._row_read(row.get("symbol"))
         return ExchangePosition(
             exchange=self.name,
@@ -96,14 +98,16 @@ class BinanceDialect(Dialect):
         return "hedge" if dual is True or str(dual).lower() == "true" else "one_way"
 
     async def fills(self, symbol_id: str, start_ms: int, end_ms: int, depth: int = 0) -> list[Fill]:
-        rows = await self._request(self._client.fapiPrivateGetUserTrades,
-                                   {"symbol": symbol_id, "startTime": start_ms, "endTime": end_ms,
-                                    "limit": _USER_TRADES_LIMIT})
+        rows = await self._request(
+            self._client.fapiPrivateGetUserTrades,
+            {"symbol": symbol_id, "startTime": start_ms, "endTime": end_ms, "limit": _USER_TRADES_LIMIT},
+        )
         rows = rows or []
         if len(rows) >= _USER_TRADES_LIMIT and end_ms > start_ms and depth < _MAX_WINDOW_SPLITS:
             mid = (start_ms + end_ms) // 2
-            return (await self.fills(symbol_id, start_ms, mid, depth + 1)
-                    + await self.fills(symbol_id, mid + 1, end_ms, depth + 1))
+            return await self.fills(symbol_id, start_ms, mid, depth + 1) + await self.fills(
+                symbol_id, mid + 1, end_ms, depth + 1
+            )
         return [f for f in map(self.parse_fill, rows) if f is not None]
 
     def parse_fill(self, row: dict) -> Fill | None:
@@ -138,9 +142,12 @@ class BinanceDialect(Dialect):
         lot, market_lot = filters.get("LOT_SIZE") or {}, filters.get("MARKET_LOT_SIZE") or {}
         step = dec(lot.get("stepSize"))
         mins = [v for v in (dec(lot.get("minQty")), dec(market_lot.get("minQty"))) if v is not None and v > 0]
-        return LotLimits(step=step if step and step > 0 else None, min_qty=max(mins) if mins else None,
-                         max_market_qty=dec(market_lot.get("maxQty")) or dec(lot.get("maxQty")),
-                         max_limit_qty=dec(lot.get("maxQty")))
+        return LotLimits(
+            step=step if step and step > 0 else None,
+            min_qty=max(mins) if mins else None,
+            max_market_qty=dec(market_lot.get("maxQty")) or dec(lot.get("maxQty")),
+            max_limit_qty=dec(lot.get("maxQty")),
+        )
 
     def tag_order(self, client_order_id: str) -> dict[str, Any]:
         return {"newClientOrderId": client_order_id}

@@ -27,7 +27,7 @@ Quirks this module knows:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -99,10 +99,12 @@ class BybitDialect(Dialect):
             return None
         symbol = self._unified_from_id(str(row.get("symbol") or ""))
         if symbol is None:
-            return self._bad_row(row.get("symbol"), "unknown symbol")
+            self._bad_row(row.get("symbol"), "unknown symbol")
+            return None
         entry = price(row.get("avgPrice")) or price(row.get("entryPrice"))
         if entry is None:
-            return self._bad_row(row.get("symbol"), f"entry price {row.get('avgPrice')!r} is not a positive number")
+            self._bad_row(row.get("symbol"), f"entry price {row.get('avgPrice')!r} is not a positive number")
+            return None
         self._row_read(row.get("symbol"))
         return ExchangePosition(
             exchange=self.name,
@@ -125,8 +127,13 @@ class BybitDialect(Dialect):
         cursor: str | None = None
         seen: set[str] = set()
         for _ in range(_MAX_FILL_PAGES):
-            params: dict[str, Any] = {"category": "linear", "symbol": symbol_id, "startTime": start_ms,
-                                      "endTime": end_ms, "limit": 100}
+            params: dict[str, Any] = {
+                "category": "linear",
+                "symbol": symbol_id,
+                "startTime": start_ms,
+                "endTime": end_ms,
+                "limit": 100,
+            }
             if cursor:
                 params["cursor"] = cursor
             response = await self._request(self._client.privateGetV5ExecutionList, params)
@@ -165,9 +172,12 @@ class BybitDialect(Dialect):
     def lot_limits(self, market: dict) -> LotLimits:
         """``instruments-info`` ``lotSizeFilter``: ``qtyStep``, ``minOrderQty``, ``maxOrderQty``, ``maxMktOrderQty``."""
         lot = (market.get("info") or {}).get("lotSizeFilter") or {}
-        return LotLimits(step=dec(lot.get("qtyStep")), min_qty=dec(lot.get("minOrderQty")),
-                         max_market_qty=dec(lot.get("maxMktOrderQty")) or dec(lot.get("maxOrderQty")),
-                         max_limit_qty=dec(lot.get("maxOrderQty")))
+        return LotLimits(
+            step=dec(lot.get("qtyStep")),
+            min_qty=dec(lot.get("minOrderQty")),
+            max_market_qty=dec(lot.get("maxMktOrderQty")) or dec(lot.get("maxOrderQty")),
+            max_limit_qty=dec(lot.get("maxOrderQty")),
+        )
 
     def tag_order(self, client_order_id: str) -> dict[str, Any]:
         return {"clientOrderId": client_order_id}  # ccxt sends it as orderLinkId
@@ -210,5 +220,5 @@ class BybitDialect(Dialect):
         if reset is not None:
             at = ms_to_dt(reset)
             if at is not None:
-                return max(0.0, (at - datetime.now(timezone.utc)).total_seconds())
+                return max(0.0, (at - datetime.now(UTC)).total_seconds())
         return None

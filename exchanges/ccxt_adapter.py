@@ -58,19 +58,20 @@ positive number, an unknown symbol) is skipped, with one error per symbol.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import trio
 import trio_asyncio
 
 from exchanges import rounding
-from exchanges.classify import classify, is_order_not_found
-from exchanges.clients import make_ccxt_client
 from exchanges.binance import BinanceDialect
 from exchanges.bybit import BybitDialect
+from exchanges.classify import classify, is_order_not_found
+from exchanges.clients import make_ccxt_client
 from exchanges.dialect import Dialect
 from exchanges.errors import ExchangeError, NonRetryableError
 from exchanges.gate import RequestGate
@@ -133,7 +134,7 @@ class CcxtExchange:
         secret: str | None = None,
         timeout_ms: int = 10000,
         **kw: Any,
-    ) -> "CcxtExchange":
+    ) -> CcxtExchange:
         client = make_ccxt_client(name, rest_url=rest_url, api_key=api_key, secret=secret, timeout_ms=timeout_ms)
         return cls(name, client, rest_url=rest_url, **kw)
 
@@ -342,19 +343,28 @@ class CcxtExchange:
         limit_price: Decimal | None = None,
     ) -> OrderResult:
         if position_side not in ("long", "short"):
-            raise NonRetryableError(f"position_side must be 'long' or 'short', not {position_side!r}", exchange=self.name)
+            raise NonRetryableError(
+                f"position_side must be 'long' or 'short', not {position_side!r}", exchange=self.name
+            )
         if not isinstance(qty, Decimal) or not qty.is_finite() or qty <= 0:
             raise NonRetryableError(f"close qty must be a positive Decimal, not {qty!r}", exchange=self.name)
         if not client_order_id:
             raise NonRetryableError("a client order id is required", exchange=self.name)
-        if limit_price is not None and (not isinstance(limit_price, Decimal) or not limit_price.is_finite() or limit_price <= 0):
+        if limit_price is not None and (
+            not isinstance(limit_price, Decimal) or not limit_price.is_finite() or limit_price <= 0
+        ):
             raise NonRetryableError(f"limit_price must be a positive Decimal, not {limit_price!r}", exchange=self.name)
         await self._ensure_markets([symbol])
         market = self._market(symbol)
         order_side = "sell" if position_side == "long" else "buy"
-        amount = rounding.close_quantity(self.name, symbol, qty, self.dialect.lot_limits(market),
-                                         limit=limit_price is not None,
-                                         fallback_step=dec(market["precision"]["amount"]))
+        amount = rounding.close_quantity(
+            self.name,
+            symbol,
+            qty,
+            self.dialect.lot_limits(market),
+            limit=limit_price is not None,
+            fallback_step=dec(market["precision"]["amount"]),
+        )
         params: dict[str, Any] = {"reduceOnly": True, **self.dialect.tag_order(client_order_id)}
         if limit_price is None:
             order_type, price = "market", None
@@ -414,7 +424,7 @@ class CcxtExchange:
         except Exception:  # closing must not fail the caller's shutdown
             pass
 
-    async def __aenter__(self) -> "CcxtExchange":
+    async def __aenter__(self) -> CcxtExchange:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

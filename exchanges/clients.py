@@ -152,7 +152,7 @@ def rewrite_api_urls(api: Any, rest_url: str) -> Any:
         match = _ORIGIN_RE.match(api)
         if match is None:
             return api
-        return base + api[match.end():]
+        return base + api[match.end() :]
     return api
 
 

@@ -26,8 +26,9 @@ for position rows, so a poll loop does not flood the log).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, ClassVar
+from typing import Any, ClassVar
 
 from exchanges.port import ExchangePosition, Fill, LotLimits, OrderResult, Quote
 from exchanges.raw import dec, ms_to_dt, price
@@ -116,15 +117,22 @@ class Dialect:
 
     # -- shared row reading ----------------------------------------------------------
 
-    def _parse_fill(self, row: dict, id_key: str, time_key: str, qty_key: str, price_key: str,
-                    client_key: str | None) -> Fill | None:
+    def _parse_fill(
+        self, row: dict, id_key: str, time_key: str, qty_key: str, price_key: str, client_key: str | None
+    ) -> Fill | None:
         side = str(row.get("side") or "").lower()
         qty, at_price, at = dec(row.get(qty_key)), price(row.get(price_key)), ms_to_dt(row.get(time_key))
         if side not in ("buy", "sell") or qty is None or qty <= 0 or at_price is None or at is None:
             log.error("%s: fill row skipped (cannot read side, quantity, price or time): %r", self.name, row)
             return None
-        return Fill(fill_id=str(row.get(id_key)), time=at, side=side, qty=qty, price=at_price,
-                    client_order_id=(str(row.get(client_key)) or None) if client_key else None)
+        return Fill(
+            fill_id=str(row.get(id_key)),
+            time=at,
+            side=side,
+            qty=qty,
+            price=at_price,
+            client_order_id=(str(row.get(client_key)) or None) if client_key else None,
+        )
 
     def _unified_from_id(self, market_id: str) -> str | None:
         by_id = getattr(self._client, "markets_by_id", None) or {}
@@ -144,17 +152,20 @@ class Dialect:
     def _hedge_row(self, symbol_id: str, side: str) -> None:
         if (symbol_id, side) not in self._hedge_rows_reported:
             self._hedge_rows_reported.add((symbol_id, side))
-            log.error("%s: %s %s is a hedge-mode position; only one-way mode is supported, so it is not "
-                      "managed (switch the account to one-way mode to have it managed)", self.name, symbol_id, side)
+            log.error(
+                "%s: %s %s is a hedge-mode position; only one-way mode is supported, so it is not "
+                "managed (switch the account to one-way mode to have it managed)",
+                self.name,
+                symbol_id,
+                side,
+            )
 
     def _bad_row(self, symbol_id: Any, why: str) -> None:
         key = str(symbol_id)
         if key not in self._bad_rows_reported:
             self._bad_rows_reported.add(key)
             log.error("%s: position row for %s skipped: %s", self.name, key, why)
-        return None
 
     def _row_read(self, symbol_id: Any) -> None:
         """A row of ``symbol_id`` was read again: a later bad row is reported anew."""
         self._bad_rows_reported.discard(str(symbol_id))
-

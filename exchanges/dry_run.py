@@ -10,11 +10,10 @@ was "filled", so the rest of the system behaves exactly as it would live.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Sequence
-
-from dataclasses import replace
 
 from exchanges import logfmt
 from exchanges.errors import InsufficientLiquidityError, NonRetryableError
@@ -59,16 +58,21 @@ class DryRunExchange:
         tick = getattr(self.inner, "price_tick", None)
         return tick(symbol) if tick is not None else None
 
-    async def create_close_order(self, symbol: str, position_side: str, qty: Decimal, client_order_id: str, *,
-                                 limit_price: Decimal | None = None) -> OrderResult:
+    async def create_close_order(
+        self, symbol: str, position_side: str, qty: Decimal, client_order_id: str, *, limit_price: Decimal | None = None
+    ) -> OrderResult:
         if client_order_id in self.orders:
-            raise NonRetryableError(f"duplicate client order id {client_order_id}", exchange=self.name,
-                                    code="duplicate_client_order_id")
-        open_qty = sum((p.qty for p in await self.fetch_positions([symbol])
-                        if p.symbol == symbol and p.side == position_side), Decimal(0))
+            raise NonRetryableError(
+                f"duplicate client order id {client_order_id}", exchange=self.name, code="duplicate_client_order_id"
+            )
+        open_qty = sum(
+            (p.qty for p in await self.fetch_positions([symbol]) if p.symbol == symbol and p.side == position_side),
+            Decimal(0),
+        )
         if open_qty <= 0:
-            raise NonRetryableError(f"dry-run: no {position_side} position on {symbol}", exchange=self.name,
-                                    code="position_zero")
+            raise NonRetryableError(
+                f"dry-run: no {position_side} position on {symbol}", exchange=self.name, code="position_zero"
+            )
         quote = await self.inner.fetch_quote(symbol)
         price = (quote.bid if position_side == "long" else quote.ask) or quote.last
         if price is None:
@@ -78,17 +82,29 @@ class DryRunExchange:
             fill = Decimal(0)
         key = (symbol, position_side)
         self._closed[key] = self._closed.get(key, Decimal(0)) + fill
-        result = OrderResult(client_order_id, f"dry-{len(self.orders) + 1}",
-                             "closed" if fill == qty else "canceled", fill, price if fill else None, qty)
+        result = OrderResult(
+            client_order_id,
+            f"dry-{len(self.orders) + 1}",
+            "closed" if fill == qty else "canceled",
+            fill,
+            price if fill else None,
+            qty,
+        )
         self.orders[client_order_id] = result
         tick = self.price_tick(symbol)
         limit = ""
         if limit_price:  # shown rounded the way it would be sent: down for a sell, up for a buy
             rounding = ROUND_FLOOR if position_side == "long" else ROUND_CEILING
             limit = f", limit IOC {logfmt.price(limit_price, tick, rounding)}"
-        log.warning("DRY RUN: would %s %s %s (reduce-only%s); simulated fill %s at %s",
-                    "sell" if position_side == "long" else "buy", logfmt.qty(qty), symbol,
-                    limit or ", market", logfmt.qty(fill), logfmt.price(price, tick))
+        log.warning(
+            "DRY RUN: would %s %s %s (reduce-only%s); simulated fill %s at %s",
+            "sell" if position_side == "long" else "buy",
+            logfmt.qty(qty),
+            symbol,
+            limit or ", market",
+            logfmt.qty(fill),
+            logfmt.price(price, tick),
+        )
         return result
 
     async def fetch_order_by_client_id(self, symbol: str, client_order_id: str) -> OrderResult | None:

@@ -16,7 +16,7 @@ Time is trio's clock, so tests move it with ``MockClock``.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import trio
 
@@ -51,17 +51,23 @@ class RequestGate:
         left = self.remaining()
         if left <= 0:
             return None
-        until = datetime.now(timezone.utc).timestamp() + left
-        return {"seconds_left": round(left, 3),
-                "until": datetime.fromtimestamp(until, tz=timezone.utc).isoformat(timespec="seconds"),
-                "reason": self._reason}
+        until = datetime.now(UTC).timestamp() + left
+        return {
+            "seconds_left": round(left, 3),
+            "until": datetime.fromtimestamp(until, tz=UTC).isoformat(timespec="seconds"),
+            "reason": self._reason,
+        }
 
     def check(self) -> None:
         """Raise :class:`RetryableError` (``code="banned"``, ``retry_after``) while closed."""
         left = self.remaining()
         if left > 0:
-            raise RetryableError(f"{self.exchange}: requests held back for {left:.1f}s more ({self._reason})",
-                                 exchange=self.exchange, code="banned", retry_after=left)
+            raise RetryableError(
+                f"{self.exchange}: requests held back for {left:.1f}s more ({self._reason})",
+                exchange=self.exchange,
+                code="banned",
+                retry_after=left,
+            )
 
     def close(self, err: ExchangeError) -> None:
         """Close (or keep closed longer) for ``err.retry_after`` seconds; other errors leave it."""

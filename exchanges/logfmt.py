@@ -18,8 +18,9 @@ and service can all use it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 SIGNIFICANT_DIGITS = 8
 PERCENT_PLACES = 3
@@ -44,6 +45,14 @@ def _decimal(value: Any) -> Decimal | None:
     else:
         return None
     return result if result.is_finite() else None
+
+
+def _exponent(d: Decimal) -> int:
+    """The exponent of a finite ``d`` (``Decimal("0.015")``: -3)."""
+    exponent = d.as_tuple().exponent
+    if not isinstance(exponent, int):  # "n", "N" or "F": NaN or infinity
+        raise ValueError(f"{d} has no exponent")
+    return exponent
 
 
 def _plain(d: Decimal) -> str:
@@ -78,7 +87,7 @@ def price(value: Any, tick: Any = None, rounding: str = ROUND_HALF_UP) -> str:
     if t is None or t <= 0:
         return significant(d)
     on_tick = (d / t).to_integral_value(rounding=rounding) * t
-    places = max(0, -t.normalize().as_tuple().exponent)
+    places = max(0, -_exponent(t.normalize()))
     text = format(on_tick.quantize(Decimal(1).scaleb(-places)), "f")
     if text.startswith("-") and not text.strip("-0."):
         text = text[1:]
@@ -90,7 +99,7 @@ def qty(value: Any) -> str:
     d = _decimal(value)
     if d is None:
         return str(value)
-    if d.as_tuple().exponent < -_MAX_QTY_PLACES:  # a computed quantity: no endless tails
+    if _exponent(d) < -_MAX_QTY_PLACES:  # a computed quantity: no endless tails
         d = d.quantize(Decimal(1).scaleb(-_MAX_QTY_PLACES), rounding=ROUND_HALF_UP)
     return _plain(d)
 

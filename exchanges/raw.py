@@ -17,7 +17,7 @@ the caller decides whether that row is skipped.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -55,7 +55,7 @@ def ms_to_dt(value: Any) -> datetime | None:
     ms = dec(value)
     if ms is None or ms <= 0:
         return None
-    return datetime.fromtimestamp(float(ms) / 1000.0, tz=timezone.utc)
+    return datetime.fromtimestamp(float(ms) / 1000.0, tz=UTC)
 
 
 def dt_ms(value: datetime) -> int:

@@ -35,8 +35,15 @@ from exchanges.port import LotLimits
 __all__ = ["close_quantity", "limit_price"]
 
 
-def close_quantity(exchange: str, symbol: str, qty: Decimal, limits: LotLimits, *, limit: bool = False,
-                   fallback_step: Decimal | None = None) -> str:
+def close_quantity(
+    exchange: str,
+    symbol: str,
+    qty: Decimal,
+    limits: LotLimits,
+    *,
+    limit: bool = False,
+    fallback_step: Decimal | None = None,
+) -> str:
     """``qty`` rounded down to the lot size, as the string sent to the exchange.
 
     ``fallback_step`` (the market's amount precision) is the lot size when ``limits``

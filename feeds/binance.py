@@ -23,8 +23,9 @@ streams).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from feeds.protocol import (
     Ack,
@@ -203,6 +204,4 @@ class BinanceProtocol(ExchangeProtocol):
         detail = str(text)
         if params:
             detail = f"{detail} (params {params})"
-        return RequestError(
-            op, detail, rid, code if type(code) is int else None, symbols=request[1] if request else ()
-        )
+        return RequestError(op, detail, rid, code if type(code) is int else None, symbols=request[1] if request else ())

@@ -23,8 +23,9 @@ An empty string for a price means "no value" (e.g. an empty book side) and clear
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from exchanges.symbols import exchange_symbol_id
 from feeds.protocol import (
@@ -159,6 +160,7 @@ class BybitProtocol(ExchangeProtocol):
         if type(data) is not dict:
             return Malformed("ticker data is not an object", excerpt(raw))
         kind = msg.get("type")
+        old: _TickerState | None
         if kind == "snapshot":
             old = _EMPTY
         elif kind == "delta":

@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from feeds.failures import HeartbeatTimeout, describe_failure, is_expected_failure
+from feeds.state import FeedState
 from feeds.tick import Tick
 from supervisor.backoff import Backoff
 
@@ -38,7 +39,7 @@ MESSAGE_QUEUE_SIZE = 64
 RECEIVE_BUFFER_SIZE = 64 * 1024
 
 
-class Connection:
+class Connection(FeedState):
     """The connection and reconnect loop of :class:`feeds.feed.Feed`. See the module docstring."""
 
     def _init_connection(self) -> None:
@@ -106,7 +107,7 @@ class Connection:
                 more = f" ({suppressed} more)" if suppressed else ""
                 self.log.warning("%s: cannot connect to %s: %s%s", self.exchange, self.ws_url, why, more)
 
-    async def _session(self, ws) -> None:
+    async def _session(self, ws: WebSocketConnection) -> None:
         """One connection's life; ends only by raising (closed, dead, ...)."""
         self.protocol.reset()
         self._live.clear()
@@ -119,7 +120,7 @@ class Connection:
             nursery.start_soon(self._heartbeat, ws)
             await self._reader(ws)
 
-    async def _reader(self, ws) -> None:
+    async def _reader(self, ws: WebSocketConnection) -> None:
         parse = self.protocol.parse
         stats = self.stats
         now = trio.current_time
@@ -139,18 +140,20 @@ class Connection:
             else:
                 self._on_event(result, t)
 
-    async def _heartbeat(self, ws) -> None:
+    async def _heartbeat(self, ws: WebSocketConnection) -> None:
         interval = self.heartbeat_interval
         if interval is None or interval <= 0 or math.isinf(interval):
             return
         if self.protocol.heartbeat == "json":
-            sent_at = None
+            sent_at: float | None = None
             while True:
                 await trio.sleep(interval)
                 if sent_at is not None and self._last_rx < sent_at:
                     self.stats.heartbeat_timeouts += 1
                     raise HeartbeatTimeout(f"no reply within {interval}s of a ping")
                 msg = self.protocol.ping_message()
+                if msg is None:
+                    raise TypeError(f"{type(self.protocol).__name__} has a JSON heartbeat but no ping message")
                 sent_at = trio.current_time()
                 await ws.send_message(msg)
         else:

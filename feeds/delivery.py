@@ -17,13 +17,14 @@ the feed's state (``stats``, ``guard``, ``protocol``, the subscriptions, ...).
 from __future__ import annotations
 
 from feeds.guard import CONFIRMED, HELD
-from feeds.protocol import Ack, Alive, Ignored, Malformed, Pong, RequestError, excerpt
+from feeds.protocol import Ack, Alive, Ignored, Malformed, ParseResult, Pong, RequestError, excerpt
+from feeds.state import FeedState, Subscribers
 from feeds.tick import Tick
 
 __all__ = ["Delivery"]
 
 
-class Delivery:
+class Delivery(FeedState):
     """Frame handling of :class:`feeds.feed.Feed`. See the module docstring."""
 
     # hot path
@@ -35,8 +36,9 @@ class Delivery:
             return  # e.g. late update after an unsubscribe
         guard = self.guard
         had_held = symbol in guard._held
-        verdict = guard.check(tick, self.protocol.frames, stream_vouches=self._stream_vouches(symbol),
-                              mark_info=self.protocol.mark_info)
+        verdict = guard.check(
+            tick, self.protocol.frames, stream_vouches=self._stream_vouches(symbol), mark_info=self.protocol.mark_info
+        )
         if verdict is HELD:
             self._on_suspect(tick)
             return
@@ -46,7 +48,7 @@ class Delivery:
             self._sync_guard_stats()
         self._deliver(symbol, subs, tick, t)
 
-    def _deliver(self, symbol: str, subs: dict, tick: Tick, t: float) -> None:
+    def _deliver(self, symbol: str, subs: Subscribers, tick: Tick, t: float) -> None:
         self.stats.last_stream_at[symbol] = t
         if symbol in self._stale:
             self._recovered(symbol, t)
@@ -54,10 +56,9 @@ class Delivery:
         self._latest[symbol] = tick
         self._fan_out(symbol, subs, tick)
 
-    def _on_event(self, result, t: float) -> None:
+    def _on_event(self, result: ParseResult, t: float) -> None:
         stats = self.stats
-        kind = type(result)
-        if kind is Alive:
+        if type(result) is Alive:
             stats.alive += 1
             symbol = result.symbol
             if symbol in self._subs:
@@ -70,7 +71,7 @@ class Delivery:
                 stats.last_stream_at[symbol] = t
                 if symbol in self._stale:
                     self._recovered(symbol, t)
-        elif kind is Malformed:
+        elif type(result) is Malformed:
             stats.malformed += 1
             reasons = stats.malformed_reasons
             reasons[result.reason] = reasons.get(result.reason, 0) + 1
@@ -81,24 +82,30 @@ class Delivery:
                 self.log.warning(
                     "%s: malformed message: %s%s: %s%s", self.exchange, result.reason, detail, result.raw, more
                 )
-        elif kind is Ignored:
+        elif type(result) is Ignored:
             stats.ignored += 1
             stats.ignored_reasons[result.reason] = stats.ignored_reasons.get(result.reason, 0) + 1
             ok, suppressed = self._limiter.allow("ignored:" + result.reason)
             if ok:
                 self.log.info("%s: ignored message: %s", self.exchange, result.reason)
-        elif kind is RequestError:
+        elif type(result) is RequestError:
             stats.request_errors += 1
             # a refusal of one of our requests is always logged; one that answers no request
             # of ours (a confused or hostile server can send any number) is rate-limited
             ok, suppressed = (True, 0) if result.symbols else self._limiter.allow("request-error")
             if ok:
                 more = f" ({suppressed} more since the last report)" if suppressed else ""
-                self.log.error("%s: %s refused by the exchange: %s (req %s)%s", self.exchange, result.op,
-                               excerpt(result.message), result.req_id, more)
+                self.log.error(
+                    "%s: %s refused by the exchange: %s (req %s)%s",
+                    self.exchange,
+                    result.op,
+                    excerpt(result.message),
+                    result.req_id,
+                    more,
+                )
             if result.op.lower() == "subscribe":
                 self._subscribe_refused(result.symbols)
-        elif kind is Pong or kind is Ack:
+        elif type(result) is Pong or type(result) is Ack:
             pass
         else:  # pragma: no cover - a protocol returned something new
             stats.ignored += 1

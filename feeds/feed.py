@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Awaitable, Callable
 
 import trio
 
@@ -47,6 +46,7 @@ from feeds.log_limiter import LogLimiter
 from feeds.protocol import ExchangeProtocol
 from feeds.rest_fallback import RestFallback
 from feeds.staleness import Staleness
+from feeds.state import RestQuote
 from feeds.stats import FeedStats
 from feeds.subscriptions import Subscriptions
 from feeds.suspects import Suspects
@@ -54,8 +54,6 @@ from feeds.tick import Tick
 
 __all__ = ["Feed", "FeedStats", "FeedTimings", "HeartbeatTimeout", "MESSAGE_QUEUE_SIZE", "RECEIVE_BUFFER_SIZE",
            "make_protocol"]
-
-RestQuote = Callable[[str], Awaitable["object"]]  # async (unified symbol) -> exchanges.port.Quote
 
 
 def make_protocol(exchange: str) -> ExchangeProtocol:
@@ -134,7 +132,7 @@ class Feed(Connection, Delivery, Subscriptions, Staleness, RestFallback, Suspect
         """The newest tick of ``symbol`` (stream or REST), if any."""
         return self._latest.get(symbol)
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, stream, reconnect, forever. Only cancellation gets out."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
+_json_loads: Callable[[str | bytes], Any]
 try:  # orjson comes with ccxt; about 2x faster than json for these small frames
     import orjson as _orjson
 
@@ -90,7 +93,7 @@ def _describe_bad_price(value: object, field: str) -> str:
     return f"unsupported number format for {field} {shown!r}"
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def ms_to_datetime(ms: object) -> datetime | None:

@@ -28,9 +28,9 @@ later frame than the tick it confirms.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Callable
 
 from feeds.tick import Tick
 
@@ -91,7 +91,10 @@ class QuoteGuard:
         return h.tick if h is not None else None
 
     def near(self, prices: tuple[Decimal, ...], ref: Decimal) -> bool:
-        """Every price within ``threshold`` of ``ref`` (relative to ``ref``)."""
+        """Every price within ``threshold`` of ``ref`` (relative to ``ref``); any price
+        while the guard is off."""
+        if self.threshold is None:
+            return True
         limit = ref * self.threshold
         for p in prices:
             if abs(p - ref) > limit:
@@ -100,8 +103,14 @@ class QuoteGuard:
 
     # -- events ---------------------------------------------------------------------------
 
-    def check(self, tick: Tick, frame: int, *, stream_vouches: bool = False,
-              mark_info: Callable[[str], tuple[Decimal | None, int]] | None = None) -> str:
+    def check(
+        self,
+        tick: Tick,
+        frame: int,
+        *,
+        stream_vouches: bool = False,
+        mark_info: Callable[[str], tuple[Decimal | None, int]] | None = None,
+    ) -> str:
         """Judge a stream tick from frame number ``frame``: :data:`ACCEPTED`,
         :data:`CONFIRMED` (both: deliver it) or :data:`HELD` (do not).
 

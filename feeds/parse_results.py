@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from feeds.tick import Tick
 
@@ -78,4 +77,4 @@ class Malformed:
     detail: str = ""
 
 
-ParseResult = Union[Tick, Alive, Ack, Pong, RequestError, Ignored, Malformed]
+ParseResult = Tick | Alive | Ack | Pong | RequestError | Ignored | Malformed

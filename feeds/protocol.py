@@ -16,8 +16,8 @@ protocol implementation imports what it needs from this one module.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable
 
 from exchanges.symbols import exchange_symbol_id, unified_symbol
 from feeds.fields import BadValue, excerpt, loads, ms_to_datetime, parse_price

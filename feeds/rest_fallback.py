@@ -18,19 +18,21 @@ from decimal import Decimal
 
 import trio
 
+from exchanges.port import Quote
 from feeds.failures import describe_failure
+from feeds.state import FeedState, RestPrices, RestQuote
 from feeds.tick import Tick
 
 __all__ = ["RestFallback"]
 
 
-def _valid_price(v) -> Decimal | None:
+def _valid_price(v: object) -> Decimal | None:
     if isinstance(v, Decimal) and v.is_finite() and v > 0:
         return v
     return None
 
 
-class RestFallback:
+class RestFallback(FeedState):
     """The REST polling of :class:`feeds.feed.Feed`. See the module docstring."""
 
     def _init_rest_fallback(self) -> None:
@@ -41,19 +43,19 @@ class RestFallback:
         if self.rest_quote is not None and self._nursery is not None:
             scope = trio.CancelScope()
             self._pollers[symbol] = scope
-            self._nursery.start_soon(self._poll_rest, symbol, scope)
+            self._nursery.start_soon(self._poll_rest, symbol, self.rest_quote, scope)
 
     def _stop_rest_polling(self, symbol: str) -> None:
         scope = self._pollers.pop(symbol, None)
         if scope is not None:
             scope.cancel()
 
-    async def _poll_rest(self, symbol: str, scope: trio.CancelScope) -> None:
+    async def _poll_rest(self, symbol: str, rest_quote: RestQuote, scope: trio.CancelScope) -> None:
         with scope:
             while symbol in self._stale and symbol in self._subs:
                 try:
                     with trio.fail_after(self.rest_timeout):
-                        quote = await self.rest_quote(symbol)
+                        quote = await rest_quote(symbol)
                 except Exception as exc:  # REST trouble is logged and retried
                     self.stats.rest_errors += 1
                     ok, suppressed = self._limiter.allow("rest:" + symbol)
@@ -66,7 +68,7 @@ class RestFallback:
                     self._on_rest_quote(symbol, quote)
                 await trio.sleep(self.rest_poll_interval)
 
-    def _on_rest_quote(self, symbol: str, quote) -> None:
+    def _on_rest_quote(self, symbol: str, quote: Quote) -> None:
         prices = self._rest_prices(symbol, quote)
         if prices is None:
             return
@@ -83,7 +85,7 @@ class RestFallback:
         self._latest[symbol] = tick
         self._fan_out(symbol, subs, tick)
 
-    def _rest_prices(self, symbol: str, quote) -> tuple | None:
+    def _rest_prices(self, symbol: str, quote: Quote) -> RestPrices | None:
         """(bid, ask, last) of a REST quote, or None (logged, counted) if it is unusable."""
         bid = _valid_price(getattr(quote, "bid", None))
         ask = _valid_price(getattr(quote, "ask", None))

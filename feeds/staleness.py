@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import trio
 
+from feeds.state import FeedState
 from feeds.tick import Tick
 
 __all__ = ["Staleness"]
 
 
-class Staleness:
+class Staleness(FeedState):
     """The staleness watch of :class:`feeds.feed.Feed`. See the module docstring."""
 
     def _init_staleness(self) -> None:

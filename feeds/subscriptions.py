@@ -24,20 +24,29 @@ works on the feed's state (``stats``, ``protocol``, the stale set, ...).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, TypeVar, overload
+
 import trio
 
 from exchanges.symbols import exchange_symbol_id
-from feeds.tick import LatestTickSender, Tick, open_tick_channel
+from feeds.state import FeedState, Subscribers
+from feeds.tick import Tick, TickSink, open_tick_channel
+
+if TYPE_CHECKING:
+    from trio_websocket import WebSocketConnection
 
 __all__ = ["Subscriptions"]
 
+Sink = TypeVar("Sink", bound=TickSink)
 
-class Subscriptions:
+
+class Subscriptions(FeedState):
     """The subscription half of :class:`feeds.feed.Feed`. See the module docstring."""
 
     def _init_subscriptions(self) -> None:
-        # unified symbol → {receive channel: sender}
-        self._subs: dict[str, dict[trio.MemoryReceiveChannel, LatestTickSender]] = {}
+        # unified symbol → {receive channel (or the sender itself): sender}
+        self._subs: dict[str, Subscribers] = {}
         # when each wanted symbol was (re)subscribed: its staleness clock starts there
         self._wanted_since: dict[str, float | None] = {}
         self._latest: dict[str, Tick] = {}
@@ -47,7 +56,12 @@ class Subscriptions:
 
     # -- sync, callable from any task ---------------------------------------------------
 
-    def subscribe(self, symbol: str, sender=None):
+    @overload
+    def subscribe(self, symbol: str) -> trio.MemoryReceiveChannel[Tick]: ...
+    @overload
+    def subscribe(self, symbol: str, sender: Sink) -> Sink: ...
+
+    def subscribe(self, symbol: str, sender: TickSink | None = None) -> Hashable:
         """Start receiving ticks of ``symbol`` (unified, e.g. "BTC/USDT:USDT").
 
         Returns the receive side of a size-1 latest-tick channel. Or pass your own
@@ -57,6 +71,7 @@ class Subscriptions:
         linear symbol.
         """
         exchange_symbol_id(symbol)  # validates
+        receiver: Hashable
         if sender is None:
             sender, receiver = open_tick_channel()
         else:
@@ -73,7 +88,7 @@ class Subscriptions:
             sender.send_latest(latest)
         return receiver
 
-    def unsubscribe(self, symbol: str, receiver: trio.MemoryReceiveChannel) -> None:
+    def unsubscribe(self, symbol: str, receiver: Hashable) -> None:
         """Stop delivering to ``receiver`` (its channel is closed: the reader sees
         EndOfChannel after any unread tick). The last subscriber leaving unsubscribes the
         symbol on the exchange. Unknown symbol/receiver: no-op."""
@@ -129,8 +144,8 @@ class Subscriptions:
 
     # -- fan-out ------------------------------------------------------------------------
 
-    def _fan_out(self, symbol: str, subs: dict, tick: Tick) -> None:
-        dead = None
+    def _fan_out(self, symbol: str, subs: Subscribers, tick: Tick) -> None:
+        dead: list[Hashable] | None = None
         for receiver, sender in subs.items():
             if not sender.send_latest(tick):
                 if dead is None:
@@ -158,7 +173,7 @@ class Subscriptions:
             # A new connection tries again.
             self.stats.refused_symbols.add(wanted[0])
 
-    async def _sync_subscriptions(self, ws) -> None:
+    async def _sync_subscriptions(self, ws: WebSocketConnection) -> None:
         """Bring the connection's subscriptions in line with what is wanted, forever."""
         proto = self.protocol
         interval = proto.min_control_interval

@@ -18,12 +18,13 @@ from __future__ import annotations
 import trio
 
 from feeds.failures import describe_failure
+from feeds.state import FeedState, RestQuote
 from feeds.tick import Tick
 
 __all__ = ["Suspects"]
 
 
-class Suspects:
+class Suspects(FeedState):
     """The suspect-quote handling of :class:`feeds.feed.Feed`. See the module docstring."""
 
     def _init_suspects(self) -> None:
@@ -42,24 +43,40 @@ class Suspects:
     def _on_suspect(self, tick: Tick) -> None:
         self._sync_guard_stats()
         symbol = tick.symbol
+        assert self.guard.threshold is not None  # only a guard that is on holds ticks
         ok, suppressed = self._limiter.allow("suspect")
         if ok:
             more = f" ({suppressed} more since the last report)" if suppressed else ""
             self.log.warning(
                 "%s: suspect quote for %s held (bid %s ask %s last %s; last accepted price %s, more than %s%% "
-                "away); waiting for a second source%s", self.exchange, tick.symbol, tick.bid, tick.ask, tick.last,
-                self.guard.anchor(tick.symbol), self.guard.threshold * 100, more)
+                "away); waiting for a second source%s",
+                self.exchange,
+                tick.symbol,
+                tick.bid,
+                tick.ask,
+                tick.last,
+                self.guard.anchor(tick.symbol),
+                self.guard.threshold * 100,
+                more,
+            )
         if self.rest_quote is not None and self._nursery is not None and symbol not in self._checkers:
             scope = trio.CancelScope()
             self._checkers[symbol] = scope
-            self._nursery.start_soon(self._check_suspect, symbol, scope)
+            self._nursery.start_soon(self._check_suspect, symbol, self.rest_quote, scope)
 
     def _on_confirmed(self, tick: Tick, source: str) -> None:
         self._sync_guard_stats()
-        self.log.info("%s: suspect quote for %s confirmed by %s (bid %s ask %s last %s)", self.exchange,
-                      tick.symbol, source, tick.bid, tick.ask, tick.last)
+        self.log.info(
+            "%s: suspect quote for %s confirmed by %s (bid %s ask %s last %s)",
+            self.exchange,
+            tick.symbol,
+            source,
+            tick.bid,
+            tick.ask,
+            tick.last,
+        )
 
-    async def _check_suspect(self, symbol: str, scope: trio.CancelScope) -> None:
+    async def _check_suspect(self, symbol: str, rest_quote: RestQuote, scope: trio.CancelScope) -> None:
         """Ask REST about ``symbol`` while it has a held tick (at most every rest_poll_interval)."""
         with scope:
             try:
@@ -73,15 +90,20 @@ class Suspects:
                     self.stats.suspect_checks += 1
                     try:
                         with trio.fail_after(self.rest_timeout):
-                            quote = await self.rest_quote(symbol)
+                            quote = await rest_quote(symbol)
                     except Exception as exc:  # REST trouble: the stream may vouch meanwhile
                         self.stats.rest_errors += 1
                         self._rest_failing.add(symbol)
                         ok, suppressed = self._limiter.allow("rest-check:" + symbol)
                         if ok:
                             more = f" ({suppressed} more)" if suppressed else ""
-                            self.log.warning("%s: REST look-up of a suspect quote for %s failed: %s%s",
-                                             self.exchange, symbol, describe_failure(exc), more)
+                            self.log.warning(
+                                "%s: REST look-up of a suspect quote for %s failed: %s%s",
+                                self.exchange,
+                                symbol,
+                                describe_failure(exc),
+                                more,
+                            )
                         continue
                     self._rest_failing.discard(symbol)
                     prices = self._rest_prices(symbol, quote)
@@ -97,8 +119,13 @@ class Suspects:
                         ok, suppressed = self._limiter.allow("suspect-dropped")
                         if ok:
                             more = f" ({suppressed} more since the last report)" if suppressed else ""
-                            self.log.warning("%s: suspect quote for %s dropped: REST says bid %s ask %s last %s%s",
-                                             self.exchange, symbol, *prices, more)
+                            self.log.warning(
+                                "%s: suspect quote for %s dropped: REST says bid %s ask %s last %s%s",
+                                self.exchange,
+                                symbol,
+                                *prices,
+                                more,
+                            )
             finally:
                 if self._checkers.get(symbol) is scope:
                     del self._checkers[symbol]

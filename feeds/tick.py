@@ -9,9 +9,10 @@ never queues more than one tick.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from datetime import datetime
 from decimal import Decimal
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -31,12 +32,26 @@ class Tick(NamedTuple):
     source: str = "ws"  # "ws" or "rest" (stale fallback)
 
 
+class TickSink(Hashable, Protocol):
+    """Where a feed sends one subscriber's ticks: a :class:`LatestTickSender`, or
+    anything else that keeps only the newest tick (an actor's mailbox). Hashable: a
+    sender passed to :meth:`feeds.feed.Feed.subscribe` is its own unsubscribe handle."""
+
+    def send_latest(self, tick: Tick, /) -> bool:
+        """Deliver ``tick`` without blocking; False if the receiver is gone."""
+        ...
+
+    def close(self) -> None:
+        """No more ticks: the receiver sees the end after any unread one."""
+        ...
+
+
 class LatestTickSender:
     """Send side of a tick channel: keeps at most one unread tick, the newest."""
 
     __slots__ = ("_send", "_drain", "replaced")
 
-    def __init__(self, send: trio.MemorySendChannel, drain: trio.MemoryReceiveChannel):
+    def __init__(self, send: trio.MemorySendChannel[Tick], drain: trio.MemoryReceiveChannel[Tick]):
         self._send = send
         self._drain = drain
         self.replaced = 0  # ticks overwritten before the actor read them
@@ -65,6 +80,6 @@ class LatestTickSender:
         self._drain.close()
 
 
-def open_tick_channel() -> tuple[LatestTickSender, trio.MemoryReceiveChannel]:
-    send, receive = trio.open_memory_channel(1)
+def open_tick_channel() -> tuple[LatestTickSender, trio.MemoryReceiveChannel[Tick]]:
+    send, receive = trio.open_memory_channel[Tick](1)
     return LatestTickSender(send, receive.clone()), receive

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import trio
@@ -27,8 +27,18 @@ log = logging.getLogger("storage")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["Database", "EmbeddedPostgres", "EmbeddedPostgresError", "ADVICE", "StorageError", "StorageUnavailable",
-           "StorageWriter", "WriteRejected", "open_database", "default_data_dir"]
+__all__ = [
+    "Database",
+    "EmbeddedPostgres",
+    "EmbeddedPostgresError",
+    "ADVICE",
+    "StorageError",
+    "StorageUnavailable",
+    "StorageWriter",
+    "WriteRejected",
+    "open_database",
+    "default_data_dir",
+]
 
 
 def default_data_dir() -> Path:
@@ -52,9 +62,15 @@ async def _ensure_database(url: str, name: str) -> None:
 
 
 @asynccontextmanager
-async def open_database(url: str | None = None, *, data_dir: Path | None = None, migrate: bool = True,
-                        max_size: int = 8, database: str | None = None,
-                        fresh_schema: bool = False) -> AsyncIterator[Database]:
+async def open_database(
+    url: str | None = None,
+    *,
+    data_dir: Path | None = None,
+    migrate: bool = True,
+    max_size: int = 8,
+    database: str | None = None,
+    fresh_schema: bool = False,
+) -> AsyncIterator[Database]:
     """Connect to ``url``, else ``$DATABASE_URL``, else an embedded server in ``data_dir``.
 
     Must be entered inside ``service.asyncio_bridge.open_asyncio_loop()``. Applies migrations unless

@@ -35,8 +35,8 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 from urllib.parse import quote
 
 log = logging.getLogger("storage.embedded")
@@ -47,7 +47,7 @@ ADVICE = (
     "Set DATABASE_URL to a PostgreSQL server you can use, e.g. "
     "DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres"
 )
-OR_ADVICE = "set" + ADVICE[len("Set"):]  # after "..., or "
+OR_ADVICE = "set" + ADVICE[len("Set") :]  # after "..., or "
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -134,7 +134,8 @@ class EmbeddedPostgres:
         except KeyError:
             raise EmbeddedPostgresError(
                 "PostgreSQL refuses to run as root and there is no 'postgres' system user to run it as. "
-                + ADVICE + ", or run as a normal user."
+                + ADVICE
+                + ", or run as a normal user."
             ) from None
         if not shutil.which("runuser"):
             raise EmbeddedPostgresError("running as root needs 'runuser' to start PostgreSQL as 'postgres'. " + ADVICE)
@@ -189,7 +190,8 @@ class EmbeddedPostgres:
         raise EmbeddedPostgresError(
             f"no PostgreSQL server binaries usable by {who} were found"
             + (f" for the existing data directory (version {wanted}) at {self.pgdata}" if wanted else "")
-            + ". " + ADVICE
+            + ". "
+            + ADVICE
         )
 
     # --- the temp folder (as root, when the project is out of the server user's reach) ---
@@ -201,6 +203,8 @@ class EmbeddedPostgres:
         if it is a real directory owned by the server user or root and not writable by
         others; it is never chmod-ed or chown-ed.
         """
+        if self._run_as is None:
+            raise RuntimeError("the temp folder is only for a server that runs as another user")
         home = fallback_dir(self.root)
         pw = pwd.getpwnam(self._run_as)
         if len(str(home / "pgdata" / _SOCKET_NAME)) > _SOCKET_PATH_LIMIT:
@@ -222,12 +226,12 @@ class EmbeddedPostgres:
                 raise EmbeddedPostgresError(
                     f"{home} exists and belongs to {owner}, not to '{self._run_as}' or root, so it was not created "
                     "by this program and is left alone. Remove it, or " + OR_ADVICE
-                )
+                ) from None
             if st.st_mode & 0o022:
                 raise EmbeddedPostgresError(
                     f"{home} exists and is writable by other users, so it was not created by this program and is "
                     "left alone. Remove it, or " + OR_ADVICE
-                )
+                ) from None
         else:
             fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             try:  # the directory created just now, by us
@@ -281,8 +285,13 @@ class EmbeddedPostgres:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        log.info("copied the PostgreSQL binaries of %s (%d MiB) to %s, where the '%s' user can run them",
-                 pginstall, size // 2**20, copied, self._run_as)
+        log.info(
+            "copied the PostgreSQL binaries of %s (%d MiB) to %s, where the '%s' user can run them",
+            pginstall,
+            size // 2**20,
+            copied,
+            self._run_as,
+        )
         return copied
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -306,9 +315,13 @@ class EmbeddedPostgres:
             # the temp folder. initdb, running as that user, creates pgdata inside it.
             home = self._fallback_home()
             self.pgdata = home / "pgdata"
-            log.info("the '%s' system user cannot reach %s (a parent directory is not searchable by other "
-                     "users); the embedded PostgreSQL keeps its data in %s instead", self._run_as, self.root,
-                     self.pgdata)
+            log.info(
+                "the '%s' system user cannot reach %s (a parent directory is not searchable by other "
+                "users); the embedded PostgreSQL keeps its data in %s instead",
+                self._run_as,
+                self.root,
+                self.pgdata,
+            )
             return
         self.pgdata = self.root / "pgdata"
         if not self.pgdata.exists():
@@ -326,8 +339,18 @@ class EmbeddedPostgres:
     def _initdb(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():
             return
-        out = self._run(str(self._bindir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8", "--no-instructions")
+        assert self._bindir is not None  # picked before the data directory is prepared
+        out = self._run(
+            str(self._bindir / "initdb"),
+            "-D",
+            str(self.pgdata),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        )
         if out.returncode != 0:
             raise EmbeddedPostgresError(f"initdb failed: {out.stderr.strip()[-500:]}. " + ADVICE)
 
@@ -356,8 +379,19 @@ class EmbeddedPostgres:
             return self.url()
         options = f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' -c fsync=on"
         began = time.monotonic()
-        out = self._run(str(self._bindir / "pg_ctl"), "start", "-w", "-t", "30", "-D", str(self.pgdata),
-                        "-l", str(self.pgdata / "server.log"), "-o", options)
+        out = self._run(
+            str(self._bindir / "pg_ctl"),
+            "start",
+            "-w",
+            "-t",
+            "30",
+            "-D",
+            str(self.pgdata),
+            "-l",
+            str(self.pgdata / "server.log"),
+            "-o",
+            options,
+        )
         if out.returncode != 0:
             tail = ""
             try:
@@ -366,8 +400,13 @@ class EmbeddedPostgres:
                 pass
             raise EmbeddedPostgresError(f"PostgreSQL did not start: {out.stderr.strip()} {tail}. " + ADVICE)
         self._started_here = True
-        log.info("embedded PostgreSQL started at %s in %.2fs (binaries %s%s)", self.pgdata,
-                 time.monotonic() - began, self._bindir, f", as user {self._run_as}" if self._run_as else "")
+        log.info(
+            "embedded PostgreSQL started at %s in %.2fs (binaries %s%s)",
+            self.pgdata,
+            time.monotonic() - began,
+            self._bindir,
+            f", as user {self._run_as}" if self._run_as else "",
+        )
         return self.url()
 
     def stop(self) -> None:

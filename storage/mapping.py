@@ -8,7 +8,8 @@ else knows which column holds what.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from actors.policy import PolicyConfig
 from actors.position import PERSIST_FIELDS, Persist, PositionState, Settings
@@ -50,8 +51,9 @@ def aged_columns(changes: Persist) -> dict[str, Any]:
     return {AGED_COLUMN[name]: value for name, value in changes.fields.items()}
 
 
-def position_state(row: Mapping[str, Any], config: PolicyConfig, settings: Settings, *,
-                   inflight_orders: bool) -> PositionState:
+def position_state(
+    row: Mapping[str, Any], config: PolicyConfig, settings: Settings, *, inflight_orders: bool
+) -> PositionState:
     """An actor's state from its aged row; ``inflight_orders``: a close order of it is not final.
 
     A close in flight (such an order, or a close triggered and not recorded closed)
@@ -59,11 +61,21 @@ def position_state(row: Mapping[str, Any], config: PolicyConfig, settings: Setti
     """
     status = Status(row["status"])
     return PositionState(
-        aged_id=row["id"], position_id=row["position_id"], exchange=row["exchange"], symbol=row["symbol"],
-        side=row["side"], entry_price=row["entry_price"], quantity=row["quantity"],
-        opened_at=row["position_opened_at"], config=config, settings=settings, status=status,
-        closed_qty=row["closed_qty"], close_attempts=row["close_attempts"],
-        close_triggered_at=row["close_triggered_at"], last_sample_at=row["last_price_check"],
+        aged_id=row["id"],
+        position_id=row["position_id"],
+        exchange=row["exchange"],
+        symbol=row["symbol"],
+        side=row["side"],
+        entry_price=row["entry_price"],
+        quantity=row["quantity"],
+        opened_at=row["position_opened_at"],
+        config=config,
+        settings=settings,
+        status=status,
+        closed_qty=row["closed_qty"],
+        close_attempts=row["close_attempts"],
+        close_triggered_at=row["close_triggered_at"],
+        last_sample_at=row["last_price_check"],
         last_price=row["last_checked_price"],
         needs_reconcile=inflight_orders or (row["close_triggered_at"] is not None and status != Status.CLOSED),
     )

@@ -69,8 +69,10 @@ async def apply_migrations(conn) -> list[int]:
             );
             """
         )
-        done = {r["version"]: r["checksum"] for r in await conn.fetch(
-            "SELECT version, checksum FROM monitoring.schema_migrations")}
+        done = {
+            r["version"]: r["checksum"]
+            for r in await conn.fetch("SELECT version, checksum FROM monitoring.schema_migrations")
+        }
         for mig in available_migrations():
             if mig.version in done:
                 if done[mig.version] != mig.checksum and done[mig.version] not in _SUPERSEDED.get(mig.version, ()):
@@ -83,7 +85,9 @@ async def apply_migrations(conn) -> list[int]:
                 await conn.execute(mig.sql)
                 await conn.execute(
                     "INSERT INTO monitoring.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    mig.version, mig.name, mig.checksum,
+                    mig.version,
+                    mig.name,
+                    mig.checksum,
                 )
             applied_now.append(mig.version)
     finally:

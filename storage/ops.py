@@ -6,10 +6,11 @@ batches, and can hold them in a bounded buffer while the database is away.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ class UpdateAged:
     """Apply a position actor's :class:`~actors.position.Persist` to its aged position."""
 
     aged_id: UUID
-    changes: "Persist"
+    changes: Persist
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +39,18 @@ class AddEvent:
     at: datetime | None = None
 
     def as_row(self) -> tuple:
-        return (self.aged_id, self.event_type, self.market_price, self.target_price,
-                self.price_distance_percent, self.action_taken, self.success, self.error_message,
-                None if self.metadata is None else dict(self.metadata), self.at)
+        return (
+            self.aged_id,
+            self.event_type,
+            self.market_price,
+            self.target_price,
+            self.price_distance_percent,
+            self.action_taken,
+            self.success,
+            self.error_message,
+            None if self.metadata is None else dict(self.metadata),
+            self.at,
+        )
 
 
 @dataclass(frozen=True, slots=True)

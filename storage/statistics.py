@@ -3,7 +3,7 @@ one trio→asyncio crossing."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from storage.repository import Database
 
 
-async def statistics(db: "Database", days: float = 7, now: datetime | None = None) -> dict:
+async def statistics(db: Database, days: float = 7, now: datetime | None = None) -> dict:
     """Counts, success rate, averages at close, by close reason, retries, close latency.
 
     *Historical* figures cover aged positions detected in the last ``days`` days.
@@ -21,14 +21,16 @@ async def statistics(db: "Database", days: float = 7, now: datetime | None = Non
     did close: closed (by the service, i.e. not ``manual``) divided by closed plus
     those currently in ``error``. ``None`` when there is nothing to rate.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     since = now - timedelta(days=days)
 
     async def job(conn):
         current = await conn.fetch(
             "SELECT status, count(*) AS n, max(EXTRACT(EPOCH FROM ($1 - position_opened_at))/3600) AS oldest "
             "FROM monitoring.aged_positions WHERE status = ANY($2::text[]) GROUP BY status",
-            now, [str(s) for s in (*MONITORED, Status.SKIPPED)])
+            now,
+            [str(s) for s in (*MONITORED, Status.SKIPPED)],
+        )
         totals = await conn.fetchrow(
             """SELECT count(*) AS total,
                       count(*) FILTER (WHERE status='closed') AS closed,
@@ -47,16 +49,22 @@ async def statistics(db: "Database", days: float = 7, now: datetime | None = Non
                       percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM (closed_at - close_triggered_at)))
                           FILTER (WHERE status='closed' AND close_triggered_at IS NOT NULL)
                           AS p95_close_seconds
-               FROM monitoring.aged_positions WHERE detected_at >= $1""", since)
+               FROM monitoring.aged_positions WHERE detected_at >= $1""",
+            since,
+        )
         by_reason = await conn.fetch(
             """SELECT close_reason, count(*) AS n, avg(actual_pnl_percent) AS avg_pnl_percent,
                       avg(EXTRACT(EPOCH FROM (closed_at - position_opened_at))/3600) AS avg_age_hours
                FROM monitoring.aged_positions
-               WHERE status='closed' AND detected_at >= $1 GROUP BY close_reason ORDER BY close_reason""", since)
+               WHERE status='closed' AND detected_at >= $1 GROUP BY close_reason ORDER BY close_reason""",
+            since,
+        )
         retries = await conn.fetchrow(
             """SELECT count(*) AS orders, count(*) FILTER (WHERE o.attempt > 1) AS retries
                FROM monitoring.close_orders o JOIN monitoring.aged_positions a ON a.id = o.aged_position_id
-               WHERE a.detected_at >= $1""", since)
+               WHERE a.detected_at >= $1""",
+            since,
+        )
         return current, totals, by_reason, retries
 
     current, totals, by_reason, retries = await db._call(job)
@@ -76,8 +84,11 @@ async def statistics(db: "Database", days: float = 7, now: datetime | None = Non
             "avg_pnl_percent": totals["avg_pnl_percent"],
             "total_pnl": totals["total_pnl"],
             "by_close_reason": {
-                r["close_reason"]: {"count": r["n"], "avg_pnl_percent": r["avg_pnl_percent"],
-                                    "avg_age_hours": r["avg_age_hours"]}
+                r["close_reason"]: {
+                    "count": r["n"],
+                    "avg_pnl_percent": r["avg_pnl_percent"],
+                    "avg_age_hours": r["avg_age_hours"],
+                }
                 for r in by_reason
             },
         },

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import trio
 
@@ -69,7 +69,7 @@ class WriterHold:
 
     __slots__ = ("_writer", "deadline")
 
-    def __init__(self, writer: "StorageWriter", deadline: float):
+    def __init__(self, writer: StorageWriter, deadline: float):
         self._writer = writer
         self.deadline = deadline
 

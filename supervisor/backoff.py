@@ -82,14 +82,27 @@ class Backoff:
             raise ValueError("jitter must be between 0 and 1")
 
     @classmethod
-    def exponential(cls, initial: float, *, factor: float = 2.0, max: float | None = None, jitter: float = 0.0,
-                    uniform: Callable[[float, float], float] = random.uniform) -> Backoff:
+    def exponential(
+        cls,
+        initial: float,
+        *,
+        factor: float = 2.0,
+        max: float | None = None,
+        jitter: float = 0.0,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> Backoff:
         """``initial``, then ``factor`` times longer each retry, up to ``max``."""
         return cls(initial=initial, factor=factor, max=max, jitter=jitter, uniform=uniform)
 
     @classmethod
-    def listed(cls, delays: Sequence[float], *, max: float | None = None, jitter: float = 0.0,
-               uniform: Callable[[float, float], float] = random.uniform) -> Backoff:
+    def listed(
+        cls,
+        delays: Sequence[float],
+        *,
+        max: float | None = None,
+        jitter: float = 0.0,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> Backoff:
         """The given delays in order, then the last one for every further retry."""
         if not delays:
             raise ValueError("a listed backoff needs at least one delay")
@@ -137,9 +150,14 @@ def retry_after_of(error: BaseException) -> float | None:
     return float(value) if value is not None and value > 0 else None
 
 
-async def retry(attempt: Callable[[], Awaitable[T]], *, backoff: Backoff, retries: int | None,
-                on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-                before_sleep: Callable[[Retrying], None] | None = None) -> T:
+async def retry(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    backoff: Backoff,
+    retries: int | None,
+    on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    before_sleep: Callable[[Retrying], None] | None = None,
+) -> T:
     """Await ``attempt()`` until it returns, retrying the errors named by ``on``.
 
     After a failure with one of the ``on`` errors, waits ``backoff.delay(n,
@@ -149,6 +167,7 @@ async def retry(attempt: Callable[[], Awaitable[T]], *, backoff: Backoff, retrie
     :exc:`trio.Cancelled` whatever ``on`` says, propagates at once. ``before_sleep`` is called before each wait, for
     logging and counting.
     """
+
     def worth_retrying(error: BaseException) -> bool:
         return isinstance(error, on) and not isinstance(error, trio.Cancelled)
 
@@ -158,8 +177,9 @@ async def retry(attempt: Callable[[], Awaitable[T]], *, backoff: Backoff, retrie
         return backoff.delay(state.attempt_number, retry_after_of(error) if error is not None else None)
 
     def report(state: tenacity.RetryCallState) -> None:
-        if before_sleep is not None and state.outcome is not None:
-            before_sleep(Retrying(state.attempt_number, state.outcome.exception(), state.upcoming_sleep))
+        error = state.outcome.exception() if state.outcome is not None else None
+        if before_sleep is not None and error is not None:  # (only failures are retried)
+            before_sleep(Retrying(state.attempt_number, error, state.upcoming_sleep))
 
     looping = tenacity.AsyncRetrying(
         sleep=trio.sleep,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -127,6 +128,7 @@ class Supervisor:
         self._children: dict[str, _Child] = {}
         self._restart_times: deque[float] = deque()
         self._nursery: trio.Nursery | None = None
+        self._started = trio.Event()  # set while start_child can be used; a new one after each run
         self._scope: trio.CancelScope | None = None
         self._escalation: SupervisorEscalation | None = None
         self._shutdown_requested = False
@@ -159,6 +161,7 @@ class Supervisor:
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    self._started.set()
                     try:
                         for spec in self._specs:
                             # A child that crashed at once may have made us give up already.
@@ -169,6 +172,7 @@ class Supervisor:
                         await trio.sleep_forever()
                     finally:
                         self._nursery = None  # no new children while the others stop
+                        self._started = trio.Event()
         finally:
             self._scope = None
             if self._escalation is not None:
@@ -195,6 +199,11 @@ class Supervisor:
     def running(self) -> bool:
         """Whether :meth:`start_child` can be used now."""
         return self._nursery is not None
+
+    async def wait_running(self) -> None:
+        """Return once :meth:`start_child` can be used (at once if it can now)."""
+        while not self.running:
+            await self._started.wait()
 
     async def start_child(self, spec: ChildSpec) -> None:
         """Start a dynamic child and return once it is running.
@@ -256,9 +265,7 @@ class Supervisor:
         """
         if self._scope is None or self._escalation is not None:
             return False
-        return not any(
-            child.spec.critical and child.state == "crashed" for child in self._children.values()
-        )
+        return not any(child.spec.critical and child.state == "crashed" for child in self._children.values())
 
     async def _spawn(self, spec: ChildSpec, *, static: bool) -> None:
         assert self._nursery is not None
@@ -266,9 +273,7 @@ class Supervisor:
         self._children[spec.id] = child
         await self._nursery.start(self._supervise, child)
 
-    async def _supervise(
-        self, child: _Child, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _supervise(self, child: _Child, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         first_run = _StartedOnce(task_status)
         try:
             with child.scope:
@@ -278,14 +283,14 @@ class Supervisor:
         finally:
             self._ended(child)
 
-    async def _keep_running(self, child: _Child, first_run: "_StartedOnce") -> None:
+    async def _keep_running(self, child: _Child, first_run: _StartedOnce) -> None:
         """Run the child, and again after each end its policy restarts, until it ends for good."""
         spec = child.spec
         status: _StartedOnce | None = first_run
         while True:
             child.state = "running"
             started_at = trio.current_time()
-            fields: dict[str, object] = {"child": spec.id, "kind": spec.kind}
+            fields: dict[str, Any] = {"child": spec.id, "kind": spec.kind}
             if child.restarts:
                 fields["restart"] = child.restarts
             self._log(logging.INFO, "child_started", **fields)
@@ -322,7 +327,7 @@ class Supervisor:
             child.state = "restarting"
             await trio.sleep(delay)
 
-    async def _run_once(self, child: _Child, status: "_StartedOnce | None") -> Exception | None:
+    async def _run_once(self, child: _Child, status: _StartedOnce | None) -> Exception | None:
         """Run the child's start function once; return what it crashed with, or None."""
         child.exit_error = None
         try:
@@ -339,9 +344,7 @@ class Supervisor:
             child.exit_error = group
         return child.exit_error
 
-    def _schedule_restart(
-        self, child: _Child, error: BaseException | None, *, ran_for: float
-    ) -> float | None:
+    def _schedule_restart(self, child: _Child, error: BaseException | None, *, ran_for: float) -> float | None:
         """Count a restart of ``child``; return its backoff delay, or None if we escalated."""
         now = trio.current_time()
         while self._restart_times and now - self._restart_times[0] >= self._period:
@@ -392,7 +395,7 @@ class Supervisor:
         """Record that the child's task is over; it runs however the task ended."""
         if child.state in _LIVE:
             child.state = "stopped"
-            fields: dict[str, object] = {
+            fields: dict[str, Any] = {
                 "child": child.spec.id,
                 "reason": "stop" if child.stop_requested else "shutdown",
             }
@@ -404,15 +407,11 @@ class Supervisor:
         if forget and self._children.get(child.spec.id) is child:
             del self._children[child.spec.id]
 
-    def _log(
-        self, level: int, event: str, *, exc_info: BaseException | None = None, **fields: object
-    ) -> None:
+    def _log(self, level: int, event: str, *, exc_info: BaseException | None = None, **fields: object) -> None:
         if not self.logger.isEnabledFor(level):
             return
         pairs = "".join(f" {key}={value}" for key, value in fields.items())
-        self.logger.log(
-            level, "supervisor=%s event=%s%s", self.name, event, pairs, exc_info=exc_info
-        )
+        self.logger.log(level, "supervisor=%s event=%s%s", self.name, event, pairs, exc_info=exc_info)
 
 
 class _StartedOnce:
@@ -436,4 +435,3 @@ def _restarts(policy: Restart, error: BaseException | None) -> bool:
     if policy is Restart.TRANSIENT:
         return error is not None
     return False
-

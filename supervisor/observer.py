@@ -66,7 +66,7 @@ NO_OBSERVER = Observer()
 
 
 def _fan_out(name: str):
-    def call(self: "ObserverSet", *args: Any) -> None:
+    def call(self: ObserverSet, *args: Any) -> None:
         for watcher in self._watchers:
             try:
                 getattr(watcher, name)(*args)

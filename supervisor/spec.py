@@ -55,7 +55,7 @@ class ChildSpec:
     """
 
     id: str
-    start: Callable[[], Awaitable[None]]
+    start: Callable[..., Awaitable[None]]  # takes task_status= when reports_started
     restart: Restart = Restart.PERMANENT
     kind: str = "worker"
     critical: bool = True
@@ -126,10 +126,7 @@ class SupervisorEscalation(Exception):
         self.error = error
         self.restarts = restarts
         self.period = period
-        super().__init__(
-            f"restart intensity exceeded in supervisor {supervisor} "
-            f"(child {child_id}: {describe(error)})"
-        )
+        super().__init__(f"restart intensity exceeded in supervisor {supervisor} (child {child_id}: {describe(error)})")
 
 
 def describe(error: BaseException | None) -> str:
