@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -92,7 +92,7 @@ class StorageWriter:
     any async callable with the same contract.
     """
 
-    def __init__(self, write_batch: Callable[[Sequence[op.WriteOp]], object], *,
+    def __init__(self, write_batch: Callable[[Sequence[op.WriteOp]], Awaitable[object]], *,
                  config: WriterConfig = WriterConfig(), observer: Observer = NO_OBSERVER):
         self._write_batch = write_batch
         self._buffer: deque[op.WriteOp] = deque()
