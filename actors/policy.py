@@ -16,10 +16,11 @@ All money is :class:`~decimal.Decimal`. If you have a float, you have a bug.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation, localcontext
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "Schedule",
@@ -112,7 +113,7 @@ class PolicyConfig:
             raise ConfigError("commission_percent", f"must be below 50, got {self.commission_percent}")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "PolicyConfig":
+    def from_mapping(cls, values: Mapping[str, Any]) -> PolicyConfig:
         """Build from a config file's table; an unknown key is a :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
         for key in values:
@@ -216,7 +217,7 @@ class Schedule:
     breakeven: Decimal
 
     @classmethod
-    def of(cls, side: str, entry_price: Decimal, opened_at: datetime, config: PolicyConfig) -> "Schedule":
+    def of(cls, side: str, entry_price: Decimal, opened_at: datetime, config: PolicyConfig) -> Schedule:
         long = normalize_side(side) == "long"
         if not isinstance(entry_price, Decimal) or not entry_price.is_finite() or entry_price <= 0:
             raise ValueError(f"entry_price must be a positive Decimal, got {entry_price!r}")
