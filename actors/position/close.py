@@ -111,6 +111,13 @@ def finish(s: PositionState, now: datetime, reason: CloseReason, out: list, *, f
 
 
 def on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionState:
+    """Read the executor's answer to our close.
+
+    Fills are cumulative, so a result read twice counts once. Flat with a fill of ours:
+    closed by policy (the reason judged at the trigger). Dust: stop. Gone, or the episode
+    ended meanwhile: closed as manual. Otherwise the rest stays open: after a failure in
+    ``error`` for a cool-down. An update that waited for the result is applied last.
+    """
     attempts = max(s.close_attempts, e.attempts)
     original = s.closed_qty + s.quantity
     total = min(max(s.closed_qty, e.filled_qty), original)

@@ -21,6 +21,8 @@ from actors.statuses import ACTIVE, Status
 
 
 def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
+    """A price: catch up with a phase boundary, leave ``error`` after its cool-down,
+    sample the distance to target now and then, and close once the price reaches it."""
     # The hot path: most ticks change nothing and return the same state object.
     if s.status not in ACTIVE and s.status != Status.ERROR:
         return s  # skipped: a trailing stop manages it
@@ -50,6 +52,8 @@ def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
 
 
 def _on_timer(s: PositionState, e: Timer, out: list) -> PositionState:
+    """A timer: leave ``error``, follow the phase, and judge the quote the timer carries
+    against a target that moved (or, for an emergency close, the last sampled price)."""
     if s.status == Status.ERROR and s.error_until is not None and e.now >= s.error_until:
         s = leave_error(s, e.now, out)
     s, a = sync_phase(s, e.now, out)
@@ -66,6 +70,7 @@ def _on_timer(s: PositionState, e: Timer, out: list) -> PositionState:
 
 
 def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionState:
+    """The position is gone: closed by someone else (manual), unless our close is in flight."""
     if s.status == Status.CLOSED:
         return s
     if s.close_in_flight:
@@ -78,6 +83,8 @@ def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionSt
 
 
 def _on_start(s: PositionState, e: Start, out: list) -> PositionState:
+    """The actor (re)starts: a finished position only stops; a close that may have been in
+    flight is reconciled first; an ``error`` without a cool-down end gets a fresh one."""
     if s.status in (Status.CLOSED, Status.DUST):
         out.append(Stop())
         return s

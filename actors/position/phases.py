@@ -20,10 +20,12 @@ from actors.statuses import ACTIVE
 
 
 def assess_state(s: PositionState, now: datetime) -> Assessment:
+    """Where ``s`` stands in the policy at ``now``: phase, target, allowance (from its schedule)."""
     return s.schedule.assess(now)
 
 
 def hours_fields(s: PositionState, a: Assessment) -> dict[str, Any]:
+    """The row's hour counters at ``a``: hours aged, hours spent in grace, hours in progressive."""
     over = max(Decimal(0), a.hours_over)
     grace = min(over, s.config.grace_period_hours)
     return {"hours_aged": a.age_hours, "hours_in_grace": grace,
@@ -31,6 +33,11 @@ def hours_fields(s: PositionState, a: Assessment) -> dict[str, Any]:
 
 
 def transition(s: PositionState, new_status: str, out: list, **fields) -> PositionState:
+    """Move to ``new_status`` and persist it together with ``fields``.
+
+    Every status change goes through here: one that :data:`LEGAL` does not list is a bug,
+    and raises. Staying in the same status persists only ``fields`` (if any).
+    """
     if new_status == s.status:
         if fields:
             out.append(Persist(**fields))
@@ -42,6 +49,7 @@ def transition(s: PositionState, new_status: str, out: list, **fields) -> Positi
 
 
 def phase_boundaries(s: PositionState) -> tuple[datetime, datetime]:
+    """The instants grace starts and ends; progressive starts where grace ends."""
     start = aged_at(s.opened_at, s.config)
     return start, start + timedelta(microseconds=int(s.config.grace_period_hours * 3_600_000_000))
 
@@ -72,11 +80,13 @@ def sync_phase(s: PositionState, now: datetime, out: list) -> tuple[PositionStat
 
 
 def emergency_due(s: PositionState, a: Assessment) -> bool:
+    """True once the position is old enough for an emergency close (when that is turned on)."""
     limit = s.settings.emergency_close_after_hours
     return limit is not None and a.age_hours >= limit
 
 
 def leave_error(s: PositionState, now: datetime, out: list) -> PositionState:
+    """Back from ``error`` to the status of the current phase, the last error cleared."""
     a = assess_state(s, now)
     s = transition(s, PHASE_STATUS[a.phase], out, last_error=None)
     return replace(s, error_until=None)

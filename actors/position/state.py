@@ -56,6 +56,11 @@ class Settings:
 
 @dataclass(frozen=True)
 class PositionState:
+    """Everything the machine knows about one aged position; :func:`step` returns a new one.
+
+    ``schedule`` is derived from the side, entry price, open time and policy config.
+    """
+
     aged_id: UUID
     position_id: int
     exchange: str

@@ -20,6 +20,7 @@ from actors.statuses import ACTIVE, Status
 
 
 def on_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:
+    """A change on the exchange: applied now, or kept until the close in flight has its result."""
     if s.status == Status.CLOSED:
         return s
     if s.close_in_flight:
@@ -30,6 +31,8 @@ def on_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:
 
 
 def apply_update(s: PositionState, e: PositionUpdate, out: list) -> PositionState:
+    """Take on a new size or entry price (persisted and announced), and follow the
+    trailing stop: ``skipped`` while it is active, back to the phase's status when not."""
     changes: dict[str, Any] = {}
     if e.quantity is not None and e.quantity > 0 and e.quantity != s.quantity:
         changes["quantity"] = e.quantity
