@@ -11,6 +11,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from uuid import uuid4
 
+import pytest
+
 from actors.policy import PolicyConfig, assess, close_reason, realised_pnl
 from actors.position import (
     CloseResult, Emit, Persist, PositionState, RequestClose, ScheduleTimer, Start, Stop, Tick, step,
@@ -334,7 +336,7 @@ def test_a_tick_in_error_during_grace_sets_no_phase_timer():
 # --- position updates -----------------------------------------------------------------------------
 
 from actors.policy import breakeven_price  # noqa: E402
-from actors.position import PositionUpdate, PositionVanished, Timer  # noqa: E402
+from actors.position import PositionUpdate, PositionVanished, QuietBand, Timer, quiet_band  # noqa: E402
 
 
 def test_a_new_entry_price_moves_the_targets_at_once():
@@ -458,3 +460,315 @@ def test_results_clear_the_reconcile_flag():
     assert s3.needs_reconcile is False and s3.quantity == D("0.001")
     s4, _ = step(s, CloseResult(h(12.01), "flat", filled_qty=D(2), avg_price=D(99), attempts=1))
     assert s4.needs_reconcile is False and s4.status == "closed"
+
+
+# --- updates that arrive during a close -----------------------------------------------------------
+
+def test_updates_during_a_close_merge_field_by_field_the_later_one_winning():
+    s, _ = triggered(bid=D("99.6"))
+    s, _ = step(s, PositionUpdate(h(12.001), quantity=D(3), trailing_active=True, entry_price=D(101)))
+    s, cmds = step(s, PositionUpdate(h(12.002), quantity=D(4)))
+    assert cmds == []
+    s, cmds = step(s, CloseResult(h(12.01), "open", attempts=1))
+    assert (s.quantity, s.entry_price, s.status) == (D(4), D(101), "skipped")
+    assert cmds[-1] == Emit("skipped", data={"reason": "trailing stop active"})
+
+
+def test_a_trailing_stop_switched_on_and_off_during_a_close_leaves_the_position_watched():
+    s, _ = triggered(bid=D("99.6"))
+    s, _ = step(s, PositionUpdate(h(12.001), trailing_active=True))
+    s, _ = step(s, PositionUpdate(h(12.002), trailing_active=False))
+    s, cmds = step(s, CloseResult(h(12.01), "open", attempts=1))
+    assert s.status == "progressive_active"
+    assert cmds == [Persist(**{"close_attempts": 1, "quantity": D(2), "closed_qty": D(0)})]
+
+
+# --- timers re-evaluate the quote they carry -------------------------------------------------------
+
+def timer_close(side, at, price, bid=None, ask=None):
+    """The commands of a timer at ``at`` whose quote reaches the target (progressive, no phase change)."""
+    a = assess(side, D(100), T0, at, CFG)
+    return [
+        Persist(**{"close_triggered_at": at, "target_price": a.target_price,
+                 "loss_tolerance_percent": a.loss_tolerance_percent, "sampled_price": price, "sampled_at": at}),
+        Emit("aged.close.triggered", market_price=price, target_price=a.target_price,
+             data={"phase": "progressive", "loss_tolerance_percent": str(a.loss_tolerance_percent),
+                   "bid": None if bid is None else str(bid), "ask": None if ask is None else str(ask),
+                   "emergency": False}),
+        RequestClose(D(2), 1, emergency=False, worst_price=a.target_price),
+    ]
+
+
+def test_a_timer_closes_a_long_on_its_bid():
+    at = h(12.5)
+    bid = assess("long", D(100), T0, at, CFG).target_price
+    s, cmds = step(progressive(), Timer(at, "target", bid=bid, ask=bid + 1))
+    assert cmds == timer_close("long", at, bid, bid=bid, ask=bid + 1)
+    assert s.close_in_flight and s.close_triggered_at == at and s.last_price == bid
+
+
+def test_a_timer_closes_a_short_on_its_ask():
+    at = h(12.5)
+    ask = assess("short", D(100), T0, at, CFG).target_price
+    s, cmds = step(progressive("short"), Timer(at, "target", bid=ask - 1, ask=ask))
+    assert cmds == timer_close("short", at, ask, bid=ask - 1, ask=ask)
+    assert s.last_price == ask
+
+
+def test_a_timer_closes_on_the_last_price_when_the_book_side_is_unknown():
+    at = h(12.5)
+    last = assess("long", D(100), T0, at, CFG).target_price
+    s, cmds = step(progressive(), Timer(at, "target", last=last))
+    assert cmds == timer_close("long", at, last)
+    last = assess("short", D(100), T0, at, CFG).target_price
+    s, cmds = step(progressive("short"), Timer(at, "target", last=last))
+    assert cmds == timer_close("short", at, last)
+
+
+def test_a_phase_timer_moves_grace_to_progressive_and_closes_at_the_new_target():
+    s, _ = step(new_state(), Start(h(10)))
+    at = h(11) + timedelta(microseconds=1)
+    a = assess("long", D(100), T0, at, CFG)
+    s, cmds = step(s, Timer(at, "phase", bid=a.target_price))
+    assert cmds[:2] == [
+        Persist(**{"status": "progressive_active", "target_price": a.target_price,
+                 "loss_tolerance_percent": a.loss_tolerance_percent,
+                 "hours_aged": a.age_hours, "hours_in_grace": D(8),
+                 "hours_in_progressive": a.hours_over - 8,
+                 "grace_started_at": h(3), "progressive_started_at": h(11)}),
+        Emit("aged.phase.changed", target_price=a.target_price,
+             data={"from": "grace_active", "to": "progressive_active", "phase": "progressive",
+                   "loss_tolerance_percent": str(a.loss_tolerance_percent)}),
+    ]
+    assert cmds[-1] == RequestClose(D(2), 1, emergency=False, worst_price=a.target_price)
+
+
+def test_an_emergency_timer_records_when_it_triggered():
+    from actors.position import Settings
+    s, _ = step(new_state(settings=Settings(emergency_close_after_hours=D(20))), Start(h(12)))
+    s, _ = step(s, Tick(h(12), bid=D(90)))
+    s, cmds = step(s, Timer(h(20)))
+    assert cmds[0].fields["close_triggered_at"] == h(20) and cmds[0].fields["sampled_at"] == h(20)
+    assert s.close_triggered_at == h(20)
+
+
+# --- quiet bands ------------------------------------------------------------------------------------
+
+def test_a_band_excludes_its_bounds_and_judges_the_last_price_when_the_book_side_is_unknown():
+    band = QuietBand(True, D(99), D(101), h(1))
+    assert band.quiet_price(D(100), None, None)
+    assert not band.quiet_price(D(99), None, None) and not band.quiet_price(D(101), None, None)
+    assert not band.quiet_price(None, None, D(200)) and band.quiet_price(None, None, D(100))
+    assert band.quiet_price(None, None, None)
+
+
+# --- results with nothing of ours filled -------------------------------------------------------------
+
+def test_a_flat_result_with_a_price_but_no_fill_of_ours_is_a_manual_close_at_no_price():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12.01)
+    s, cmds = step(s, CloseResult(now, "flat", avg_price=D("99.6"), remaining_qty=D(0), attempts=1))
+    assert cmds == [
+        Persist(**{"status": "closed", "closed_at": now, "close_reason": "manual", "closed_qty": D(0),
+                 "quantity": D(0), "close_attempts": 1}),
+        Emit("aged.close.completed", market_price=None, success=True,
+             data={"close_reason": "manual", "filled_qty": "0", "attempts": 1, "pnl_percent": "None"}),
+        Stop(),
+    ]
+
+
+def test_the_episode_ending_during_a_close_that_filled_nothing_is_closed_at_no_price():
+    s, _ = triggered(bid=D("99.6"))
+    s, _ = step(s, PositionVanished(h(12.005)))
+    now = h(12.01)
+    s, cmds = step(s, CloseResult(now, "open", avg_price=D("99.6"), attempts=2))
+    assert cmds == [
+        Persist(**{"status": "closed", "closed_at": now, "close_reason": "manual", "closed_qty": D(0),
+                 "quantity": D(0), "close_attempts": 2}),
+        Emit("aged.close.completed", market_price=None, success=True,
+             data={"close_reason": "manual", "filled_qty": "0", "attempts": 2, "pnl_percent": "None"}),
+        Stop(),
+    ]
+    assert (s.status, s.close_attempts) == ("closed", 2)
+
+
+def test_the_episode_ending_during_a_close_that_filled_part_records_when_and_how_often():
+    s, _ = triggered(bid=D("99.6"))
+    s, _ = step(s, PositionVanished(h(12.005)))
+    now = h(12.01)
+    s, cmds = step(s, CloseResult(now, "open", filled_qty=D("0.5"), avg_price=D("99.6"), attempts=2,
+                                  last_order_id="o1"))
+    pnl, pct = realised_pnl("long", D(100), D("99.6"), D("0.5"), CFG)
+    assert cmds[0] == Persist(**{"status": "closed", "closed_at": now, "close_reason": "manual",
+                               "closed_qty": D("0.5"), "quantity": D(0), "close_attempts": 2,
+                               "close_price": D("99.6"), "pnl": pnl, "pnl_percent": pct,
+                               "close_order_id": "o1", "phase_at_close": "progressive"})
+    assert cmds[1] == Emit("aged.close.completed", market_price=D("99.6"), success=True,
+                           data={"close_reason": "manual", "filled_qty": "0.5", "attempts": 2,
+                                 "pnl_percent": str(pct)})
+
+
+def test_a_vanished_result_records_when_and_how_often():
+    s, _ = triggered(bid=D("99.6"))
+    now = h(12.01)
+    s, cmds = step(s, CloseResult(now, "vanished", filled_qty=D("0.5"), avg_price=D("99.6"), attempts=3))
+    assert cmds[0].fields["closed_at"] == now and cmds[0].fields["close_attempts"] == 3
+    assert cmds[1].market_price == D("99.6") and cmds[1].data["attempts"] == 3
+
+
+def test_a_partial_fill_without_a_reported_remainder_leaves_what_was_not_filled():
+    s, _ = triggered(bid=D("99.6"))
+    s, cmds = step(s, CloseResult(h(12.01), "open", filled_qty=D("0.5"), avg_price=D("99.6"), attempts=1))
+    assert cmds == [Persist(**{"close_attempts": 1, "quantity": D("1.5"), "closed_qty": D("0.5")})]
+    assert s.quantity == D("1.5")
+
+
+def test_a_close_drops_an_update_that_was_waiting_for_it():
+    s, _ = triggered(bid=D("99.6"))
+    s, _ = step(s, PositionUpdate(h(12.001), quantity=D(3)))
+    assert s.pending_update is not None
+    s, _ = step(s, CloseResult(h(12.01), "flat", filled_qty=D(2), avg_price=D("99.6"), attempts=1))
+    assert s.status == "closed" and s.pending_update is None
+
+
+def grace_sampled(side, price):
+    """A position in grace (its target, the breakeven, stands still) sampled at ``price``."""
+    s, _ = step(new_state(side), Start(h(5)))
+    s, cmds = step(s, Tick(h(5), bid=price) if side == "long" else Tick(h(5), ask=price))
+    assert any(isinstance(c, Emit) and c.event_type == "price_check" for c in cmds) and not s.close_in_flight
+    return s
+
+
+def assert_band_is_tight(s, now, long):
+    """Each bound sits just inside the price where ``step`` would act: a hair inside is a
+    no-op, a hair beyond samples or closes."""
+    band = quiet_band(s, now)
+    assert band is not None and band.long is long
+
+    def tick(price):
+        return Tick(now, bid=price) if long else Tick(now, ask=price)
+
+    for bound, inward, outward in ((band.high, D(1) - D("1e-8"), D(1) + D("1e-8")),
+                                   (band.low, D(1) + D("1e-8"), D(1) - D("1e-8"))):
+        if bound is None:
+            continue
+        inside = tick(bound * inward)
+        assert band.quiet_price(inside.bid, inside.ask, inside.last)
+        assert step(s, inside) == (s, [])
+        assert step(s, tick(bound * outward))[1] != []
+    return band
+
+
+def test_a_longs_band_reaches_the_sampling_thresholds_on_both_sides():
+    s = grace_sampled("long", D("90.18"))  # 10 % below the target 100.2
+    assert s.last_sample_distance == 10
+    band = assert_band_is_tight(s, h(5), long=True)
+    assert band.low is not None and band.until == h(5) + timedelta(seconds=60)
+
+
+def test_a_shorts_band_reaches_the_sampling_thresholds_on_both_sides():
+    s = grace_sampled("short", D("109.78"))  # 10 % above the target 99.8
+    assert s.last_sample_distance == 10
+    band = assert_band_is_tight(s, h(5), long=False)
+    assert band.low is not None and band.high is not None
+
+
+def test_a_long_sampled_so_far_below_its_target_that_no_lower_sample_is_possible_has_no_low_bound():
+    s = grace_sampled("long", D("0.501"))  # 99.5 % below: one more material change would be price 0
+    assert s.last_sample_distance == D("99.5")
+    band = assert_band_is_tight(s, h(5), long=True)
+    assert band.low is None
+
+
+def test_a_skipped_or_not_yet_aged_position_is_quiet_at_any_price_until_the_next_sample_time():
+    for side in ("long", "short"):
+        s, _ = step(new_state(side), Start(h(1)))
+        assert quiet_band(s, h(1)) == QuietBand(side == "long", None, None, h(1) + timedelta(seconds=60))
+        s, _ = step(new_state(side), Start(h(5)))
+        s, _ = step(s, PositionUpdate(h(5), trailing_active=True))
+        assert quiet_band(s, h(5)) == QuietBand(side == "long", None, None, h(5) + timedelta(seconds=60))
+
+
+def test_no_band_after_a_new_entry_price_until_the_next_sample():
+    s = grace_sampled("long", D("90.18"))
+    s, _ = step(s, PositionUpdate(h(5), entry_price=D(101)))
+    assert s.last_sample_at is not None and s.last_sample_distance is None
+    assert quiet_band(s, h(5)) is None
+
+
+def test_a_cooldown_left_behind_by_a_trailing_stop_does_not_narrow_the_band():
+    s, until = failed()
+    s, _ = step(s, PositionUpdate(h(12.01) + timedelta(seconds=1), trailing_active=True))
+    now = until + timedelta(seconds=10)
+    s, _ = step(s, PositionUpdate(now, trailing_active=False))
+    s, _ = step(s, Tick(now, bid=D(90)))
+    assert s.status == "progressive_active" and not s.close_in_flight
+    band = quiet_band(s, now)
+    assert band is not None and band.until == now + timedelta(seconds=60)
+
+
+# --- ticks between samples ------------------------------------------------------------------------
+
+def test_a_close_between_samples_is_recorded_like_any_other():
+    s = progressive()
+    s, _ = step(s, Tick(h(12), bid=D("99.2")))
+    now = h(12) + timedelta(seconds=10)
+    a = assess("long", D(100), T0, now, CFG)
+    s, cmds = step(s, Tick(now, bid=D("99.5"), ask=D("99.6")))
+    assert cmds == timer_close("long", now, D("99.5"), bid=D("99.5"), ask=D("99.6"))
+    assert s.close_triggered_at == now and a.target_price <= D("99.5")
+
+
+def test_the_last_price_alone_closes_between_samples():
+    s = progressive()
+    s, _ = step(s, Tick(h(12), bid=D("99.2")))
+    s, cmds = step(s, Tick(h(12) + timedelta(seconds=10), last=D("99.5")))
+    assert s.close_in_flight and isinstance(cmds[-1], RequestClose)
+
+
+def test_a_move_of_exactly_the_material_change_is_sampled():
+    s = grace_sampled("long", D("90.18"))  # distance 10
+    s, cmds = step(s, Tick(h(5) + timedelta(seconds=1), bid=D("90.681")))  # distance 9.5
+    assert [c.event_type for c in cmds if isinstance(c, Emit)] == ["price_check"]
+    assert s.last_sample_distance == D("9.5")
+
+
+# --- when the moving target will reach the price ---------------------------------------------------
+
+def test_a_progressive_tick_wakes_again_when_the_target_reaches_the_price():
+    s = progressive()
+    now = h(12)
+    price = assess("long", D(100), T0, now + timedelta(seconds=10), CFG).target_price
+    s, cmds = step(s, Tick(now, bid=price))
+    [timer] = [c for c in cmds if isinstance(c, ScheduleTimer)]
+    assert timer.kind == "target"
+    assert now + timedelta(seconds=10) <= timer.at <= now + timedelta(seconds=10, milliseconds=1)
+
+
+def test_crossing_time_is_the_first_instant_the_target_reaches_the_price():
+    from actors.position import crossing_time
+    for side in ("long", "short"):
+        s = new_state(side)
+        now, later = h(12), h(12) + timedelta(minutes=5)
+        price = assess(side, D(100), T0, later, CFG).target_price
+        at = crossing_time(s, price, now)
+        assert later <= at <= later + timedelta(milliseconds=1)
+        assert crossing_time(s, assess(side, D(100), T0, now, CFG).target_price, now) is None  # reached now
+        assert crossing_time(s, D(200) if side == "short" else D(1), now) is None  # never within 30 days
+    # from before the position ages: the crossing is found in the progressive phase
+    s = new_state()
+    price = assess("long", D(100), T0, h(20), CFG).target_price
+    assert h(20) <= crossing_time(s, price, h(1)) <= h(20) + timedelta(milliseconds=1)
+
+
+# --- odds and ends ---------------------------------------------------------------------------------
+
+def test_an_unknown_event_is_refused_by_name():
+    with pytest.raises(TypeError, match="unknown event 'tick'"):
+        step(new_state(), "tick")
+
+
+def test_an_unchanged_persist_field_reads_keep():
+    from actors.position import KEEP
+    assert repr(KEEP) == "KEEP"
+    assert "status=KEEP" in repr(Persist(quantity=D(1)))
