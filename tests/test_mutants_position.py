@@ -772,3 +772,32 @@ def test_an_unchanged_persist_field_reads_keep():
     from actors.position import KEEP
     assert repr(KEEP) == "KEEP"
     assert "status=KEEP" in repr(Persist(quantity=D(1)))
+
+
+def _skipped_with_close_out():
+    """Restarted in ``skipped`` (the bot's trailing stop owns it) with an order of ours
+    still to reconcile: a crash came between our send and the stop taking over."""
+    s, _ = step(new_state(status="skipped", close_in_flight=True, needs_reconcile=True), Start(h(12)))
+    assert (s.status, s.close_in_flight) == ("skipped", True)
+    return s
+
+
+def test_a_close_that_fails_after_the_trailing_stop_took_over_leaves_it_to_the_stop():
+    s = _skipped_with_close_out()
+    now = h(12) + timedelta(seconds=2)
+    s, cmds = step(s, CloseResult(now, "failed", attempts=3, error="boom"))
+    assert cmds == [
+        Persist(**{"last_error": "boom", "last_close_attempt_at": now, "close_attempts": 3, "quantity": D(2),
+                 "closed_qty": D(0)}),
+        Emit("aged.close.failed", success=False, error="boom", critical=True, data={"attempts": 3}),
+    ]
+    assert (s.status, s.error_until, s.close_in_flight) == ("skipped", None, False)
+    s, cmds = step(s, PositionUpdate(now + timedelta(minutes=1), trailing_active=False))
+    assert s.status == "progressive_active"  # the stop let go: managed again, no cool-down owed
+
+
+def test_dust_after_the_trailing_stop_took_over_is_dust():
+    s = _skipped_with_close_out()
+    s, cmds = step(s, CloseResult(h(12) + timedelta(seconds=2), "dust", filled_qty=D("1.99"), avg_price=D("99.6"),
+                                  remaining_qty=D("0.01"), attempts=2, error="below min"))
+    assert s.status == "dust" and cmds[-1] == Stop()

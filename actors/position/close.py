@@ -143,6 +143,13 @@ def on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionStat
     s = replace(s, close_in_flight=False, needs_reconcile=False, quantity=max(Decimal(0), remaining),
                 closed_qty=total, close_attempts=attempts, pending_update=None)
     fields = {"close_attempts": attempts, "quantity": s.quantity, "closed_qty": s.closed_qty}
+    if e.outcome == "failed" and s.status == Status.SKIPPED:
+        # The bot's trailing stop took the position over while our close was out (or
+        # before a restart reconciled it): it stays the stop's; the failure is recorded.
+        out.append(Persist(last_error=e.error, last_close_attempt_at=e.now, **fields))
+        out.append(Emit("aged.close.failed", success=False, error=e.error, critical=True,
+                        data={"attempts": attempts}))
+        return s if pending is None else apply_update(s, pending, out)
     if e.outcome == "failed":
         until = e.now + s.settings.error_cooldown
         if s.status != Status.ERROR:

@@ -29,7 +29,7 @@ LEGAL = {
     Status.PROGRESSIVE_ACTIVE: {Status.CLOSED, Status.ERROR, Status.SKIPPED, Status.DUST},
     Status.ERROR: {Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.SKIPPED, Status.DETECTED,
                    Status.DUST},
-    Status.SKIPPED: {Status.DETECTED, Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED},
+    Status.SKIPPED: {Status.DETECTED, Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.DUST},
     Status.DUST: {Status.CLOSED},
     Status.CLOSED: set(),
 }
