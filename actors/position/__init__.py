@@ -31,10 +31,17 @@ legal status changes), :mod:`~actors.position.events` and
 from here.
 """
 
-from actors.position.commands import (
-    KEEP, PERSIST_FIELDS, Command, Emit, Persist, RequestClose, ScheduleTimer, Stop,
-)
 from actors.position.close import crossing_time
+from actors.position.commands import (
+    KEEP,
+    PERSIST_FIELDS,
+    Command,
+    Emit,
+    Persist,
+    RequestClose,
+    ScheduleTimer,
+    Stop,
+)
 from actors.position.events import CloseResult, Event, PositionUpdate, PositionVanished, Start, Tick, Timer
 from actors.position.machine import step
 from actors.position.quiet import QuietBand, quiet_band

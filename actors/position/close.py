@@ -142,7 +142,7 @@ def on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionStat
         pending = replace(pending, quantity=None)  # the exchange's size after the close is the fresher one
     s = replace(s, close_in_flight=False, needs_reconcile=False, quantity=max(Decimal(0), remaining),
                 closed_qty=total, close_attempts=attempts, pending_update=None)
-    fields = {"close_attempts": attempts, "quantity": s.quantity, "closed_qty": s.closed_qty}
+    fields: dict[str, Any] = {"close_attempts": attempts, "quantity": s.quantity, "closed_qty": s.closed_qty}
     if e.outcome == "failed" and s.status == Status.SKIPPED:
         # The bot's trailing stop took the position over while our close was out (or
         # before a restart reconciled it): it stays the stop's; the failure is recorded.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Union
+from typing import Any
 
 from actors.statuses import Status
 
@@ -103,4 +103,4 @@ class Stop:
     """The aged position is finished (closed); the actor may exit."""
 
 
-Command = Union[Persist, RequestClose, Emit, ScheduleTimer, Stop]
+Command = Persist | RequestClose | Emit | ScheduleTimer | Stop

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Union
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +72,7 @@ class PositionUpdate:
     trailing_active: bool | None = None
     entry_price: Decimal | None = None
 
-    def merged_with(self, later: "PositionUpdate") -> "PositionUpdate":
+    def merged_with(self, later: PositionUpdate) -> PositionUpdate:
         return PositionUpdate(
             later.now,
             quantity=later.quantity if later.quantity is not None else self.quantity,
@@ -86,4 +85,4 @@ class PositionVanished:
     now: datetime
 
 
-Event = Union[Start, Tick, Timer, CloseResult, PositionUpdate, PositionVanished]
+Event = Start | Tick | Timer | CloseResult | PositionUpdate | PositionVanished

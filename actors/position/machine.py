@@ -37,9 +37,9 @@ def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
         a = assess_state(s, e.now)
     if a.target_price is not None:
         distance = distance_percent(s.side, price, a.target_price)
-        due = (s.last_sample_distance is None or s.last_sample_at is None
-               or e.now - s.last_sample_at >= s.settings.sample_interval)
-        if due or abs(distance - s.last_sample_distance) >= s.settings.material_change_percent:
+        last = s.last_sample_distance
+        due = last is None or s.last_sample_at is None or e.now - s.last_sample_at >= s.settings.sample_interval
+        if due or (last is not None and abs(distance - last) >= s.settings.material_change_percent):
             out.append(Persist(sampled_price=price, sampled_at=e.now, target_price=a.target_price,
                                loss_tolerance_percent=a.loss_tolerance_percent, **hours_fields(s, a)))
             out.append(Emit("price_check", market_price=price, target_price=a.target_price,
@@ -92,8 +92,9 @@ def _on_start(s: PositionState, e: Start, out: list) -> PositionState:
         out.append(RequestClose(s.quantity, s.close_attempts + 1, reconcile_only=True))
         s = replace(s, close_in_flight=True)
     if s.status == Status.ERROR and s.error_until is None:
-        s = replace(s, error_until=e.now + s.settings.error_cooldown)
-        out.append(ScheduleTimer(s.error_until, "cooldown"))
+        until = e.now + s.settings.error_cooldown
+        s = replace(s, error_until=until)
+        out.append(ScheduleTimer(until, "cooldown"))
     s, _ = sync_phase(s, e.now, out)
     return s
 

@@ -16,7 +16,7 @@ from typing import Any
 from actors.policy import Assessment, Phase, aged_at, next_phase_change
 from actors.position.commands import Emit, Persist, ScheduleTimer
 from actors.position.state import LEGAL, PHASE_STATUS, PositionState
-from actors.statuses import ACTIVE
+from actors.statuses import ACTIVE, Status
 
 
 def assess_state(s: PositionState, now: datetime) -> Assessment:
@@ -32,7 +32,7 @@ def hours_fields(s: PositionState, a: Assessment) -> dict[str, Any]:
             "hours_in_progressive": max(Decimal(0), over - s.config.grace_period_hours)}
 
 
-def transition(s: PositionState, new_status: str, out: list, **fields) -> PositionState:
+def transition(s: PositionState, new_status: Status, out: list, **fields) -> PositionState:
     """Move to ``new_status`` and persist it together with ``fields``.
 
     Every status change goes through here: one that :data:`LEGAL` does not list is a bug,

@@ -16,7 +16,6 @@ from actors.position.phases import assess_state, emergency_due
 from actors.position.state import PHASE_STATUS, PositionState
 from actors.statuses import ACTIVE, Status
 
-
 # Bounds are pulled in by this much (relative) so that rounding in step()'s own
 # arithmetic can never put a tick the band calls quiet on the other side of a threshold.
 _BAND_MARGIN = Decimal("1e-9")
@@ -97,6 +96,7 @@ def quiet_band(s: PositionState, now: datetime) -> QuietBand | None:
         return None
     t_min, t_max = min(a.target_price, end.target_price), max(a.target_price, end.target_price)
     last, material = s.last_sample_distance, s.settings.material_change_percent
+    assert last is not None  # a target and no sample returned above
     if long:
         # distance = (target - price) / target * 100: sampled once it leaves last ± material;
         # a close once price >= target

@@ -81,7 +81,7 @@ class PositionState:
     last_sample_distance: Decimal | None = None
     last_price: Decimal | None = None  # the last sampled executable price
     needs_reconcile: bool = False  # a close may have been in flight when we (re)started
-    pending_update: "PositionUpdate | None" = None  # arrived while a close was in flight; applied after it
+    pending_update: PositionUpdate | None = None  # arrived while a close was in flight; applied after it
     ended_during_close: bool = False  # the episode ended while our close was in flight
     schedule: Schedule = field(init=False, repr=False, compare=False)
 
