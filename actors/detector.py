@@ -79,10 +79,15 @@ class DetectorConfig:
 
 
 class Detector:
-    def __init__(self, ctx: ActorContext, exchanges: Mapping[str, ExchangePort],
-                 registry: ActorRegistry, *,
-                 config: DetectorConfig = DetectorConfig(),
-                 symbols: Mapping[str, Sequence[str] | None] | None = None):
+    def __init__(
+        self,
+        ctx: ActorContext,
+        exchanges: Mapping[str, ExchangePort],
+        registry: ActorRegistry,
+        *,
+        config: DetectorConfig = DetectorConfig(),
+        symbols: Mapping[str, Sequence[str] | None] | None = None,
+    ):
         self.ctx = ctx
         self.exchanges = dict(exchanges)
         self.registry = registry
@@ -106,8 +111,11 @@ class Detector:
                 try:
                     await self.poll_once()
                 except DATABASE_ERRORS as exc:
-                    log.error("detector poll failed, database unavailable (%s: %s); retrying next poll",
-                              type(exc).__name__, exc)
+                    log.error(
+                        "detector poll failed, database unavailable (%s: %s); retrying next poll",
+                        type(exc).__name__,
+                        exc,
+                    )
                 await trio.sleep(self.poll_interval)
 
     # --- one poll ----------------------------------------------------------------------
@@ -155,8 +163,12 @@ class Detector:
             try:
                 again = [q for q in await port.fetch_positions([symbol]) if q.symbol == symbol]
             except ExchangeError as exc:
-                log.warning("%s %s missing from the position list and the look-up failed (%s); "
-                            "kept open until the next poll", name, symbol, exc)
+                log.warning(
+                    "%s %s missing from the position list and the look-up failed (%s); kept open until the next poll",
+                    name,
+                    symbol,
+                    exc,
+                )
                 continue
             if again:
                 log.warning("%s %s was missing from one position list; a look-up shows it open", name, symbol)
@@ -164,8 +176,9 @@ class Detector:
             else:
                 await self._vanished(row)
 
-    async def _follow_guarded(self, port: ExchangePort, p: ExchangePosition, row: dict | None,
-                              bot_row: dict | None, now: datetime) -> None:
+    async def _follow_guarded(
+        self, port: ExchangePort, p: ExchangePosition, row: dict | None, bot_row: dict | None, now: datetime
+    ) -> None:
         key = (p.exchange, p.symbol)
         problem = _unusable(p)
         if problem is None:
@@ -182,8 +195,9 @@ class Detector:
             self._bad_symbols.add(key)
             log.error("%s %s: position skipped, %s", p.exchange, p.symbol, problem)
 
-    async def _follow(self, port: ExchangePort, p: ExchangePosition, row: dict | None, bot_row: dict | None,
-                      now: datetime) -> None:
+    async def _follow(
+        self, port: ExchangePort, p: ExchangePosition, row: dict | None, bot_row: dict | None, now: datetime
+    ) -> None:
         db = self.ctx.db
         if row is None:
             await self._start_episode(port, p, bot_row, now, end_previous=None)
@@ -194,27 +208,46 @@ class Detector:
             return
         reentry = await self._reentered_at(port, p, row, bot_row, now)
         if reentry is not None:
-            log.info("%s %s %s went flat and was opened again at %s: a new episode", p.exchange, p.symbol, p.side,
-                     reentry.at.isoformat())
+            log.info(
+                "%s %s %s went flat and was opened again at %s: a new episode",
+                p.exchange,
+                p.symbol,
+                p.side,
+                reentry.at.isoformat(),
+            )
             await self._start_episode(port, p, bot_row, now, end_previous="reentry", ended=row, known=reentry)
             return
         await db.upsert_open_position(
-            exchange=p.exchange, symbol=p.symbol, side=p.side, quantity=p.qty, entry_price=p.entry_price,
-            opened_at=row["opened_at"], seen_at=now, exchange_updated_at=p.updated_at,
+            exchange=p.exchange,
+            symbol=p.symbol,
+            side=p.side,
+            quantity=p.qty,
+            entry_price=p.entry_price,
+            opened_at=row["opened_at"],
+            seen_at=now,
+            exchange_updated_at=p.updated_at,
             trailing_activated=None if bot_row is None else bool(bot_row["trailing_activated"]),
-            bot_position_id=None if bot_row is None else bot_row["id"])
+            bot_position_id=None if bot_row is None else bot_row["id"],
+        )
 
-    async def _reentered_at(self, port: ExchangePort, p: ExchangePosition, row: dict, bot_row: dict | None,
-                            now: datetime) -> ep.OpenTime | None:
+    async def _reentered_at(
+        self, port: ExchangePort, p: ExchangePosition, row: dict, bot_row: dict | None, now: datetime
+    ) -> ep.OpenTime | None:
         """A new opening of the same side since the last look, or None (the same episode)."""
         skew = self.clock_skew
         if bot_row is not None and row["bot_position_id"] is not None and bot_row["id"] != row["bot_position_id"]:
             return ep.OpenTime(bot_row["opened_at"], ep.BOT)  # the bot's book has a new row: a new episode
         if p.opened_at is not None and p.opened_at > row["opened_at"] + skew and row["opened_at_source"] != ep.BOT:
             return ep.OpenTime(p.opened_at, ep.EXCHANGE)
-        changed = (p.qty != row["quantity"] or p.entry_price != row["entry_price"]
-                   or (p.updated_at is not None and row["exchange_updated_at"] is not None
-                       and p.updated_at != row["exchange_updated_at"]))
+        changed = (
+            p.qty != row["quantity"]
+            or p.entry_price != row["entry_price"]
+            or (
+                p.updated_at is not None
+                and row["exchange_updated_at"] is not None
+                and p.updated_at != row["exchange_updated_at"]
+            )
+        )
         if not changed:
             return None
         last_look = row["last_seen_at"]
@@ -223,15 +256,24 @@ class Detector:
         except ExchangeError as exc:
             if p.qty == row["quantity"] and p.entry_price == row["entry_price"]:
                 raise  # only the update time moved: look again next poll
-            log.warning("%s %s changed (size %s -> %s, entry %s -> %s) and the fill history cannot be read (%s): "
-                        "taken as a new episode, which can only make it age later", p.exchange, p.symbol,
-                        row["quantity"], p.qty, row["entry_price"], p.entry_price, exc)
+            log.warning(
+                "%s %s changed (size %s -> %s, entry %s -> %s) and the fill history cannot be read (%s): "
+                "taken as a new episode, which can only make it age later",
+                p.exchange,
+                p.symbol,
+                row["quantity"],
+                p.qty,
+                row["entry_price"],
+                p.entry_price,
+                exc,
+            )
             return ep.OpenTime(now, ep.FIRST_SEEN)
         at = ep.reentered_at(fills, p.side, p.qty, last_look=last_look, opened_at=row["opened_at"], skew=skew)
         return None if at is None else ep.OpenTime(at, ep.FILLS)
 
-    async def _open_time(self, port: ExchangePort, p: ExchangePosition, bot_row: dict | None,
-                         now: datetime) -> ep.OpenTime:
+    async def _open_time(
+        self, port: ExchangePort, p: ExchangePosition, bot_row: dict | None, now: datetime
+    ) -> ep.OpenTime:
         if bot_row is not None and bot_row["opened_at"] is not None:
             return ep.OpenTime(bot_row["opened_at"], ep.BOT)
         if p.opened_at is not None:
@@ -248,26 +290,51 @@ class Detector:
                     break
                 hi = lo - timedelta(milliseconds=1)
         except ExchangeError as exc:
-            log.warning("%s %s: fill history unavailable (%s); open time is the moment first seen",
-                        p.exchange, p.symbol, exc)
+            log.warning(
+                "%s %s: fill history unavailable (%s); open time is the moment first seen", p.exchange, p.symbol, exc
+            )
             return ep.OpenTime(now, ep.FIRST_SEEN)
         return ep.open_time(fills, p.side, p.qty, window_start=earliest, first_seen=now)
 
-    async def _start_episode(self, port: ExchangePort, p: ExchangePosition, bot_row: dict | None, now: datetime, *,
-                             end_previous: str | None, ended: dict | None = None,
-                             known: ep.OpenTime | None = None) -> None:
+    async def _start_episode(
+        self,
+        port: ExchangePort,
+        p: ExchangePosition,
+        bot_row: dict | None,
+        now: datetime,
+        *,
+        end_previous: str | None,
+        ended: dict | None = None,
+        known: ep.OpenTime | None = None,
+    ) -> None:
         if bot_row is not None and ended is not None and bot_row["id"] == ended["bot_position_id"]:
             bot_row = None  # the bot's row belongs to the episode that ended
         opened = known if known is not None else await self._open_time(port, p, bot_row, now)
         if opened.at > now:
             opened = ep.OpenTime(now, opened.source)  # a clock ahead of ours never makes it older
         row = await self.ctx.db.start_episode(
-            end_previous=end_previous, exchange=p.exchange, symbol=p.symbol, side=p.side, quantity=p.qty,
-            entry_price=p.entry_price, opened_at=opened.at, opened_at_source=opened.source, seen_at=now,
-            exchange_updated_at=p.updated_at, bot_position_id=None if bot_row is None else bot_row["id"],
-            trailing_activated=bool(bot_row["trailing_activated"]) if bot_row is not None else False)
-        log.info("episode %s %s %s %s opened %s (%s)", row["id"], p.exchange, p.symbol, p.side,
-                 opened.at.isoformat(), opened.source)
+            end_previous=end_previous,
+            exchange=p.exchange,
+            symbol=p.symbol,
+            side=p.side,
+            quantity=p.qty,
+            entry_price=p.entry_price,
+            opened_at=opened.at,
+            opened_at_source=opened.source,
+            seen_at=now,
+            exchange_updated_at=p.updated_at,
+            bot_position_id=None if bot_row is None else bot_row["id"],
+            trailing_activated=bool(bot_row["trailing_activated"]) if bot_row is not None else False,
+        )
+        log.info(
+            "episode %s %s %s %s opened %s (%s)",
+            row["id"],
+            p.exchange,
+            p.symbol,
+            p.side,
+            opened.at.isoformat(),
+            opened.source,
+        )
         if ended is not None:
             await self._episode_ended(ended)
 
@@ -290,9 +357,16 @@ class Detector:
             # No actor runs: record the manual close (a no-op if a close got there first).
             now = self.ctx.clock.now()
             self.ctx.writer.submit(op.CloseVanished(aged["id"], now))
-            self.ctx.bus.publish(LifecycleEvent(
-                CLOSE_COMPLETED, now, aged["id"], row["exchange"], row["symbol"],
-                {"close_reason": CloseReason.MANUAL.value, "filled_qty": "0", "attempts": 0}))
+            self.ctx.bus.publish(
+                LifecycleEvent(
+                    CLOSE_COMPLETED,
+                    now,
+                    aged["id"],
+                    row["exchange"],
+                    row["symbol"],
+                    {"close_reason": CloseReason.MANUAL.value, "filled_qty": "0", "attempts": 0},
+                )
+            )
 
     async def _update_actors(self, book: list[dict]) -> None:
         aged_of = self.registry.by_episode()
@@ -304,12 +378,17 @@ class Detector:
             state = self.registry.state(aged)
             # Sent again while the actor's state differs (an update that arrived during a
             # close is applied after it; the close's own result may set another size).
-            differs = state is not None and (state.quantity, state.entry_price) != (row["quantity"],
-                                                                                   row["entry_price"])
+            differs = state is not None and (state.quantity, state.entry_price) != (row["quantity"], row["entry_price"])
             if self._last_sent.get(aged) != key or differs:
-                if self.registry.tell(aged, pos.PositionUpdate(self.ctx.clock.now(), quantity=row["quantity"],
-                                                               trailing_active=row["trailing_activated"],
-                                                               entry_price=row["entry_price"])):
+                if self.registry.tell(
+                    aged,
+                    pos.PositionUpdate(
+                        self.ctx.clock.now(),
+                        quantity=row["quantity"],
+                        trailing_active=row["trailing_activated"],
+                        entry_price=row["entry_price"],
+                    ),
+                ):
                     self._last_sent[aged] = key
 
     # --- aging timers --------------------------------------------------------------------
@@ -321,6 +400,10 @@ class Detector:
         self._timers[row["id"]] = scope
         self._nursery.start_soon(self._age_timer, row, scope)
 
+    def _not_aged_yet(self, row: dict) -> bool:
+        now = self.ctx.clock.now()
+        return assess(row["side"], row["entry_price"], row["opened_at"], now, self.ctx.config).phase is Phase.NOT_AGED
+
     async def _age_timer(self, row: dict, scope: trio.CancelScope) -> None:
         with scope:
             existing = await self.ctx.db.aged_position_for(row["id"])
@@ -329,8 +412,7 @@ class Detector:
                 await self.ctx.clock.sleep_until(crossing)
                 await trio.lowlevel.checkpoint()  # strictly older: assess just after the boundary
                 # the policy clock (scaled in the demo) may wake a hair early: step to just past the boundary
-                while assess(row["side"], row["entry_price"], row["opened_at"], self.ctx.clock.now(),  # noqa: ASYNC110
-                             self.ctx.config).phase is Phase.NOT_AGED:
+                while self._not_aged_yet(row):  # noqa: ASYNC110
                     await trio.sleep(0.001)
                 current = await self.ctx.db.episode(row["id"])  # size and entry as they are now
                 if current is None or current["status"] != "open":
@@ -352,24 +434,41 @@ class Detector:
         status = Status.SKIPPED if row["trailing_activated"] else STATUS_OF_PHASE[a.phase]
         grace_start = aged_at(row["opened_at"], self.ctx.config)
         aged, created = await self.ctx.db.create_aged_position(
-            row, detected_at=now, status=status, target_price=a.target_price,
+            row,
+            detected_at=now,
+            status=status,
+            target_price=a.target_price,
             breakeven_price=breakeven_price(row["side"], row["entry_price"], self.ctx.config),
-            loss_tolerance_percent=a.loss_tolerance_percent, hours_aged=a.age_hours,
-            config=self.ctx.config.as_dict(), grace_started_at=grace_start,
-            progressive_started_at=grace_start + timedelta(
-                microseconds=int(self.ctx.config.grace_period_hours * 3_600_000_000)))
+            loss_tolerance_percent=a.loss_tolerance_percent,
+            hours_aged=a.age_hours,
+            config=self.ctx.config.as_dict(),
+            grace_started_at=grace_start,
+            progressive_started_at=grace_start
+            + timedelta(microseconds=int(self.ctx.config.grace_period_hours * 3_600_000_000)),
+        )
         if created:
             self.detections += 1
             lag = (now - crossing).total_seconds()
             self.ctx.observer.position_detected(lag)
-            data = {"phase": a.phase.value, "status": status, "target": str(a.target_price),
-                    "age_hours": str(a.age_hours.quantize(Decimal("0.001")))}
-            self.ctx.writer.submit(op.AddEvent(aged["id"], DETECTED, target_price=a.target_price, metadata=data,
-                                               at=now))
+            data = {
+                "phase": a.phase.value,
+                "status": status,
+                "target": str(a.target_price),
+                "age_hours": str(a.age_hours.quantize(Decimal("0.001"))),
+            }
+            self.ctx.writer.submit(
+                op.AddEvent(aged["id"], DETECTED, target_price=a.target_price, metadata=data, at=now)
+            )
             self.ctx.bus.publish(LifecycleEvent(DETECTED, now, aged["id"], row["exchange"], row["symbol"], data))
-            log.info("%s %s %s %s phase=%s target=%s", DETECTED, row["exchange"], row["symbol"], row["side"],
-                     a.phase.value,
-                     logfmt.price(a.target_price, self.ctx.executor.price_tick(row["exchange"], row["symbol"])))
+            log.info(
+                "%s %s %s %s phase=%s target=%s",
+                DETECTED,
+                row["exchange"],
+                row["symbol"],
+                row["side"],
+                a.phase.value,
+                logfmt.price(a.target_price, self.ctx.executor.price_tick(row["exchange"], row["symbol"])),
+            )
         return aged
 
 

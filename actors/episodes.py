@@ -48,8 +48,9 @@ def opening_fill(fills: Sequence[Fill], side: str, qty: Decimal) -> Fill | None:
     return None
 
 
-def open_time(fills: Sequence[Fill], side: str, qty: Decimal, *, window_start: datetime,
-              first_seen: datetime) -> OpenTime:
+def open_time(
+    fills: Sequence[Fill], side: str, qty: Decimal, *, window_start: datetime, first_seen: datetime
+) -> OpenTime:
     """When the current episode began, from the fills since ``window_start``.
 
     Found in the fills: that fill's time. Not found, but the history shows fills on
@@ -65,8 +66,9 @@ def open_time(fills: Sequence[Fill], side: str, qty: Decimal, *, window_start: d
     return OpenTime(first_seen, FIRST_SEEN)
 
 
-def reentered_at(fills: Sequence[Fill], side: str, qty: Decimal, *, last_look: datetime, opened_at: datetime,
-                 skew: timedelta) -> datetime | None:
+def reentered_at(
+    fills: Sequence[Fill], side: str, qty: Decimal, *, last_look: datetime, opened_at: datetime, skew: timedelta
+) -> datetime | None:
     """If the position went flat and was opened again since ``last_look``, when.
 
     ``fills`` cover at least the time since ``last_look - skew``. A fill counts as a

@@ -57,8 +57,7 @@ class Inbox(Protocol):
 
 
 class Mailbox:
-    __slots__ = ("_messages", "_tick", "_waiter", "closed", "replaced", "quiet", "_band", "_band_until",
-                 "last_quote")
+    __slots__ = ("_messages", "_tick", "_waiter", "closed", "replaced", "quiet", "_band", "_band_until", "last_quote")
 
     def __init__(self) -> None:
         self._messages: deque[Any] = deque()
@@ -88,8 +87,13 @@ class Mailbox:
             return False
         self.last_quote = tick
         band = self._band
-        if (band is not None and self._tick is None and not self._messages
-                and trio.current_time() < self._band_until and band.quiet_price(tick.bid, tick.ask, tick.last)):
+        if (
+            band is not None
+            and self._tick is None
+            and not self._messages
+            and trio.current_time() < self._band_until
+            and band.quiet_price(tick.bid, tick.ask, tick.last)
+        ):
             self.quiet += 1
             return True
         if self._tick is not None:

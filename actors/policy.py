@@ -222,8 +222,9 @@ class Schedule:
         if not isinstance(entry_price, Decimal) or not entry_price.is_finite() or entry_price <= 0:
             raise ValueError(f"entry_price must be a positive Decimal, got {entry_price!r}")
         _check_time("opened_at", opened_at)
-        return cls(long, entry_price, opened_at, config,
-                   breakeven_price("long" if long else "short", entry_price, config))
+        return cls(
+            long, entry_price, opened_at, config, breakeven_price("long" if long else "short", entry_price, config)
+        )
 
     def assess(self, now: datetime) -> Assessment:
         config = self.config
@@ -242,8 +243,9 @@ class Schedule:
             tolerance = min(config.max_loss_percent, raw)
             factor = tolerance / 100
             target = self.entry_price * (1 - factor) if self.long else self.entry_price * (1 + factor)
-        return Assessment(Phase.PROGRESSIVE, age, over, tolerance, target, self.breakeven,
-                          raw >= config.max_loss_percent)
+        return Assessment(
+            Phase.PROGRESSIVE, age, over, tolerance, target, self.breakeven, raw >= config.max_loss_percent
+        )
 
 
 def _usable(price: Decimal | None) -> Decimal | None:
@@ -252,8 +254,9 @@ def _usable(price: Decimal | None) -> Decimal | None:
     return price
 
 
-def executable_price(side: str, bid: Decimal | None = None, ask: Decimal | None = None,
-                     last: Decimal | None = None) -> Decimal | None:
+def executable_price(
+    side: str, bid: Decimal | None = None, ask: Decimal | None = None, last: Decimal | None = None
+) -> Decimal | None:
     """The price a close would get: best bid for a long, best ask for a short.
 
     The last trade price is used only when that side of the book is unknown.
@@ -262,15 +265,19 @@ def executable_price(side: str, bid: Decimal | None = None, ask: Decimal | None 
     return executable_price_for(normalize_side(side) == "long", bid, ask, last)
 
 
-def executable_price_for(long: bool, bid: Decimal | None, ask: Decimal | None,
-                         last: Decimal | None) -> Decimal | None:
+def executable_price_for(long: bool, bid: Decimal | None, ask: Decimal | None, last: Decimal | None) -> Decimal | None:
     """:func:`executable_price` with the side already known (``long``): the per-tick form."""
     book = _usable(bid if long else ask)
     return book if book is not None else _usable(last)
 
 
-def should_close(assessment: Assessment, side: str, bid: Decimal | None = None,
-                 ask: Decimal | None = None, last: Decimal | None = None) -> bool:
+def should_close(
+    assessment: Assessment,
+    side: str,
+    bid: Decimal | None = None,
+    ask: Decimal | None = None,
+    last: Decimal | None = None,
+) -> bool:
     """True when the executable price is no worse than the target."""
     if assessment.phase is Phase.NOT_AGED or assessment.target_price is None:
         return False
@@ -288,8 +295,15 @@ def net_pnl_percent(side: str, entry_price: Decimal, fill_price: Decimal, config
     return move / entry_price * 100 - 2 * config.commission_percent
 
 
-def close_reason(side: str, entry_price: Decimal, fill_price: Decimal, assessment: Assessment,
-                 config: PolicyConfig, *, emergency: bool = False) -> CloseReason:
+def close_reason(
+    side: str,
+    entry_price: Decimal,
+    fill_price: Decimal,
+    assessment: Assessment,
+    config: PolicyConfig,
+    *,
+    emergency: bool = False,
+) -> CloseReason:
     """Why a position closed, from its realised fill.
 
     ``profitable`` above +0.05 % net, ``breakeven`` within ±0.05 % net; a larger loss is
@@ -309,8 +323,9 @@ def close_reason(side: str, entry_price: Decimal, fill_price: Decimal, assessmen
     return CloseReason.LOSS_ACCEPTABLE
 
 
-def realised_pnl(side: str, entry_price: Decimal, fill_price: Decimal, qty: Decimal,
-                 config: PolicyConfig) -> tuple[Decimal, Decimal]:
+def realised_pnl(
+    side: str, entry_price: Decimal, fill_price: Decimal, qty: Decimal, config: PolicyConfig
+) -> tuple[Decimal, Decimal]:
     """``(pnl in quote currency after both fees, net pnl percent)`` for closing ``qty``."""
     c = config.commission_percent / 100
     move = (fill_price - entry_price) if normalize_side(side) == "long" else (entry_price - fill_price)

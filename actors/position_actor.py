@@ -63,8 +63,9 @@ class ActorContext:
     observer: Observer = NO_OBSERVER
 
 
-async def load_state(ctx: ActorContext, aged_id: UUID,
-                     last_known: pos.PositionState | None = None) -> pos.PositionState:
+async def load_state(
+    ctx: ActorContext, aged_id: UUID, last_known: pos.PositionState | None = None
+) -> pos.PositionState:
     """The actor's state from the database; from ``last_known`` if the database is away."""
     try:
         with trio.fail_after(10):
@@ -89,8 +90,13 @@ class TimerDue:
 class PositionActor:
     """What one actor holds between events: its state, its mailbox, its timers."""
 
-    def __init__(self, ctx: ActorContext, state: pos.PositionState, mailbox: Inbox,
-                 on_state: Callable[[pos.PositionState], None] = lambda state: None):
+    def __init__(
+        self,
+        ctx: ActorContext,
+        state: pos.PositionState,
+        mailbox: Inbox,
+        on_state: Callable[[pos.PositionState], None] = lambda state: None,
+    ):
         self.ctx = ctx
         self.state = state
         self.mailbox = mailbox
@@ -128,24 +134,61 @@ class PositionActor:
                 # detector sees on the exchange and records itself.)
                 phase = None if c.phase_at_close is pos.KEEP else c.phase_at_close
                 closed_at = None if c.closed_at is pos.KEEP else c.closed_at
-                self.ctx.writer.submit(op.ClosePosition(s.position_id, closed_at,
-                                                        f"aged_{phase}" if phase else "aged"))
+                self.ctx.writer.submit(op.ClosePosition(s.position_id, closed_at, f"aged_{phase}" if phase else "aged"))
         elif isinstance(c, pos.RequestClose):
-            self.ctx.executor.submit(CloseRequest(
-                aged_id=s.aged_id, exchange=s.exchange, symbol=s.symbol, side=s.side, qty=c.qty,
-                next_attempt=c.next_attempt, reply=self.mailbox, clock=self.ctx.clock.now,
-                reconcile_only=c.reconcile_only, emergency=c.emergency, tick_received_at=self._tick_received_at,
-                entry_price=s.entry_price, opened_at=s.opened_at, worst_price=c.worst_price))
+            self.ctx.executor.submit(
+                CloseRequest(
+                    aged_id=s.aged_id,
+                    exchange=s.exchange,
+                    symbol=s.symbol,
+                    side=s.side,
+                    qty=c.qty,
+                    next_attempt=c.next_attempt,
+                    reply=self.mailbox,
+                    clock=self.ctx.clock.now,
+                    reconcile_only=c.reconcile_only,
+                    emergency=c.emergency,
+                    tick_received_at=self._tick_received_at,
+                    entry_price=s.entry_price,
+                    opened_at=s.opened_at,
+                    worst_price=c.worst_price,
+                )
+            )
         elif isinstance(c, pos.Emit):
-            self.ctx.writer.submit(op.AddEvent(
-                s.aged_id, c.event_type, market_price=c.market_price, target_price=c.target_price,
-                price_distance_percent=c.distance_percent, success=c.success, error_message=c.error,
-                metadata=c.data, at=self.ctx.clock.now()))
+            self.ctx.writer.submit(
+                op.AddEvent(
+                    s.aged_id,
+                    c.event_type,
+                    market_price=c.market_price,
+                    target_price=c.target_price,
+                    price_distance_percent=c.distance_percent,
+                    success=c.success,
+                    error_message=c.error,
+                    metadata=c.data,
+                    at=self.ctx.clock.now(),
+                )
+            )
             if c.event_type.startswith("aged."):
-                self.ctx.bus.publish(LifecycleEvent(c.event_type, self.ctx.clock.now(), s.aged_id, s.exchange,
-                                                    s.symbol, dict(c.data or {}), c.critical))
-                log.log(logging.CRITICAL if c.critical else logging.INFO, "%s %s %s %s %s", c.event_type,
-                        s.exchange, s.symbol, s.side, _describe(c, self._price_tick()))
+                self.ctx.bus.publish(
+                    LifecycleEvent(
+                        c.event_type,
+                        self.ctx.clock.now(),
+                        s.aged_id,
+                        s.exchange,
+                        s.symbol,
+                        dict(c.data or {}),
+                        c.critical,
+                    )
+                )
+                log.log(
+                    logging.CRITICAL if c.critical else logging.INFO,
+                    "%s %s %s %s %s",
+                    c.event_type,
+                    s.exchange,
+                    s.symbol,
+                    s.side,
+                    _describe(c, self._price_tick()),
+                )
         elif isinstance(c, pos.ScheduleTimer):
             if self._timers.get(c.kind) != c.at:
                 self._timers[c.kind] = c.at
@@ -199,9 +242,14 @@ def _describe(c: pos.Emit, tick: Decimal | None = None) -> str:
     return " ".join(p for p in parts if p)
 
 
-async def run_actor(ctx: ActorContext, state: pos.PositionState, mailbox: Inbox,
-                    on_state: Callable[[pos.PositionState], None] = lambda state: None, *,
-                    task_status=trio.TASK_STATUS_IGNORED) -> bool:
+async def run_actor(
+    ctx: ActorContext,
+    state: pos.PositionState,
+    mailbox: Inbox,
+    on_state: Callable[[pos.PositionState], None] = lambda state: None,
+    *,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> bool:
     """Run one actor from ``state`` until its position is closed; True then.
 
     ``mailbox`` must already be subscribed to the symbol's ticks; ``on_state`` is told

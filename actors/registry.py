@@ -100,9 +100,14 @@ class ActorRegistry:
       faults: Fault injection (the demo, the tests); by default nothing is armed.
     """
 
-    def __init__(self, ctx: ActorContext, supervisor: Supervisor, *,
-                 load_for_recovery: Callable[[Container[UUID]], Awaitable[Recovery]] | None = None,
-                 faults: FaultInjector | None = None):
+    def __init__(
+        self,
+        ctx: ActorContext,
+        supervisor: Supervisor,
+        *,
+        load_for_recovery: Callable[[Container[UUID]], Awaitable[Recovery]] | None = None,
+        faults: FaultInjector | None = None,
+    ):
         self.ctx = ctx
         self.supervisor = supervisor
         self.faults = faults or FaultInjector()
@@ -160,9 +165,15 @@ class ActorRegistry:
             entry = self._entries[aged_id] = _Entry(aged_id, handed_over=state, state=state)
         else:
             entry.handed_over = state
-        await self.supervisor.start_child(ChildSpec(
-            self.child_id(aged_id), lambda *, task_status: self._run(entry, task_status),
-            Restart.TRANSIENT, kind="position", reports_started=True))
+        await self.supervisor.start_child(
+            ChildSpec(
+                self.child_id(aged_id),
+                lambda *, task_status: self._run(entry, task_status),
+                Restart.TRANSIENT,
+                kind="position",
+                reports_started=True,
+            )
+        )
 
     async def stop(self, aged_id: UUID) -> bool:
         """Stop the actor of ``aged_id`` (it is not restarted); False if none runs."""
@@ -187,8 +198,13 @@ class ActorRegistry:
             feed.subscribe(state.symbol, mailbox)
         entry.mailbox = mailbox
         try:
-            finished = await run_actor(ctx, state, self.faults.wrap(entry.aged_id, mailbox),
-                                       lambda new: setattr(entry, "state", new), task_status=task_status)
+            finished = await run_actor(
+                ctx,
+                state,
+                self.faults.wrap(entry.aged_id, mailbox),
+                lambda new: setattr(entry, "state", new),
+                task_status=task_status,
+            )
         finally:
             if entry.mailbox is mailbox:
                 entry.mailbox = None
@@ -249,8 +265,9 @@ class ActorRegistry:
 
     def states(self) -> dict[UUID, pos.PositionState]:
         """The last state of every aged position that has an actor."""
-        return {aged_id: e.state for aged_id, e in self._entries.items()
-                if e.state is not None and self.is_running(aged_id)}
+        return {
+            aged_id: e.state for aged_id, e in self._entries.items() if e.state is not None and self.is_running(aged_id)
+        }
 
     def mailbox(self, aged_id: UUID) -> Mailbox | None:
         """The mailbox of the actor of ``aged_id`` while it watches."""

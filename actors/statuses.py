@@ -32,11 +32,18 @@ ACTIVE = frozenset({Status.DETECTED, Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACT
 MONITORED = (Status.DETECTED, Status.GRACE_PENDING, Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.ERROR)
 
 # The status a position in each phase has.
-STATUS_OF_PHASE = {Phase.NOT_AGED: Status.DETECTED, Phase.GRACE: Status.GRACE_ACTIVE,
-                   Phase.PROGRESSIVE: Status.PROGRESSIVE_ACTIVE}
+STATUS_OF_PHASE = {
+    Phase.NOT_AGED: Status.DETECTED,
+    Phase.GRACE: Status.GRACE_ACTIVE,
+    Phase.PROGRESSIVE: Status.PROGRESSIVE_ACTIVE,
+}
 # The phase each status stands for; statuses outside the phases (error, skipped, …) have none.
-PHASE_OF_STATUS = {Status.DETECTED: Phase.NOT_AGED, Status.GRACE_PENDING: Phase.GRACE,
-                   Status.GRACE_ACTIVE: Phase.GRACE, Status.PROGRESSIVE_ACTIVE: Phase.PROGRESSIVE}
+PHASE_OF_STATUS = {
+    Status.DETECTED: Phase.NOT_AGED,
+    Status.GRACE_PENDING: Phase.GRACE,
+    Status.GRACE_ACTIVE: Phase.GRACE,
+    Status.PROGRESSIVE_ACTIVE: Phase.PROGRESSIVE,
+}
 
 
 class OrderState(StrEnum):
@@ -55,5 +62,6 @@ class OrderState(StrEnum):
 # A close in flight: the exchange may still fill it, so nothing new may be sent before
 # it is looked up.
 IN_FLIGHT = frozenset({OrderState.PENDING, OrderState.UNKNOWN, OrderState.OPEN})
-FINAL = frozenset({OrderState.FILLED, OrderState.REJECTED, OrderState.CANCELED, OrderState.NOT_FOUND,
-                   OrderState.PARTIALLY_FILLED})
+FINAL = frozenset(
+    {OrderState.FILLED, OrderState.REJECTED, OrderState.CANCELED, OrderState.NOT_FOUND, OrderState.PARTIALLY_FILLED}
+)

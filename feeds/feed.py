@@ -52,8 +52,15 @@ from feeds.subscriptions import Subscriptions
 from feeds.suspects import Suspects
 from feeds.tick import Tick
 
-__all__ = ["Feed", "FeedStats", "FeedTimings", "HeartbeatTimeout", "MESSAGE_QUEUE_SIZE", "RECEIVE_BUFFER_SIZE",
-           "make_protocol"]
+__all__ = [
+    "Feed",
+    "FeedStats",
+    "FeedTimings",
+    "HeartbeatTimeout",
+    "MESSAGE_QUEUE_SIZE",
+    "RECEIVE_BUFFER_SIZE",
+    "make_protocol",
+]
 
 
 def make_protocol(exchange: str) -> ExchangeProtocol:

@@ -92,8 +92,13 @@ class StorageWriter:
     any async callable with the same contract.
     """
 
-    def __init__(self, write_batch: Callable[[Sequence[op.WriteOp]], Awaitable[object]], *,
-                 config: WriterConfig = WriterConfig(), observer: Observer = NO_OBSERVER):
+    def __init__(
+        self,
+        write_batch: Callable[[Sequence[op.WriteOp]], Awaitable[object]],
+        *,
+        config: WriterConfig = WriterConfig(),
+        observer: Observer = NO_OBSERVER,
+    ):
         self._write_batch = write_batch
         self._buffer: deque[op.WriteOp] = deque()
         self._wakeup = trio.Event()
@@ -176,8 +181,12 @@ class StorageWriter:
         self._buffer = kept
         if dropped:
             self.dropped_routine += dropped
-            log.error("write buffer full (%d): dropped %d routine price-check rows (total dropped %d)",
-                      self.max_buffer, dropped, self.dropped_routine)
+            log.error(
+                "write buffer full (%d): dropped %d routine price-check rows (total dropped %d)",
+                self.max_buffer,
+                dropped,
+                self.dropped_routine,
+            )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The actor body: write until cancelled, then flush what is queued (a few seconds at most)."""
@@ -192,8 +201,11 @@ class StorageWriter:
                         await self._write_batch(batch)
                         self._commit(len(batch))
             if self._buffer:
-                log.error("stopping with %d writes not written (the database is away); "
-                          "the next start reconciles from the exchange", len(self._buffer))
+                log.error(
+                    "stopping with %d writes not written (the database is away); "
+                    "the next start reconciles from the exchange",
+                    len(self._buffer),
+                )
 
     async def _write_forever(self) -> None:
         backoff = Backoff.exponential(self.retry_initial, max=self.retry_max)
@@ -213,8 +225,12 @@ class StorageWriter:
                 continue
             except Exception as exc:  # noqa: BLE001 - anything else: the database is away
                 if self.database_up:
-                    log.error("DATABASE UNAVAILABLE (%s: %s): buffering writes (%d queued); actors carry on",
-                              type(exc).__name__, exc, len(self._buffer))
+                    log.error(
+                        "DATABASE UNAVAILABLE (%s: %s): buffering writes (%d queued); actors carry on",
+                        type(exc).__name__,
+                        exc,
+                        len(self._buffer),
+                    )
                 self.database_up = False
                 failures += 1
                 await backoff.sleep(failures)

@@ -77,7 +77,8 @@ class PositionUpdate:
             later.now,
             quantity=later.quantity if later.quantity is not None else self.quantity,
             trailing_active=later.trailing_active if later.trailing_active is not None else self.trailing_active,
-            entry_price=later.entry_price if later.entry_price is not None else self.entry_price)
+            entry_price=later.entry_price if later.entry_price is not None else self.entry_price,
+        )
 
 
 @dataclass(frozen=True, slots=True)

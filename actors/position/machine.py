@@ -40,10 +40,16 @@ def _on_tick(s: PositionState, e: Tick, out: list) -> PositionState:
         last = s.last_sample_distance
         due = last is None or s.last_sample_at is None or e.now - s.last_sample_at >= s.settings.sample_interval
         if due or (last is not None and abs(distance - last) >= s.settings.material_change_percent):
-            out.append(Persist(sampled_price=price, sampled_at=e.now, target_price=a.target_price,
-                               loss_tolerance_percent=a.loss_tolerance_percent, **hours_fields(s, a)))
-            out.append(Emit("price_check", market_price=price, target_price=a.target_price,
-                            distance_percent=distance))
+            out.append(
+                Persist(
+                    sampled_price=price,
+                    sampled_at=e.now,
+                    target_price=a.target_price,
+                    loss_tolerance_percent=a.loss_tolerance_percent,
+                    **hours_fields(s, a),
+                )
+            )
+            out.append(Emit("price_check", market_price=price, target_price=a.target_price, distance_percent=distance))
             s = replace(s, last_sample_at=e.now, last_sample_distance=distance, last_price=price)
             s = maybe_close(s, e.now, a, price, e.bid, e.ask, e.last, out)
             schedule_target_check(s, e.now, a, price, out)
@@ -78,8 +84,16 @@ def _on_vanished(s: PositionState, e: PositionVanished, out: list) -> PositionSt
         # position open, the episode ended anyway (closed by someone else, re-entered or
         # flipped), and whatever is open now belongs to another episode.
         return replace(s, ended_during_close=True)
-    return finish(s, e.now, CloseReason.MANUAL, out, fill_price=None, total_filled=s.closed_qty, order_id=None,
-                   attempts=s.close_attempts)
+    return finish(
+        s,
+        e.now,
+        CloseReason.MANUAL,
+        out,
+        fill_price=None,
+        total_filled=s.closed_qty,
+        order_id=None,
+        attempts=s.close_attempts,
+    )
 
 
 def _on_start(s: PositionState, e: Start, out: list) -> PositionState:

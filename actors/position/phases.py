@@ -28,8 +28,11 @@ def hours_fields(s: PositionState, a: Assessment) -> dict[str, Any]:
     """The row's hour counters at ``a``: hours aged, hours spent in grace, hours in progressive."""
     over = max(Decimal(0), a.hours_over)
     grace = min(over, s.config.grace_period_hours)
-    return {"hours_aged": a.age_hours, "hours_in_grace": grace,
-            "hours_in_progressive": max(Decimal(0), over - s.config.grace_period_hours)}
+    return {
+        "hours_aged": a.age_hours,
+        "hours_in_grace": grace,
+        "hours_in_progressive": max(Decimal(0), over - s.config.grace_period_hours),
+    }
 
 
 def transition(s: PositionState, new_status: Status, out: list, **fields) -> PositionState:
@@ -61,18 +64,29 @@ def sync_phase(s: PositionState, now: datetime, out: list) -> tuple[PositionStat
         wanted = PHASE_STATUS[a.phase]
         if wanted != s.status:
             grace_start, grace_end = phase_boundaries(s)
-            fields: dict[str, Any] = {"target_price": a.target_price,
-                                      "loss_tolerance_percent": a.loss_tolerance_percent,
-                                      **hours_fields(s, a)}
+            fields: dict[str, Any] = {
+                "target_price": a.target_price,
+                "loss_tolerance_percent": a.loss_tolerance_percent,
+                **hours_fields(s, a),
+            }
             if a.phase is not Phase.NOT_AGED:
                 fields["grace_started_at"] = grace_start
             if a.phase is Phase.PROGRESSIVE:
                 fields["progressive_started_at"] = grace_end
             old = s.status
             s = transition(s, wanted, out, **fields)
-            out.append(Emit("aged.phase.changed", target_price=a.target_price,
-                            data={"from": old, "to": wanted, "phase": a.phase.value,
-                                  "loss_tolerance_percent": str(a.loss_tolerance_percent)}))
+            out.append(
+                Emit(
+                    "aged.phase.changed",
+                    target_price=a.target_price,
+                    data={
+                        "from": old,
+                        "to": wanted,
+                        "phase": a.phase.value,
+                        "loss_tolerance_percent": str(a.loss_tolerance_percent),
+                    },
+                )
+            )
     nxt = next_phase_change(s.opened_at, now, s.config)
     if nxt is not None:
         out.append(ScheduleTimer(nxt + timedelta(microseconds=1), "phase"))

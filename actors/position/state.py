@@ -23,12 +23,24 @@ if TYPE_CHECKING:
 
 PHASE_STATUS = STATUS_OF_PHASE
 LEGAL = {
-    Status.DETECTED: {Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.ERROR, Status.SKIPPED,
-                      Status.DUST},
+    Status.DETECTED: {
+        Status.GRACE_ACTIVE,
+        Status.PROGRESSIVE_ACTIVE,
+        Status.CLOSED,
+        Status.ERROR,
+        Status.SKIPPED,
+        Status.DUST,
+    },
     Status.GRACE_ACTIVE: {Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.ERROR, Status.SKIPPED, Status.DUST},
     Status.PROGRESSIVE_ACTIVE: {Status.CLOSED, Status.ERROR, Status.SKIPPED, Status.DUST},
-    Status.ERROR: {Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.SKIPPED, Status.DETECTED,
-                   Status.DUST},
+    Status.ERROR: {
+        Status.GRACE_ACTIVE,
+        Status.PROGRESSIVE_ACTIVE,
+        Status.CLOSED,
+        Status.SKIPPED,
+        Status.DETECTED,
+        Status.DUST,
+    },
     Status.SKIPPED: {Status.DETECTED, Status.GRACE_ACTIVE, Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.DUST},
     Status.DUST: {Status.CLOSED},
     Status.CLOSED: set(),

@@ -46,13 +46,25 @@ def apply_update(s: PositionState, e: PositionUpdate, out: list) -> PositionStat
         fields: dict[str, Any] = {"quantity": s.quantity}
         if "entry_price" in changes:
             a = assess_state(s, e.now)
-            fields.update(entry_price=s.entry_price, target_price=a.target_price,
-                          breakeven_price=breakeven_price(s.side, s.entry_price, s.config),
-                          loss_tolerance_percent=a.loss_tolerance_percent)
+            fields.update(
+                entry_price=s.entry_price,
+                target_price=a.target_price,
+                breakeven_price=breakeven_price(s.side, s.entry_price, s.config),
+                loss_tolerance_percent=a.loss_tolerance_percent,
+            )
         out.append(Persist(**fields))
-        out.append(Emit("position.changed", target_price=fields.get("target_price"),
-                        data={"old_quantity": str(old_qty), "new_quantity": str(s.quantity),
-                              "old_entry_price": str(old_entry), "new_entry_price": str(s.entry_price)}))
+        out.append(
+            Emit(
+                "position.changed",
+                target_price=fields.get("target_price"),
+                data={
+                    "old_quantity": str(old_qty),
+                    "new_quantity": str(s.quantity),
+                    "old_entry_price": str(old_entry),
+                    "new_entry_price": str(s.entry_price),
+                },
+            )
+        )
     if e.trailing_active is True and s.status in ACTIVE | {Status.ERROR}:
         s = transition(s, Status.SKIPPED, out)
         out.append(Emit("skipped", data={"reason": "trailing stop active"}))
