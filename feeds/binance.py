@@ -23,7 +23,6 @@ streams).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -74,6 +73,8 @@ class BinanceProtocol(ExchangeProtocol):
     # Binance USD-M allows 10 incoming messages per second per connection, pings and
     # pongs included; stay well below.
     min_control_interval = 0.25
+    subscribe_op = "SUBSCRIBE"
+    unsubscribe_op = "UNSUBSCRIBE"
 
     def __init__(self, exchange: str = "binanceusdm", *, with_last: bool = True):
         super().__init__(exchange)
@@ -107,17 +108,6 @@ class BinanceProtocol(ExchangeProtocol):
             self._params[key] = params
             out.append(_dumps({"method": method, "params": params, "id": self._req}))
         return out
-
-    def subscribe_messages(self, symbols: Iterable[str]) -> list[str]:
-        symbols = list(symbols)
-        return self._requests("SUBSCRIBE", symbols, self._remember(symbols))
-
-    def unsubscribe_messages(self, symbols: Iterable[str]) -> list[str]:
-        symbols = list(symbols)
-        ids = self._forget(symbols)
-        for sid in ids:
-            self._state.pop(sid, None)
-        return self._requests("UNSUBSCRIBE", symbols, ids)
 
     # -- incoming ----------------------------------------------------------------------
 

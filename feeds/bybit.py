@@ -23,7 +23,6 @@ An empty string for a price means "no value" (e.g. an empty book side) and clear
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -118,17 +117,6 @@ class BybitProtocol(ExchangeProtocol):
             self.pending[req_id] = (op, tuple(symbols[i : i + _ARGS_PER_REQUEST]))
             out.append(_dumps({"op": op, "req_id": req_id, "args": args}))
         return out
-
-    def subscribe_messages(self, symbols: Iterable[str]) -> list[str]:
-        symbols = list(symbols)
-        return self._requests("subscribe", symbols, self._remember(symbols))
-
-    def unsubscribe_messages(self, symbols: Iterable[str]) -> list[str]:
-        symbols = list(symbols)
-        ids = self._forget(symbols)
-        for sid in ids:
-            self._state.pop(sid, None)
-        return self._requests("unsubscribe", symbols, ids)
 
     def ping_message(self) -> str:
         return _dumps({"op": "ping", "req_id": "ping-" + self._next_req_id()})

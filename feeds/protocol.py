@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import Any
 
 from exchanges.symbols import exchange_symbol_id, unified_symbol
 from feeds.fields import BadValue, excerpt, loads, ms_to_datetime, parse_price
@@ -52,6 +53,11 @@ class ExchangeProtocol:
     heartbeat: str = "ws"
     #: minimum seconds between two control frames we send (exchange rate limits)
     min_control_interval: float = 0.0
+    #: the request names of the exchange's subscribe and unsubscribe
+    subscribe_op: str = "subscribe"
+    unsubscribe_op: str = "unsubscribe"
+    #: what is known of each subscribed symbol's book, by exchange id (each protocol's own kind)
+    _state: dict[str, Any]
 
     def __init__(self, exchange: str):
         self.exchange = exchange
@@ -106,9 +112,20 @@ class ExchangeProtocol:
         self.pending.clear()
 
     def subscribe_messages(self, symbols: Iterable[str]) -> list[str]:
-        raise NotImplementedError
+        """The frames that subscribe ``symbols`` (unified), remembering their ids for parsing."""
+        symbols = list(symbols)
+        return self._requests(self.subscribe_op, symbols, self._remember(symbols))
 
     def unsubscribe_messages(self, symbols: Iterable[str]) -> list[str]:
+        """The frames that unsubscribe ``symbols``; what was known of their books is dropped."""
+        symbols = list(symbols)
+        ids = self._forget(symbols)
+        for sid in ids:
+            self._state.pop(sid, None)
+        return self._requests(self.unsubscribe_op, symbols, ids)
+
+    def _requests(self, op: str, symbols: list[str], ids: list[str]) -> list[str]:
+        """The request frames for ``op`` on ``ids`` (the exchange ids of ``symbols``)."""
         raise NotImplementedError
 
     def ping_message(self) -> str | None:

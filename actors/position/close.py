@@ -194,18 +194,7 @@ def on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionStat
         )
     if e.outcome == "dust" and s.status != Status.DUST:
         return end_as_dust(s, e, attempts, total, out)
-    if e.outcome in ("flat", "vanished"):
-        return finish(
-            s,
-            e.now,
-            CloseReason.MANUAL,
-            out,
-            fill_price=e.avg_price if total > 0 else None,
-            total_filled=total,
-            order_id=e.last_order_id,
-            attempts=attempts,
-        )
-    if s.ended_during_close:
+    if e.outcome in ("flat", "vanished") or s.ended_during_close:
         return finish(
             s,
             e.now,
