@@ -36,7 +36,6 @@ from feeds.protocol import (
     ParseResult,
     RequestError,
     excerpt,
-    loads,
     ms_to_datetime,
     parse_price,
 )
@@ -112,13 +111,9 @@ class BinanceProtocol(ExchangeProtocol):
     # -- incoming ----------------------------------------------------------------------
 
     def parse(self, raw: str | bytes, received_at: float) -> ParseResult:
-        self.frames += 1
-        try:
-            msg = loads(raw)
-        except Exception:  # any decoder error, recursion limit, bad UTF-8, ...
-            return Malformed("invalid JSON", excerpt(raw))
-        if type(msg) is not dict:
-            return Malformed("not a JSON object", excerpt(raw))
+        msg = self._frame_object(raw)
+        if isinstance(msg, Malformed):
+            return msg
         if "stream" in msg and "data" in msg:  # combined-stream wrapper
             msg = msg["data"]
             if type(msg) is not dict:

@@ -38,7 +38,6 @@ from feeds.protocol import (
     Pong,
     RequestError,
     excerpt,
-    loads,
     ms_to_datetime,
     parse_price,
 )
@@ -124,13 +123,9 @@ class BybitProtocol(ExchangeProtocol):
     # -- incoming ----------------------------------------------------------------------
 
     def parse(self, raw: str | bytes, received_at: float) -> ParseResult:
-        self.frames += 1
-        try:
-            msg = loads(raw)
-        except Exception:  # any decoder error, recursion limit, bad UTF-8, ...
-            return Malformed("invalid JSON", excerpt(raw))
-        if type(msg) is not dict:
-            return Malformed("not a JSON object", excerpt(raw))
+        msg = self._frame_object(raw)
+        if isinstance(msg, Malformed):
+            return msg
         topic = msg.get("topic")
         if topic is None:
             return self._control(msg, raw)

@@ -111,6 +111,17 @@ class ExchangeProtocol:
         """
         self.pending.clear()
 
+    def _frame_object(self, raw: str | bytes) -> dict | Malformed:
+        """Count a received frame and decode it: the JSON object it holds, or why not."""
+        self.frames += 1
+        try:
+            msg = loads(raw)
+        except Exception:  # any decoder error, recursion limit, bad UTF-8, ...
+            return Malformed("invalid JSON", excerpt(raw))
+        if type(msg) is not dict:
+            return Malformed("not a JSON object", excerpt(raw))
+        return msg
+
     def subscribe_messages(self, symbols: Iterable[str]) -> list[str]:
         """The frames that subscribe ``symbols`` (unified), remembering their ids for parsing."""
         symbols = list(symbols)
