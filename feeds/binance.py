@@ -123,7 +123,7 @@ class BinanceProtocol(ExchangeProtocol):
             if event == "bookTicker" or (event is None and "b" in msg and "a" in msg and "s" in msg):
                 return self._book_ticker(msg, received_at, raw)
             if event == "aggTrade":
-                return self._agg_trade(msg, received_at, raw)
+                return self._agg_trade(msg, received_at)
         except BadValue as exc:
             return Malformed(exc.reason, excerpt(raw), exc.detail)
         if event is not None:
@@ -154,7 +154,7 @@ class BinanceProtocol(ExchangeProtocol):
             ts = msg.get("T")
         return Tick(self.exchange, symbol, bid, ask, old.last, ms_to_datetime(ts), received_at)
 
-    def _agg_trade(self, msg: dict, received_at: float, raw) -> ParseResult:
+    def _agg_trade(self, msg: dict, received_at: float) -> ParseResult:
         sid, symbol = self._symbol(msg)
         last_s = msg.get("p")
         old = self._state.get(sid, _EMPTY)
