@@ -23,6 +23,7 @@ import pytest
 import trio
 
 from actors.executor import CloseRequest, EpisodeChanged, Executor, client_order_id
+from actors.order_sizing import order_qty
 from actors.position import CloseResult, PositionUpdate
 from storage.writer import StorageWriter
 from supervisor.observer import Observer
@@ -739,7 +740,7 @@ async def test_a_split_with_a_minimum_leaves_a_closable_remainder(autojump_clock
 ])
 def test_the_order_quantity(limits, remaining, qty):
     expected = None if qty is None else D(qty)
-    assert Executor._order_qty(D(remaining), limits, limit=False) == expected
+    assert order_qty(D(remaining), limits, limit=False) == expected
 
 
 async def test_a_position_without_lot_limits_is_closed_as_it_is(autojump_clock):
