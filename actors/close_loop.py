@@ -84,7 +84,7 @@ class CloseLoop:
             # nothing new may be sent before it is known.
             fills = self._fills.setdefault(req.aged_id, Fills())
             return failed_result(req, fills, max(fills.max_attempt, req.next_attempt - 1),
-                                f"{type(exc).__name__}: {exc}")
+                                 f"{type(exc).__name__}: {exc}")
         attempt = max(req.next_attempt, fills.max_attempt + 1)
         if req.reconcile_only:
             remaining = await self._position_qty(req, port)
