@@ -122,7 +122,7 @@ class CloseLoop:
             limit_price = None
             if limit_fallback:
                 try:
-                    quote = await self._call(req.exchange, port.fetch_quote, req.symbol)
+                    quote = await port.fetch_quote(req.symbol)
                     limit_price = ioc_limit_price(req, quote, self.slippage)
                 except ExchangeError as exc:
                     last_error = self._note_error(req, exc, "quote")
@@ -143,11 +143,11 @@ class CloseLoop:
             if req.tick_received_at is not None and attempt == req.next_attempt:
                 self.observer.order_submitted(req.exchange, trio.current_time() - req.tick_received_at)
             log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, side,  # pragma: no mutate
-                     logfmt.qty(qty), limit_text(limit_price, side, self.price_tick(req.exchange, req.symbol)), attempt)  # pragma: no mutate
+                     logfmt.qty(qty), limit_text(limit_price, side, self.price_tick(req.exchange, req.symbol)),  # pragma: no mutate
+                     attempt)  # pragma: no mutate
             failpoint("after_wal")
             try:
-                result = await self._call(req.exchange, port.create_close_order, req.symbol, req.side, qty,
-                                          cid, limit_price=limit_price)
+                result = await port.create_close_order(req.symbol, req.side, qty, cid, limit_price=limit_price)
                 failpoint("after_send")
             except UnknownOutcomeError as exc:
                 last_error = self._note_error(req, exc, "send")
@@ -220,7 +220,7 @@ class CloseLoop:
         if fn is None:
             return None
         try:
-            return await self._call(req.exchange, fn, req.symbol)
+            return await fn(req.symbol)
         except ExchangeError as exc:
             self._note_error(req, exc, "limits")
             return None  # the adapter still rounds and checks; the exchange has the last word
@@ -228,7 +228,7 @@ class CloseLoop:
 
     async def _position_qty(self, req: CloseRequest, port: ExchangePort) -> Decimal:
         """What is left to close of *this* episode (0 when the position is gone)."""
-        positions = await self._call(req.exchange, port.fetch_positions, [req.symbol])
+        positions = await port.fetch_positions([req.symbol])
         for p in positions:
             if p.symbol == req.symbol and p.side == req.side and p.qty > 0:
                 if await self._another_episode(req, port, p):
@@ -252,8 +252,7 @@ class CloseLoop:
         if p.entry_price == req.entry_price and p.qty <= req.qty:
             return False
         now = req.clock()
-        fills = await self._call(req.exchange, port.fetch_fills, req.symbol,
-                                 max(req.opened_at, now - _EPISODE_CHECK_WINDOW), now + _CLOCK_SKEW)
+        fills = await port.fetch_fills(req.symbol, max(req.opened_at, now - _EPISODE_CHECK_WINDOW), now + _CLOCK_SKEW)
         at = reentered_at(fills, req.side, p.qty, last_look=req.opened_at, opened_at=req.opened_at, skew=_CLOCK_SKEW)
         if at is not None:
             log.warning("%s %s %s: not closing, the position on the exchange was opened again at %s "  # pragma: no mutate

@@ -52,7 +52,8 @@ class WriteAhead:
                 return
             except Exception as exc:  # noqa: BLE001 - database away: the writer keeps it
                 log.warning("write-ahead row %s not committed (%s: %s); queued, sending anyway",  # pragma: no mutate
-                            row.client_order_id, type(exc).__name__, exc)  # pragma: no mutate
+                            row.client_order_id, type(exc).__name__,  # pragma: no mutate
+                            exc)  # pragma: no mutate
         self.writer.submit(row)
 
     async def _reconcile(self, req: CloseRequest, port: ExchangePort) -> Fills:
@@ -74,7 +75,8 @@ class WriteAhead:
                 rows = await self.load_orders(req.aged_id)
         except Exception as exc:  # noqa: BLE001 - database away or slow: rely on memory and the exchange
             log.warning("cannot read the write-ahead table (%s: %s); reconciling from memory and the exchange",  # pragma: no mutate
-                        type(exc).__name__, exc)  # pragma: no mutate
+                        type(exc).__name__,  # pragma: no mutate
+                        exc)  # pragma: no mutate
         for row in rows:
             if row["state"] in FINAL_STATES and row["client_order_id"] not in fills.orders:
                 fills.record(row["client_order_id"], row["attempt"], row["filled_qty"], row["avg_price"])

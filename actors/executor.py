@@ -172,10 +172,6 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
                 log.warning("actor for %s %s is gone; its successor will reconcile from the write-ahead table",  # pragma: no mutate
                             req.exchange, req.symbol)  # pragma: no mutate
 
-    async def _call(self, exchange: str, fn, *args, **kw):
-        """Every exchange call of a close goes through here (the adapter paces them)."""
-        return await fn(*args, **kw)
-
     def _note_error(self, req: CloseRequest, exc: ExchangeError, stage: str) -> str:
         """Count and tell an exchange error at ``stage`` (for the log line); returns its text for the result."""
         code = exc.code or type(exc).__name__

@@ -8,8 +8,8 @@ anything new is sent. Lookups retry on the shared backoff; when they all fail th
 outcome stays unknown and the caller stops there.
 
 :class:`OrderLookups` is a part of :class:`actors.executor.Executor`; it uses the
-executor's ``retry_delays``, ``lookup_retries``, ``follow_polls``, ``stats``, ``_call``
-and ``_note_error``.
+executor's ``retry_delays``, ``lookup_retries``, ``follow_polls``, ``stats`` and
+``_note_error``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class OrderLookups:
         for i in range(self.lookup_retries):
             self.stats.lookups += 1
             try:
-                return await self._call(req.exchange, port.fetch_order_by_client_id, req.symbol, cid)
+                return await port.fetch_order_by_client_id(req.symbol, cid)
             except ExchangeError as exc:
                 self._note_error(req, exc, "lookup")
                 if i + 1 < self.lookup_retries:
