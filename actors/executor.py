@@ -1,7 +1,8 @@
 """The order executor: the one actor that sends close orders to exchanges.
 
-Every close goes through here, so rate limits and per-symbol ordering live in one
-place. For each request, under that symbol's lock:
+Every close goes through here, so the order of closes per symbol is kept in one
+place (each exchange's client paces the requests). For each request, under that
+symbol's lock:
 
 1. Reconcile: every earlier client order id of this aged position that is not known
    to be final is looked up on the exchange first. Nothing is ever re-sent blindly.
@@ -76,6 +77,9 @@ log = logging.getLogger("actors.executor")
 
 @dataclass
 class ExecutorStats:
+    """Counters for benchmarks and tests: orders sent, of which retries, lookups, and
+    exchange errors by code."""
+
     attempts: int = 0
     retries: int = 0
     lookups: int = 0
@@ -84,6 +88,10 @@ class ExecutorStats:
 
 class Executor(CloseLoop, WriteAhead, OrderLookups):
     """Closes positions on request. ``await executor.run()`` is the actor body.
+
+    Its close procedure, write-ahead rows and lookups come from its parts
+    (:class:`CloseLoop`, :class:`WriteAhead`, :class:`OrderLookups`); this class holds
+    their shared state and answers each request.
 
     ``load_orders(aged_id)`` returns the write-ahead rows of an aged position (the
     repository's ``close_orders``); it may raise when the database is away, and the
@@ -129,12 +137,15 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
         self._send.send_nowait((request, self.writer.hold() if fast else NoHold()))
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Take queued requests and handle each in its own task until cancelled."""
         async with trio.open_nursery() as nursery:
             task_status.started()
             async for request, hold in self._receive:
                 nursery.start_soon(self._handle, request, hold)
 
     async def _handle(self, req: CloseRequest, hold=NoHold()) -> None:
+        """Close under the symbol's lock and always answer the actor, even when the close
+        broke; a finished close forgets the aged position's fills."""
         lock = self._locks.setdefault((req.exchange, req.symbol), trio.Lock())
         async with lock:
             try:
