@@ -60,35 +60,66 @@ class Fills:
         return sum((q * p for q, p in self.orders.values() if q > 0 and p is not None), Decimal(0)) / total
 
 
-def close_result(req: CloseRequest, fills: Fills, remaining: Decimal, attempts: int, *,
-                 outcome: str | None) -> CloseResult:
+def close_result(
+    req: CloseRequest, fills: Fills, remaining: Decimal, attempts: int, *, outcome: str | None
+) -> CloseResult:
     """The answer of a close that ended normally: ``flat`` when nothing is left and
     something filled, ``vanished`` when nothing is left and nothing of ours filled,
     ``open`` when some remains (unless ``outcome`` names it)."""
     if outcome is None:
         outcome = ("flat" if fills.total > 0 else "vanished") if remaining == 0 else "open"
-    return CloseResult(req.clock(), outcome, filled_qty=fills.total, avg_price=fills.vwap,
-                       remaining_qty=remaining, attempts=max(attempts, fills.max_attempt),
-                       last_order_id=fills.last_order_id)
+    return CloseResult(
+        req.clock(),
+        outcome,
+        filled_qty=fills.total,
+        avg_price=fills.vwap,
+        remaining_qty=remaining,
+        attempts=max(attempts, fills.max_attempt),
+        last_order_id=fills.last_order_id,
+    )
 
 
-def failed_result(req: CloseRequest, fills: Fills, attempts: int, error: str | None,
-                  remaining: Decimal | None = None) -> CloseResult:
+def failed_result(
+    req: CloseRequest, fills: Fills, attempts: int, error: str | None, remaining: Decimal | None = None
+) -> CloseResult:
     """The answer of a close that gave up for now; the position stays under watch."""
-    log.critical("CLOSE FAILED %s %s after %d attempts: %s — position stays under watch",  # pragma: no mutate
-                 req.exchange, req.symbol, attempts, error)  # pragma: no mutate
-    return CloseResult(req.clock(), "failed", filled_qty=fills.total, avg_price=fills.vwap,
-                       remaining_qty=remaining, attempts=max(attempts, fills.max_attempt),
-                       last_order_id=fills.last_order_id, error=error)
+    log.critical(
+        "CLOSE FAILED %s %s after %d attempts: %s — position stays under watch",  # pragma: no mutate
+        req.exchange,
+        req.symbol,
+        attempts,
+        error,
+    )  # pragma: no mutate
+    return CloseResult(
+        req.clock(),
+        "failed",
+        filled_qty=fills.total,
+        avg_price=fills.vwap,
+        remaining_qty=remaining,
+        attempts=max(attempts, fills.max_attempt),
+        last_order_id=fills.last_order_id,
+        error=error,
+    )
 
 
-def dust_result(req: CloseRequest, fills: Fills, remaining: Decimal, attempts: int,
-                limits: LotLimits | None) -> CloseResult:
+def dust_result(
+    req: CloseRequest, fills: Fills, remaining: Decimal, attempts: int, limits: LotLimits | None
+) -> CloseResult:
     """The answer of a close whose remainder is below the minimum order: no order can close it."""
     least = limits.min_qty if limits is not None and limits.min_qty else (limits.step if limits else None)
-    error = (f"remaining {remaining} is below the minimum order quantity"
-             + (f" {least}" if least is not None else "") + ": no order can close it")
+    error = (
+        f"remaining {remaining} is below the minimum order quantity"
+        + (f" {least}" if least is not None else "")
+        + ": no order can close it"
+    )
     log.error("%s %s: %s", req.exchange, req.symbol, error)  # pragma: no mutate
-    return CloseResult(req.clock(), "dust", filled_qty=fills.total, avg_price=fills.vwap,
-                       remaining_qty=remaining, attempts=max(attempts, fills.max_attempt),
-                       last_order_id=fills.last_order_id, error=error)
+    return CloseResult(
+        req.clock(),
+        "dust",
+        filled_qty=fills.total,
+        avg_price=fills.vwap,
+        remaining_qty=remaining,
+        attempts=max(attempts, fills.max_attempt),
+        last_order_id=fills.last_order_id,
+        error=error,
+    )

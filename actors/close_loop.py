@@ -31,17 +31,22 @@ import trio
 from actors.close_fills import Fills, close_result, dust_result, failed_result
 from actors.close_request import CloseRequest, EpisodeChanged, client_order_id, order_side
 from actors.episodes import reentered_at
+from actors.executor_parts import ExecutorParts
 from actors.failpoints import failpoint
 from actors.order_sizing import DUST_CODES, ioc_limit_price, limit_text, order_qty
 from actors.position import CloseResult
 from actors.statuses import OrderState
 from exchanges import logfmt
 from exchanges.errors import (
-    ExchangeError, InsufficientLiquidityError, NonRetryableError, RetryableError, UnknownOutcomeError,
+    ExchangeError,
+    InsufficientLiquidityError,
+    NonRetryableError,
+    RetryableError,
+    UnknownOutcomeError,
 )
-from exchanges.port import ExchangePort, LotLimits
+from exchanges.port import ExchangePort, LotLimits, OrderResult
 from storage import ops as op
-from storage.writer import NoHold
+from storage.writer import NO_HOLD
 from supervisor.backoff import Backoff, retry_after_of
 
 log = logging.getLogger("actors.executor")
@@ -70,10 +75,10 @@ class RetrySchedule:
         return True
 
 
-class CloseLoop:
+class CloseLoop(ExecutorParts):
     """The executor's close procedure (see the module docstring)."""
 
-    async def _close(self, req: CloseRequest, hold=NoHold()) -> CloseResult:
+    async def _close(self, req: CloseRequest, hold=NO_HOLD) -> CloseResult:
         """Carry out one close request; ``hold`` (the storage writer's) is released once
         its first write-ahead row is written."""
         port = self.exchanges[req.exchange]
@@ -83,8 +88,9 @@ class CloseLoop:
             # An earlier order's fate is unknown and the exchange cannot tell now:
             # nothing new may be sent before it is known.
             fills = self._fills.setdefault(req.aged_id, Fills())
-            return failed_result(req, fills, max(fills.max_attempt, req.next_attempt - 1),
-                                 f"{type(exc).__name__}: {exc}")
+            return failed_result(
+                req, fills, max(fills.max_attempt, req.next_attempt - 1), f"{type(exc).__name__}: {exc}"
+            )
         attempt = max(req.next_attempt, fills.max_attempt + 1)
         if req.reconcile_only:
             remaining = await self._position_qty(req, port)
@@ -93,6 +99,7 @@ class CloseLoop:
         backoff = RetrySchedule(self.retry_delays)
         partial_rounds = 0
         rounds = 0
+        result: OrderResult | None
         last_error = None
         limit_fallback = False
         limits: LotLimits | None = None
@@ -130,10 +137,19 @@ class CloseLoop:
                         return failed_result(req, fills, attempt - 1, last_error)
                     continue
             failpoint("before_wal")
-            await self._write_ahead(op.RecordCloseOrder(
-                client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange,
-                symbol=req.symbol, side=side, order_type="limit_ioc" if limit_price else "market",
-                requested_qty=qty, limit_price=limit_price))
+            await self._write_ahead(
+                op.RecordCloseOrder(
+                    client_order_id=cid,
+                    aged_id=req.aged_id,
+                    attempt=attempt,
+                    exchange=req.exchange,
+                    symbol=req.symbol,
+                    side=side,
+                    order_type="limit_ioc" if limit_price else "market",
+                    requested_qty=qty,
+                    limit_price=limit_price,
+                )
+            )
             fills.sent(cid, attempt)  # from here on this client order id is never sent again
             hold.release()
             self.stats.attempts += 1
@@ -142,9 +158,16 @@ class CloseLoop:
             self.observer.close_attempted(req.exchange, attempt)
             if req.tick_received_at is not None and attempt == req.next_attempt:
                 self.observer.order_submitted(req.exchange, trio.current_time() - req.tick_received_at)
-            log.info("close order %s: %s %s %s qty=%s%s (attempt %d)", cid, req.exchange, req.symbol, side,  # pragma: no mutate
-                     logfmt.qty(qty), limit_text(limit_price, side, self.price_tick(req.exchange, req.symbol)),  # pragma: no mutate
-                     attempt)  # pragma: no mutate
+            log.info(
+                "close order %s: %s %s %s qty=%s%s (attempt %d)",
+                cid,
+                req.exchange,
+                req.symbol,
+                side,  # pragma: no mutate
+                logfmt.qty(qty),
+                limit_text(limit_price, side, self.price_tick(req.exchange, req.symbol)),  # pragma: no mutate
+                attempt,
+            )  # pragma: no mutate
             failpoint("after_wal")
             try:
                 result = await port.create_close_order(req.symbol, req.side, qty, cid, limit_price=limit_price)
@@ -173,15 +196,16 @@ class CloseLoop:
                 last_error = self._note_error(req, exc, "send")
                 self._rejected(cid, exc)
                 fills.settled(cid, attempt)
+                left: Decimal | None
                 try:
-                    remaining = await self._position_qty(req, port)
+                    left = await self._position_qty(req, port)
                 except ExchangeError:
-                    remaining = None
-                if remaining == 0:
+                    left = None
+                if left == 0:
                     return close_result(req, fills, Decimal(0), attempt, outcome=None)
-                if exc.code in DUST_CODES and remaining is not None:
-                    return dust_result(req, fills, remaining, attempt, limits)
-                return failed_result(req, fills, attempt, last_error, remaining)
+                if exc.code in DUST_CODES and left is not None:
+                    return dust_result(req, fills, left, attempt, limits)
+                return failed_result(req, fills, attempt, last_error, left)
             except RetryableError as exc:
                 last_error = self._note_error(req, exc, "send")
                 self._rejected(cid, exc)
@@ -198,8 +222,13 @@ class CloseLoop:
                     self._wal(cid, state=OrderState.OPEN)
                     return failed_result(req, fills, attempt, f"{type(exc).__name__}: {exc}")
                 if result.status == "open":
-                    self._wal(cid, state=OrderState.OPEN, exchange_order_id=result.exchange_order_id,
-                              filled_qty=result.filled_qty, avg_price=result.avg_price)
+                    self._wal(
+                        cid,
+                        state=OrderState.OPEN,
+                        exchange_order_id=result.exchange_order_id,
+                        filled_qty=result.filled_qty,
+                        avg_price=result.avg_price,
+                    )
                     return failed_result(req, fills, attempt, f"order {cid} is still open on the exchange")
             if result is not None:
                 self._record(req, fills, cid, attempt, result)
@@ -225,7 +254,6 @@ class CloseLoop:
             self._note_error(req, exc, "limits")
             return None  # the adapter still rounds and checks; the exchange has the last word
 
-
     async def _position_qty(self, req: CloseRequest, port: ExchangePort) -> Decimal:
         """What is left to close of *this* episode (0 when the position is gone)."""
         positions = await port.fetch_positions([req.symbol])
@@ -233,8 +261,11 @@ class CloseLoop:
             if p.symbol == req.symbol and p.side == req.side and p.qty > 0:
                 if await self._another_episode(req, port, p):
                     return Decimal(0)
-                if (req.entry_price is not None and p.entry_price != req.entry_price
-                        and not self._fills.get(req.aged_id, Fills()).total):
+                if (
+                    req.entry_price is not None
+                    and p.entry_price != req.entry_price
+                    and not self._fills.get(req.aged_id, Fills()).total
+                ):
                     raise EpisodeChanged(p.qty, p.entry_price)
                 return p.qty
         return Decimal(0)
@@ -255,9 +286,13 @@ class CloseLoop:
         fills = await port.fetch_fills(req.symbol, max(req.opened_at, now - _EPISODE_CHECK_WINDOW), now + _CLOCK_SKEW)
         at = reentered_at(fills, req.side, p.qty, last_look=req.opened_at, opened_at=req.opened_at, skew=_CLOCK_SKEW)
         if at is not None:
-            log.warning("%s %s %s: not closing, the position on the exchange was opened again at %s "  # pragma: no mutate
-                        "(a new episode); this aged position is over", req.exchange, req.symbol, req.side,  # pragma: no mutate
-                        at.isoformat())  # pragma: no mutate
+            log.warning(
+                "%s %s %s: not closing, the position on the exchange was opened again at %s "  # pragma: no mutate
+                "(a new episode); this aged position is over",
+                req.exchange,
+                req.symbol,
+                req.side,  # pragma: no mutate
+                at.isoformat(),
+            )  # pragma: no mutate
             return True
         return False
-

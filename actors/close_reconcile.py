@@ -23,6 +23,7 @@ import trio
 
 from actors.close_fills import Fills
 from actors.close_request import CloseRequest, client_order_id, order_side
+from actors.executor_parts import ExecutorParts
 from actors.statuses import FINAL, OrderState
 from exchanges import logfmt
 from exchanges.errors import ExchangeError, UnknownOutcomeError
@@ -34,7 +35,7 @@ log = logging.getLogger("actors.executor")
 FINAL_STATES = FINAL
 
 
-class WriteAhead:
+class WriteAhead(ExecutorParts):
     """The executor's write-ahead rows and its reconciling (see the module docstring)."""
 
     async def _write_ahead(self, row: op.RecordCloseOrder) -> None:
@@ -51,9 +52,12 @@ class WriteAhead:
                     await self.write_direct([row])
                 return
             except Exception as exc:  # noqa: BLE001 - database away: the writer keeps it
-                log.warning("write-ahead row %s not committed (%s: %s); queued, sending anyway",  # pragma: no mutate
-                            row.client_order_id, type(exc).__name__,  # pragma: no mutate
-                            exc)  # pragma: no mutate
+                log.warning(
+                    "write-ahead row %s not committed (%s: %s); queued, sending anyway",  # pragma: no mutate
+                    row.client_order_id,
+                    type(exc).__name__,  # pragma: no mutate
+                    exc,
+                )  # pragma: no mutate
         self.writer.submit(row)
 
     async def _reconcile(self, req: CloseRequest, port: ExchangePort) -> Fills:
@@ -63,8 +67,13 @@ class WriteAhead:
         still open on the exchange: nothing new may be sent before its fate is known.
         """
         fills = self._fills.setdefault(req.aged_id, Fills())
-        if (req.next_attempt == 1 and not req.reconcile_only and not fills.orders and not fills.pending
-                and fills.max_attempt == 0):
+        if (
+            req.next_attempt == 1
+            and not req.reconcile_only
+            and not fills.orders
+            and not fills.pending
+            and fills.max_attempt == 0
+        ):
             # A first close with no restart behind it (the actor reconciles first after
             # a restart) has no earlier orders to read; the position check before the
             # send covers the rest. This keeps a database read off the tick→order path.
@@ -74,9 +83,12 @@ class WriteAhead:
             with trio.fail_after(self.db_timeout):
                 rows = await self.load_orders(req.aged_id)
         except Exception as exc:  # noqa: BLE001 - database away or slow: rely on memory and the exchange
-            log.warning("cannot read the write-ahead table (%s: %s); reconciling from memory and the exchange",  # pragma: no mutate
-                        type(exc).__name__,  # pragma: no mutate
-                        exc)  # pragma: no mutate
+            log.warning(
+                "cannot read the write-ahead table (%s: %s); "  # pragma: no mutate
+                "reconciling from memory and the exchange",  # pragma: no mutate
+                type(exc).__name__,  # pragma: no mutate
+                exc,
+            )  # pragma: no mutate
         for row in rows:
             if row["state"] in FINAL_STATES and row["client_order_id"] not in fills.orders:
                 fills.record(row["client_order_id"], row["attempt"], row["filled_qty"], row["avg_price"])
@@ -84,9 +96,11 @@ class WriteAhead:
         unresolved = [r for r in rows if r["state"] not in FINAL_STATES and r["client_order_id"] not in fills.orders]
         # Orders this process sent whose outcome it never learnt (the table may be away or behind).
         listed = {r["client_order_id"] for r in unresolved}
-        unresolved += [{"client_order_id": c, "attempt": a}
-                       for c, a in sorted(fills.pending.items(), key=lambda x: x[1])
-                       if c not in listed and c not in fills.orders]
+        unresolved += [
+            {"client_order_id": c, "attempt": a}
+            for c, a in sorted(fills.pending.items(), key=lambda x: x[1])
+            if c not in listed and c not in fills.orders
+        ]
         extra: list[int] = []
         if req.reconcile_only:
             # After a restart: attempts the table may not know of (sent while the
@@ -94,8 +108,11 @@ class WriteAhead:
             # memory are complete, and the position check before each send guards
             # the rest.
             probe_to = max(fills.max_attempt, req.next_attempt - 1) + 1
-            known = ({r["attempt"] for r in rows} | {int(c.rsplit("-", 1)[1]) for c in fills.orders}
-                     | set(fills.pending.values()))
+            known = (
+                {r["attempt"] for r in rows}
+                | {int(c.rsplit("-", 1)[1]) for c in fills.orders}
+                | set(fills.pending.values())
+            )
             extra = [a for a in range(1, probe_to + 1) if a not in known]
         for attempt in [r["attempt"] for r in unresolved] + extra:
             cid = client_order_id(req.aged_id, attempt)
@@ -109,7 +126,9 @@ class WriteAhead:
                 result = await self._follow(req, port, cid, result)
                 if result.status == "open":
                     raise UnknownOutcomeError(f"order {cid} is still open on the exchange", exchange=req.exchange)
-            log.info("reconciled order %s: %s filled %s", cid, result.status, logfmt.qty(result.filled_qty))  # pragma: no mutate
+            log.info(
+                "reconciled order %s: %s filled %s", cid, result.status, logfmt.qty(result.filled_qty)
+            )  # pragma: no mutate
             if attempt in extra:
                 self._adopt(req, fills, cid, attempt, result)
             else:
@@ -131,27 +150,46 @@ class WriteAhead:
             except UnknownOutcomeError:
                 return
             if result is not None and result.filled_qty > 0:
-                log.info("found our own order %s on the exchange: filled %s", cid, logfmt.qty(result.filled_qty))  # pragma: no mutate
+                log.info(
+                    "found our own order %s on the exchange: filled %s", cid, logfmt.qty(result.filled_qty)
+                )  # pragma: no mutate
                 self._adopt(req, fills, cid, a, result)
 
     def _adopt(self, req: CloseRequest, fills: Fills, cid: str, attempt: int, result: OrderResult) -> None:
         """Record an order of ours the write-ahead table never saw (found on the exchange)."""
-        self.writer.submit(op.RecordCloseOrder(
-            client_order_id=cid, aged_id=req.aged_id, attempt=attempt, exchange=req.exchange, symbol=req.symbol,
-            side=order_side(req.side), order_type="market",
-            requested_qty=max(result.requested_qty or result.filled_qty, Decimal("1e-18"))))
+        self.writer.submit(
+            op.RecordCloseOrder(
+                client_order_id=cid,
+                aged_id=req.aged_id,
+                attempt=attempt,
+                exchange=req.exchange,
+                symbol=req.symbol,
+                side=order_side(req.side),
+                order_type="market",
+                requested_qty=max(result.requested_qty or result.filled_qty, Decimal("1e-18")),
+            )
+        )
         self._record(req, fills, cid, attempt, result)
 
     def _record(self, req: CloseRequest, fills: Fills, cid: str, attempt: int, result: OrderResult) -> None:
         """Write what became of an order; a final one joins the fills, another stays to be looked up."""
-        state = {"closed": OrderState.FILLED, "canceled": OrderState.CANCELED, "rejected": OrderState.REJECTED,
-                 "open": OrderState.OPEN}.get(result.status, OrderState.UNKNOWN)
+        state = {
+            "closed": OrderState.FILLED,
+            "canceled": OrderState.CANCELED,
+            "rejected": OrderState.REJECTED,
+            "open": OrderState.OPEN,
+        }.get(result.status, OrderState.UNKNOWN)
         if state == OrderState.CANCELED and result.filled_qty > 0:
             state = OrderState.PARTIALLY_FILLED
         if state == OrderState.FILLED and result.requested_qty is not None and result.filled_qty < result.requested_qty:
             state = OrderState.PARTIALLY_FILLED
-        self._wal(cid, state=state, exchange_order_id=result.exchange_order_id, filled_qty=result.filled_qty,
-                  avg_price=result.avg_price)
+        self._wal(
+            cid,
+            state=state,
+            exchange_order_id=result.exchange_order_id,
+            filled_qty=result.filled_qty,
+            avg_price=result.avg_price,
+        )
         if state in FINAL_STATES:
             fills.record(cid, attempt, result.filled_qty, result.avg_price)
         else:  # not final yet: looked up again before anything new is sent

@@ -48,9 +48,9 @@ The executor is put together from single-purpose parts:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Mapping
 from uuid import UUID
 
 import trio
@@ -59,17 +59,24 @@ from actors.close_fills import Fills
 from actors.close_loop import CloseLoop
 from actors.close_reconcile import FINAL_STATES, WriteAhead
 from actors.close_request import CloseRequest, EpisodeChanged, client_order_id, order_side
+from actors.executor_parts import ExecutorStats
 from actors.order_lookup import OrderLookups
 from actors.order_sizing import DUST_CODES
 from actors.position import CloseResult, PositionUpdate
 from exchanges.errors import ExchangeError
 from exchanges.port import ExchangePort
-from storage.writer import NoHold, StorageWriter
+from storage.writer import NO_HOLD, StorageWriter
 from supervisor.observer import NO_OBSERVER, Observer
 
 __all__ = [
-    "CloseRequest", "DUST_CODES", "EpisodeChanged", "Executor", "ExecutorStats", "FINAL_STATES",
-    "client_order_id", "order_side",
+    "CloseRequest",
+    "DUST_CODES",
+    "EpisodeChanged",
+    "Executor",
+    "ExecutorStats",
+    "FINAL_STATES",
+    "client_order_id",
+    "order_side",
 ]
 
 log = logging.getLogger("actors.executor")
@@ -98,17 +105,6 @@ class ExecutorConfig:
     db_timeout: float = 2.0
 
 
-@dataclass
-class ExecutorStats:
-    """Counters for benchmarks and tests: orders sent, of which retries, lookups, and
-    exchange errors by code."""
-
-    attempts: int = 0
-    retries: int = 0
-    lookups: int = 0
-    errors_by_code: dict[str, int] = field(default_factory=dict)
-
-
 class Executor(CloseLoop, WriteAhead, OrderLookups):
     """Closes positions on request. ``await executor.run()`` is the actor body.
 
@@ -121,9 +117,16 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
     executor then relies on what it saw itself plus lookups on the exchange.
     """
 
-    def __init__(self, exchanges: Mapping[str, ExchangePort], writer: StorageWriter, load_orders,
-                 *, config: ExecutorConfig = ExecutorConfig(), observer: Observer = NO_OBSERVER,
-                 write_direct=None):
+    def __init__(
+        self,
+        exchanges: Mapping[str, ExchangePort],
+        writer: StorageWriter,
+        load_orders,
+        *,
+        config: ExecutorConfig = ExecutorConfig(),
+        observer: Observer = NO_OBSERVER,
+        write_direct=None,
+    ):
         self.exchanges = dict(exchanges)
         self.writer = writer
         self.load_orders = load_orders
@@ -155,7 +158,7 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
     def submit(self, request: CloseRequest) -> None:
         """Queue a close request (never blocks)."""
         fast = request.tick_received_at is not None and self.write_direct is not None
-        self._send.send_nowait((request, self.writer.hold() if fast else NoHold()))
+        self._send.send_nowait((request, self.writer.hold() if fast else NO_HOLD))
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Take queued requests and handle each in its own task until cancelled."""
@@ -164,7 +167,7 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
             async for request, hold in self._receive:
                 nursery.start_soon(self._handle, request, hold)
 
-    async def _handle(self, req: CloseRequest, hold=NoHold()) -> None:
+    async def _handle(self, req: CloseRequest, hold=NO_HOLD) -> None:
         """Close under the symbol's lock and always answer the actor, even when the close
         broke; a finished close forgets the aged position's fills."""
         lock = self._locks.setdefault((req.exchange, req.symbol), trio.Lock())
@@ -174,25 +177,44 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
             except EpisodeChanged as changed:
                 # Nothing was sent. The actor learns the new size and entry first, then that
                 # its close did nothing; it decides again against the new targets.
-                log.warning("%s %s %s: not closing, the position changed to %s at entry %s (averaged into); "  # pragma: no mutate
-                            "targets follow the new entry", req.exchange, req.symbol, req.side, changed.qty,  # pragma: no mutate
-                            changed.entry_price)  # pragma: no mutate
+                log.warning(
+                    "%s %s %s: not closing, the position changed to %s at entry %s "  # pragma: no mutate
+                    "(averaged into); "  # pragma: no mutate
+                    "targets follow the new entry",
+                    req.exchange,
+                    req.symbol,
+                    req.side,
+                    changed.qty,  # pragma: no mutate
+                    changed.entry_price,
+                )  # pragma: no mutate
                 if req.reply is not None:
                     try:
-                        req.reply.send_nowait(PositionUpdate(req.clock(), quantity=changed.qty,
-                                                             entry_price=changed.entry_price))
+                        req.reply.send_nowait(
+                            PositionUpdate(req.clock(), quantity=changed.qty, entry_price=changed.entry_price)
+                        )
                     except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
                 fills = self._fills.get(req.aged_id, Fills())
-                result = CloseResult(req.clock(), "open", filled_qty=fills.total, avg_price=fills.vwap,
-                                     attempts=max(fills.max_attempt, req.next_attempt - 1))
+                result = CloseResult(
+                    req.clock(),
+                    "open",
+                    filled_qty=fills.total,
+                    avg_price=fills.vwap,
+                    attempts=max(fills.max_attempt, req.next_attempt - 1),
+                )
             except Exception as exc:  # noqa: BLE001 - a close must always answer its actor
                 log.exception("close of %s %s failed unexpectedly", req.exchange, req.symbol)  # pragma: no mutate
                 fills = self._fills.get(req.aged_id, Fills())
-                result = CloseResult(req.clock(), "failed", filled_qty=fills.total, avg_price=fills.vwap,
-                                     remaining_qty=None, last_order_id=fills.last_order_id,
-                                     attempts=max(fills.max_attempt, req.next_attempt - 1),
-                                     error=f"{type(exc).__name__}: {exc}")
+                result = CloseResult(
+                    req.clock(),
+                    "failed",
+                    filled_qty=fills.total,
+                    avg_price=fills.vwap,
+                    remaining_qty=None,
+                    last_order_id=fills.last_order_id,
+                    attempts=max(fills.max_attempt, req.next_attempt - 1),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
             finally:
                 hold.release()
         if result.outcome in ("flat", "vanished", "dust"):
@@ -201,13 +223,19 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
             try:
                 req.reply.send_nowait(result)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                log.warning("actor for %s %s is gone; its successor will reconcile from the write-ahead table",  # pragma: no mutate
-                            req.exchange, req.symbol)  # pragma: no mutate
+                log.warning(
+                    "actor for %s %s is gone; "  # pragma: no mutate
+                    "its successor will reconcile from the write-ahead table",  # pragma: no mutate
+                    req.exchange,
+                    req.symbol,
+                )  # pragma: no mutate
 
     def _note_error(self, req: CloseRequest, exc: ExchangeError, stage: str) -> str:
         """Count and tell an exchange error at ``stage`` (for the log line); returns its text for the result."""
         code = exc.code or type(exc).__name__
         self.stats.errors_by_code[code] = self.stats.errors_by_code.get(code, 0) + 1
         self.observer.exchange_error(req.exchange, code)
-        log.warning("%s %s: %s failed: %s (%s)", req.exchange, req.symbol, stage, type(exc).__name__, exc)  # pragma: no mutate
+        log.warning(
+            "%s %s: %s failed: %s (%s)", req.exchange, req.symbol, stage, type(exc).__name__, exc
+        )  # pragma: no mutate
         return f"{type(exc).__name__}: {exc}"

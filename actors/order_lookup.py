@@ -14,13 +14,14 @@ executor's ``retry_delays``, ``lookup_retries``, ``follow_polls``, ``stats`` and
 
 from __future__ import annotations
 
+from actors.close_request import CloseRequest
+from actors.executor_parts import ExecutorParts
 from exchanges.errors import ExchangeError, UnknownOutcomeError
 from exchanges.port import ExchangePort, OrderResult
-from actors.close_request import CloseRequest
 from supervisor.backoff import Backoff, retry_after_of
 
 
-class OrderLookups:
+class OrderLookups(ExecutorParts):
     """The executor's lookups on the exchange (see the module docstring)."""
 
     async def _lookup(self, req: CloseRequest, port: ExchangePort, cid: str) -> OrderResult | None:
@@ -52,7 +53,13 @@ class OrderLookups:
             found = await self._lookup(req, port, cid)
             if found is not None:
                 if found.requested_qty is None and result.requested_qty is not None:
-                    found = OrderResult(found.client_order_id, found.exchange_order_id, found.status,
-                                        found.filled_qty, found.avg_price, result.requested_qty)
+                    found = OrderResult(
+                        found.client_order_id,
+                        found.exchange_order_id,
+                        found.status,
+                        found.filled_qty,
+                        found.avg_price,
+                        result.requested_qty,
+                    )
                 result = found
         return result

@@ -85,6 +85,9 @@ class NoHold:
         pass
 
 
+NO_HOLD = NoHold()
+
+
 class StorageWriter:
     """Ordered, batched, outage-tolerant writes.
 
