@@ -8,7 +8,8 @@ book (``monitoring.episodes``) in line. An episode runs from flat to flat on one
   from the trading bot's own row (``monitoring.positions``, when the database has the
   bot's table), from the exchange (Bybit ``openTime`` when non-zero), from the fill
   history (the fill that took the position from flat), or else it is the moment first
-  seen. A position may age later than it truly should, never sooner.
+  seen (:mod:`actors.open_time_lookup`). A position may age later than it truly
+  should, never sooner.
 * an open episode on the other side: a flip. The old episode ends, a new one starts.
 * an open episode on the same side that changed since the last look (size, entry or
   the exchange's update time): the fills since the last look say whether it went flat
@@ -22,8 +23,8 @@ skipped there (one error per symbol); one the detector cannot store is skipped h
 
 For every open episode it keeps one timer set for the instant the episode crosses
 ``max_age_hours``; when it fires, the ``aged_positions`` row is created and the actor
-started — at that instant, not at the next poll. When an episode ends, its actor is
-told (reason ``manual`` unless our own close did it). Actors are reached through
+started — at that instant, not at the next poll (:mod:`actors.aging_timers`). When
+an episode ends, its actor is told (reason ``manual`` unless our own close did it). Actors are reached through
 the :class:`~actors.registry.ActorRegistry`; each poll also asks it to recover any
 active aged position that has no actor.
 """
@@ -35,25 +36,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from uuid import UUID
 
 import trio
-import trio.lowlevel
 
 from actors import episodes as ep
 from actors import position as pos
-from actors.events import CLOSE_COMPLETED, DETECTED, LifecycleEvent
-from actors.policy import CloseReason, Phase, aged_at, assess, breakeven_price
+from actors.aging_timers import AgingTimers
+from actors.events import CLOSE_COMPLETED, LifecycleEvent
+from actors.open_time_lookup import OpenTimeLookup
+from actors.policy import CloseReason
 from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
-from actors.statuses import STATUS_OF_PHASE, Status
-from exchanges import logfmt
+from actors.statuses import Status
 from exchanges.errors import ExchangeError
 from exchanges.port import ExchangePort, ExchangePosition
 from exchanges.symbols import unified_symbol
 from storage import ops as op
 from storage.errors import StorageUnavailable, WriteRejected
-from storage.mapping import position_state
 
 log = logging.getLogger("actors.detector")
 
@@ -61,7 +60,6 @@ DATABASE_ERRORS = (StorageUnavailable, trio.TooSlowError)
 # How the trading bot names exchanges in its book.
 BOT_EXCHANGE_NAMES = {"binance": "binanceusdm", "binanceusdm": "binanceusdm", "bybit": "bybit"}
 BOT_SIDES = {"long": "long", "buy": "long", "short": "short", "sell": "short"}
-FILL_WINDOW = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,10 @@ class DetectorConfig:
     clock_skew: timedelta = timedelta(seconds=5)
 
 
-class Detector:
+class Detector(OpenTimeLookup, AgingTimers):
+    """The detector actor. See the module docstring; its parts are declared in
+    :mod:`actors.detector_parts`."""
+
     def __init__(
         self,
         ctx: ActorContext,
@@ -93,9 +94,9 @@ class Detector:
         self.registry = registry
         self.poll_interval = config.poll_interval
         self.symbols = {k: (set(v) if v else None) for k, v in (symbols or {}).items()}
-        self._timers: dict[int, trio.CancelScope] = {}
-        self._last_sent: dict[UUID, tuple] = {}  # the last update told to each actor
-        self._bad_symbols: set[tuple[str, str]] = set()
+        self._timers = {}
+        self._last_sent = {}
+        self._bad_symbols = set()
         self.fill_history = config.fill_history
         self.clock_skew = config.clock_skew
         self.polls = 0
@@ -230,72 +231,6 @@ class Detector:
             bot_position_id=None if bot_row is None else bot_row["id"],
         )
 
-    async def _reentered_at(
-        self, port: ExchangePort, p: ExchangePosition, row: dict, bot_row: dict | None, now: datetime
-    ) -> ep.OpenTime | None:
-        """A new opening of the same side since the last look, or None (the same episode)."""
-        skew = self.clock_skew
-        if bot_row is not None and row["bot_position_id"] is not None and bot_row["id"] != row["bot_position_id"]:
-            return ep.OpenTime(bot_row["opened_at"], ep.BOT)  # the bot's book has a new row: a new episode
-        if p.opened_at is not None and p.opened_at > row["opened_at"] + skew and row["opened_at_source"] != ep.BOT:
-            return ep.OpenTime(p.opened_at, ep.EXCHANGE)
-        changed = (
-            p.qty != row["quantity"]
-            or p.entry_price != row["entry_price"]
-            or (
-                p.updated_at is not None
-                and row["exchange_updated_at"] is not None
-                and p.updated_at != row["exchange_updated_at"]
-            )
-        )
-        if not changed:
-            return None
-        last_look = row["last_seen_at"]
-        try:
-            fills = await port.fetch_fills(p.symbol, last_look - skew, now + skew)
-        except ExchangeError as exc:
-            if p.qty == row["quantity"] and p.entry_price == row["entry_price"]:
-                raise  # only the update time moved: look again next poll
-            log.warning(
-                "%s %s changed (size %s -> %s, entry %s -> %s) and the fill history cannot be read (%s): "
-                "taken as a new episode, which can only make it age later",
-                p.exchange,
-                p.symbol,
-                row["quantity"],
-                p.qty,
-                row["entry_price"],
-                p.entry_price,
-                exc,
-            )
-            return ep.OpenTime(now, ep.FIRST_SEEN)
-        at = ep.reentered_at(fills, p.side, p.qty, last_look=last_look, opened_at=row["opened_at"], skew=skew)
-        return None if at is None else ep.OpenTime(at, ep.FILLS)
-
-    async def _open_time(
-        self, port: ExchangePort, p: ExchangePosition, bot_row: dict | None, now: datetime
-    ) -> ep.OpenTime:
-        if bot_row is not None and bot_row["opened_at"] is not None:
-            return ep.OpenTime(bot_row["opened_at"], ep.BOT)
-        if p.opened_at is not None:
-            return ep.OpenTime(p.opened_at, ep.EXCHANGE)
-        # Walk the fill history back, a window at a time, until the opening fill shows.
-        earliest = now - self.fill_history
-        fills: list = []
-        hi = now + self.clock_skew
-        try:
-            while hi > earliest:
-                lo = max(earliest, hi - FILL_WINDOW + timedelta(milliseconds=1))  # one request per window
-                fills = list(await port.fetch_fills(p.symbol, lo, hi)) + fills
-                if ep.opening_fill(fills, p.side, p.qty) is not None:
-                    break
-                hi = lo - timedelta(milliseconds=1)
-        except ExchangeError as exc:
-            log.warning(
-                "%s %s: fill history unavailable (%s); open time is the moment first seen", p.exchange, p.symbol, exc
-            )
-            return ep.OpenTime(now, ep.FIRST_SEEN)
-        return ep.open_time(fills, p.side, p.qty, window_start=earliest, first_seen=now)
-
     async def _start_episode(
         self,
         port: ExchangePort,
@@ -390,86 +325,6 @@ class Detector:
                     ),
                 ):
                     self._last_sent[aged] = key
-
-    # --- aging timers --------------------------------------------------------------------
-
-    def _ensure_timer(self, row: dict) -> None:
-        if row["id"] in self._timers:
-            return
-        scope = trio.CancelScope()
-        self._timers[row["id"]] = scope
-        self._nursery.start_soon(self._age_timer, row, scope)
-
-    def _not_aged_yet(self, row: dict) -> bool:
-        now = self.ctx.clock.now()
-        return assess(row["side"], row["entry_price"], row["opened_at"], now, self.ctx.config).phase is Phase.NOT_AGED
-
-    async def _age_timer(self, row: dict, scope: trio.CancelScope) -> None:
-        with scope:
-            existing = await self.ctx.db.aged_position_for(row["id"])
-            if existing is None:
-                crossing = aged_at(row["opened_at"], self.ctx.config)
-                await self.ctx.clock.sleep_until(crossing)
-                await trio.lowlevel.checkpoint()  # strictly older: assess just after the boundary
-                # the policy clock (scaled in the demo) may wake a hair early: step to just past the boundary
-                while self._not_aged_yet(row):  # noqa: ASYNC110
-                    await trio.sleep(0.001)
-                current = await self.ctx.db.episode(row["id"])  # size and entry as they are now
-                if current is None or current["status"] != "open":
-                    return
-                existing = await self._create_aged(current, crossing)
-            if existing["status"] != Status.CLOSED:
-                # The row in hand is the actor's state: it need not read it again (and can
-                # start watching while the database is away). A close never triggered has
-                # no order in flight.
-                state = None
-                if existing["close_triggered_at"] is None:
-                    state = position_state(existing, self.ctx.config, self.ctx.settings, inflight_orders=False)
-                await self.registry.ensure(existing["id"], state)
-        # the timer has done its job; keep the id so it is not scheduled again
-
-    async def _create_aged(self, row: dict, crossing: datetime) -> dict:
-        now = self.ctx.clock.now()
-        a = assess(row["side"], row["entry_price"], row["opened_at"], now, self.ctx.config)
-        status = Status.SKIPPED if row["trailing_activated"] else STATUS_OF_PHASE[a.phase]
-        grace_start = aged_at(row["opened_at"], self.ctx.config)
-        aged, created = await self.ctx.db.create_aged_position(
-            row,
-            detected_at=now,
-            status=status,
-            target_price=a.target_price,
-            breakeven_price=breakeven_price(row["side"], row["entry_price"], self.ctx.config),
-            loss_tolerance_percent=a.loss_tolerance_percent,
-            hours_aged=a.age_hours,
-            config=self.ctx.config.as_dict(),
-            grace_started_at=grace_start,
-            progressive_started_at=grace_start
-            + timedelta(microseconds=int(self.ctx.config.grace_period_hours * 3_600_000_000)),
-        )
-        if created:
-            self.detections += 1
-            lag = (now - crossing).total_seconds()
-            self.ctx.observer.position_detected(lag)
-            data = {
-                "phase": a.phase.value,
-                "status": status,
-                "target": str(a.target_price),
-                "age_hours": str(a.age_hours.quantize(Decimal("0.001"))),
-            }
-            self.ctx.writer.submit(
-                op.AddEvent(aged["id"], DETECTED, target_price=a.target_price, metadata=data, at=now)
-            )
-            self.ctx.bus.publish(LifecycleEvent(DETECTED, now, aged["id"], row["exchange"], row["symbol"], data))
-            log.info(
-                "%s %s %s %s phase=%s target=%s",
-                DETECTED,
-                row["exchange"],
-                row["symbol"],
-                row["side"],
-                a.phase.value,
-                logfmt.price(a.target_price, self.ctx.executor.price_tick(row["exchange"], row["symbol"])),
-            )
-        return aged
 
 
 def _unusable(p: ExchangePosition) -> str | None:

@@ -1,0 +1,181 @@
+"""Applying a batch of write operations (:mod:`storage.ops`) in one transaction.
+
+The storage writer hands over what actors submitted, in order; one batch is one
+trio→asyncio crossing and one transaction. Runs of events go in with one
+``executemany``. Every operation is applied by fixed SQL, and an update may only name
+columns from a fixed list (:data:`AGED_UPDATABLE`, :data:`CLOSE_ORDER_UPDATABLE`).
+A confirmed close also marks the trading bot's row closed, when its table has the
+columns for it (:data:`BOT_BOOK_CLOSE`); that write can never block ours.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from storage import ops as op
+from storage.mapping import aged_columns
+from storage.store_base import StoreBase
+
+__all__ = ["AGED_UPDATABLE", "BOT_BOOK_CLOSE", "CLOSE_ORDER_UPDATABLE", "BatchStore"]
+
+log = logging.getLogger("storage.repository")
+
+AGED_UPDATABLE = frozenset(
+    {
+        "status",
+        "grace_started_at",
+        "progressive_started_at",
+        "close_triggered_at",
+        "closed_at",
+        "target_price",
+        "breakeven_price",
+        "current_loss_tolerance_percent",
+        "last_price_check",
+        "last_checked_price",
+        "close_attempts",
+        "last_close_attempt",
+        "last_error_message",
+        "hours_aged",
+        "hours_in_grace",
+        "hours_in_progressive",
+        "closed_qty",
+        "quantity",
+        "close_price",
+        "close_order_id",
+        "actual_pnl",
+        "actual_pnl_percent",
+        "close_reason",
+        "phase_at_close",
+        "entry_price",
+    }
+)
+CLOSE_ORDER_UPDATABLE = frozenset(
+    {
+        "state",
+        "exchange_order_id",
+        "filled_qty",
+        "avg_price",
+        "error_code",
+        "error_message",
+    }
+)
+# The columns the trading bot's table needs for its row to be marked closed after our close.
+BOT_BOOK_CLOSE = frozenset({"closed_at", "exit_reason"})
+
+
+def _set_clause(fields: dict[str, Any], allowed: frozenset[str], first_param: int) -> tuple[str, list]:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
+    names = sorted(fields)
+    clause = ", ".join(f"{name} = ${first_param + i}" for i, name in enumerate(names))
+    return clause, [fields[n] for n in names]
+
+
+class BatchStore(StoreBase):
+    """The batch applier: :meth:`write_batch`."""
+
+    async def write_batch(self, batch: Sequence[op.WriteOp]) -> None:
+        """Apply ``batch`` in order, in one transaction (one trio→asyncio crossing).
+
+        Runs of :class:`~storage.ops.AddEvent` are written with one ``executemany``.
+        """
+        bot = (
+            self.update_bot_book and bool(BOT_BOOK_CLOSE <= await self.bot_book_columns())
+            if any(isinstance(item, op.ClosePosition) and item.exit_reason for item in batch)
+            else False
+        )
+
+        async def job(conn):
+            if len(batch) == 1 and not isinstance(batch[0], (op.AddEvent, op.ClosePosition)):
+                await _apply(conn, batch[0], bot)  # one statement is atomic on its own: one round trip
+                return
+            async with conn.transaction():
+                pending_events: list[tuple] = []
+                for item in batch:
+                    if isinstance(item, op.AddEvent):
+                        pending_events.append(item.as_row())
+                        continue
+                    if pending_events:
+                        await _insert_events(conn, pending_events)
+                        pending_events = []
+                    await _apply(conn, item, bot)
+                if pending_events:
+                    await _insert_events(conn, pending_events)
+
+        await self._call(job)
+
+
+async def _insert_events(conn, rows: Iterable[tuple]) -> None:
+    await conn.executemany(
+        """INSERT INTO monitoring.aged_positions_monitoring
+           (aged_position_id, event_type, market_price, target_price, price_distance_percent,
+            action_taken, success, error_message, event_metadata, created_at)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,COALESCE($10, now()))""",
+        list(rows),
+    )
+
+
+async def _apply(conn, item: op.WriteOp, bot_book: bool = False) -> None:
+    if isinstance(item, op.UpdateAged):
+        columns = aged_columns(item.changes)
+        if not columns:
+            return
+        clause, values = _set_clause(columns, AGED_UPDATABLE, 2)
+        await conn.execute(f"UPDATE monitoring.aged_positions SET {clause} WHERE id=$1", item.aged_id, *values)
+    elif isinstance(item, op.RecordCloseOrder):
+        await conn.execute(
+            """INSERT INTO monitoring.close_orders
+               (client_order_id, aged_position_id, attempt, exchange, symbol, side, order_type,
+                requested_qty, limit_price, state)
+               VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,'pending')
+               ON CONFLICT (client_order_id) DO NOTHING""",
+            item.client_order_id,
+            item.aged_id,
+            item.attempt,
+            item.exchange,
+            item.symbol,
+            item.side,
+            item.order_type,
+            item.requested_qty,
+            item.limit_price,
+        )
+    elif isinstance(item, op.UpdateCloseOrder):
+        clause, values = _set_clause(dict(item.fields), CLOSE_ORDER_UPDATABLE, 2)
+        await conn.execute(
+            f"UPDATE monitoring.close_orders SET {clause}, updated_at=now() WHERE client_order_id=$1",
+            item.client_order_id,
+            *values,
+        )
+    elif isinstance(item, op.CloseVanished):
+        await conn.execute(
+            "UPDATE monitoring.aged_positions SET status='closed', close_reason='manual', closed_at=$2 "
+            "WHERE id=$1 AND status <> 'closed'",
+            item.aged_id,
+            item.closed_at,
+        )
+    elif isinstance(item, op.ClosePosition):
+        bot_id = await conn.fetchval(
+            "UPDATE monitoring.episodes SET status='closed', quantity=0, closed_at=COALESCE($2, now()), "
+            "end_reason='closed_by_service', updated_at=now() WHERE id=$1 AND status='open' RETURNING bot_position_id",
+            item.position_id,
+            item.closed_at,
+        )
+        if bot_book and bot_id is not None and item.exit_reason:
+            try:
+                async with conn.transaction():  # a savepoint: the bot's table must never block our writes
+                    await conn.execute(
+                        "UPDATE monitoring.positions SET status='closed', closed_at=COALESCE($2, now()), "
+                        "exit_reason=$3 WHERE id=$1 AND status='active'",
+                        bot_id,
+                        item.closed_at,
+                        item.exit_reason,
+                    )
+            except asyncpg.PostgresError as exc:
+                log.error("could not mark the trading bot's position %s closed: %s", bot_id, exc)
+    else:
+        raise TypeError(f"unknown write op {item!r}")
