@@ -334,3 +334,9 @@ def test_a_subscribed_symbol_is_read_back_by_its_id_and_forgotten_on_unsubscribe
         p.unsubscribe_messages([USDC])
         r = p.parse(frame, 2.0)
         assert isinstance(r, Malformed) and r.reason == "bad symbol" and "BTCUSDC" in r.detail, (p, r)
+
+
+def test_binance_streams_no_mark_price_so_no_frame_set_one():
+    p = binance()
+    assert isinstance(p.parse(dumps(BOOK), 1.0), Tick)
+    assert p.mark_info(BTC) == (None, 0)
