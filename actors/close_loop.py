@@ -288,7 +288,7 @@ class CloseLoop(ExecutorParts):
         if at is not None:
             log.warning(
                 "%s %s %s: not closing, the position on the exchange was opened again at %s "  # pragma: no mutate
-                "(a new episode); this aged position is over",
+                "(a new episode); this aged position is over",  # pragma: no mutate
                 req.exchange,
                 req.symbol,
                 req.side,  # pragma: no mutate

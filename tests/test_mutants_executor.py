@@ -22,7 +22,7 @@ from uuid import UUID, uuid4
 import pytest
 import trio
 
-from actors.executor import CloseRequest, EpisodeChanged, Executor, client_order_id
+from actors.executor import CloseRequest, EpisodeChanged, Executor, ExecutorConfig, client_order_id
 from actors.order_sizing import order_qty
 from actors.position import CloseResult, PositionUpdate
 from storage.writer import StorageWriter
@@ -174,6 +174,7 @@ def test_the_price_tick_is_the_exchanges_own():
 
 def test_the_defaults():
     executor = Executor({}, StorageWriter(None), None)
+    assert executor.config == ExecutorConfig()
     assert executor.retry_delays == (1.0, 3.0, 5.0)
     assert executor.slippage == D("0.01")
     assert (executor.max_partial_rounds, executor.max_rounds, executor.follow_polls) == (10, 1000, 60)

@@ -318,3 +318,25 @@ def test_bybit_an_empty_price_clears_it_and_is_remembered_as_empty():
     assert isinstance(t, Tick) and t.bid is None and t.ask == Decimal("100.5")
     assert (p.state()["BTCUSDT"].bid_s, p.state()["BTCUSDT"].bid) == ("", None)
     assert p.parse(snap({"bid1Price": ""}, kind="delta"), 3.0) == Alive(BTC)  # still empty: no news
+
+
+# --- the shared protocol's symbol map --------------------------------------------------------------
+
+USDC = "BTC/USDC:USDC"  # its id, BTCUSDC, is not one the USDT fallback can read back
+
+
+def test_a_subscribed_symbol_is_read_back_by_its_id_and_forgotten_on_unsubscribe():
+    for p, frame in ((binance(), book(s="BTCUSDC")), (bybit(), snap(dict(PRICES, symbol="BTCUSDC"), topic="tickers.BTCUSDC"))):
+        p.unsubscribe_messages(["DOGE/USDT:USDT"])  # never subscribed: nothing to forget, no error
+        p.subscribe_messages([USDC])
+        t = p.parse(frame, 1.0)
+        assert isinstance(t, Tick) and t.symbol == USDC, (p, t)
+        p.unsubscribe_messages([USDC])
+        r = p.parse(frame, 2.0)
+        assert isinstance(r, Malformed) and r.reason == "bad symbol" and "BTCUSDC" in r.detail, (p, r)
+
+
+def test_binance_streams_no_mark_price_so_no_frame_set_one():
+    p = binance()
+    assert isinstance(p.parse(dumps(BOOK), 1.0), Tick)
+    assert p.mark_info(BTC) == (None, 0)

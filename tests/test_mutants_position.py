@@ -801,3 +801,14 @@ def test_dust_after_the_trailing_stop_took_over_is_dust():
     s, cmds = step(s, CloseResult(h(12) + timedelta(seconds=2), "dust", filled_qty=D("1.99"), avg_price=D("99.6"),
                                   remaining_qty=D("0.01"), attempts=2, error="below min"))
     assert s.status == "dust" and cmds[-1] == Stop()
+
+
+def test_an_update_that_waited_for_a_close_failing_under_the_trailing_stop_is_applied_after_it():
+    s = _skipped_with_close_out()
+    s, cmds = step(s, PositionUpdate(h(12) + timedelta(seconds=1), entry_price=D(101), trailing_active=False))
+    assert cmds == [] and s.pending_update is not None
+    now = h(12) + timedelta(seconds=2)
+    s, cmds = step(s, CloseResult(now, "failed", attempts=3, error="boom"))
+    assert (s.entry_price, s.status, s.pending_update) == (D(101), "progressive_active", None)
+    assert Persist(**{"status": "progressive_active"}) in cmds
+    assert any(isinstance(c, Emit) and c.event_type == "position.changed" for c in cmds)
