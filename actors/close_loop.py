@@ -30,7 +30,7 @@ import trio
 
 from actors.close_fills import Fills, close_result, dust_result, failed_result
 from actors.close_request import CloseRequest, EpisodeChanged, client_order_id, order_side
-from actors.episodes import reentered_at
+from actors.episodes import CLOCK_SKEW, reentered_at
 from actors.executor_parts import ExecutorParts
 from actors.failpoints import failpoint
 from actors.order_sizing import DUST_CODES, ioc_limit_price, limit_text, order_qty
@@ -44,15 +44,15 @@ from exchanges.errors import (
     RetryableError,
     UnknownOutcomeError,
 )
-from exchanges.port import ExchangePort, LotLimits, OrderResult
+from exchanges.port import FILL_HISTORY_WINDOW, ExchangePort, LotLimits, OrderResult
 from storage import ops as op
 from storage.writer import NO_HOLD
 from supervisor.backoff import Backoff, retry_after_of
 
 log = logging.getLogger("actors.executor")
 
-_EPISODE_CHECK_WINDOW = timedelta(days=7) - timedelta(seconds=10)
-_CLOCK_SKEW = timedelta(seconds=5)
+# one fill-history request, a little inside the exchanges' limit
+_EPISODE_CHECK_WINDOW = FILL_HISTORY_WINDOW - timedelta(seconds=10)
 
 
 class RetrySchedule:
@@ -283,8 +283,8 @@ class CloseLoop(ExecutorParts):
         if p.entry_price == req.entry_price and p.qty <= req.qty:
             return False
         now = req.clock()
-        fills = await port.fetch_fills(req.symbol, max(req.opened_at, now - _EPISODE_CHECK_WINDOW), now + _CLOCK_SKEW)
-        at = reentered_at(fills, req.side, p.qty, last_look=req.opened_at, opened_at=req.opened_at, skew=_CLOCK_SKEW)
+        fills = await port.fetch_fills(req.symbol, max(req.opened_at, now - _EPISODE_CHECK_WINDOW), now + CLOCK_SKEW)
+        at = reentered_at(fills, req.side, p.qty, last_look=req.opened_at, opened_at=req.opened_at, skew=CLOCK_SKEW)
         if at is not None:
             log.warning(
                 "%s %s %s: not closing, the position on the exchange was opened again at %s "  # pragma: no mutate

@@ -73,7 +73,7 @@ class DetectorConfig:
 
     poll_interval: float = 30.0
     fill_history: timedelta = timedelta(days=30)
-    clock_skew: timedelta = timedelta(seconds=5)
+    clock_skew: timedelta = ep.CLOCK_SKEW
 
 
 class Detector(OpenTimeLookup, AgingTimers):

@@ -66,6 +66,11 @@ def open_time(
     return OpenTime(first_seen, FIRST_SEEN)
 
 
+CLOCK_SKEW = timedelta(seconds=5)
+"""The allowance between the exchange's clock and ours when fill times are compared
+with times we saw (the detector's and the executor's episode checks)."""
+
+
 def reentered_at(
     fills: Sequence[Fill], side: str, qty: Decimal, *, last_look: datetime, opened_at: datetime, skew: timedelta
 ) -> datetime | None:

@@ -19,13 +19,11 @@ from datetime import datetime, timedelta
 from actors import episodes as ep
 from actors.detector_parts import DetectorParts
 from exchanges.errors import ExchangeError
-from exchanges.port import ExchangePort, ExchangePosition
+from exchanges.port import FILL_HISTORY_WINDOW, ExchangePort, ExchangePosition
 
 log = logging.getLogger("actors.detector")  # every part of the detector logs under one name
 
-__all__ = ["FILL_WINDOW", "OpenTimeLookup"]
-
-FILL_WINDOW = timedelta(days=7)
+__all__ = ["OpenTimeLookup"]
 
 
 class OpenTimeLookup(DetectorParts):
@@ -85,7 +83,7 @@ class OpenTimeLookup(DetectorParts):
         hi = now + self.clock_skew
         try:
             while hi > earliest:
-                lo = max(earliest, hi - FILL_WINDOW + timedelta(milliseconds=1))  # one request per window
+                lo = max(earliest, hi - FILL_HISTORY_WINDOW + timedelta(milliseconds=1))  # one request per window
                 fills = list(await port.fetch_fills(p.symbol, lo, hi)) + fills
                 if ep.opening_fill(fills, p.side, p.qty) is not None:
                     break

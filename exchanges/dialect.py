@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from exchanges.port import ExchangePosition, Fill, LotLimits, OrderResult, Quote
+from exchanges.port import FILL_HISTORY_WINDOW, ExchangePosition, Fill, LotLimits, OrderResult, Quote
 from exchanges.raw import dec, ms_to_dt, price
 from exchanges.symbols import unified_symbol
 
@@ -41,7 +41,7 @@ log = logging.getLogger("exchanges.ccxt")
 Request = Callable[..., Awaitable[Any]]
 """``await request(fn, *args)``: one exchange request through the adapter's gate."""
 
-FILL_WINDOW_MS = 7 * 24 * 3600 * 1000  # both exchanges answer at most 7 days per request
+FILL_WINDOW_MS = int(FILL_HISTORY_WINDOW.total_seconds() * 1000)
 
 
 class Dialect:

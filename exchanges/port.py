@@ -17,9 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
+
+FILL_HISTORY_WINDOW = timedelta(days=7)
+"""The longest span one fill-history request may cover: both exchanges answer at most
+7 days per request (Binance ``/fapi/v1/userTrades``, Bybit ``/v5/execution/list``)."""
 
 
 @dataclass(frozen=True)

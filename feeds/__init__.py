@@ -6,7 +6,7 @@
   :class:`supervisor.backoff.Backoff`), :mod:`feeds.subscriptions`, :mod:`feeds.delivery` (each parsed
   frame), :mod:`feeds.staleness`, :mod:`feeds.rest_fallback`, :mod:`feeds.suspects`
   (with the quote guard, :mod:`feeds.guard`); :mod:`feeds.stats`,
-  :mod:`feeds.failures` and :mod:`feeds.log_limiter` serve them all.
+  :mod:`feeds.failures` and :mod:`supervisor.log_limiter` serve them all.
 * :mod:`feeds.tick` — :class:`~feeds.tick.Tick` and the "latest tick wins" channel.
 * :mod:`feeds.protocol` — the sans-IO stream protocol interface, with
   :mod:`feeds.parse_results` and :mod:`feeds.fields`; the implementations are

@@ -14,7 +14,7 @@ Each concern of that machinery has its own module, mixed into :class:`Feed`:
   everything wanted.
 * :mod:`feeds.delivery` — each parsed frame: ticks to subscribers, bad input (see
   :mod:`feeds.protocol`) counted in :attr:`Feed.stats` (:mod:`feeds.stats`) and logged,
-  rate-limited (:mod:`feeds.log_limiter`). It never stops the feed.
+  rate-limited (:mod:`supervisor.log_limiter`). It never stops the feed.
 * :mod:`feeds.staleness` — a wanted symbol silent on the stream for ``stale_after``
   seconds is *stale*; the first stream update clears it.
 * :mod:`feeds.rest_fallback` — while a symbol is stale it is polled with ``rest_quote``
@@ -42,7 +42,6 @@ from feeds.connection import MESSAGE_QUEUE_SIZE, RECEIVE_BUFFER_SIZE, Connection
 from feeds.delivery import Delivery
 from feeds.failures import HeartbeatTimeout
 from feeds.guard import DEFAULT_THRESHOLD, QuoteGuard
-from feeds.log_limiter import LogLimiter
 from feeds.protocol import ExchangeProtocol
 from feeds.rest_fallback import RestFallback
 from feeds.staleness import Staleness
@@ -51,6 +50,7 @@ from feeds.stats import FeedStats
 from feeds.subscriptions import Subscriptions
 from feeds.suspects import Suspects
 from feeds.tick import Tick
+from supervisor.log_limiter import LogLimiter
 
 __all__ = [
     "Feed",

@@ -27,11 +27,11 @@ import trio
 
 from exchanges.port import Quote
 from feeds.guard import QuoteGuard
-from feeds.log_limiter import LogLimiter
 from feeds.parse_results import ParseResult
 from feeds.protocol import ExchangeProtocol
 from feeds.stats import FeedStats
 from feeds.tick import Tick, TickSink
+from supervisor.log_limiter import LogLimiter
 
 if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection

@@ -34,10 +34,10 @@ it for the observer calls) and otherwise ignored.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter as _Tally
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -46,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from actors.events import CLOSE_COMPLETED, CLOSE_FAILED, CLOSE_TRIGGERED, DETECTED, ESCALATION, PHASE_CHANGED
 from actors.policy import Phase, assess
 from actors.statuses import PHASE_OF_STATUS, Status
+from supervisor.log_limiter import LogLimiter
 from supervisor.observer import Observer
 
 log = logging.getLogger("service.metrics")
@@ -66,7 +67,7 @@ TICK_TO_ORDER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
 DETECTION_LAG_BUCKETS = (0.001, 0.01, 0.1, 1, 5, 30, 60, 300, 1800)
 
 
-def _in_phase(counts: "_Tally[str]", phase: Phase) -> int:
+def _in_phase(counts: _Tally[str], phase: Phase) -> int:
     """How many of ``counts`` have a status of ``phase``."""
     return sum(n for status, n in counts.items() if PHASE_OF_STATUS.get(status) == phase)
 
@@ -189,7 +190,7 @@ class Metrics(Observer):
         self._triggered: dict[Any, float | None] = {}  # aged_id -> trio time of aged.close.triggered
         self._last: dict[tuple, int] = {}  # previous readings of the actors' cumulative counters
         self._quote_labels: dict[str, set[str]] = {}
-        self._failures: dict[str, float] = {}
+        self._failures = LogLimiter(interval=60.0)
         self._unsubscribe: Callable[[], None] | None = None
 
     # --- wiring ---------------------------------------------------------------------------
@@ -222,9 +223,7 @@ class Metrics(Observer):
         return guarded
 
     def _log_failure(self, kind: str) -> None:
-        now = time.monotonic()
-        if now - self._failures.get(kind, -1e9) >= 60:
-            self._failures[kind] = now
+        if self._failures.allow(kind)[0]:
             log.exception("metrics %s hook failed (logged at most once a minute)", kind)
 
     # --- hooks ------------------------------------------------------------------------------

@@ -28,8 +28,9 @@ otherwise ignored: watching must never break what is watched.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
+
+from supervisor.log_limiter import LogLimiter
 
 __all__ = ["NO_OBSERVER", "Observer", "ObserverSet"]
 
@@ -83,7 +84,7 @@ class ObserverSet(Observer):
 
     def __init__(self, *watchers: Observer):
         self._watchers: list[Observer] = list(watchers)
-        self._failures: dict[tuple[int, str], float] = {}
+        self._failures = LogLimiter(interval=60.0)
 
     def add(self, watcher: Observer) -> None:
         """Tell ``watcher`` everything from now on (once, however often it is added)."""
@@ -99,10 +100,7 @@ class ObserverSet(Observer):
         return watcher in self._watchers
 
     def _log_failure(self, watcher: Observer, name: str) -> None:
-        now = time.monotonic()
-        key = (id(watcher), name)
-        if now - self._failures.get(key, -1e9) >= 60:
-            self._failures[key] = now
+        if self._failures.allow(f"{id(watcher)}.{name}")[0]:
             log.exception("%s.%s failed (logged at most once a minute)", type(watcher).__name__, name)
 
     state_changed = _fan_out("state_changed")

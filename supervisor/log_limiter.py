@@ -1,9 +1,10 @@
-"""Rate-limited logging: a hostile or broken stream must not flood the log.
+"""Rate-limited logging: trouble that repeats must not flood the log.
 
-The feed asks :meth:`LogLimiter.allow` before it logs a kind of trouble that can repeat
-many times a second (malformed frames, failed REST look-ups, refused connects); the
-first line of a burst is written, the rest are counted and the count is reported with
-the next line that gets through.
+Ask :meth:`LogLimiter.allow` before logging a kind of trouble that can repeat many
+times a second: the feed's malformed frames, failed REST look-ups and refused
+connects; a watcher of the service that keeps failing (:mod:`supervisor.observer`,
+the metrics). The first line of a burst is written, the rest are counted and the count
+is reported with the next line that gets through.
 """
 
 from __future__ import annotations
