@@ -73,7 +73,7 @@ from exchanges.bybit import BybitDialect
 from exchanges.classify import classify, is_order_not_found
 from exchanges.clients import make_ccxt_client
 from exchanges.dialect import Dialect
-from exchanges.errors import ExchangeError, NonRetryableError
+from exchanges.errors import ExchangeError, NonRetryableError, RetryableError
 from exchanges.gate import RequestGate
 from exchanges.port import ExchangePosition, Fill, LotLimits, OrderResult, Quote
 from exchanges.raw import dec, dt_ms, header
@@ -417,6 +417,22 @@ class CcxtExchange:
                 if is_order_not_found(exc, self.name):
                     return None
                 raise
+
+    async def create_listen_key(self) -> str:
+        """Binance USDⓈ-M ``POST /fapi/v1/listenKey``: the key of the account's user-data
+        stream (the same key again, extended, while one is valid)."""
+        with self._errors():
+            answer = await self._aio(self._client.fapiPrivatePostListenKey, {})
+        key = answer.get("listenKey") if isinstance(answer, dict) else None
+        if not isinstance(key, str) or not key.strip():
+            raise RetryableError(f"{self.name}: no listenKey in the answer {str(answer)[:200]!r}", exchange=self.name)
+        return key
+
+    async def keep_alive_listen_key(self) -> None:
+        """Binance USDⓈ-M ``PUT /fapi/v1/listenKey``: keep the user-data stream's key valid
+        for 60 more minutes (-1125 once it expired)."""
+        with self._errors():
+            await self._aio(self._client.fapiPrivatePutListenKey, {})
 
     async def close(self) -> None:
         try:

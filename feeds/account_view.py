@@ -139,6 +139,11 @@ class AccountView:
     # -- readers -------------------------------------------------------------------------
 
     @property
+    def last_heard(self) -> float:
+        """``trio.current_time()`` when something last arrived on the stream."""
+        return self._last_heard
+
+    @property
     def healthy(self) -> bool:
         return self.state == SYNCED and trio.current_time() - self._last_heard <= self.stale_after
 

@@ -16,6 +16,8 @@ from exchanges.ccxt_adapter import CcxtExchange
 from exchanges.clients import credentials_from_env
 from exchanges.dry_run import DryRunExchange
 from exchanges.port import ExchangePort
+from feeds.account_stream import AccountStream, AccountStreamTimings
+from feeds.account_view import AccountView
 from feeds.feed import Feed, FeedTimings
 from service.alerts import alert_router_from_env
 from service.config import DEFAULTS, AppConfig, ExchangeConfig
@@ -41,6 +43,40 @@ def make_feeds(exchanges: Mapping[str, ExchangePort], ws_urls: Mapping[str, str]
     """One feed per exchange, at ``ws_urls[name]``, polling the exchange's REST quote when stale."""
     return {name: Feed(name, ws_urls[name], rest_quote=port.fetch_quote, timings=timings)
             for name, port in exchanges.items()}
+
+
+def make_account_stream(name: str, url: str, port: ExchangePort, *, api_key: str | None, secret: str | None,
+                        timings: AccountStreamTimings = DEFAULTS.accounts) -> AccountStream:
+    """The account stream of one exchange at ``url`` (Binance: listen keys from ``port``;
+    Bybit: ``auth`` with ``api_key``/``secret``), feeding a new view."""
+    view = AccountView(name, stale_after=timings.stale_after)
+    if name == "bybit":
+        if not api_key or not secret:
+            raise ValueError("the Bybit account stream needs the API key and secret")
+        return AccountStream(name, url, view, port, credentials=(api_key, secret), timings=timings)
+    return AccountStream(name, url, view, port, listen_keys=port, timings=timings)  # type: ignore[arg-type]
+
+
+def make_account_streams(app: AppConfig, exchanges: Mapping[str, ExchangePort], *,
+                         dry_run: bool) -> dict[str, AccountStream]:
+    """One account stream per configured exchange with an API key and ``account_stream`` on.
+
+    None in a dry run: its closes are simulated, so the real account never shows them,
+    and the dry-run port's own view of the positions is the one to follow.
+    """
+    if dry_run:
+        return {}
+    streams = {}
+    for cfg in app.exchanges:
+        if not cfg.account_stream or not cfg.api_key_env or not cfg.api_secret_env:
+            if not cfg.account_stream:
+                log.info("%s: account stream off; positions are polled every %.0f s", cfg.name,
+                         app.detector.poll_interval)
+            continue
+        api_key, secret = credentials_from_env(cfg.api_key_env, cfg.api_secret_env)
+        streams[cfg.name] = make_account_stream(cfg.name, cfg.private_ws_url, exchanges[cfg.name], api_key=api_key,
+                                                secret=secret, timings=app.accounts)
+    return streams
 
 
 @asynccontextmanager
@@ -84,13 +120,14 @@ async def hedge_mode_accounts(exchanges: Mapping[str, ExchangePort]) -> list[str
 
 
 def build_service(db, exchanges: Mapping[str, ExchangePort], feeds: Mapping[str, Feed], config: AppConfig,
-                  clock: PolicyClock, *, http_port: int | None) -> tuple[Service, Observability]:
-    """The service with its metrics, HTTP endpoint (``http_port`` None: none; 0: any free port) and
-    the alerts of ``config.alerts``."""
+                  clock: PolicyClock, *, http_port: int | None,
+                  accounts: Mapping[str, AccountStream] | None = None) -> tuple[Service, Observability]:
+    """The service with its account streams, metrics, HTTP endpoint (``http_port`` None: none;
+    0: any free port) and the alerts of ``config.alerts``."""
     alerts = config.alerts
     obs = Observability(http_port=http_port,
                         alerts=alert_router_from_env(webhook_url_env=alerts.webhook_url_env, telegram=alerts.telegram))
-    service = Service(db, exchanges, feeds, config, clock, extra_children=obs.children())
+    service = Service(db, exchanges, feeds, config, clock, extra_children=obs.children(), accounts=accounts)
     obs.attach(service)
     return service, obs
 
@@ -149,6 +186,8 @@ async def run_live(app: AppConfig, db, *, dry_run: bool, metrics_port: int | Non
         if hedged:
             return 2
         feeds = make_feeds(exchanges, {e.name: e.ws_url for e in app.exchanges}, app.feeds)
+        accounts = make_account_streams(app, exchanges, dry_run=dry_run)
         service, obs = build_service(db, exchanges, feeds, app, PolicyClock(),
-                                     http_port=(app.metrics.port if metrics_port is None else metrics_port) or None)
+                                     http_port=(app.metrics.port if metrics_port is None else metrics_port) or None,
+                                     accounts=accounts)
         return await run_observed(service, obs)

@@ -18,7 +18,8 @@ shows every key) sets part of the tree::
                     sample_interval_seconds, material_change_percent,
                     error_cooldown_seconds, emergency_close_after_hours -> positions
                     retry_delays_seconds                    -> executor
-    [[exchanges]]   name, rest_url, ws_url, api_key_env, api_secret_env, symbols
+    [[exchanges]]   name, rest_url, ws_url, private_ws_url, account_stream,
+                    api_key_env, api_secret_env, symbols
     [metrics]       port
     [alerts]        webhook_url_env, telegram
 
@@ -47,12 +48,13 @@ from actors.detector import DetectorConfig
 from actors.executor import ExecutorConfig
 from actors.policy import ConfigError, PolicyConfig
 from actors.position import Settings
+from feeds.account_stream import AccountStreamTimings
 from feeds.feed import FeedTimings
 from storage.writer import WriterConfig
 
 EXCHANGES = {
-    "bybit": {"ws_url": "wss://stream.bybit.com/v5/public/linear"},
-    "binanceusdm": {"ws_url": "wss://fstream.binance.com/ws"},
+    "bybit": {"ws_url": "wss://stream.bybit.com/v5/public/linear", "private_ws_url": "wss://stream.bybit.com/v5/private"},
+    "binanceusdm": {"ws_url": "wss://fstream.binance.com/ws", "private_ws_url": "wss://fstream.binance.com/ws"},
 }
 
 TEN_YEARS_HOURS = Decimal(87600)
@@ -191,8 +193,11 @@ class DatabaseConfig:
 class ExchangeConfig:
     """One ``[[exchanges]]`` table: where to reach the exchange and what to manage there.
 
-    ``rest_url`` None is production; ``ws_url`` is always set (production when the
-    file leaves it out). ``symbols`` None manages every symbol.
+    ``rest_url`` None is production; ``ws_url`` (the public stream) and
+    ``private_ws_url`` (the account stream) are always set (production when the file
+    leaves them out). ``account_stream`` — follow positions, orders and fills on the
+    account stream (only with an API key; REST polling alone when off). ``symbols``
+    None manages every symbol.
     """
 
     name: str
@@ -201,6 +206,12 @@ class ExchangeConfig:
     api_key_env: str | None
     api_secret_env: str | None
     symbols: tuple[str, ...] | None
+    private_ws_url: str = ""
+    account_stream: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.private_ws_url:
+            object.__setattr__(self, "private_ws_url", EXCHANGES[self.name]["private_ws_url"])
 
 
 @dataclass(frozen=True)
@@ -260,6 +271,7 @@ class AppConfig:
     positions: Settings = Settings()
     detector: DetectorConfig = DetectorConfig()
     feeds: FeedTimings = FeedTimings()
+    accounts: AccountStreamTimings = AccountStreamTimings()
     executor: ExecutorConfig = ExecutorConfig()
     writer: WriterConfig = WriterConfig()
     supervision: SupervisionConfig = SupervisionConfig()
@@ -337,6 +349,10 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting("name", CHOICE, required=True, choices=tuple(EXCHANGES), doc="the exchange"),
         Setting("rest_url", URL, choices=("https", "http"), doc="the REST API; production when absent"),
         Setting("ws_url", URL, choices=("wss", "ws"), doc="the public stream; production when absent"),
+        Setting("private_ws_url", URL, choices=("wss", "ws"),
+                doc="the account (private) stream; production when absent"),
+        Setting("account_stream", BOOL, True,
+                doc="follow positions, orders and fills on the account stream (with an API key, not in a dry run)"),
         Setting("api_key_env", ENV_NAME, doc="the environment variable holding the API key"),
         Setting("api_secret_env", ENV_NAME, doc="the environment variable holding the API secret"),
         Setting("symbols", SYMBOLS, items=(1, 1000), doc="manage only these symbols; all when absent"),
@@ -413,7 +429,9 @@ def _exchange(i: int, table: Any) -> ExchangeConfig:
         raise ConfigError(f"{path}.{'api_secret_env' if v['api_secret_env'] is None else 'api_key_env'}",
                           "api_key_env and api_secret_env go together")
     return ExchangeConfig(name=v["name"], rest_url=v["rest_url"], ws_url=v["ws_url"] or EXCHANGES[v["name"]]["ws_url"],
-                          api_key_env=v["api_key_env"], api_secret_env=v["api_secret_env"], symbols=v["symbols"])
+                          api_key_env=v["api_key_env"], api_secret_env=v["api_secret_env"], symbols=v["symbols"],
+                          private_ws_url=v["private_ws_url"] or EXCHANGES[v["name"]]["private_ws_url"],
+                          account_stream=v["account_stream"])
 
 
 def parse_config(doc: Mapping[str, Any]) -> AppConfig:

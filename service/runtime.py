@@ -5,7 +5,8 @@
     root (one_for_one)
     ├── storage-writer        permanent
     ├── executor              permanent
-    ├── feed:<exchange> …     permanent, one per exchange
+    ├── feed:<exchange> …     permanent, one per exchange (public prices)
+    ├── account:<exchange> …  permanent, one per exchange with an account stream
     ├── positions             permanent supervisor; its children are the
     │   └── position:<id> …   per-position actors (transient)
     └── detector              permanent; recovery on start, then polls
@@ -37,6 +38,7 @@ from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
 from storage.writer import StorageWriter
 from exchanges.port import ExchangePort
+from feeds.account_stream import AccountStream
 from service.config import DEFAULTS, AppConfig
 from supervisor import ChildSpec, ObserverSet, Restart, Supervisor, run_root
 
@@ -48,23 +50,27 @@ class Service:
 
     ``config`` is the whole tree (:class:`~service.config.AppConfig`; the defaults
     when None). Its ``exchanges`` sections only say which symbols the detector
-    manages on each exchange; the exchange ports and feeds are passed in built.
+    manages on each exchange; the exchange ports, feeds and account streams
+    (``accounts``, by exchange; none: REST only) are passed in built.
     """
 
     def __init__(self, db: Any, exchanges: Mapping[str, ExchangePort], feeds: Mapping[str, Any],
                  config: AppConfig | None = None, clock: PolicyClock | None = None,
-                 bus: EventBus | None = None, extra_children: Sequence[ChildSpec] = ()):
+                 bus: EventBus | None = None, extra_children: Sequence[ChildSpec] = (),
+                 accounts: Mapping[str, AccountStream] | None = None):
         self.config = config or DEFAULTS
         self.db = db
         self.exchanges = dict(exchanges)
         self.feeds = dict(feeds)
+        self.accounts = dict(accounts or {})
+        views = {name: stream.view for name, stream in self.accounts.items()}
         self.clock = clock or PolicyClock()
         self.bus = bus or EventBus()
         # Whoever watches the service (metrics, benchmarks) adds itself here: see supervisor.observer.
         self.observers = ObserverSet()
         self.writer = StorageWriter(db.write_batch, config=self.config.writer, observer=self.observers)
         self.executor = Executor(self.exchanges, self.writer, db.close_orders, config=self.config.executor,
-                                 write_direct=db.write_batch, observer=self.observers)
+                                 write_direct=db.write_batch, observer=self.observers, accounts=views)
         self.ctx = ActorContext(db=db, writer=self.writer, executor=self.executor, bus=self.bus, clock=self.clock,
                                 config=self.config.policy, settings=self.config.positions, feeds=self.feeds,
                                 observer=self.observers)
@@ -75,12 +81,14 @@ class Service:
                                     backoff_max=supervision.positions_backoff_max, observer=self.observers)
         self.registry = ActorRegistry(self.ctx, self.positions, load_for_recovery=self._load_for_recovery)
         self.detector = Detector(self.ctx, self.exchanges, self.registry, config=self.config.detector,
-                                 symbols=self.config.symbols)
+                                 symbols=self.config.symbols, accounts=views)
         children = [
             ChildSpec("storage-writer", self.writer.run, Restart.PERMANENT, kind="writer"),
             ChildSpec("executor", self.executor.run, Restart.PERMANENT, kind="executor"),
             ChildSpec("timers", self.ctx.timers.run, Restart.PERMANENT, kind="timers"),
             *[ChildSpec(f"feed:{name}", feed.run, Restart.PERMANENT, kind="feed") for name, feed in self.feeds.items()],
+            *[ChildSpec(f"account:{name}", stream.run, Restart.PERMANENT, kind="feed")
+              for name, stream in self.accounts.items()],
             ChildSpec("positions", self.registry.run, Restart.PERMANENT, kind="supervisor"),
             ChildSpec("detector", self.detector.run, Restart.PERMANENT, kind="detector"),
             *extra_children,
