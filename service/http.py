@@ -13,7 +13,8 @@ A starlette app served by hypercorn on trio (:func:`hypercorn.trio.serve`):
     when the root supervisor is not running/healthy or a critical child of either
     supervisor has crashed for good; else **200**. A database outage alone is not
     unhealthy: the service keeps monitoring and closing (its writes are buffered),
-    and ``storage.database_up`` says so.
+    and ``storage.database_up`` says so. Nor is an account stream that is not healthy
+    (``accounts``; a warning): positions and fills are then read over REST.
 ``GET /stats?days=7``
     :meth:`storage.repository.Database.statistics` as JSON (Decimals as strings,
     datetimes ISO 8601). **400** for a bad ``days``; **503** with
@@ -58,6 +59,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.account_metrics import account_health
 from service.alerts import AlertRouter
 from service.metrics import Metrics
 from supervisor import ChildSpec, Restart
@@ -148,6 +150,13 @@ def health_report(service: Any) -> tuple[bool, dict[str, Any]]:
                     for name, b in bans.items() if b["banned"]]
         if warnings:
             body["warnings"] = warnings
+    accounts = account_health(service)
+    if accounts:
+        body["accounts"] = accounts
+        down = [f"{name}: account stream not healthy ({a['state']}); positions and fills from REST"
+                for name, a in accounts.items() if not a["healthy"]]
+        if down:
+            body.setdefault("warnings", []).extend(down)
     registry = getattr(service, "registry", None)
     if registry is not None:
         body["actors"] = {"with_actor": len(registry), "watching": registry.watching()}

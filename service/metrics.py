@@ -46,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from actors.events import CLOSE_COMPLETED, CLOSE_FAILED, CLOSE_TRIGGERED, DETECTED, ESCALATION, PHASE_CHANGED
 from actors.policy import Phase, assess
 from actors.statuses import PHASE_OF_STATUS, Status
+from service.account_metrics import AccountStreamMetrics
 from supervisor.log_limiter import LogLimiter
 from supervisor.observer import Observer
 
@@ -117,6 +118,7 @@ class Metrics(Observer):
                                    buckets=AGE_HOURS_BUCKETS, registry=r)
         self.pnl_percent = Histogram("aged_position_pnl_percent", "Net PnL percent of closed aged positions",
                                      buckets=PNL_PERCENT_BUCKETS, registry=r)
+        self.accounts = AccountStreamMetrics(r)
         self.detection_lag = Histogram("aged_detection_lag_seconds",
                                        "Policy seconds from the aging instant to the aged position being created",
                                        buckets=DETECTION_LAG_BUCKETS, registry=r)
@@ -345,6 +347,7 @@ class Metrics(Observer):
         for kind, step in (("recount", self._recount), ("feeds", self._refresh_feeds),
                            ("executor", self._refresh_executor), ("storage", self._refresh_storage),
                            ("exchanges", self._refresh_exchanges),
+                           ("accounts", lambda: self.accounts.refresh(self.service)),
                            ("supervisors", self._refresh_supervisors)):
             try:
                 step()
