@@ -299,6 +299,8 @@ def test_binance_usdc_contract_is_not_ours():
 def test_bybit_control_answers():
     assert bybit(raw("bybit_auth_success_docs.json")) == [AuthResult(True, "")]
     assert bybit(raw("bybit_auth_failure_ccxt.json")) == [AuthResult(False, "error:USVC1111")]
+    assert bybit(raw("bybit_auth_failure_v5_capture.json")) == [AuthResult(False, "Params Error")]
+    assert bybit(raw("bybit_auth_success_capture.json")) == [AuthResult(True, "")]
     assert bybit(raw("bybit_subscribe_private_docs.json")) == [Subscribed(True, "")]
     assert bybit(raw("bybit_pong_private_docs.json")) == [Pong("test")]
 
