@@ -22,7 +22,8 @@ in ``github.com/bybit-exchange/docs``; real examples and their sources in
 
   - ``position``: the whole position of one symbol. ``positionIdx`` 0 is one-way mode
     (1/2 are the two sides of hedge mode: :class:`Ignored`); ``side`` ``Buy``/``Sell``,
-    ``""`` for an empty position; ``size``; ``entryPrice``; ``updatedTime`` (a string
+    ``""`` for an empty position (``"None"`` in other clients' examples: read as empty
+    too, and only with size 0); ``size``; ``entryPrice``; ``updatedTime`` (a string
     of milliseconds).
   - ``order``: ``orderId``, ``orderLinkId`` (ours), ``side``, ``orderStatus``, ``qty``,
     ``cumExecQty``, ``avgPrice`` (``""`` before any fill), ``reduceOnly``,
@@ -178,17 +179,18 @@ class BybitAccountProtocol:
         if not entries:
             return [Ignored(f"{name} frame without entries")]
         try:
-            return [self._entry(read, name, entry, i) for i, entry in enumerate(entries)]
+            return [self._entry(read, name, category, entry, i) for i, entry in enumerate(entries)]
         except BadValue as exc:
             return [Malformed(_KINDS[name], excerpt(raw), exc.detail)]
 
     def _entry(
-        self, read: Callable[[dict, str], AccountParseResult], name: str, entry: object, i: int
+        self, read: Callable[[dict, str], AccountParseResult], name: str, topic_category: str, entry: object, i: int
     ) -> AccountParseResult:
         where = f"data[{i}]"
         if type(entry) is not dict:
             raise BadValue(_KINDS[name], f"{where} is not an object")
-        category = entry.get("category")
+        # The docs list `category` in every entry; on a categorised topic it is implied anyway.
+        category = entry.get("category", topic_category or None)
         if type(category) is not str:
             raise BadValue(_KINDS[name], f"{where}.category is not a string")
         if category != "linear":
@@ -203,7 +205,7 @@ class BybitAccountProtocol:
         if type(index) is not int or index not in (0, 1, 2):
             raise BadValue("bad position", f"{where}.positionIdx is not 0, 1 or 2 ({excerpt(repr(index))[:40]})")
         side_code = entry.get("side")
-        if side_code not in ("Buy", "Sell", ""):
+        if side_code not in ("Buy", "Sell", "", "None"):
             raise BadValue("bad position", f"{where}.side is not Buy/Sell/'' ({excerpt(repr(side_code))[:40]})")
         size = amount(entry.get("size"), f"{where}.size")
         entry_price = amount(entry.get("entryPrice"), f"{where}.entryPrice")
@@ -213,8 +215,8 @@ class BybitAccountProtocol:
             return Ignored(f"hedge-mode position (positionIdx {index}) of {unified}: only one-way accounts are managed")
         if size == 0:
             return PositionChange("bybit", unified, None, size, None, when)
-        if side_code == "":
-            raise BadValue("bad position", f"{where}: side '' with size {entry.get('size')!r}")
+        if side_code not in POSITION_SIDES:
+            raise BadValue("bad position", f"{where}: side {side_code!r} with size {entry.get('size')!r}")
         if entry_price == 0:
             raise BadValue("bad position", f"{where}: open position of size {entry.get('size')!r} with entryPrice 0")
         return PositionChange("bybit", unified, POSITION_SIDES[side_code], size, entry_price, when)

@@ -27,6 +27,7 @@ from feeds.account_events import (
     Execution,
     Ignored,
     ListenKeyExpired,
+    Malformed,
     OrderChange,
     Pong,
     PositionChange,
@@ -370,7 +371,7 @@ def test_bybit_open_one_way_position():
     assert (long.side, long.qty, long.entry_price) == ("long", D("3"), D("28000"))
 
 
-@pytest.mark.parametrize("side", ["", "Buy", "Sell"])
+@pytest.mark.parametrize("side", ["", "Buy", "Sell", "None"])
 def test_bybit_size_zero_is_flat(side):
     [change] = bybit(one_way_position(side=side, size="0", entryPrice="0"))
     assert change.flat and change.qty == 0 and change.entry_price is None
@@ -473,6 +474,16 @@ def test_bybit_other_categories_and_topics_are_ignored():
         assert isinstance(result, Ignored) and topic in result.reason
     linear_topic = bybit(dict(frame, topic="execution.linear"))
     assert linear_topic == bybit(frame) and isinstance(linear_topic[0], Execution)
+
+
+def test_bybit_entry_without_category_on_the_linear_topic():
+    """``category`` is listed for every entry; on ``execution.linear`` it is implied."""
+    frame = load("bybit_execution_linear_docs.json")
+    del frame["data"][0]["category"]
+    [fill] = bybit(dict(frame, topic="execution.linear"))
+    assert isinstance(fill, Execution) and fill.price == D("95900.1")
+    [result] = bybit(frame)  # the all-in-one topic: no way to tell
+    assert isinstance(result, Malformed) and "category" in result.detail
 
 
 def test_bybit_usdc_perpetual_is_not_ours():

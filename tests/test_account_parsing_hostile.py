@@ -257,6 +257,7 @@ def test_bybit_two_valid_positions_give_two_changes():
         ("side", "Short", "data[1].side"),
         ("side", None, "data[1].side"),
         ("side", "", "side ''"),  # size 2 but no side
+        ("side", "None", "side 'None'"),
         ("positionIdx", "0", "data[1].positionIdx"),
         ("positionIdx", 3, "data[1].positionIdx"),
         ("positionIdx", False, "data[1].positionIdx"),
