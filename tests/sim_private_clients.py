@@ -17,7 +17,6 @@ import urllib.request
 from functools import partial
 from urllib.parse import urlencode
 
-import pytest
 import trio
 import trio_websocket
 
@@ -41,13 +40,8 @@ class MovableClock:
         self.offset += seconds
 
 
-@pytest.fixture
-def clock():
-    return MovableClock()
-
-
-@pytest.fixture
-async def sim(nursery, clock):
+async def start_simulator(nursery, clock: MovableClock):
+    """A simulator on an ephemeral loopback port, its clock ``clock``, no automatic price steps."""
     state = SimState(3, clock=clock)
     return await nursery.start(partial(serve_simulator, state=state, tick_interval=None))
 
@@ -57,8 +51,9 @@ async def http(method: str, url: str, body=None, *, raw: bytes | None = None, he
 
     def go():
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+        req = urllib.request.Request(
+            url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 status, payload = r.status, r.read()
@@ -87,8 +82,7 @@ def listen_key_call(sim, method: str, *, key: str | None = KEY, params: dict | N
     if key is not None:
         headers["X-MBX-APIKEY"] = key
     q = urlencode(params or {})
-    return http(method, sim.base_url + "/binance/fapi/v1/listenKey" + (f"?{q}" if q else ""), raw=b"",
-                headers=headers)
+    return http(method, sim.base_url + "/binance/fapi/v1/listenKey" + (f"?{q}" if q else ""), raw=b"", headers=headers)
 
 
 def bybit_signed(sim, method: str, path: str, params: dict):
@@ -113,7 +107,7 @@ def bybit_auth_args(sim, *, key: str = KEY, secret: str = SECRET, expires_in_ms:
 
 
 def ws_url(sim, path: str) -> str:
-    return "ws" + sim.base_url[len("http"):] + path
+    return "ws" + sim.base_url[len("http") :] + path
 
 
 async def next_json(ws, what: str = "the next message") -> dict:

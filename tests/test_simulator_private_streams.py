@@ -13,23 +13,35 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import trio_websocket
 
-from tests.sim_private_clients import (  # noqa: F401 - clock and sim are fixtures
+from tests.sim_private_clients import (
+    MovableClock,
     binance_signed,
     binance_user_stream,
     bybit_auth_args,
     bybit_private_session,
     bybit_signed,
-    clock,
     http,
     listen_key_call,
     next_json,
     next_text,
     send_json,
-    sim,
+    start_simulator,
     ws_url,
 )
+
+
+@pytest.fixture
+def clock():
+    return MovableClock()
+
+
+@pytest.fixture
+async def sim(nursery, clock):
+    return await start_simulator(nursery, clock)
+
 
 # ------------------------------------------------------------------ Binance listen keys
 
@@ -75,8 +87,11 @@ async def test_listen_key_expires_60_minutes_after_the_last_keepalive(sim, clock
         assert (status, body["code"]) == (400, -1125)
 
         # no account messages after expiry: a change, then a marker frame; the marker comes first
-        await http("POST", sim.admin_url + "/positions", {"exchange": "binanceusdm", "symbol": "BTCUSDT",
-                                                          "side": "long", "qty": "0.010", "entry_price": "60000"})
+        await http(
+            "POST",
+            sim.admin_url + "/positions",
+            {"exchange": "binanceusdm", "symbol": "BTCUSDT", "side": "long", "qty": "0.010", "entry_price": "60000"},
+        )
         await http("POST", sim.admin_url + "/faults", {"private_raw": "marker", "exchange": "binanceusdm"})
         assert await next_text(ws, "the marker") == "marker"
 
@@ -92,8 +107,11 @@ async def test_public_stream_names_still_serve_public_streams(sim):
 
 
 async def _binance_long(sim, qty="0.010"):
-    status, body = await http("POST", sim.admin_url + "/positions", {
-        "exchange": "binanceusdm", "symbol": "BTCUSDT", "side": "long", "qty": qty, "entry_price": "60000"})
+    status, body = await http(
+        "POST",
+        sim.admin_url + "/positions",
+        {"exchange": "binanceusdm", "symbol": "BTCUSDT", "side": "long", "qty": qty, "entry_price": "60000"},
+    )
     assert status == 200, body
 
 
@@ -101,9 +119,20 @@ async def test_binance_close_order_new_then_trade_then_account_update(sim):
     await _binance_long(sim)
     key, connect = await binance_user_stream(sim)
     async with connect as ws:
-        status, order = await binance_signed(sim, "POST", "/fapi/v1/order", {
-            "symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.010", "reduceOnly": "true",
-            "newClientOrderId": "close-1", "newOrderRespType": "RESULT"})
+        status, order = await binance_signed(
+            sim,
+            "POST",
+            "/fapi/v1/order",
+            {
+                "symbol": "BTCUSDT",
+                "side": "SELL",
+                "type": "MARKET",
+                "quantity": "0.010",
+                "reduceOnly": "true",
+                "newClientOrderId": "close-1",
+                "newOrderRespType": "RESULT",
+            },
+        )
         assert status == 200, order
         new = await next_json(ws, "ORDER_TRADE_UPDATE NEW")
         trade = await next_json(ws, "ORDER_TRADE_UPDATE TRADE")
@@ -132,9 +161,19 @@ async def test_binance_partial_fill_trade_account_update_then_expired(sim):
     await http("POST", sim.admin_url + "/faults", {"partial_fill_ratio": "0.5"})
     key, connect = await binance_user_stream(sim)
     async with connect as ws:
-        status, order = await binance_signed(sim, "POST", "/fapi/v1/order", {
-            "symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.020", "reduceOnly": "true",
-            "newOrderRespType": "RESULT"})
+        status, order = await binance_signed(
+            sim,
+            "POST",
+            "/fapi/v1/order",
+            {
+                "symbol": "BTCUSDT",
+                "side": "SELL",
+                "type": "MARKET",
+                "quantity": "0.020",
+                "reduceOnly": "true",
+                "newOrderRespType": "RESULT",
+            },
+        )
         assert status == 200 and order["status"] == "EXPIRED", order
         kinds = []
         for _ in range(4):
@@ -144,8 +183,12 @@ async def test_binance_partial_fill_trade_account_update_then_expired(sim):
                 trade = msg
             if msg["e"] == "ACCOUNT_UPDATE":
                 account = msg
-    assert kinds == [("ORDER_TRADE_UPDATE", "NEW", "NEW"), ("ORDER_TRADE_UPDATE", "TRADE", "PARTIALLY_FILLED"),
-                     ("ACCOUNT_UPDATE",), ("ORDER_TRADE_UPDATE", "EXPIRED", "EXPIRED")]
+    assert kinds == [
+        ("ORDER_TRADE_UPDATE", "NEW", "NEW"),
+        ("ORDER_TRADE_UPDATE", "TRADE", "PARTIALLY_FILLED"),
+        ("ACCOUNT_UPDATE",),
+        ("ORDER_TRADE_UPDATE", "EXPIRED", "EXPIRED"),
+    ]
     assert trade["o"]["l"] == "0.010" and trade["o"]["z"] == "0.010" and trade["o"]["q"] == "0.020"
     assert account["a"]["P"][0]["pa"] == "0.010" and account["a"]["P"][0]["ep"] == "60000"
     # the position's updateTime in REST is the time the stream gives
@@ -156,11 +199,18 @@ async def test_binance_partial_fill_trade_account_update_then_expired(sim):
 async def test_binance_admin_changes_come_as_a_trading_bot_order(sim):
     key, connect = await binance_user_stream(sim)
     async with connect as ws:
-        await http("POST", sim.admin_url + "/positions", {
-            "exchange": "binanceusdm", "symbol": "ETHUSDT", "side": "short", "qty": "0.500", "entry_price": "3000"})
+        await http(
+            "POST",
+            sim.admin_url + "/positions",
+            {"exchange": "binanceusdm", "symbol": "ETHUSDT", "side": "short", "qty": "0.500", "entry_price": "3000"},
+        )
         new, trade, account = [await next_json(ws, "the admin change's messages") for _ in range(3)]
         assert (new["o"]["x"], trade["o"]["x"], trade["o"]["X"], account["e"]) == (
-            "NEW", "TRADE", "FILLED", "ACCOUNT_UPDATE")
+            "NEW",
+            "TRADE",
+            "FILLED",
+            "ACCOUNT_UPDATE",
+        )
         assert trade["o"]["R"] is False and trade["o"]["c"].startswith("sim-admin-") and trade["o"]["S"] == "SELL"
         pos = account["a"]["P"][0]
         assert (pos["s"], pos["pa"], pos["ep"]) == ("ETHUSDT", "-0.500", "3000")
@@ -175,8 +225,11 @@ async def test_binance_admin_changes_come_as_a_trading_bot_order(sim):
 async def test_bybit_changes_do_not_reach_binance_streams(sim):
     key, connect = await binance_user_stream(sim)
     async with connect as ws:
-        await http("POST", sim.admin_url + "/positions", {
-            "exchange": "bybit", "symbol": "BTCUSDT", "side": "long", "qty": "0.010", "entry_price": "60000"})
+        await http(
+            "POST",
+            sim.admin_url + "/positions",
+            {"exchange": "bybit", "symbol": "BTCUSDT", "side": "long", "qty": "0.010", "entry_price": "60000"},
+        )
         await http("POST", sim.admin_url + "/faults", {"private_raw": "marker", "exchange": "binanceusdm"})
         assert await next_text(ws, "the marker") == "marker"
 
@@ -220,13 +273,27 @@ async def test_bybit_auth_answers_success_and_documented_failures(sim):
 
 
 async def test_bybit_close_order_order_execution_order_position(sim):
-    await http("POST", sim.admin_url + "/positions", {
-        "exchange": "bybit", "symbol": "BTCUSDT", "side": "long", "qty": "0.010", "entry_price": "60000"})
+    await http(
+        "POST",
+        sim.admin_url + "/positions",
+        {"exchange": "bybit", "symbol": "BTCUSDT", "side": "long", "qty": "0.010", "entry_price": "60000"},
+    )
     async with trio_websocket.open_websocket_url(ws_url(sim, "/bybit/v5/private")) as ws:
         await bybit_private_session(ws, sim)
-        status, created = await bybit_signed(sim, "POST", "/v5/order/create", {
-            "category": "linear", "symbol": "BTCUSDT", "side": "Sell", "orderType": "Market", "qty": "0.010",
-            "reduceOnly": True, "orderLinkId": "close-1"})
+        status, created = await bybit_signed(
+            sim,
+            "POST",
+            "/v5/order/create",
+            {
+                "category": "linear",
+                "symbol": "BTCUSDT",
+                "side": "Sell",
+                "orderType": "Market",
+                "qty": "0.010",
+                "reduceOnly": True,
+                "orderLinkId": "close-1",
+            },
+        )
         assert status == 200 and created["retCode"] == 0, created
         msgs = [await next_json(ws, "the close's messages") for _ in range(4)]
     assert [m["topic"] for m in msgs] == ["order", "execution", "order", "position"]
@@ -241,7 +308,10 @@ async def test_bybit_close_order_order_execution_order_position(sim):
     status, execs = await bybit_signed(sim, "GET", "/v5/execution/list", {"category": "linear", "symbol": "BTCUSDT"})
     rest_exec = execs["result"]["list"][0]  # newest first
     assert (execution[0]["execId"], execution[0]["execTime"], execution[0]["execQty"]) == (
-        rest_exec["execId"], rest_exec["execTime"], "0.010")
+        rest_exec["execId"],
+        rest_exec["execTime"],
+        "0.010",
+    )
     status, plist = await bybit_signed(sim, "GET", "/v5/position/list", {"category": "linear", "symbol": "BTCUSDT"})
     rest_pos = plist["result"]["list"][0]
     assert (position[0]["size"], position[0]["side"]) == ("0", "")
@@ -249,14 +319,27 @@ async def test_bybit_close_order_order_execution_order_position(sim):
 
 
 async def test_bybit_partial_fill_and_linear_topics(sim):
-    await http("POST", sim.admin_url + "/positions", {
-        "exchange": "bybit", "symbol": "BTCUSDT", "side": "short", "qty": "0.020", "entry_price": "60000"})
+    await http(
+        "POST",
+        sim.admin_url + "/positions",
+        {"exchange": "bybit", "symbol": "BTCUSDT", "side": "short", "qty": "0.020", "entry_price": "60000"},
+    )
     await http("POST", sim.admin_url + "/faults", {"partial_fill_ratio": "0.5"})
     async with trio_websocket.open_websocket_url(ws_url(sim, "/bybit/v5/private")) as ws:
         await bybit_private_session(ws, sim, topics=("order.linear", "execution.linear", "position.linear"))
-        status, created = await bybit_signed(sim, "POST", "/v5/order/create", {
-            "category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.020",
-            "reduceOnly": True})
+        status, created = await bybit_signed(
+            sim,
+            "POST",
+            "/v5/order/create",
+            {
+                "category": "linear",
+                "symbol": "BTCUSDT",
+                "side": "Buy",
+                "orderType": "Market",
+                "qty": "0.020",
+                "reduceOnly": True,
+            },
+        )
         assert created["retCode"] == 0, created
         msgs = [await next_json(ws, "the partial close's messages") for _ in range(4)]
     assert [m["topic"] for m in msgs] == ["order.linear", "execution.linear", "order.linear", "position.linear"]
@@ -268,17 +351,29 @@ async def test_bybit_partial_fill_and_linear_topics(sim):
 async def test_bybit_admin_changes_come_as_a_trading_bot_order(sim):
     async with trio_websocket.open_websocket_url(ws_url(sim, "/bybit/v5/private")) as ws:
         await bybit_private_session(ws, sim, topics=("order", "execution", "position"))
-        await http("POST", sim.admin_url + "/positions", {
-            "exchange": "bybit", "symbol": "ETHUSDT", "side": "long", "qty": "0.500", "entry_price": "3000"})
+        await http(
+            "POST",
+            sim.admin_url + "/positions",
+            {"exchange": "bybit", "symbol": "ETHUSDT", "side": "long", "qty": "0.500", "entry_price": "3000"},
+        )
         msgs = [await next_json(ws, "the admin change's messages") for _ in range(4)]
         assert [m["topic"] for m in msgs] == ["order", "execution", "order", "position"]
         assert msgs[0]["data"][0]["reduceOnly"] is False and msgs[2]["data"][0]["orderStatus"] == "Filled"
         assert (msgs[3]["data"][0]["size"], msgs[3]["data"][0]["side"]) == ("0.500", "Buy")
         assert msgs[3]["data"][0]["entryPrice"] == "3000"
         # a manual partial close at a price, later: the same four, the position smaller
-        await http("POST", sim.admin_url + "/positions", {
-            "exchange": "bybit", "symbol": "ETHUSDT", "side": "long", "qty": "0.200", "entry_price": "3000",
-            "fill_price": "3100"})
+        await http(
+            "POST",
+            sim.admin_url + "/positions",
+            {
+                "exchange": "bybit",
+                "symbol": "ETHUSDT",
+                "side": "long",
+                "qty": "0.200",
+                "entry_price": "3000",
+                "fill_price": "3100",
+            },
+        )
         msgs = [await next_json(ws, "the manual reduction's messages") for _ in range(4)]
         assert msgs[1]["data"][0]["execPrice"] == "3100.00" and msgs[1]["data"][0]["side"] == "Sell"
         assert msgs[3]["data"][0]["size"] == "0.200"

@@ -142,6 +142,7 @@ def _account_update(state: SimState, f: Fill) -> str:
         "mt": "cross",
         "iw": "0",
         "ps": ps,
+        "ma": "USDT",
     }
     balance = {"a": "USDT", "wb": dstr(wallet.quantize(_Q8)), "cw": dstr(wallet.quantize(_Q8)), "bc": "0"}
     t = dt_ms(f.time)

@@ -26,9 +26,10 @@ import hmac
 import itertools
 import json
 import uuid
+from decimal import Decimal
 
 from simulator.rest_bybit.api import BybitAPI
-from simulator.state import Fill, Order, SimState
+from simulator.state import Fill, Order, SimState, dstr
 from simulator.state.activity import Activity, AdminFillActivity, CancelActivity, OrderActivity
 from simulator.state.orders import bot_order
 from simulator.streams.connection import dumps_compact
@@ -39,6 +40,8 @@ CATEGORY_TOPICS = tuple(f"{t}.linear" for t in TOPICS)
 AUTH_FAILED = "Params Error"
 NOT_AUTHORIZED = "Request not authorized"
 _ids = itertools.count(1)
+# in the REST order row, not in the order stream's example (docs/v5/websocket/private/order.mdx)
+_REST_ONLY_ORDER_KEYS = ("basePrice", "createType", "isLeverage", "marketUnit", "ocoTriggerBy")
 
 
 def _reply(conn_id: str, op: str, req_id, success: bool, ret_msg: str) -> str:
@@ -152,7 +155,17 @@ class BybitPrivateMessages:
         return []
 
     def _order_row(self, o: Order, *, as_new: bool = False) -> dict:
+        """The REST order row in the stream's key set (the docs' order stream example)."""
         row = {"category": "linear", **self.rest._order_row(o)}
+        for key in _REST_ONLY_ORDER_KEYS:
+            row.pop(key, None)
+        pnl = sum(
+            (f.realized_pnl for f in self.state.fills if f.exchange == EXCHANGE and f.order_id == o.order_id),
+            Decimal(0),
+        )
+        row["closedPnl"] = dstr(pnl)
+        row["feeCurrency"] = "USDT"
+        row["cumFeeDetail"] = {"USDT": row["cumExecFee"]}
         if as_new:
             row.update(
                 {
@@ -163,15 +176,22 @@ class BybitPrivateMessages:
                     "cumExecFee": "0",
                     "leavesQty": row["qty"],
                     "updatedTime": row["createdTime"],
+                    "closedPnl": "0",
+                    "cumFeeDetail": {},
                 }
             )
+        return row
+
+    def _execution_row(self, f: Fill) -> dict:
+        """The REST execution row plus what the stream adds (the docs' linear execution example)."""
+        row = {"category": "linear", **self.rest._execution_row(f)}
+        row.update({"execPnl": dstr(f.realized_pnl), "isLeverage": "0", "marketUnit": "", "extraFees": []})
         return row
 
     def _order_messages(self, o: Order, fills: list[Fill]) -> list[tuple[str, list[dict]]]:
         out: list[tuple[str, list[dict]]] = [("order", [self._order_row(o, as_new=True)])]
         if fills:
-            rows = [{"category": "linear", **self.rest._execution_row(f), "isLeverage": ""} for f in fills]
-            out.append(("execution", rows))
+            out.append(("execution", [self._execution_row(f) for f in fills]))
         if o.status != "new":
             out.append(("order", [self._order_row(o)]))
         if fills:
