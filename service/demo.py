@@ -23,7 +23,7 @@ import trio
 from actors.clock import PolicyClock
 from actors.events import DETECTED
 from exchanges.ccxt_adapter import CcxtExchange
-from service.app import build_service, exchanges_open, make_feeds, run_observed
+from service.app import build_service, exchanges_open, make_account_stream, make_feeds, run_observed
 from service.config import DEFAULTS, AppConfig
 from simulator.server import serve_simulator
 from simulator.state import RejectRule, SimState
@@ -148,7 +148,10 @@ async def run_demo(db, *, duration: float | None, speed: float, metrics_port: in
             if http_port and not _port_free(http_port):
                 log.warning("port %d is in use: the demo's metrics go to a free port instead", http_port)
                 http_port = 0
-            service, obs = build_service(db, exchanges, feeds, cfg, clock, http_port=http_port)
+            # the simulator shows Binance's as ".../binance/ws/<listenKey>": the stream appends the key
+            accounts = {n: make_account_stream(n, info[n]["private_ws"].replace("/<listenKey>", ""), port, api_key=SIM_KEY, secret=SIM_SECRET,
+                                               timings=cfg.accounts) for n, port in exchanges.items()}
+            service, obs = build_service(db, exchanges, feeds, cfg, clock, http_port=http_port, accounts=accounts)
             crash_target = next(p for p in POSITIONS if p.symbol.startswith("DOGE"))
 
             def inject_crash(event):
