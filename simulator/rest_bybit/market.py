@@ -57,6 +57,7 @@ class BybitMarketData(BybitEnvelope):
             "isPreListing": False,
             "preListingInfo": None,
             "riskParameters": {"priceLimitRatioX": "0.01", "priceLimitRatioY": "0.02"},
+            "symbolType": "",
             "displayName": "",
         }
 
