@@ -16,7 +16,6 @@ import json
 from functools import partial
 
 import pytest
-import trio
 from trio_websocket import open_websocket_url
 
 from simulator.server import serve_simulator
@@ -94,4 +93,3 @@ async def test_every_message_of_a_busy_stream_keeps_the_shape(sim):
             delta = await next_message(ws, lambda m: m.get("type") == "delta")
             present = {k: v for k, v in real["data"].items() if k in delta["data"]}
             assert shape_differences({**real, "type": "delta", "data": present}, delta) == []
-            await trio.lowlevel.checkpoint()
