@@ -27,6 +27,7 @@ from tests.test_simulator_admin import binance_signed, bybit_signed_post
 from tests.test_simulator_rest import aio, clients, loaded, sim  # noqa: F401 (fixtures)
 
 ROWS = "$.result.list[]"
+DISPLAY_NAME = {f"{ROWS}.displayName": "in the field table (the name of USDC contracts), not in the USDT examples"}
 NEWER_BYBIT_TABLE = "in the page's field table and example of later revisions, not in this (older) example; never read"
 
 
@@ -51,7 +52,7 @@ CASES = [
         "bybit",
         "publicGetV5MarketInstrumentsInfo",
         BTC_LINEAR,
-        {f"{ROWS}.displayName": "in the field table (the name of USDC contracts), not in the USDT-perpetual example"},
+        DISPLAY_NAME,
     ),
     Case(
         "bybit_instruments_info_prelaunch.json",
@@ -204,6 +205,15 @@ async def trading(sim, loaded):
 @pytest.mark.parametrize("case", CASES, ids=str)
 async def test_reply_has_the_shape_of_the_real_payload(case, trading):
     reply = await aio(getattr(trading[case.exchange], case.method), dict(case.params))
+    check_shape(case, reply)
+
+
+async def test_bybit_pre_market_instrument_has_the_real_shape(sim, loaded):
+    sim.state.get_market("bybit", "DOGEUSDT").status = "PreLaunch"  # a pre-market listing
+    case = Case("bybit_instruments_info_prelaunch.json", "bybit", "", {}, DISPLAY_NAME)
+    reply = await aio(loaded["bybit"].publicGetV5MarketInstrumentsInfo, {"category": "linear", "status": "PreLaunch"})
+    [row] = reply["result"]["list"]
+    assert (row["symbol"], row["status"], row["isPreListing"]) == ("DOGEUSDT", "PreLaunch", True)
     check_shape(case, reply)
 
 
