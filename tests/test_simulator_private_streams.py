@@ -31,6 +31,7 @@ from tests.sim_private_clients import (
     start_simulator,
     ws_url,
 )
+from tests.support import within
 
 
 @pytest.fixture
@@ -391,3 +392,79 @@ async def test_binance_and_bybit_streams_ignore_garbage_from_clients(sim):
         await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": ["x"], "id": 1}))
         await _binance_long(sim)
         assert (await next_json(ws, "account messages after garbage"))["e"] == "ORDER_TRADE_UPDATE"
+
+
+async def test_resting_limit_orders_and_their_cancel(sim):
+    """A limit that does not cross rests: only NEW (New); a cancel: CANCELED (Cancelled); no position message."""
+    await _binance_long(sim)
+    key, connect = await binance_user_stream(sim)
+    async with connect as ws:
+        status, order = await binance_signed(
+            sim,
+            "POST",
+            "/fapi/v1/order",
+            {
+                "symbol": "BTCUSDT",
+                "side": "SELL",
+                "type": "LIMIT",
+                "timeInForce": "GTC",
+                "quantity": "0.010",
+                "price": "90000",
+                "reduceOnly": "true",
+            },
+        )
+        assert status == 200, order
+        new = await next_json(ws, "the resting order's NEW")
+        assert (new["o"]["x"], new["o"]["X"], new["o"]["o"], new["o"]["p"]) == ("NEW", "NEW", "LIMIT", "90000.0")
+        status, _ = await binance_signed(
+            sim, "DELETE", "/fapi/v1/order", {"symbol": "BTCUSDT", "orderId": order["orderId"]}
+        )
+        assert status == 200
+        canceled = await next_json(ws, "the cancel")
+        assert (canceled["o"]["x"], canceled["o"]["X"], canceled["o"]["i"]) == (
+            "CANCELED",
+            "CANCELED",
+            order["orderId"],
+        )
+
+    await http(
+        "POST",
+        sim.admin_url + "/positions",
+        {"exchange": "bybit", "symbol": "BTCUSDT", "side": "long", "qty": "0.010", "entry_price": "60000"},
+    )
+    async with trio_websocket.open_websocket_url(ws_url(sim, "/bybit/v5/private")) as ws:
+        await bybit_private_session(ws, sim)
+        status, created = await bybit_signed(
+            sim,
+            "POST",
+            "/v5/order/create",
+            {
+                "category": "linear",
+                "symbol": "BTCUSDT",
+                "side": "Sell",
+                "orderType": "Limit",
+                "qty": "0.010",
+                "price": "90000",
+                "reduceOnly": True,
+            },
+        )
+        assert created["retCode"] == 0, created
+        new = await next_json(ws, "the resting order")
+        assert new["topic"] == "order" and new["data"][0]["orderStatus"] == "New"
+        status, _ = await bybit_signed(
+            sim,
+            "POST",
+            "/v5/order/cancel",
+            {"category": "linear", "symbol": "BTCUSDT", "orderId": created["result"]["orderId"]},
+        )
+        canceled = await next_json(ws, "the cancel")
+        assert canceled["topic"] == "order" and canceled["data"][0]["orderStatus"] == "Cancelled"
+
+
+async def test_closing_the_listen_key_ends_its_stream(sim):
+    key, connect = await binance_user_stream(sim)
+    async with connect as ws:
+        assert await listen_key_call(sim, "DELETE") == (200, {})
+        with within(60, "the stream of a closed key ended"), pytest.raises(trio_websocket.ConnectionClosed):
+            while True:
+                await ws.get_message()

@@ -3,11 +3,16 @@
 From Bybit's v5 docs (GitHub bybit-exchange/docs): ``docs/v5/ws/connect.mdx`` —
 ``{"op":"auth","args":[apiKey, expires, signature]}`` with signature = hex
 HMAC-SHA256(secret, "GET/realtime" + expires) and ``expires`` (ms) in the future;
-success ``{"success":true,"ret_msg":"","op":"auth","conn_id":..}``, failure
-``{"success":false,"ret_msg":"Params Error","op":"auth","conn_id":..}`` (the docs'
-samples, also in pybotters/pybotters tests/test_ws.py); the private pong is
-``{"req_id":..,"op":"pong","args":["<ms>"],"conn_id":..}``. A subscribe before auth is
-refused ``"Request not authorized"``. Topics ``position``, ``order``, ``execution``
+success ``{"success":true,"ret_msg":"","op":"auth","conn_id":..}`` (the docs' sample);
+the private pong ``{"req_id":..,"op":"pong","args":["<ms>"],"conn_id":..}``; the
+subscribe answer ``{"success":true,"ret_msg":"","op":"subscribe","conn_id":..}``.
+
+Not in v5's docs, chosen here: an auth failure (bad signature, past ``expires``,
+unknown key, malformed args) answers in the success's envelope with ``"success":false``
+and ``"ret_msg":"Params Error"`` — the v5 failure that pybotters/pybotters
+tests/test_ws.py replays; ccxt's one captured failure (``"error:USVC1111"``) has the
+earlier API's envelope. A subscribe before auth is refused ``"Request not
+authorized"`` (the text client code checks for; undocumented too). Topics ``position``, ``order``, ``execution``
 and their ``.linear`` variants (docs/v5/websocket/private/position.mdx, order.mdx,
 execution.mdx), each message ``{"id","topic","creationTime","data":[..]}`` whose rows
 are the REST rows of the same facts (``/v5/order/realtime``, ``/v5/execution/list``,
@@ -195,7 +200,7 @@ class BybitPrivateMessages:
         if o.status != "new":
             out.append(("order", [self._order_row(o)]))
         if fills:
-            out.append(("position", [self._position_row(o.symbol)]))
+            out.append(("position", [self._position_row(fills[-1].symbol)]))
         return out
 
     def _position_row(self, symbol: str) -> dict:
