@@ -80,8 +80,7 @@ class PrivateHub:
         self._bybit = BybitPrivateMessages(state)
         self._conns: set[PrivateConnection] = set()
         self._silenced: set[str] = set()
-        self.stats = {"connections": 0, "messages_sent": 0, "requests_handled": 0, "dropped": 0,
-                      "lost_while_silent": 0}
+        self.stats = {"connections": 0, "messages_sent": 0, "requests_handled": 0, "dropped": 0, "lost_while_silent": 0}
         self._unlisten = state.add_activity_listener(self._on_activity)
 
     def close(self) -> None:
