@@ -7,12 +7,12 @@ success ``{"success":true,"ret_msg":"","op":"auth","conn_id":..}`` (the docs' sa
 the private pong ``{"req_id":..,"op":"pong","args":["<ms>"],"conn_id":..}``; the
 subscribe answer ``{"success":true,"ret_msg":"","op":"subscribe","conn_id":..}``.
 
-Not in v5's docs, chosen here: an auth failure (bad signature, past ``expires``,
-unknown key, malformed args) answers in the success's envelope with ``"success":false``
-and ``"ret_msg":"Params Error"`` — the v5 failure that pybotters/pybotters
-tests/test_ws.py replays; ccxt's one captured failure (``"error:USVC1111"``) has the
-earlier API's envelope. A subscribe before auth is refused ``"Request not
-authorized"`` (the text client code checks for; undocumented too). Topics ``position``, ``order``, ``execution``
+Not in v5's docs, from real answers: an auth failure (bad signature, past ``expires``,
+unknown key, malformed args) is ``{"conn_id":..,"op":"auth","ret_msg":"Params
+Error","success":false}`` (a /v5/private answer posted in bybit-exchange/
+api-usage-examples issue #70); a ``req_id`` sent is echoed (bybit-java-api issue #63).
+A subscribe before auth is refused ``"Request not authorized"`` (the text client code
+checks for; not documented either). Topics ``position``, ``order``, ``execution``
 and their ``.linear`` variants (docs/v5/websocket/private/position.mdx, order.mdx,
 execution.mdx), each message ``{"id","topic","creationTime","data":[..]}`` whose rows
 are the REST rows of the same facts (``/v5/order/realtime``, ``/v5/execution/list``,
