@@ -1,6 +1,6 @@
 """The simulator's admin API (JSON, under ``/_sim``).
 
-* ``GET /_sim/info`` — REST and WebSocket URLs per exchange.
+* ``GET /_sim/info`` — REST, public WebSocket and private WebSocket URLs per exchange.
 * ``GET /_sim/orders`` (``?exchange=``) — every order received, in arrival order;
   ``DELETE /_sim/orders`` forgets them.
 * ``GET /_sim/positions`` (``?exchange=``); ``POST /_sim/positions``
@@ -28,12 +28,26 @@
   "last"?}`` sets and holds a price, ``{"exchange","symbol","release": true}`` resumes
   the walk; ``"volatility"``, ``"drift"``, ``"spread_bps"`` tune the walk.
 * ``POST /_sim/step`` ``{"n": 1}`` — advance the random walk by hand.
-* ``GET|POST|DELETE /_sim/faults`` — see :func:`apply_faults`.
+* ``GET|POST|DELETE /_sim/faults`` — see :func:`apply_faults`. The private (account)
+  streams: ``{"private_ws": "drop"|"silence"|"resume", "exchange"?}`` ends them at once
+  (1011, no goodbye) or keeps them open sending nothing (no data, no replies, no pongs;
+  account messages of that time are lost to them); ``{"private_raw": "<text>",
+  "exchange"?}`` pushes a frame verbatim; ``{"expire_listen_key": true}`` expires the
+  Binance listen keys now (their streams get ``listenKeyExpired``; ``PUT`` answers
+  -1125); ``{"bybit_auth_fail": N}`` makes the next N Bybit ``auth`` requests answer the
+  documented failure. ``DELETE`` clears every fault and resumes silenced streams.
+* ``GET /_sim/latency``; ``POST /_sim/latency`` ``{"rest_ms": 20}`` — every REST request
+  of both exchanges waits that long before it is answered (0..10000; 400 otherwise).
 * ``GET /_sim/mode``; ``POST /_sim/mode`` ``{"exchange", "hedge": true|false}`` — the
   account's position mode: hedge mode shows positions as Binance ``positionSide``
   LONG/SHORT and Bybit ``positionIdx`` 1/2, and Binance's ``/fapi/v1/positionSide/dual``
   says so.
-* ``POST /_sim/reset`` — forget positions, fills, orders, faults and settings.
+* ``POST /_sim/reset`` — forget positions, fills, orders, faults and settings (the REST
+  latency back to 0).
+
+Every change to a position (``/_sim/positions``, ``/_sim/fills``, ``close_position``)
+reaches the private streams like a real fill: as a filled MARKET order of a "trading
+bot" (not reduce-only) and the position after it (:mod:`simulator.streams.private`).
 
 Bad input answers HTTP 400 ``{"error": "..."}``; nothing a client sends crashes the
 server.

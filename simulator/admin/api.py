@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from simulator.admin.faults import apply_faults
-from simulator.admin.validation import BadInput, bad_request, parse_count, json_body
+from simulator.admin.validation import BadInput, bad_request, json_body, parse_count
 from simulator.http_common import json_response
 from simulator.state import (
     SimError,
@@ -24,12 +24,16 @@ from simulator.state import (
 
 log = logging.getLogger("simulator.admin")
 
+MAX_LATENCY_MS = 10_000
+
 
 def info_for(base_url: str) -> dict:
     ws_base = "ws" + base_url[len("http"):] if base_url.startswith("http") else base_url
     return {
-        "bybit": {"rest": base_url + "/bybit", "ws": ws_base + "/bybit/v5/public/linear"},
-        "binanceusdm": {"rest": base_url + "/binance", "ws": ws_base + "/binance/ws"},
+        "bybit": {"rest": base_url + "/bybit", "ws": ws_base + "/bybit/v5/public/linear",
+                  "private_ws": ws_base + "/bybit/v5/private"},
+        "binanceusdm": {"rest": base_url + "/binance", "ws": ws_base + "/binance/ws",
+                        "private_ws": ws_base + "/binance/ws/<listenKey>"},
     }
 
 
@@ -245,12 +249,17 @@ class AdminAPI:
 
         return await self._guard(request, go)
 
+    def _resume_streams(self) -> None:
+        if self.hub is not None:
+            self.hub.silence(None, False)
+            if getattr(self.hub, "private", None) is not None:
+                self.hub.private.silence(None, False)
+
     async def faults(self, request: Request) -> Response:
         async def go(request):
             if request.method == "DELETE":
                 self.state.faults.clear()
-                if self.hub is not None:
-                    self.hub.silence(None, False)
+                self._resume_streams()
                 return json_response(self.state.faults.to_dict())
             if request.method == "POST":
                 body = await json_body(request)
@@ -270,11 +279,24 @@ class AdminAPI:
 
         return await self._guard(request, go)
 
+    async def latency(self, request: Request) -> Response:
+        async def go(request):
+            if request.method == "POST":
+                body = await json_body(request)
+                if set(body) != {"rest_ms"}:
+                    raise BadInput('expected {"rest_ms": N} (milliseconds, 0..10000)')
+                ms = body["rest_ms"]
+                if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not (0 <= ms <= MAX_LATENCY_MS):
+                    raise BadInput(f"rest_ms must be a number of milliseconds from 0 to {MAX_LATENCY_MS}, got {ms!r}")
+                self.state.rest_latency_ms = ms
+            return json_response({"rest_ms": self.state.rest_latency_ms})
+
+        return await self._guard(request, go)
+
     async def reset(self, request: Request) -> Response:
         async def go(request):
             self.state.reset()
-            if self.hub is not None:
-                self.hub.silence(None, False)
+            self._resume_streams()
             return json_response({"ok": True})
 
         return await self._guard(request, go)
@@ -299,6 +321,7 @@ class AdminAPI:
             Route("/_sim/step", self.step, methods=["POST"]),
             Route("/_sim/faults", self.faults, methods=["GET", "POST", "DELETE"]),
             Route("/_sim/mode", self.mode, methods=["GET", "POST"]),
+            Route("/_sim/latency", self.latency, methods=["GET", "POST"]),
             Route("/_sim/reset", self.reset, methods=["POST"]),
             Route("/_sim/{path:path}", self.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ]

@@ -2,8 +2,13 @@
 
 Keys: ``reject_next``, ``http_5xx``, ``rate_limit_429``, ``drop_reply`` (counted, per
 exchange or any), ``partial_fill_ratio``, ``binance_market_new``, ``ws`` (``"drop"``,
-``"silence"``, ``"resume"``, with an optional top-level ``exchange``) and
-``close_position``. Nothing is applied unless everything is valid.
+``"silence"``, ``"resume"``, with an optional top-level ``exchange``),
+``close_position``, and for the private (account) streams: ``private_ws`` (``"drop"``,
+``"silence"``, ``"resume"``, optional top-level ``exchange``), ``private_raw`` (a text
+frame pushed verbatim, optional top-level ``exchange``), ``expire_listen_key`` (true:
+Binance listen keys expire now, their streams get ``listenKeyExpired``) and
+``bybit_auth_fail`` (N: the next N Bybit private ``auth`` requests fail; 0 clears).
+Nothing is applied unless everything is valid.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ log = logging.getLogger("simulator.admin")
 def apply_faults(state: SimState, hub, body: dict) -> list[str]:
     """Validate everything first, then apply. Returns what was done."""
     known = {"reject_next", "http_5xx", "rate_limit_429", "drop_reply", "partial_fill_ratio", "ws", "exchange",
-             "close_position", "binance_market_new"}
+             "close_position", "binance_market_new", "private_ws", "private_raw", "expire_listen_key",
+             "bybit_auth_fail"}
     unknown = set(body) - known
     if unknown:
         raise BadInput(f"unknown fault keys {sorted(unknown)}; known: {sorted(known - {'exchange'})}")
@@ -63,6 +69,25 @@ def apply_faults(state: SimState, hub, body: dict) -> list[str]:
         if not isinstance(body["binance_market_new"], bool):
             raise BadInput("binance_market_new must be true or false")
         actions.append(("binance_market_new", body["binance_market_new"]))
+    private = getattr(hub, "private", None)
+    if any(k in body for k in ("private_ws", "private_raw", "expire_listen_key")) and private is None:
+        raise BadInput("the WebSocket streams are not mounted in this simulator")
+    if "private_ws" in body:
+        if body["private_ws"] not in ("drop", "silence", "resume"):
+            raise BadInput('private_ws must be "drop", "silence" or "resume"')
+        ex = body.get("exchange")
+        actions.append(("private_ws", (body["private_ws"], normalize_exchange(ex) if ex else None)))
+    if "private_raw" in body:
+        if not isinstance(body["private_raw"], str):
+            raise BadInput("private_raw must be a string (the frame's text)")
+        ex = body.get("exchange")
+        actions.append(("private_raw", (body["private_raw"], normalize_exchange(ex) if ex else None)))
+    if "expire_listen_key" in body:
+        if body["expire_listen_key"] is not True:
+            raise BadInput("expire_listen_key must be true")
+        actions.append(("expire_listen_key", True))
+    if "bybit_auth_fail" in body:
+        actions.append(("bybit_auth_fail", parse_count(body["bybit_auth_fail"], "bybit_auth_fail")))
     if "ws" in body:
         what = body["ws"]
         if what not in ("drop", "silence", "resume"):
@@ -72,8 +97,9 @@ def apply_faults(state: SimState, hub, body: dict) -> list[str]:
         if hub is None:
             raise BadInput("the WebSocket streams are not mounted in this simulator")
         actions.append(("ws", (what, ex)))
-    elif "exchange" in body:
-        raise BadInput('"exchange" at the top level goes with "ws"; put it inside the fault object otherwise')
+    elif "exchange" in body and "private_ws" not in body and "private_raw" not in body:
+        raise BadInput('"exchange" at the top level goes with "ws", "private_ws" or "private_raw"; put it inside '
+                       'the fault object otherwise')
     if "close_position" in body:
         cp = body["close_position"]
         if not isinstance(cp, dict) or "exchange" not in cp or "symbol" not in cp:
@@ -103,6 +129,20 @@ def apply_faults(state: SimState, hub, body: dict) -> list[str]:
             else:
                 hub.silence(ex, False)
             f.ws[ex or "*"] = what
+        elif name == "private_ws":
+            what, ex = value
+            if what == "drop":
+                private.drop(ex)
+            else:
+                private.silence(ex, what == "silence")
+            f.private_ws[ex or "*"] = what
+        elif name == "private_raw":
+            text, ex = value
+            private.send_raw(ex, text)
+        elif name == "expire_listen_key":
+            private.expire_listen_keys()
+        elif name == "bybit_auth_fail":
+            f.bybit_auth_fail = value
         elif name == "close_position":
             state.remove_position(*value)
         done.append(name)

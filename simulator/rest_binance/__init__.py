@@ -15,6 +15,9 @@ the signature; header ``X-MBX-APIKEY``): ``GET /fapi/v1/leverageBracket``,
 ``/fapi/v1/userTrades`` (the fill history), ``/fapi/v1/positionSide/dual``. A position's
 ``updateTime`` is its last fill; Binance reports no opening time.
 
+User data stream (USER_STREAM: the ``X-MBX-APIKEY`` header, no signature): ``POST|PUT|
+DELETE /fapi/v1/listenKey`` (:mod:`~simulator.rest_binance.user_stream`).
+
 Errors are ``{"code": -NNNN, "msg": "..."}`` with HTTP 400 (401 for key errors), like
 the real API. Faults apply to signed requests only.
 

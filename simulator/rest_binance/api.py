@@ -8,10 +8,11 @@ from simulator.rest_binance.account import BinanceAccount
 from simulator.rest_binance.history import BinanceHistory
 from simulator.rest_binance.market import BinanceMarketData
 from simulator.rest_binance.orders import BinanceOrders
+from simulator.rest_binance.user_stream import BinanceUserStream
 from simulator.state import SimState
 
 
-class BinanceAPI(BinanceMarketData, BinanceAccount, BinanceOrders, BinanceHistory):
+class BinanceAPI(BinanceMarketData, BinanceAccount, BinanceOrders, BinanceHistory, BinanceUserStream):
     """Binance USD-M REST over one :class:`~simulator.state.SimState`."""
 
     def routes(self) -> list[BaseRoute]:
@@ -36,6 +37,9 @@ class BinanceAPI(BinanceMarketData, BinanceAccount, BinanceOrders, BinanceHistor
             Route("/fapi/v1/openOrders", g(self.open_orders), methods=["GET"]),
             Route("/fapi/v1/allOrders", g(self.all_orders), methods=["GET"]),
             Route("/fapi/v1/userTrades", g(self.user_trades), methods=["GET"]),
+            Route("/fapi/v1/listenKey", g(self.listen_key_open), methods=["POST"]),
+            Route("/fapi/v1/listenKey", g(self.listen_key_keepalive), methods=["PUT"]),
+            Route("/fapi/v1/listenKey", g(self.listen_key_close), methods=["DELETE"]),
             Route("/{path:path}", g(self.not_found), methods=["GET", "POST", "PUT", "DELETE"]),
         ]
         return [Mount("/binance", routes=r)]

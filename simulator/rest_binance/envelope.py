@@ -36,6 +36,7 @@ MESSAGES = {
     "-1116": "Invalid orderType.",
     "-1117": "Invalid side.",
     "-1121": "Invalid symbol.",
+    "-1125": "This listenKey does not exist.",
     "-2010": "NEW_ORDER_REJECTED",
     "-2011": "Unknown order sent.",
     "-2013": "Order does not exist.",

@@ -50,11 +50,20 @@ class Faults:
         # client asked newOrderRespType=RESULT (the fill is still done; a lookup shows it)
         self.binance_market_new: bool = False
         self.ws: dict[str, str] = {}  # exchange or "*" -> last ws action, for display
+        self.private_ws: dict[str, str] = {}  # the same for the private streams
+        # Bybit private stream: how many next "auth" requests answer the documented failure
+        self.bybit_auth_fail: int = 0
         # (exchange, symbol id) -> how many full position lists leave that position out
         # (a list asked for that symbol alone still shows it)
         self.omit_from_position_list: dict[tuple[str, str], int] = {}
         # (exchange, symbol id) -> fields of its position row replaced as given (a malformed row)
         self.position_row_overrides: dict[tuple[str, str], dict] = {}
+
+    def take_bybit_auth_fail(self) -> bool:
+        if self.bybit_auth_fail <= 0:
+            return False
+        self.bybit_auth_fail -= 1
+        return True
 
     def take_omission(self, exchange: str, symbol_id: str) -> bool:
         key = (exchange, symbol_id)
@@ -119,4 +128,6 @@ class Faults:
             "partial_fill_ratio": dstr(self.partial_fill_ratio),
             "binance_market_new": self.binance_market_new,
             "ws": dict(self.ws),
+            "private_ws": dict(self.private_ws),
+            "bybit_auth_fail": self.bybit_auth_fail,
         }

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from simulator.state.activity import AdminFillActivity
 from simulator.state.markets import Market
 from simulator.state.positions import Position
 from simulator.state.values import SimError, dstr, dt_ms, iso, normalize_exchange, normalize_symbol
@@ -187,13 +188,15 @@ class FillLedger:
                 f"fill time {iso(t)} is before the last fill on {ex} {m.symbol_id} ({iso(last.time)}); "
                 "the fill history stays in time order (forget it with DELETE /_sim/fills once flat)")
         self._admin_fills += 1
-        return self._record_fill(
+        f = self._record_fill(
             ex, m, side, qty, price, t,
             order_id=order_id or self.new_order_id(ex),
             client_order_id=client_order_id or f"sim-admin-{self._admin_fills}",
             source="admin", order_type="market", order_qty=qty, order_price=price,
             create_type=create_type, mark_price=price,
         )
+        self._emit_activity(AdminFillActivity(f))
+        return f
 
     def _record_fill(
         self,

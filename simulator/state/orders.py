@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from simulator.state.activity import CancelActivity, OrderActivity
 from simulator.state.markets import Market
 from simulator.state.prices import SimQuote
 from simulator.state.values import dstr, iso, normalize_exchange
@@ -79,6 +80,19 @@ class Order:
             "reject_msg": self.reject_msg,
             "time": iso(self.time),
         }
+
+
+def bot_order(fill) -> Order:
+    """An admin fill as the filled MARKET order of another trader on the account (a "trading bot").
+
+    What the private streams show for a position change made behind the product's back.
+    """
+    return Order(
+        exchange=fill.exchange, symbol=fill.symbol, side=fill.side, type="market", qty=fill.qty, price=None,
+        time_in_force="IOC", reduce_only=False, client_order_id=fill.client_order_id, order_id=fill.order_id,
+        status="filled", filled_qty=fill.qty, avg_price=fill.price, time=fill.time, updated_at=fill.time,
+        effective_qty=fill.qty,
+    )
 
 
 class OrderDesk:
@@ -225,6 +239,7 @@ class OrderDesk:
             marketable = False
             immediate = True
         fill = Decimal(0)
+        made = []  # the fills this order makes now
         if marketable:
             fill = target
             ratio = self.faults.partial_fill_ratio
@@ -236,12 +251,13 @@ class OrderDesk:
             last = self.last_fill(ex, m.symbol_id)
             t = now if last is None or now >= last.time else last.time  # never before the last fill
             leaves = (order.effective_qty - fill) if not immediate else Decimal(0)
-            self._record_fill(
+            f = self._record_fill(
                 ex, m, side, fill, touch, t,
                 order_id=order.order_id, client_order_id=client_order_id, source="order", order_type=type,
                 order_qty=order.effective_qty, order_price=price, leaves_qty=max(leaves, Decimal(0)),
                 mark_price=q.last,
             )
+            made.append(f)
             order.filled_qty = fill
             order.avg_price = touch
             self.record_trade(ex, m.symbol_id, fill, touch)
@@ -257,6 +273,7 @@ class OrderDesk:
         self._orders_by_id[(ex, order.order_id)] = order
         if client_order_id:
             self._orders_by_client_id[(ex, client_order_id)] = order
+        self._emit_activity(OrderActivity(order, made))
         return order
 
     def cancel_order(self, order: Order) -> Order:
@@ -264,6 +281,7 @@ class OrderDesk:
         order.canceled_by_user = True
         order.status = "canceled"
         order.updated_at = self.now()
+        self._emit_activity(CancelActivity(order))
         return order
 
     # ----------------------------------------------------------------- admin

@@ -11,7 +11,9 @@ one :class:`SimState` inside one trio thread.
 :class:`~simulator.state.positions.PositionDesk` (positions and the admin changes to
 them), :class:`~simulator.state.fills.FillLedger` (the fill history, the only way a
 position changes) and :class:`~simulator.state.orders.OrderDesk` (order matching and
-the order log). The parts share one clock (:meth:`SimState.now`) and call each other
+the order log), :class:`~simulator.state.activity.ActivityFeed` (telling the private
+streams what changed) and :class:`~simulator.state.listen_keys.ListenKeys` (Binance's
+user-data-stream keys). The parts share one clock (:meth:`SimState.now`) and call each other
 through ``self``.
 """
 
@@ -22,8 +24,10 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Callable
 
+from simulator.state.activity import ActivityFeed
 from simulator.state.faults import Faults
 from simulator.state.fills import FillLedger
+from simulator.state.listen_keys import ListenKeys
 from simulator.state.markets import DEFAULT_MARKETS, Market
 from simulator.state.orders import OrderDesk
 from simulator.state.positions import PositionDesk
@@ -37,7 +41,7 @@ POSITION_OPEN_TIME_MODES = {"bybit": ("zero", "real", "absent"), "binanceusdm": 
 DEFAULT_POSITION_OPEN_TIME = {"bybit": "zero", "binanceusdm": "absent"}
 
 
-class SimState(PriceBook, PositionDesk, FillLedger, OrderDesk):
+class SimState(PriceBook, PositionDesk, FillLedger, OrderDesk, ActivityFeed, ListenKeys):
     """All simulator state. Not thread-safe: use it from the one trio thread."""
 
     def __init__(
@@ -55,7 +59,11 @@ class SimState(PriceBook, PositionDesk, FillLedger, OrderDesk):
         self._init_positions()
         self._init_fills(seed)
         self._init_orders(seed)
+        self._init_activity()
+        self._init_listen_keys(seed)
         self.faults = Faults()
+        # every REST request of both exchanges waits this long before it is answered
+        self.rest_latency_ms = 0
         # Position mode per exchange: False = one-way (what the manager supports), True = hedge.
         self.hedge_mode: dict[str, bool] = {ex: False for ex in EXCHANGES}
         # What Bybit's position list says in ``openTime``: see POSITION_OPEN_TIME_MODES.
@@ -96,6 +104,7 @@ class SimState(PriceBook, PositionDesk, FillLedger, OrderDesk):
         self.faults.clear()
         self.hedge_mode = {ex: False for ex in EXCHANGES}
         self.position_open_time = dict(DEFAULT_POSITION_OPEN_TIME)
+        self.rest_latency_ms = 0
 
     def set_position_open_time(self, exchange: str, mode: str) -> None:
         ex = normalize_exchange(exchange)

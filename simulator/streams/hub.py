@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket
 from simulator.streams.binance import BinanceStreams
 from simulator.streams.bybit import BybitStreams
 from simulator.streams.connection import StreamConnection, exchanges_named, plain_decimal
+from simulator.streams.private import PrivateHub
 
 log = logging.getLogger("simulator.streams")
 
@@ -36,6 +37,7 @@ class StreamHub(BybitStreams, BinanceStreams):
 
     def __init__(self, state=None):
         self.state = None
+        self.private: PrivateHub | None = None  # the account streams, made with the state
         self._unlisten: Callable[[], None] | None = None
         self._conns: set[StreamConnection] = set()
         self._by_symbol: dict[tuple[str, str], set[StreamConnection]] = {}
@@ -47,18 +49,24 @@ class StreamHub(BybitStreams, BinanceStreams):
     # -- wiring --------------------------------------------------------------------------
 
     def attach(self, state) -> None:
-        """Listen to ``state``'s price changes (idempotent)."""
+        """Listen to ``state``'s price changes and account activity (idempotent)."""
         if state is self.state:
             return
         if self._unlisten is not None:
             self._unlisten()
+        if self.private is not None:
+            self.private.close()
         self.state = state
         self._unlisten = state.add_price_listener(self._on_price)
+        self.private = PrivateHub(state)
 
     def close(self) -> None:
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
+        if self.private is not None:
+            self.private.close()
+            self.private = None
 
     # -- fault switches ------------------------------------------------------------------
 
