@@ -6,7 +6,9 @@ streams over real sockets — listen key calls, a full and a partial close throu
 an admin change, the key expiring; Bybit auth, subscribe, ping, the same orders — and
 every message it gets is matched to the real payload of its kind and compared: the
 same keys, recursively, the same JSON value types, the same envelope. A message of a
-kind with no real payload fails the test.
+kind with no real payload fails the test. Each message also goes through the
+product's parser (:mod:`feeds.account_protocols`, itself checked on the corpus), which
+must read it without a ``Malformed`` or ``Ignored``.
 
 Deliberate differences, each from the exchange's own field tables:
 
@@ -18,10 +20,6 @@ Deliberate differences, each from the exchange's own field tables:
   Update").
 * Bybit ``order``: ``cumFeeDetail`` is keyed by fee coin (the docs' option example
   paid MNT, linear orders pay USDT).
-* Bybit ``auth`` failure: v5's page documents no failure answer; the only real one
-  (ccxt's capture) has the earlier API's envelope (``request``, no ``op``). The
-  simulator answers in the v5 envelope of the documented success; only ``success`` and
-  ``ret_msg``, which both carry, are compared.
 """
 
 from __future__ import annotations
@@ -32,6 +30,9 @@ from pathlib import Path
 import pytest
 import trio_websocket
 
+from feeds.account_binance import read_listen_key
+from feeds.account_events import Ignored, Malformed
+from feeds.account_protocols import make_account_protocol
 from tests.sim_private_clients import (
     MovableClock,
     binance_signed,
@@ -58,11 +59,6 @@ async def sim(nursery, clock):
 
 
 CORPUS = Path(__file__).parent / "conformance" / "private"
-
-needs_corpus = pytest.mark.skipif(
-    not (CORPUS / "binance_order_market_fill_o_ccxt.json").exists(),
-    reason="the private streams corpus (tests/conformance/private, branch parsers) is not merged yet",
-)
 
 
 def real(name: str):
@@ -104,6 +100,13 @@ def differences(sim_value, real_value, path: str = "", *, extra=(), missing=()) 
     return out
 
 
+def parses_cleanly(exchange: str, msg: dict) -> list:
+    """The product's parser (validated on the real corpus) reads ``msg`` without Malformed or Ignored."""
+    results = make_account_protocol(exchange).parse(json.dumps(msg))
+    assert results and not any(isinstance(r, (Malformed, Ignored)) for r in results), (msg, results)
+    return results
+
+
 def test_the_comparison_catches_keys_and_types():
     assert differences({"a": "1", "b": {"c": 1}}, {"a": "2", "b": {"c": 2}}) == []
     assert differences({"a": 1}, {"a": "1"}) == ["a: integer instead of str"]
@@ -128,12 +131,12 @@ def binance_reference(msg: dict):
     return BINANCE_REFERENCES.get((msg.get("e"), x))
 
 
-@needs_corpus
 async def test_binance_private_messages_have_the_real_shapes(sim):
     status, post = await listen_key_call(sim, "POST")
     assert differences(post, real("binance_listen_key_post_docs.json")) == []
     status, put = await listen_key_call(sim, "PUT")
     assert differences(put, real("binance_listen_key_put_docs.json")) == []
+    assert read_listen_key(post) == read_listen_key(put) == post["listenKey"]
 
     await http(
         "POST",
@@ -169,6 +172,7 @@ async def test_binance_private_messages_have_the_real_shapes(sim):
         assert ref is not None, f"no real payload for {msg}"
         name, allowed = ref
         assert differences(msg, real(name), **allowed) == [], msg
+        parses_cleanly("binanceusdm", msg)
         seen.add((msg["e"], msg["o"]["x"] if "o" in msg else None))
     assert seen == set(BINANCE_REFERENCES)
     # a filled MARKET order's "o" is exactly the shape of the one ccxt printed from a live order
@@ -187,7 +191,6 @@ BYBIT_TOPICS = {
 }
 
 
-@needs_corpus
 async def test_bybit_private_messages_have_the_real_shapes(sim):
     await http(
         "POST",
@@ -197,21 +200,23 @@ async def test_bybit_private_messages_have_the_real_shapes(sim):
     async with trio_websocket.open_websocket_url(ws_url(sim, "/bybit/v5/private")) as ws:
         await send_json(ws, {"op": "auth", "args": bybit_auth_args(sim, secret="wrong")})
         failure = await next_json(ws, "an auth failure")
-        reference = real("bybit_auth_failure_ccxt.json")
-        assert (
-            differences(
-                {k: failure[k] for k in ("success", "ret_msg")}, {k: reference[k] for k in ("success", "ret_msg")}
-            )
-            == []
-        )
-        assert failure["op"] == "auth" and failure["success"] is False
+        assert differences(failure, real("bybit_auth_failure_v5_capture.json")) == []
+        assert failure["ret_msg"] == real("bybit_auth_failure_v5_capture.json")["ret_msg"]
+        parses_cleanly("bybit", failure)
+        await send_json(ws, {"req_id": "a1", "op": "auth", "args": bybit_auth_args(sim)})
+        echoed = await next_json(ws, "auth with a req_id")
+        assert differences(echoed, real("bybit_auth_success_capture.json")) == [] and echoed["req_id"] == "a1"
 
-        await send_json(ws, {"op": "auth", "args": bybit_auth_args(sim)})
-        assert differences(await next_json(ws, "auth"), real("bybit_auth_success_docs.json")) == []
-        await send_json(ws, {"op": "subscribe", "args": ["order", "execution", "position"]})
-        assert differences(await next_json(ws, "subscribe"), real("bybit_subscribe_private_docs.json")) == []
-        await send_json(ws, {"req_id": "test", "op": "ping"})
-        assert differences(await next_json(ws, "pong"), real("bybit_pong_private_docs.json")) == []
+        controls = [
+            ({"op": "auth", "args": bybit_auth_args(sim)}, "bybit_auth_success_docs.json"),
+            ({"op": "subscribe", "args": ["order", "execution", "position"]}, "bybit_subscribe_private_docs.json"),
+            ({"req_id": "test", "op": "ping"}, "bybit_pong_private_docs.json"),
+        ]
+        for request, name in controls:
+            await send_json(ws, request)
+            answer = await next_json(ws, f"the answer to {request['op']}")
+            assert differences(answer, real(name)) == [], answer
+            parses_cleanly("bybit", answer)
 
         got = []
         await bybit_signed(
@@ -249,3 +254,4 @@ async def test_bybit_private_messages_have_the_real_shapes(sim):
     assert {m["topic"] for m in got} == set(BYBIT_TOPICS)
     for msg in got:
         assert differences(msg, real(BYBIT_TOPICS[msg["topic"]]), **BYBIT_ALLOWED.get(msg["topic"], {})) == [], msg
+        parses_cleanly("bybit", msg)

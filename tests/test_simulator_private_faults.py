@@ -25,7 +25,7 @@ from tests.sim_private_clients import (
     start_simulator,
     ws_url,
 )
-from tests.support import within
+from tests.support import wait_until, within
 
 
 @pytest.fixture
@@ -79,7 +79,9 @@ async def test_silence_sends_nothing_not_even_pongs_and_loses_that_time(sim):
         await bybit_private_session(ws, sim, topics=("position",))
         status, f = await _faults(sim, {"private_ws": "silence", "exchange": "bybit"})
         assert status == 200 and f["private_ws"] == {"bybit": "silence"}
+        handled = sim.hub.private.stats["requests_handled"]
         await send_json(ws, {"req_id": "during", "op": "ping"})
+        await wait_until(lambda: sim.hub.private.stats["requests_handled"] > handled, "the silenced ping was read")
         await _admin_long(sim, "bybit")
         await _faults(sim, {"private_ws": "resume", "exchange": "bybit"})
         await send_json(ws, {"req_id": "after", "op": "ping"})

@@ -1,12 +1,12 @@
-"""The simulator's private streams over real loopback sockets: Binance's user data stream, Bybit's private stream.
+"""The simulator's Binance user data stream over real loopback sockets (and both exchanges' resting orders).
 
-What a real client sees: listen-key lifecycle (create, extend, keep-alive, close,
-expiry on the simulator's clock), Bybit's auth/subscribe/ping answers, and the
-account messages of a close order placed through the REST API (full and partial
-fills) and of admin position changes, in the real order and with the same times as
-the REST views of the same facts. Formats follow the exchanges' docs (cited in
-:mod:`simulator.streams.private_binance` and :mod:`simulator.streams.private_bybit`);
-the comparison with real payloads is in tests/test_simulator_private_conformance.py.
+What a real client sees: the listen-key lifecycle (create, extend, keep-alive, close,
+expiry on the simulator's clock) and the account messages of a close order placed
+through REST (full and partial fills) and of admin position changes, in the real order
+and with the same times as the REST views of the same facts. Formats follow the
+exchanges' docs (cited in :mod:`simulator.streams.private_binance`); Bybit's private
+stream is in tests/test_simulator_private_bybit.py, the comparison with real payloads
+in tests/test_simulator_private_conformance.py.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tests.sim_private_clients import (
     start_simulator,
     ws_url,
 )
+from tests.support import within
 
 
 @pytest.fixture
@@ -234,45 +235,53 @@ async def test_bybit_changes_do_not_reach_binance_streams(sim):
         assert await next_text(ws, "the marker") == "marker"
 
 
-# ------------------------------------------------------------------ Bybit private stream
-
-
-async def test_bybit_auth_answers_success_and_documented_failures(sim):
+async def test_binance_and_bybit_streams_ignore_garbage_from_clients(sim):
     async with trio_websocket.open_websocket_url(ws_url(sim, "/bybit/v5/private")) as ws:
-        await send_json(ws, {"req_id": "s0", "op": "subscribe", "args": ["position"]})
-        refused = await next_json(ws, "the unauthenticated subscribe answer")
-        assert refused["success"] is False and refused["ret_msg"] == "Request not authorized"
-        assert refused["op"] == "subscribe" and refused["req_id"] == "s0"
-
-        bad = [
-            bybit_auth_args(sim, secret="wrong"),  # bad signature
-            bybit_auth_args(sim, expires_in_ms=-1000),  # "expires" already past
-            bybit_auth_args(sim, key="unknown-key"),  # unknown key
-            ["sim-key", "soon", "00"],  # malformed
-        ]
-        for args in bad:
-            await send_json(ws, {"op": "auth", "args": args})
-            reply = await next_json(ws, "an auth failure")
-            assert set(reply) == {"success", "ret_msg", "op", "conn_id"}
-            assert (reply["success"], reply["ret_msg"], reply["op"]) == (False, "Params Error", "auth")
-
+        await ws.send_message("not json")
+        reply = await next_json(ws, "the answer to garbage")
+        assert reply["success"] is False
         await send_json(ws, {"op": "auth", "args": bybit_auth_args(sim)})
-        ok = await next_json(ws, "the auth success")
-        assert ok == {"success": True, "ret_msg": "", "op": "auth", "conn_id": ok["conn_id"]} and ok["conn_id"]
-
-        await send_json(ws, {"req_id": "s1", "op": "subscribe", "args": ["position", "order", "execution"]})
-        sub = await next_json(ws, "the subscribe answer")
-        assert (sub["success"], sub["ret_msg"], sub["op"], sub["req_id"]) == (True, "", "subscribe", "s1")
-        await send_json(ws, {"op": "subscribe", "args": ["wallet.nonsense"]})
-        assert (await next_json(ws, "a bad topic's answer"))["success"] is False
-
-        await send_json(ws, {"req_id": "p1", "op": "ping"})
-        pong = await next_json(ws, "the private pong")
-        assert set(pong) == {"req_id", "op", "args", "conn_id"} and pong["op"] == "pong" and pong["req_id"] == "p1"
-        assert isinstance(pong["args"][0], str) and pong["args"][0].isdigit() and pong["conn_id"] == ok["conn_id"]
+        assert (await next_json(ws, "auth after garbage"))["success"] is True
+    key, connect = await binance_user_stream(sim)
+    async with connect as ws:
+        await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": ["x"], "id": 1}))
+        await _binance_long(sim)
+        assert (await next_json(ws, "account messages after garbage"))["e"] == "ORDER_TRADE_UPDATE"
 
 
-async def test_bybit_close_order_order_execution_order_position(sim):
+async def test_resting_limit_orders_and_their_cancel(sim):
+    """A limit that does not cross rests: only NEW (New); a cancel: CANCELED (Cancelled); no position message."""
+    await _binance_long(sim)
+    key, connect = await binance_user_stream(sim)
+    async with connect as ws:
+        status, order = await binance_signed(
+            sim,
+            "POST",
+            "/fapi/v1/order",
+            {
+                "symbol": "BTCUSDT",
+                "side": "SELL",
+                "type": "LIMIT",
+                "timeInForce": "GTC",
+                "quantity": "0.010",
+                "price": "90000",
+                "reduceOnly": "true",
+            },
+        )
+        assert status == 200, order
+        new = await next_json(ws, "the resting order's NEW")
+        assert (new["o"]["x"], new["o"]["X"], new["o"]["o"], new["o"]["p"]) == ("NEW", "NEW", "LIMIT", "90000.0")
+        status, _ = await binance_signed(
+            sim, "DELETE", "/fapi/v1/order", {"symbol": "BTCUSDT", "orderId": order["orderId"]}
+        )
+        assert status == 200
+        canceled = await next_json(ws, "the cancel")
+        assert (canceled["o"]["x"], canceled["o"]["X"], canceled["o"]["i"]) == (
+            "CANCELED",
+            "CANCELED",
+            order["orderId"],
+        )
+
     await http(
         "POST",
         sim.admin_url + "/positions",
@@ -288,106 +297,29 @@ async def test_bybit_close_order_order_execution_order_position(sim):
                 "category": "linear",
                 "symbol": "BTCUSDT",
                 "side": "Sell",
-                "orderType": "Market",
+                "orderType": "Limit",
                 "qty": "0.010",
-                "reduceOnly": True,
-                "orderLinkId": "close-1",
-            },
-        )
-        assert status == 200 and created["retCode"] == 0, created
-        msgs = [await next_json(ws, "the close's messages") for _ in range(4)]
-    assert [m["topic"] for m in msgs] == ["order", "execution", "order", "position"]
-    for m in msgs:
-        assert set(m) == {"id", "topic", "creationTime", "data"} and isinstance(m["creationTime"], int)
-        assert isinstance(m["id"], str) and m["id"]
-    new, execution, done, position = (m["data"] for m in msgs)
-    oid = created["result"]["orderId"]
-    assert (new[0]["orderId"], new[0]["orderStatus"], new[0]["cumExecQty"]) == (oid, "New", "0")
-    assert (done[0]["orderId"], done[0]["orderStatus"], done[0]["cumExecQty"]) == (oid, "Filled", "0.010")
-    assert new[0]["reduceOnly"] is True and new[0]["orderLinkId"] == "close-1" and new[0]["category"] == "linear"
-    status, execs = await bybit_signed(sim, "GET", "/v5/execution/list", {"category": "linear", "symbol": "BTCUSDT"})
-    rest_exec = execs["result"]["list"][0]  # newest first
-    assert (execution[0]["execId"], execution[0]["execTime"], execution[0]["execQty"]) == (
-        rest_exec["execId"],
-        rest_exec["execTime"],
-        "0.010",
-    )
-    status, plist = await bybit_signed(sim, "GET", "/v5/position/list", {"category": "linear", "symbol": "BTCUSDT"})
-    rest_pos = plist["result"]["list"][0]
-    assert (position[0]["size"], position[0]["side"]) == ("0", "")
-    assert position[0]["updatedTime"] == rest_pos["updatedTime"] == rest_exec["execTime"]
-
-
-async def test_bybit_partial_fill_and_linear_topics(sim):
-    await http(
-        "POST",
-        sim.admin_url + "/positions",
-        {"exchange": "bybit", "symbol": "BTCUSDT", "side": "short", "qty": "0.020", "entry_price": "60000"},
-    )
-    await http("POST", sim.admin_url + "/faults", {"partial_fill_ratio": "0.5"})
-    async with trio_websocket.open_websocket_url(ws_url(sim, "/bybit/v5/private")) as ws:
-        await bybit_private_session(ws, sim, topics=("order.linear", "execution.linear", "position.linear"))
-        status, created = await bybit_signed(
-            sim,
-            "POST",
-            "/v5/order/create",
-            {
-                "category": "linear",
-                "symbol": "BTCUSDT",
-                "side": "Buy",
-                "orderType": "Market",
-                "qty": "0.020",
+                "price": "90000",
                 "reduceOnly": True,
             },
         )
         assert created["retCode"] == 0, created
-        msgs = [await next_json(ws, "the partial close's messages") for _ in range(4)]
-    assert [m["topic"] for m in msgs] == ["order.linear", "execution.linear", "order.linear", "position.linear"]
-    assert msgs[1]["data"][0]["execQty"] == "0.010"
-    assert msgs[2]["data"][0]["orderStatus"] == "PartiallyFilledCanceled"
-    assert (msgs[3]["data"][0]["size"], msgs[3]["data"][0]["side"]) == ("0.010", "Sell")
-
-
-async def test_bybit_admin_changes_come_as_a_trading_bot_order(sim):
-    async with trio_websocket.open_websocket_url(ws_url(sim, "/bybit/v5/private")) as ws:
-        await bybit_private_session(ws, sim, topics=("order", "execution", "position"))
-        await http(
+        new = await next_json(ws, "the resting order")
+        assert new["topic"] == "order" and new["data"][0]["orderStatus"] == "New"
+        status, _ = await bybit_signed(
+            sim,
             "POST",
-            sim.admin_url + "/positions",
-            {"exchange": "bybit", "symbol": "ETHUSDT", "side": "long", "qty": "0.500", "entry_price": "3000"},
+            "/v5/order/cancel",
+            {"category": "linear", "symbol": "BTCUSDT", "orderId": created["result"]["orderId"]},
         )
-        msgs = [await next_json(ws, "the admin change's messages") for _ in range(4)]
-        assert [m["topic"] for m in msgs] == ["order", "execution", "order", "position"]
-        assert msgs[0]["data"][0]["reduceOnly"] is False and msgs[2]["data"][0]["orderStatus"] == "Filled"
-        assert (msgs[3]["data"][0]["size"], msgs[3]["data"][0]["side"]) == ("0.500", "Buy")
-        assert msgs[3]["data"][0]["entryPrice"] == "3000"
-        # a manual partial close at a price, later: the same four, the position smaller
-        await http(
-            "POST",
-            sim.admin_url + "/positions",
-            {
-                "exchange": "bybit",
-                "symbol": "ETHUSDT",
-                "side": "long",
-                "qty": "0.200",
-                "entry_price": "3000",
-                "fill_price": "3100",
-            },
-        )
-        msgs = [await next_json(ws, "the manual reduction's messages") for _ in range(4)]
-        assert msgs[1]["data"][0]["execPrice"] == "3100.00" and msgs[1]["data"][0]["side"] == "Sell"
-        assert msgs[3]["data"][0]["size"] == "0.200"
+        canceled = await next_json(ws, "the cancel")
+        assert canceled["topic"] == "order" and canceled["data"][0]["orderStatus"] == "Cancelled"
 
 
-async def test_binance_and_bybit_streams_ignore_garbage_from_clients(sim):
-    async with trio_websocket.open_websocket_url(ws_url(sim, "/bybit/v5/private")) as ws:
-        await ws.send_message("not json")
-        reply = await next_json(ws, "the answer to garbage")
-        assert reply["success"] is False
-        await send_json(ws, {"op": "auth", "args": bybit_auth_args(sim)})
-        assert (await next_json(ws, "auth after garbage"))["success"] is True
+async def test_closing_the_listen_key_ends_its_stream(sim):
     key, connect = await binance_user_stream(sim)
     async with connect as ws:
-        await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": ["x"], "id": 1}))
-        await _binance_long(sim)
-        assert (await next_json(ws, "account messages after garbage"))["e"] == "ORDER_TRADE_UPDATE"
+        assert await listen_key_call(sim, "DELETE") == (200, {})
+        with within(60, "the stream of a closed key ended"), pytest.raises(trio_websocket.ConnectionClosed):
+            while True:
+                await ws.get_message()

@@ -48,10 +48,10 @@ class BinanceMarketData(BinanceEnvelope):
             "quotePrecision": 8,
             "underlyingType": "COIN",
             "underlyingSubType": [],
+            "settlePlan": 0,
             "triggerProtect": "0.0500",
             "liquidationFee": "0.012500",
             "marketTakeBound": "0.05",
-            "maxMoveOrderLimit": 10000,
             "filters": [
                 {"filterType": "PRICE_FILTER", "minPrice": dstr(m.tick_size),
                  "maxPrice": dstr(m.tick_size * Decimal(10**9)), "tickSize": dstr(m.tick_size)},
@@ -68,7 +68,6 @@ class BinanceMarketData(BinanceEnvelope):
             "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
                            "TRAILING_STOP_MARKET"],
             "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
-            "permissionSet": ["GRID", "COPY"],
         }
 
     async def exchange_info(self, request: Request) -> Response:
@@ -87,7 +86,6 @@ class BinanceMarketData(BinanceEnvelope):
             {
                 "timezone": "UTC",
                 "serverTime": self.state.now_ms(),
-                "futuresType": "U_MARGINED",
                 "rateLimits": [
                     {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
                     {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
@@ -118,7 +116,6 @@ class BinanceMarketData(BinanceEnvelope):
             "askPrice": m.fmt_price(q.ask),
             "askQty": size,
             "time": q.ts_ms,
-            "lastUpdateId": self.state.steps,
         }
 
     def _24hr_row(self, m: Market) -> dict:

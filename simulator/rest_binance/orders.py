@@ -82,8 +82,9 @@ class BinanceOrders(BinanceEnvelope):
             "goodTillDate": 0,
             "updateTime": dt_ms(o.time if as_new else (o.updated_at or o.time)),
         }
-        if with_time:
+        if with_time:  # a looked-up order (Query Order): "time", and no "cumQty" (the create reply's)
             row["time"] = dt_ms(o.time)
+            del row["cumQty"]
         return row
 
     def _parse_order(self, p: dict, out: dict) -> None:

@@ -54,9 +54,10 @@ class BybitMarketData(BybitEnvelope):
             "copyTrading": "both",
             "upperFundingRate": "0.005",
             "lowerFundingRate": "-0.005",
-            "isPreListing": False,
-            "preListingInfo": None,
+            "isPreListing": m.status == "PreLaunch",
+            "preListingInfo": _pre_listing_info(m) if m.status == "PreLaunch" else None,
             "riskParameters": {"priceLimitRatioX": "0.01", "priceLimitRatioY": "0.02"},
+            "symbolType": "",
             "displayName": "",
         }
 
@@ -153,6 +154,16 @@ class BybitMarketData(BybitEnvelope):
             {"s": symbol, "b": bids, "a": asks, "ts": quote.ts_ms, "u": self.state.steps,
              "seq": self.state.steps, "cts": quote.ts_ms}
         )
+
+
+def _pre_listing_info(m: Market) -> dict:
+    """A pre-market contract's phases (the docs' pre-market example): continuous trading since launch."""
+    start = str(m.launch_time_ms)
+    return {
+        "curAuctionPhase": "ContinuousTrading",
+        "phases": [{"phase": "ContinuousTrading", "startTime": start, "endTime": ""}],
+        "auctionFeeInfo": {"auctionFeeRate": "0", "takerFeeRate": "0.001", "makerFeeRate": "0.0004"},
+    }
 
 
 def _next_funding_ms(now_ms: int) -> int:

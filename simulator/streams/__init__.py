@@ -1,4 +1,4 @@
-"""The simulator's public WebSocket ticker streams (Bybit v5 linear, Binance USD-M).
+"""The simulator's WebSocket streams: public tickers and private account streams (Bybit v5 linear, Binance USD-M).
 
 Served by starlette under hypercorn (trio). Routes (see :func:`websocket_routes`):
 
@@ -16,6 +16,12 @@ Served by starlette under hypercorn (trio). Routes (see :func:`websocket_routes`
   last price changes). Errors: ``{"error":{"code":2,"msg":"Invalid request: .."},"id":..}``.
   Protocol-level pings are answered by hypercorn.
 
+* Private (account) streams, :mod:`~simulator.streams.private`: ``/binance/ws/<listenKey>``
+  (Binance's user data stream for a live listen key: ``ORDER_TRADE_UPDATE``,
+  ``ACCOUNT_UPDATE``, ``listenKeyExpired``) and ``/bybit/v5/private`` (``auth``,
+  ``subscribe`` to ``order``/``execution``/``position``, ``ping``), fed by every
+  account change (:mod:`simulator.state.activity`).
+
 Deliberate simplifications: a Binance subscription gets the current book at once (a busy
 real market sends one within milliseconds; a quiet simulated one must not look dead);
 quantities are fixed; Bybit deltas carry only price fields.
@@ -29,7 +35,9 @@ Fault hooks (:class:`StreamHub`): :meth:`~StreamHub.drop_all` ends connections a
 them open but sends nothing — no data, no acks, no Bybit pongs — until resumed, and
 :meth:`~StreamHub.send_raw` pushes an arbitrary text frame (tests of malformed input).
 
-Modules: :mod:`~simulator.streams.connection` (one client connection and its queues),
+Modules: :mod:`~simulator.streams.private` (the private connections and their faults),
+:mod:`~simulator.streams.private_binance` and :mod:`~simulator.streams.private_bybit`
+(their messages), :mod:`~simulator.streams.connection` (one client connection and its queues),
 :mod:`~simulator.streams.hub` (the registry, the price fan-out, the fault switches and
 the serving loop), :mod:`~simulator.streams.bybit` and :mod:`~simulator.streams.binance`
 (each exchange's wire protocol), :mod:`~simulator.streams.routes` (the URLs).

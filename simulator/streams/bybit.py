@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from simulator.streams.connection import FIXED_SIZE, StreamConnection, dumps_compact
+from simulator.streams.connection import FIXED_SIZE, StreamConnection, dumps_compact, plain_decimal
 
 
 class BybitStreams:
@@ -82,6 +82,7 @@ class BybitStreams:
                 "symbol": sid,
                 "tickDirection": "ZeroPlusTick",
                 **fields,
+                **self._bybit_day_fields(ex, sid, quote),
                 "bid1Size": FIXED_SIZE,
                 "ask1Size": FIXED_SIZE,
                 "fundingRate": "0.0001",
@@ -99,5 +100,30 @@ class BybitStreams:
         conn.sent[sid] = fields
         conn.cs += 1
         return dumps_compact({"topic": f"tickers.{sid}", "type": kind, "ts": quote.ts_ms, "cs": conn.cs, "data": data})
+
+    def _bybit_day_fields(self, ex: str, sid: str, quote) -> dict:
+        """The rest of a snapshot: 24-hour and open-interest fields (a real snapshot has them all).
+
+        Never in a delta: the simulator's deltas carry price fields only.
+        """
+        try:
+            stats = self.state.market_stats(ex, sid)
+        except Exception:  # a state without statistics for it: the last price stands in
+            stats = {"open": quote.last, "high": quote.last, "low": quote.last, "turnover": 0, "volume": 0}
+        day_open = stats["open"]
+        change = (quote.last - day_open) / day_open if day_open else Decimal(0)
+        funding_period_ms = 8 * 3600 * 1000
+        return {
+            "price24hPcnt": format(change.quantize(Decimal("0.000001")), "f"),
+            "prevPrice24h": self._fmt(ex, sid, day_open),
+            "highPrice24h": self._fmt(ex, sid, stats["high"]),
+            "lowPrice24h": self._fmt(ex, sid, stats["low"]),
+            "prevPrice1h": self._fmt(ex, sid, day_open),
+            "openInterest": FIXED_SIZE,
+            "openInterestValue": plain_decimal(Decimal(FIXED_SIZE) * quote.last),
+            "turnover24h": plain_decimal(Decimal(stats["turnover"])),
+            "volume24h": plain_decimal(Decimal(stats["volume"])),
+            "nextFundingTime": str((quote.ts_ms // funding_period_ms + 1) * funding_period_ms),
+        }
 
     # -- Binance -------------------------------------------------------------------------

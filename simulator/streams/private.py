@@ -80,7 +80,7 @@ class PrivateHub:
         self._bybit = BybitPrivateMessages(state)
         self._conns: set[PrivateConnection] = set()
         self._silenced: set[str] = set()
-        self.stats = {"connections": 0, "messages_sent": 0, "dropped": 0, "lost_while_silent": 0}
+        self.stats = {"connections": 0, "messages_sent": 0, "requests_handled": 0, "dropped": 0, "lost_while_silent": 0}
         self._unlisten = state.add_activity_listener(self._on_activity)
 
     def close(self) -> None:
@@ -183,6 +183,7 @@ class PrivateHub:
                             for reply in conn.session.handle(text, silenced=silent):
                                 conn.queue(reply)
                         # Binance's user data stream takes no requests: frames are ignored
+                        self.stats["requests_handled"] += 1
                     nursery.cancel_scope.cancel()
             finally:
                 self._conns.discard(conn)

@@ -68,7 +68,7 @@ def _order_messages(state: SimState, o: Order, fills: list[Fill]) -> list[str]:
 def _order_update(
     state: SimState, o: Order, x: str, status: str, f: Fill | None, cum: Decimal, avg: Decimal | None
 ) -> str:
-    m = state.market(EXCHANGE, o.symbol)
+    m = state.market(EXCHANGE, str(o.symbol))  # an accepted order always has its symbol and id
     otype = "MARKET" if o.type == "market" else "LIMIT"
     if f is not None:
         t = f.time
@@ -89,7 +89,7 @@ def _order_update(
         "sp": "0",
         "x": x,
         "X": status,
-        "i": int(o.order_id),
+        "i": int(str(o.order_id)),
         "l": m.fmt_qty(f.qty) if f is not None else "0",
         "z": m.fmt_qty(cum) if cum else "0",
         "L": dstr(f.price) if f is not None else "0",

@@ -3,11 +3,16 @@
 From Bybit's v5 docs (GitHub bybit-exchange/docs): ``docs/v5/ws/connect.mdx`` —
 ``{"op":"auth","args":[apiKey, expires, signature]}`` with signature = hex
 HMAC-SHA256(secret, "GET/realtime" + expires) and ``expires`` (ms) in the future;
-success ``{"success":true,"ret_msg":"","op":"auth","conn_id":..}``, failure
-``{"success":false,"ret_msg":"Params Error","op":"auth","conn_id":..}`` (the docs'
-samples, also in pybotters/pybotters tests/test_ws.py); the private pong is
-``{"req_id":..,"op":"pong","args":["<ms>"],"conn_id":..}``. A subscribe before auth is
-refused ``"Request not authorized"``. Topics ``position``, ``order``, ``execution``
+success ``{"success":true,"ret_msg":"","op":"auth","conn_id":..}`` (the docs' sample);
+the private pong ``{"req_id":..,"op":"pong","args":["<ms>"],"conn_id":..}``; the
+subscribe answer ``{"success":true,"ret_msg":"","op":"subscribe","conn_id":..}``.
+
+Not in v5's docs, from real answers: an auth failure (bad signature, past ``expires``,
+unknown key, malformed args) is ``{"conn_id":..,"op":"auth","ret_msg":"Params
+Error","success":false}`` (a /v5/private answer posted in bybit-exchange/
+api-usage-examples issue #70); a ``req_id`` sent is echoed (bybit-java-api issue #63).
+A subscribe before auth is refused ``"Request not authorized"`` (the text client code
+checks for; not documented either). Topics ``position``, ``order``, ``execution``
 and their ``.linear`` variants (docs/v5/websocket/private/position.mdx, order.mdx,
 execution.mdx), each message ``{"id","topic","creationTime","data":[..]}`` whose rows
 are the REST rows of the same facts (``/v5/order/realtime``, ``/v5/execution/list``,
@@ -195,7 +200,7 @@ class BybitPrivateMessages:
         if o.status != "new":
             out.append(("order", [self._order_row(o)]))
         if fills:
-            out.append(("position", [self._position_row(o.symbol)]))
+            out.append(("position", [self._position_row(fills[-1].symbol)]))
         return out
 
     def _position_row(self, symbol: str) -> dict:

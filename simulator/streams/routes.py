@@ -31,6 +31,9 @@ def websocket_routes(state, hub: StreamHub) -> list[WebSocketRoute]:
         await hub.serve(websocket, "binanceusdm", streams=[stream])
 
     async def bybit_private(websocket: WebSocket) -> None:
+        if hub.private is None:  # the hub was closed: nothing to serve
+            await websocket.close(code=1011)
+            return
         await hub.private.serve_bybit(websocket)
 
     async def binance_combined(websocket: WebSocket) -> None:
