@@ -323,7 +323,7 @@ class Detector(StreamPositions, OpenTimeLookup, AgingTimers):
                 return
         # An actor that is closing waits for its close's result (the position machine).
         if not self.registry.tell(aged["id"], pos.PositionVanished(self.ctx.clock.now())):
-            if self._closed_by_us(row["exchange"], aged):
+            if aged["status"] != Status.DUST and self._closed_by_us(row["exchange"], aged):
                 log.info(
                     "%s %s is flat while a close of ours is out: its actor records the close from its orders",
                     row["exchange"],

@@ -196,7 +196,8 @@ class StreamPositions(DetectorParts):
     def _closed_by_us(self, exchange: str, aged: dict) -> bool:
         """Whether a position found flat was (or may have been) closed by our own orders:
         the executor has a close of this aged position in hand, or the account stream
-        reports an order of ours for it that filled."""
+        reports an order of ours for it that filled. (Not asked of a position left as
+        dust: its fills were ours, the rest was swept by someone else.)"""
         aged_id: UUID = aged["id"]
         if self.ctx.executor.closing(aged_id):
             return True

@@ -266,7 +266,7 @@ async def test_a_stream_flat_before_our_close_result_is_our_close(mock_clock, md
         async def order_sent():
             return bool(ex.orders)
 
-        await wait_for(order_sent, "our order sent", interval=1)
+        await wait_for(order_sent, "our order sent", within=600, interval=1)
         cid = client_order_id(row["id"], 1)
         assert ex.orders[0].client_order_id == cid
         # The exchange fills it; its position change comes before the order's report.
@@ -290,7 +290,7 @@ async def test_a_stream_flat_before_our_close_result_is_our_close(mock_clock, md
         async def aged_closed():
             return (await aged_rows(mdb))[0]["status"] == "closed"
 
-        await wait_for(aged_closed, "the close recorded", interval=0.01)
+        await wait_for(aged_closed, "the close recorded", within=600, interval=0.01)
     [row] = await aged_rows(mdb)
     assert row["close_reason"] != "manual" and row["close_price"] == D("100.5")
     assert [e.data["close_reason"] for e in completed] == [row["close_reason"]]
@@ -338,7 +338,7 @@ async def _closed_by_our_order(mdb, svc, ex, view, prices, *, report_order: bool
     async def finished():
         return svc.registry.has_finished(row["id"])
 
-    await wait_for(finished, "our close finished", interval=0.01)
+    await wait_for(finished, "our close finished", within=600, interval=0.01)
     assert (await aged_rows(mdb))[0]["status"] == "grace_active"  # the database lags
     at = svc.clock.now()
     if report_order:
@@ -370,7 +370,7 @@ async def _closed_by_our_order(mdb, svc, ex, view, prices, *, report_order: bool
     async def aged_closed():
         return (await aged_rows(mdb))[0]["status"] == "closed"
 
-    await wait_for(aged_closed, "the close recorded", interval=0.01)
+    await wait_for(aged_closed, "the close recorded", within=600, interval=0.01)
     await trio.sleep(60)
 
 
@@ -421,3 +421,38 @@ async def test_a_poll_that_saw_the_opening_first_keeps_one_episode(mock_clock, m
         await soon(grown, "the averaging in")
     rows = await episodes(mdb)
     assert [(r["id"], r["status"]) for r in rows] == [(first["id"], "open")]
+
+
+async def test_dust_swept_by_hand_is_a_manual_close_despite_our_earlier_fills(mock_clock, mdb):
+    """A close that ended as dust had fills of ours; the stream still remembers them. The
+    dust swept by someone else is still a manual close, recorded without an actor."""
+    ex = MemoryExchange(name="bybit", min_qty=D("0.01"))
+    view = healthy_view()
+    async with running(mdb, ex, view, bid="101", ask="101.1") as (svc, prices, completed):
+        view.connected()
+        view.synced([])
+        ex.set_position(SYMBOL, "long", "0.005", "100")
+        view.apply(change(svc.clock.now(), "long", "0.005", "100"))
+
+        async def dust():
+            rows = await aged_rows(mdb)
+            return bool(rows) and rows[0]["status"] == "dust"
+
+        await wait_for(dust, "left as dust")
+        [row] = await aged_rows(mdb)
+        # What the stream reported of an earlier order of this aged position (it filled).
+        cid = client_order_id(row["id"], 1)
+        view.apply(
+            OrderChange(
+                "bybit", SYMBOL, cid, "x-1", "sell", "closed", D("0.995"), D(101), D("0.995"), True, svc.clock.now()
+            )
+        )
+        ex.close_externally(SYMBOL)
+        view.apply(change(svc.clock.now(), None))
+
+        async def closed():
+            return (await aged_rows(mdb))[0]["status"] == "closed"
+
+        await wait_for(closed, "the sweep recorded", within=600, interval=0.01)
+    [row] = await aged_rows(mdb)
+    assert row["close_reason"] == "manual" and [e.data["close_reason"] for e in completed] == ["manual"]
