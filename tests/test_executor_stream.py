@@ -17,6 +17,7 @@ has not updated since our fill is read over REST instead.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal as D
 from uuid import uuid4
 
@@ -138,12 +139,15 @@ async def test_an_open_order_is_settled_by_the_stream_without_rest(autojump_cloc
     assert h.states(client_order_id(aged, 1))[-1] == "filled"
 
 
-async def test_a_fill_the_position_stream_has_not_shown_yet_is_checked_over_rest(autojump_clock):
+@pytest.mark.parametrize("known_by", ["snapshot", "older change"])
+async def test_a_fill_the_position_stream_has_not_shown_yet_is_checked_over_rest(autojump_clock, known_by):
     ex = exchange()
     ex.open_next(1, lookups=1_000)
     h, view = with_view(ex)
     view.connected()
-    view.synced([LONG])
+    view.synced([LONG])  # a snapshot's position carries no time of its own here
+    if known_by == "older change":
+        view.apply(PositionChange("bybit", SYMBOL, "long", D(1), D(100), NOW - timedelta(seconds=1)))
     async with trio.open_nursery() as n:
         n.start_soon(h.close, uuid4())
         await when_sent(ex)
