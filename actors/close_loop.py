@@ -4,16 +4,20 @@ For each request (the executor holds that symbol's lock), :meth:`CloseLoop._clos
 
 1. reconciles first (:mod:`actors.close_reconcile`): nothing is sent while an earlier
    order's fate is unknown;
-2. verifies the position (``fetch_positions``): gone → report it; a changed size →
-   close the current size; another entry price → :class:`EpisodeChanged`, or over when
-   the fill history shows the position was opened again;
+2. verifies the position: gone → report it; a changed size → close the current size;
+   another entry price → :class:`EpisodeChanged`, or over when the fill history shows
+   the position was opened again. The position is read from the account stream when
+   its view is healthy and has reported every order of ours this close knows of (and
+   the position since); else over REST (``fetch_positions``);
 3. sizes the order by the lot limits (:mod:`actors.order_sizing`): a remainder below
    the smallest order ends the close as ``dust``;
 4. records the order in the write-ahead table, *then* sends a reduce-only MARKET order
    (or, once the book could not fill one, a limit IOC bounded by the policy's price);
 5. on an unknown outcome looks the order up before anything else; follows an order
-   still open until it is final; retries what retrying can fix on the request's
-   :class:`RetrySchedule`, and stops at what it cannot;
+   still open until it is final (with a healthy account stream, the adapter does not
+   poll for the fill: the stream's order events settle it, :mod:`actors.order_lookup`);
+   retries what retrying can fix on the request's :class:`RetrySchedule`, and stops
+   at what it cannot;
 6. goes on after a fill until the exchange reports the position flat.
 
 :class:`CloseLoop` is a part of :class:`actors.executor.Executor`, whose lookups and
@@ -44,7 +48,8 @@ from exchanges.errors import (
     RetryableError,
     UnknownOutcomeError,
 )
-from exchanges.port import FILL_HISTORY_WINDOW, ExchangePort, LotLimits, OrderResult
+from exchanges.port import FILL_HISTORY_WINDOW, ExchangePort, ExchangePosition, LotLimits, OrderResult
+from feeds.account_view import AccountView, AccountViewUnavailable
 from storage import ops as op
 from storage.writer import NO_HOLD
 from supervisor.backoff import Backoff, retry_after_of
@@ -170,7 +175,12 @@ class CloseLoop(ExecutorParts):
             )  # pragma: no mutate
             failpoint("after_wal")
             try:
-                result = await port.create_close_order(req.symbol, req.side, qty, cid, limit_price=limit_price)
+                if self._stream_settles(req):
+                    result = await port.create_close_order(
+                        req.symbol, req.side, qty, cid, limit_price=limit_price, wait_fill=False
+                    )
+                else:
+                    result = await port.create_close_order(req.symbol, req.side, qty, cid, limit_price=limit_price)
                 failpoint("after_send")
             except UnknownOutcomeError as exc:
                 last_error = self._note_error(req, exc, "send")
@@ -256,7 +266,7 @@ class CloseLoop(ExecutorParts):
 
     async def _position_qty(self, req: CloseRequest, port: ExchangePort) -> Decimal:
         """What is left to close of *this* episode (0 when the position is gone)."""
-        positions = await port.fetch_positions([req.symbol])
+        positions = await self._positions(req, port)
         for p in positions:
             if p.symbol == req.symbol and p.side == req.side and p.qty > 0:
                 if await self._another_episode(req, port, p):
@@ -269,6 +279,44 @@ class CloseLoop(ExecutorParts):
                     raise EpisodeChanged(p.qty, p.entry_price)
                 return p.qty
         return Decimal(0)
+
+    def _stream_settles(self, req: CloseRequest) -> bool:
+        """Whether the account stream will settle an order sent now (its view is healthy)."""
+        view = self.accounts.get(req.exchange)
+        return view is not None and view.healthy
+
+    async def _positions(self, req: CloseRequest, port: ExchangePort) -> list[ExchangePosition]:
+        """The symbol's position: from the account stream when it can be trusted, else REST."""
+        view = self.accounts.get(req.exchange)
+        if view is not None:
+            try:
+                if self._view_caught_up(req, view):
+                    known = view.position(req.symbol)
+                    self.stats.positions_from_stream += 1
+                    return [] if known is None else [known]
+            except AccountViewUnavailable:
+                pass
+        self.stats.positions_from_rest += 1
+        return await port.fetch_positions([req.symbol])
+
+    def _view_caught_up(self, req: CloseRequest, view: AccountView) -> bool:
+        """Whether ``view`` has seen the effect of every order of ours this aged position
+        may have filled: each reported final, and the position (if still open) reported
+        at or after the last of them. Otherwise a position the stream has not updated
+        yet could be closed twice. Raises :class:`AccountViewUnavailable` if unhealthy."""
+        fills = self._fills.get(req.aged_id)
+        if fills is None:
+            return True
+        latest = None
+        for cid in [*fills.pending, *(c for c, (qty, _) in fills.orders.items() if qty > 0)]:
+            order = view.order(cid)
+            if order is None or not order.final:
+                return False
+            latest = order.time if latest is None else max(latest, order.time)
+        if latest is None:
+            return True
+        known = view.position(req.symbol)
+        return known is None or (known.updated_at is not None and known.updated_at >= latest)
 
     async def _another_episode(self, req: CloseRequest, port: ExchangePort, p) -> bool:
         """True if the position on the exchange is a later episode than the one to close.

@@ -17,6 +17,11 @@ book (``monitoring.episodes``) in line. An episode runs from flat to flat on one
   into / partly reduced (the same episode: the actor gets the new size and entry).
   When the fills cannot be read, a changed position is taken as a new episode.
 
+With an account stream (``accounts``: an :class:`~feeds.account_view.AccountView` per
+exchange) the same book follows each position change as it comes, within moments
+rather than at the next poll (:mod:`actors.stream_positions`); the poll stays as the
+backstop, and the stream's steps and the poll of one exchange never interleave.
+
 An open episode missing from a snapshot is looked up on its own before it ends, so
 one incomplete answer does not end it. A row the exchange adapter cannot read is
 skipped there (one error per symbol); one the detector cannot store is skipped here.
@@ -24,7 +29,10 @@ skipped there (one error per symbol); one the detector cannot store is skipped h
 For every open episode it keeps one timer set for the instant the episode crosses
 ``max_age_hours``; when it fires, the ``aged_positions`` row is created and the actor
 started — at that instant, not at the next poll (:mod:`actors.aging_timers`). When
-an episode ends, its actor is told (reason ``manual`` unless our own close did it). Actors are reached through
+an episode ends, its actor is told (reason ``manual`` unless our own close did it: an
+actor that is closing waits for its close's result, and with no actor watching, a
+close the executor has in hand or an order of ours the stream saw filled keeps the
+manual close from being recorded). Actors are reached through
 the :class:`~actors.registry.ActorRegistry`; each poll also asks it to recover any
 active aged position that has no actor.
 """
@@ -48,15 +56,18 @@ from actors.policy import CloseReason
 from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
 from actors.statuses import Status
+from actors.stream_positions import StreamPositions
 from exchanges.errors import ExchangeError
 from exchanges.port import ExchangePort, ExchangePosition
 from exchanges.symbols import unified_symbol
+from feeds.account_view import AccountView
 from storage import ops as op
 from storage.errors import StorageUnavailable, WriteRejected
 
 log = logging.getLogger("actors.detector")
 
 DATABASE_ERRORS = (StorageUnavailable, trio.TooSlowError)
+FLUSH_WAIT = 10.0  # seconds an ended episode waits for the storage writer to record a finished actor's close
 # How the trading bot names exchanges in its book.
 BOT_EXCHANGE_NAMES = {"binance": "binanceusdm", "binanceusdm": "binanceusdm", "bybit": "bybit"}
 BOT_SIDES = {"long": "long", "buy": "long", "short": "short", "sell": "short"}
@@ -76,7 +87,7 @@ class DetectorConfig:
     clock_skew: timedelta = ep.CLOCK_SKEW
 
 
-class Detector(OpenTimeLookup, AgingTimers):
+class Detector(StreamPositions, OpenTimeLookup, AgingTimers):
     """The detector actor. See the module docstring; its parts are declared in
     :mod:`actors.detector_parts`."""
 
@@ -88,6 +99,7 @@ class Detector(OpenTimeLookup, AgingTimers):
         *,
         config: DetectorConfig = DetectorConfig(),
         symbols: Mapping[str, Sequence[str] | None] | None = None,
+        accounts: Mapping[str, AccountView] | None = None,
     ):
         self.ctx = ctx
         self.exchanges = dict(exchanges)
@@ -101,12 +113,20 @@ class Detector(OpenTimeLookup, AgingTimers):
         self.clock_skew = config.clock_skew
         self.polls = 0
         self.detections = 0
+        self.accounts = dict(accounts or {})
+        self.stream_changes = 0
+        self._exchange_locks = {}
+        self._stream_steps = {}
+        self._stream_open = {}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             # Aging timers run in this nursery: after a restart none of a crashed run's is left.
             self._timers = {}
+            self._stream_open = {}  # what a stream showed before a restart is not trusted: wait for a snapshot
+            for name, view in self.accounts.items():
+                nursery.start_soon(self._follow_stream, name, view)
             task_status.started()
             while True:
                 try:
@@ -124,12 +144,17 @@ class Detector(OpenTimeLookup, AgingTimers):
     async def poll_once(self) -> None:
         bot_rows = await self.ctx.db.bot_positions()  # the trading bot's open rows, all exchanges
         for name, port in self.exchanges.items():
+            steps = self._stream_steps.get(name, 0)
             try:
                 positions = await port.fetch_positions()
+                async with self._exchange_lock(name):
+                    if self._stream_steps.get(name, 0) != steps:
+                        # The stream moved the book while the list was read: read it again, in step.
+                        positions = await port.fetch_positions()
+                    await self._sync_exchange(name, positions, _bot_rows(bot_rows, name))
             except ExchangeError as exc:
                 log.warning("cannot read positions from %s: %s", name, exc)
                 continue
-            await self._sync_exchange(name, positions, _bot_rows(bot_rows, name))
         book = await self.ctx.db.open_positions()
         open_ids = {row["id"] for row in book}
         for position_id in [p for p in self._timers if p not in open_ids]:
@@ -288,7 +313,23 @@ class Detector(OpenTimeLookup, AgingTimers):
         known = self.registry.state(aged["id"])
         if known is not None and known.status == Status.CLOSED:
             return  # our own close did it; the database may not have caught up yet
+        if self.registry.has_finished(aged["id"]):
+            # Its actor ended: closed by us (not written yet?) or left as dust. Let the
+            # writer catch up before deciding; a close already recorded stays the only one.
+            with trio.move_on_after(FLUSH_WAIT):
+                await self.ctx.writer.wait_flushed()
+            aged = await self.ctx.db.aged_position_for(row["id"])
+            if aged is None or aged["status"] == Status.CLOSED:
+                return
+        # An actor that is closing waits for its close's result (the position machine).
         if not self.registry.tell(aged["id"], pos.PositionVanished(self.ctx.clock.now())):
+            if aged["status"] != Status.DUST and self._closed_by_us(row["exchange"], aged):
+                log.info(
+                    "%s %s is flat while a close of ours is out: its actor records the close from its orders",
+                    row["exchange"],
+                    row["symbol"],
+                )
+                return
             # No actor runs: record the manual close (a no-op if a close got there first).
             now = self.ctx.clock.now()
             self.ctx.writer.submit(op.CloseVanished(aged["id"], now))
@@ -325,6 +366,14 @@ class Detector(OpenTimeLookup, AgingTimers):
                     ),
                 ):
                     self._last_sent[aged] = key
+
+    @staticmethod
+    def _unusable(p: ExchangePosition) -> str | None:
+        return _unusable(p)
+
+    @staticmethod
+    def _bot_rows_of(rows: list[dict], exchange: str) -> dict[str, dict]:
+        return _bot_rows(rows, exchange)
 
 
 def _unusable(p: ExchangePosition) -> str | None:

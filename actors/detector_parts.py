@@ -12,14 +12,18 @@ of it in every part.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import trio
 
+from actors import episodes as ep
 from actors.position_actor import ActorContext
 from actors.registry import ActorRegistry
-from exchanges.port import ExchangePort
+from exchanges.port import ExchangePort, ExchangePosition
+from feeds.account_view import AccountView
 
 __all__ = ["DetectorParts"]
 
@@ -41,3 +45,40 @@ class DetectorParts:
     _nursery: trio.Nursery
     _last_sent: dict[UUID, tuple]  # the last update told to each actor
     _bad_symbols: set[tuple[str, str]]
+    # The account streams (exchange name -> view) and what the detector keeps of them.
+    accounts: dict[str, AccountView]
+    stream_changes: int  # position changes from the streams, each handled to its end
+    _exchange_locks: dict[str, trio.Lock]  # one per exchange: a poll and a stream step never interleave
+    _stream_steps: dict[str, int]  # steps taken per exchange (a poll re-reads if one came meanwhile)
+    # The symbols each stream shows open since its last snapshot (absent: no snapshot read yet).
+    _stream_open: dict[str, set[str]]
+
+    if TYPE_CHECKING:
+        # the detector itself
+        def _allowed(self, exchange: str, symbol: str) -> bool: ...
+        async def _sync_exchange(
+            self, name: str, positions: Sequence[ExchangePosition], bot: dict[str, dict]
+        ) -> None: ...
+        async def _follow_guarded(
+            self, port: ExchangePort, p: ExchangePosition, row: dict | None, bot_row: dict | None, now: datetime
+        ) -> None: ...
+        async def _start_episode(
+            self,
+            port: ExchangePort,
+            p: ExchangePosition,
+            bot_row: dict | None,
+            now: datetime,
+            *,
+            end_previous: str | None,
+            ended: dict | None = None,
+            known: ep.OpenTime | None = None,
+        ) -> None: ...
+        async def _vanished(self, row: dict) -> None: ...
+        async def _update_actors(self, book: list[dict]) -> None: ...
+        @staticmethod
+        def _unusable(p: ExchangePosition) -> str | None: ...
+        @staticmethod
+        def _bot_rows_of(rows: list[dict], exchange: str) -> dict[str, dict]: ...
+
+        # the aging timers
+        def _ensure_timer(self, row: dict) -> None: ...

@@ -20,8 +20,10 @@ from decimal import Decimal
 
 from exchanges.port import Fill
 
-# Sources of an episode's open time, in order of trust.
-BOT, EXCHANGE, FILLS, FILLS_BOUND, FIRST_SEEN = "bot", "exchange", "fills", "fills_bound", "first_seen"
+# Sources of an episode's open time, in order of trust. STREAM: the account stream
+# showed the symbol flat and then open, so the change's own time is the opening.
+BOT, STREAM, EXCHANGE = "bot", "stream", "exchange"
+FILLS, FILLS_BOUND, FIRST_SEEN = "fills", "fills_bound", "first_seen"
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ symbol's lock:
 
 1. Reconcile: every earlier client order id of this aged position that is not known
    to be final is looked up on the exchange first. Nothing is ever re-sent blindly.
-2. Verify the position (``fetch_positions``): gone → report it; a changed size → close
-   the current size.
+2. Verify the position: from the account stream when its view is healthy (no REST
+   round trip before the order), else ``fetch_positions``. Gone → report it; a changed
+   size → close the current size.
 3. Record the order in the write-ahead table, *then* send a reduce-only MARKET order
    with a deterministic client order id (aged position id + attempt number). A close
    triggered by a tick holds the storage writer (:meth:`StorageWriter.hold`) from the
@@ -18,11 +19,13 @@ symbol's lock:
    unknown outcome (timeout, lost reply) is looked up by client order id before any
    new attempt; when the lookups fail too the close stops there (the order stays
    unresolved, in memory and in the write-ahead table, and is looked up again before
-   anything else is sent). An order still open after the adapter's fill wait is
-   followed until it is final. Errors retrying cannot fix are not retried. A market
-   order the book cannot fill falls back to a reduce-only limit IOC, priced
-   aggressively but never worse than the price the policy accepts (the request's
-   ``worst_price``; any price only for an emergency close).
+   anything else is sent). An order the exchange reports still open is settled by
+   the account stream's order events when its view is healthy (the adapter then does
+   not poll for the fill), else followed over REST until it is final. Errors
+   retrying cannot fix are not retried. A market order the book cannot fill falls
+   back to a reduce-only limit IOC, priced aggressively but never worse than the
+   price the policy accepts (the request's ``worst_price``; any price only for an
+   emergency close).
 5. A partial fill leaves the remainder: the loop goes on until the exchange reports
    the position flat.
 6. Lot limits (:meth:`ExchangePort.close_limits`): each order is rounded down to the
@@ -65,6 +68,7 @@ from actors.order_sizing import DUST_CODES
 from actors.position import CloseResult, PositionUpdate
 from exchanges.errors import ExchangeError
 from exchanges.port import ExchangePort
+from feeds.account_view import AccountView
 from storage.writer import NO_HOLD, StorageWriter
 from supervisor.observer import NO_OBSERVER, Observer
 
@@ -95,6 +99,8 @@ class ExecutorConfig:
     often an order still open after the adapter's fill wait is looked up again.
     ``db_timeout`` — how long a close waits on the database (a write-ahead row, a
     read) before it goes on without it: the database is the memory, not the heartbeat.
+    ``stream_settle_timeout`` — how long an open order waits for the account stream to
+    report it final before it is looked up over REST.
     """
 
     retry_delays: tuple[float, ...] = (1.0, 3.0, 5.0)
@@ -103,6 +109,7 @@ class ExecutorConfig:
     lookup_retries: int = 3
     follow_polls: int = 60
     db_timeout: float = 2.0
+    stream_settle_timeout: float = 5.0
 
 
 class Executor(CloseLoop, WriteAhead, OrderLookups):
@@ -115,6 +122,10 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
     ``load_orders(aged_id)`` returns the write-ahead rows of an aged position (the
     repository's ``close_orders``); it may raise when the database is away, and the
     executor then relies on what it saw itself plus lookups on the exchange.
+
+    ``accounts`` (exchange name -> :class:`~feeds.account_view.AccountView`): the
+    account streams. While one is healthy, the position is checked from it and open
+    orders are settled by its order events; otherwise everything goes over REST.
     """
 
     def __init__(
@@ -126,6 +137,7 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
         config: ExecutorConfig = ExecutorConfig(),
         observer: Observer = NO_OBSERVER,
         write_direct=None,
+        accounts: Mapping[str, AccountView] | None = None,
     ):
         self.exchanges = dict(exchanges)
         self.writer = writer
@@ -142,6 +154,11 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
         self.follow_polls = config.follow_polls
         self.lookup_retries = config.lookup_retries
         self.db_timeout = config.db_timeout
+        self.stream_settle_timeout = config.stream_settle_timeout
+        self.accounts = dict(accounts or {})
+        # Per aged position: requests queued, and requests being carried out.
+        self._queued: dict[UUID, int] = {}
+        self._closing: dict[UUID, int] = {}
         # Requests are not paced here: each exchange's ccxt client paces every request
         # (exchanges/clients.py).
         self._locks: dict[tuple[str, str], trio.Lock] = {}
@@ -155,10 +172,15 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
         tick = getattr(self.exchanges.get(exchange), "price_tick", None)
         return tick(symbol) if tick is not None else None
 
+    def closing(self, aged_id: UUID) -> bool:
+        """Whether a close of ``aged_id`` is queued or being carried out now."""
+        return self._queued.get(aged_id, 0) > 0 or self._closing.get(aged_id, 0) > 0
+
     def submit(self, request: CloseRequest) -> None:
         """Queue a close request (never blocks)."""
         fast = request.tick_received_at is not None and self.write_direct is not None
         self._send.send_nowait((request, self.writer.hold() if fast else NO_HOLD))
+        _count(self._queued, request.aged_id, +1)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Take queued requests and handle each in its own task until cancelled."""
@@ -170,6 +192,15 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
     async def _handle(self, req: CloseRequest, hold=NO_HOLD) -> None:
         """Close under the symbol's lock and always answer the actor, even when the close
         broke; a finished close forgets the aged position's fills."""
+        if self._queued.get(req.aged_id):
+            _count(self._queued, req.aged_id, -1)
+        _count(self._closing, req.aged_id, +1)
+        try:
+            await self._handle_locked(req, hold)
+        finally:
+            _count(self._closing, req.aged_id, -1)
+
+    async def _handle_locked(self, req: CloseRequest, hold=NO_HOLD) -> None:
         lock = self._locks.setdefault((req.exchange, req.symbol), trio.Lock())
         async with lock:
             try:
@@ -239,3 +270,12 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
             "%s %s: %s failed: %s (%s)", req.exchange, req.symbol, stage, type(exc).__name__, exc
         )  # pragma: no mutate
         return f"{type(exc).__name__}: {exc}"
+
+
+def _count(counts: dict[UUID, int], key: UUID, step: int) -> None:
+    """Add ``step`` to ``counts[key]``; a count that reaches 0 is forgotten."""
+    n = counts.get(key, 0) + step
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)

@@ -27,6 +27,7 @@ from actors.close_fills import Fills
 from actors.close_request import CloseRequest
 from exchanges.errors import ExchangeError
 from exchanges.port import ExchangePort, OrderResult
+from feeds.account_view import AccountView
 from storage import ops as op
 from storage.writer import StorageWriter
 from supervisor.observer import Observer
@@ -36,12 +37,16 @@ __all__ = ["ExecutorParts", "ExecutorStats"]
 
 @dataclass
 class ExecutorStats:
-    """Counters for benchmarks and tests: orders sent, of which retries, lookups, and
-    exchange errors by code."""
+    """Counters for benchmarks and tests: orders sent, of which retries, lookups,
+    exchange errors by code, where each position check was read (the account stream
+    or REST) and orders the stream settled."""
 
     attempts: int = 0
     retries: int = 0
     lookups: int = 0
+    positions_from_stream: int = 0
+    positions_from_rest: int = 0
+    settled_by_stream: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
 
 
@@ -59,6 +64,8 @@ class ExecutorParts:
     follow_polls: int
     lookup_retries: int
     db_timeout: float
+    stream_settle_timeout: float
+    accounts: dict[str, AccountView]
     stats: ExecutorStats
     observer: Observer
     _fills: dict[UUID, Fills]

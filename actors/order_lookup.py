@@ -18,6 +18,7 @@ from actors.close_request import CloseRequest
 from actors.executor_parts import ExecutorParts
 from exchanges.errors import ExchangeError, UnknownOutcomeError
 from exchanges.port import ExchangePort, OrderResult
+from feeds.account_view import order_result
 from supervisor.backoff import Backoff, retry_after_of
 
 
@@ -43,8 +44,17 @@ class OrderLookups(ExecutorParts):
     async def _follow(self, req: CloseRequest, port: ExchangePort, cid: str, result: OrderResult) -> OrderResult:
         """Follow an order that is still open until it is final (at most ``follow_polls`` lookups).
 
+        With a healthy account stream, its order events settle it first (up to
+        ``stream_settle_timeout`` seconds, no request sent); when the stream does not
+        report it final in that time, or goes down meanwhile, it is looked up over REST.
         Raises :class:`UnknownOutcomeError` when the lookups themselves fail.
         """
+        view = self.accounts.get(req.exchange)
+        if result.status == "open" and view is not None and view.healthy:
+            change = await view.order_final(cid, within=self.stream_settle_timeout)
+            if change is not None:
+                self.stats.settled_by_stream += 1
+                return _with_requested(order_result(change), result)
         schedule = Backoff.listed(self.retry_delays or (1.0,))
         for i in range(self.follow_polls):
             if result.status != "open":
@@ -52,14 +62,19 @@ class OrderLookups(ExecutorParts):
             await schedule.sleep(i + 1)
             found = await self._lookup(req, port, cid)
             if found is not None:
-                if found.requested_qty is None and result.requested_qty is not None:
-                    found = OrderResult(
-                        found.client_order_id,
-                        found.exchange_order_id,
-                        found.status,
-                        found.filled_qty,
-                        found.avg_price,
-                        result.requested_qty,
-                    )
-                result = found
+                result = _with_requested(found, result)
         return result
+
+
+def _with_requested(found: OrderResult, known: OrderResult) -> OrderResult:
+    """``found``, with the requested quantity of ``known`` when it does not say its own."""
+    if found.requested_qty is not None or known.requested_qty is None:
+        return found
+    return OrderResult(
+        found.client_order_id,
+        found.exchange_order_id,
+        found.status,
+        found.filled_qty,
+        found.avg_price,
+        known.requested_qty,
+    )

@@ -309,6 +309,7 @@ class MemoryExchange:
         client_order_id: str,
         *,
         limit_price: Decimal | None = None,
+        wait_fill: bool = True,  # like the adapter's answer: an order kept open is returned open either way
     ) -> OrderResult:
         await self._enter("create_close_order", symbol, position_side, qty, client_order_id, limit_price)
         self._check_symbol(symbol)

@@ -341,6 +341,7 @@ class CcxtExchange:
         client_order_id: str,
         *,
         limit_price: Decimal | None = None,
+        wait_fill: bool = True,
     ) -> OrderResult:
         if position_side not in ("long", "short"):
             raise NonRetryableError(
@@ -377,8 +378,8 @@ class CcxtExchange:
             order = await self._aio(self._client.create_order, symbol, order_type, order_side, amount, price, params)
             initial = self.dialect.created_order(order, client_order_id, Decimal(amount))
 
-        if initial.status != "open":
-            return initial
+        if initial.status != "open" or not wait_fill:
+            return initial  # not waiting: the caller settles an open order (the account stream)
         return await self._await_fill(symbol, client_order_id, initial)
 
     async def _await_fill(self, symbol: str, client_order_id: str, initial: OrderResult) -> OrderResult:

@@ -59,7 +59,14 @@ class DryRunExchange:
         return tick(symbol) if tick is not None else None
 
     async def create_close_order(
-        self, symbol: str, position_side: str, qty: Decimal, client_order_id: str, *, limit_price: Decimal | None = None
+        self,
+        symbol: str,
+        position_side: str,
+        qty: Decimal,
+        client_order_id: str,
+        *,
+        limit_price: Decimal | None = None,
+        wait_fill: bool = True,  # a simulated order is final at once
     ) -> OrderResult:
         if client_order_id in self.orders:
             raise NonRetryableError(

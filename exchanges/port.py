@@ -119,12 +119,18 @@ class ExchangePort(Protocol):
         client_order_id: str,
         *,
         limit_price: Decimal | None = None,
+        wait_fill: bool = True,
     ) -> OrderResult:
         """Send a reduce-only order that closes ``qty`` of a ``position_side`` position.
 
         Without ``limit_price`` it is a MARKET order. With ``limit_price`` it is an
         aggressive reduce-only LIMIT order with time-in-force IOC (the fallback when
         the book is too thin for a market order).
+
+        An order the exchange's answer shows still open (Bybit's answer carries no
+        status) is looked up a few times until it is final, unless ``wait_fill`` is
+        False: then it is returned as it is and the caller settles it (the executor
+        does, from the account stream's order events).
 
         Raises an :mod:`exchanges.errors` exception on failure.
         """
