@@ -56,6 +56,9 @@ from supervisor.backoff import Backoff, retry_after_of
 
 log = logging.getLogger("actors.executor")
 
+# the longest wait for the account stream to show the position after a fill of ours
+_CATCH_UP_WAIT = 1.0
+
 # one fill-history request, a little inside the exchanges' limit
 _EPISODE_CHECK_WINDOW = FILL_HISTORY_WINDOW - timedelta(seconds=10)
 
@@ -289,11 +292,19 @@ class CloseLoop(ExecutorParts):
         """The symbol's position: from the account stream when it can be trusted, else REST."""
         view = self.accounts.get(req.exchange)
         if view is not None:
+            # After a fill of ours the stream's position event follows its order event
+            # within moments: wait that long for it before asking REST.
+            deadline = trio.current_time() + _CATCH_UP_WAIT
             try:
-                if self._view_caught_up(req, view):
-                    known = view.position(req.symbol)
-                    self.stats.positions_from_stream += 1
-                    return [] if known is None else [known]
+                while True:
+                    if self._view_caught_up(req, view):
+                        known = view.position(req.symbol)
+                        self.stats.positions_from_stream += 1
+                        return [] if known is None else [known]
+                    left = deadline - trio.current_time()
+                    if left <= 0:
+                        break
+                    await view.next_update(left)
             except AccountViewUnavailable:
                 pass
         self.stats.positions_from_rest += 1

@@ -79,6 +79,7 @@ class AccountView:
         self._order_seen: dict[str, trio.Event] = {}
         self._send, self.changes = trio.open_memory_channel[PositionChange | Snapshot](backlog)
         self.resync_wanted = trio.Event()
+        self._updated = trio.Event()
 
     # -- the stream actor's side ---------------------------------------------------------
 
@@ -116,6 +117,7 @@ class AccountView:
         self._held = []
         for event in self._order_seen.values():
             event.set()  # waiters look again and fall back to REST
+        self._wake()
 
     def heard(self) -> None:
         """Something arrived on the stream (a frame or a pong)."""
@@ -177,6 +179,12 @@ class AccountView:
         """The fills of one of our orders the stream reported (oldest first)."""
         return list(self._fills.get(client_order_id, ()))
 
+    async def next_update(self, within: float) -> None:
+        """Return at the next position or order event applied (or the view going down),
+        or after ``within`` seconds, whichever comes first."""
+        with trio.move_on_after(within):
+            await self._updated.wait()
+
     async def order_final(self, client_order_id: str, within: float) -> OrderChange | None:
         """Wait up to ``within`` seconds for the stream to report ``client_order_id`` final.
 
@@ -209,6 +217,11 @@ class AccountView:
         else:
             self._positions[change.symbol] = change
         self._publish(change)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._updated.set()
+        self._updated = trio.Event()
 
     def _publish(self, item: PositionChange | Snapshot) -> None:
         try:
@@ -236,6 +249,7 @@ class AccountView:
         seen = self._order_seen.pop(cid, None)
         if seen is not None:
             seen.set()
+        self._wake()
 
 
 def order_result(change: OrderChange) -> OrderResult:

@@ -31,19 +31,32 @@ class AccountStreamMetrics:
         self.refusals = Counter("aged_account_stream_refusals_total",
                                 "Times the exchange refused our credentials for the account stream", ["exchange"],
                                 registry=r)
+        self.checks = Counter("aged_executor_position_checks_total",
+                              "Position checks before a close order, by where the position was read "
+                              "(stream: the account stream; rest: a REST request)", ["source"], registry=r)
+        self.settled = Counter("aged_executor_settled_by_stream_total",
+                               "Close orders whose outcome came from the account stream (no REST look-up)",
+                               registry=r)
         self._seen: dict[tuple[str, str], int] = {}
 
+    def _advance(self, counter: Any, key: tuple[str, str], value: int) -> None:
+        delta = value - self._seen.get(key, 0)
+        if delta > 0:
+            counter.inc(delta)
+        self._seen[key] = value
+
     def refresh(self, service: Any) -> None:
+        stats = getattr(getattr(service, "executor", None), "stats", None)
+        if stats is not None:
+            self._advance(self.checks.labels(source="stream"), ("checks", "stream"), stats.positions_from_stream)
+            self._advance(self.checks.labels(source="rest"), ("checks", "rest"), stats.positions_from_rest)
+            self._advance(self.settled, ("settled", ""), stats.settled_by_stream)
         for name, stream in getattr(service, "accounts", {}).items():
             stats = stream.stats
             self.healthy.labels(exchange=name).set(1 if stream.view.healthy else 0)
             for counter, key in ((self.connects, "connects"), (self.events, "events"),
                                  (self.malformed, "malformed"), (self.refusals, "refusals")):
-                value = getattr(stats, key)
-                delta = value - self._seen.get((key, name), 0)
-                if delta > 0:
-                    counter.labels(exchange=name).inc(delta)
-                self._seen[(key, name)] = value
+                self._advance(counter.labels(exchange=name), (key, name), getattr(stats, key))
 
 
 def account_health(service: Any) -> dict[str, dict[str, Any]]:

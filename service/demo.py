@@ -148,8 +148,7 @@ async def run_demo(db, *, duration: float | None, speed: float, metrics_port: in
             if http_port and not _port_free(http_port):
                 log.warning("port %d is in use: the demo's metrics go to a free port instead", http_port)
                 http_port = 0
-            # the simulator shows Binance's as ".../binance/ws/<listenKey>": the stream appends the key
-            accounts = {n: make_account_stream(n, info[n]["private_ws"].replace("/<listenKey>", ""), port, api_key=SIM_KEY, secret=SIM_SECRET,
+            accounts = {n: make_account_stream(n, info[n]["private_ws"], port, api_key=SIM_KEY, secret=SIM_SECRET,
                                                timings=cfg.accounts) for n, port in exchanges.items()}
             service, obs = build_service(db, exchanges, feeds, cfg, clock, http_port=http_port, accounts=accounts)
             crash_target = next(p for p in POSITIONS if p.symbol.startswith("DOGE"))

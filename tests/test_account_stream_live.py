@@ -45,7 +45,7 @@ async def stream_on_simulator(exchange: str, timings: AccountStreamTimings = FAS
         port = CcxtExchange.create(exchange, rest_url=info["rest"], api_key=KEY, secret=SECRET)
         try:
             await port.load_markets()
-            url = info["private_ws"].replace("/<listenKey>", "")  # the stream appends its key
+            url = info["private_ws"]  # Binance: the stream appends its listen key
             if link is not None:
                 link["link"] = FrozenLink(sim.port)
                 proxy_port = await nursery.start(link["link"].run)

@@ -200,3 +200,23 @@ async def test_fills_are_kept_once_per_fill_id(autojump_clock):
     view.apply(fill)
     assert view.fills("apm-5") == [fill]
     assert view.fills("apm-6") == []
+
+
+async def test_next_update_wakes_on_an_event_and_gives_up_after_its_time(autojump_clock):
+    view = AccountView("binanceusdm")
+    view.connected()
+    view.synced([])
+    start = trio.current_time()
+    await view.next_update(within=2)
+    assert trio.current_time() - start == pytest.approx(2)
+    woke = []
+
+    async def wait():
+        await view.next_update(within=60)
+        woke.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await trio.sleep(1)
+        view.apply(change("long", "1", "100", at=1))
+    assert woke == [pytest.approx(3)]

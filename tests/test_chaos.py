@@ -75,12 +75,14 @@ retry_delays_seconds = {list(retry)}
 name = "bybit"
 rest_url = "{info['bybit']['rest']}"
 ws_url = "{info['bybit']['ws']}"
+private_ws_url = "{info['bybit']['private_ws']}"
 api_key_env = "CHAOS_KEY"
 api_secret_env = "CHAOS_SECRET"
 [[exchanges]]
 name = "binanceusdm"
 rest_url = "{info['binanceusdm']['rest']}"
 ws_url = "{info['binanceusdm']['ws']}"
+private_ws_url = "{info['binanceusdm']['private_ws']}"
 api_key_env = "CHAOS_KEY"
 api_secret_env = "CHAOS_SECRET"
 [metrics]

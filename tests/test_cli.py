@@ -165,6 +165,7 @@ poll_interval_seconds = 0.5
 name = "bybit"
 rest_url = "{info['bybit']['rest']}"
 ws_url = "{info['bybit']['ws']}"
+private_ws_url = "{info['bybit']['private_ws']}"
 api_key_env = "TEST_BYBIT_KEY"
 api_secret_env = "TEST_BYBIT_SECRET"
 [metrics]
@@ -230,6 +231,7 @@ async def test_live_refuses_a_hedge_mode_account_and_sends_nothing(tmp_path, dat
 name = "binanceusdm"
 rest_url = "{info['binanceusdm']['rest']}"
 ws_url = "{info['binanceusdm']['ws']}"
+private_ws_url = "{info['binanceusdm']['private_ws']}"
 api_key_env = "TEST_BINANCE_KEY"
 api_secret_env = "TEST_BINANCE_SECRET"
 [metrics]

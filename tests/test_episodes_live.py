@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SYMBOL_ID, SYMBOL = "BTCUSDT", "BTC/USDT:USDT"
 
 
-def _config(info, exchange: str, max_age_hours: str, extra: str = "", manager: str = "") -> str:
+def _config(info, exchange: str, max_age_hours: str, extra: str = "", manager: str = "", *,
+            account_stream: bool = True) -> str:
     return f"""{extra}
 [policy]
 max_age_hours = {max_age_hours}
@@ -40,6 +41,8 @@ poll_interval_seconds = 0.5
 name = "{exchange}"
 rest_url = "{info[exchange]['rest']}"
 ws_url = "{info[exchange]['ws']}"
+private_ws_url = "{info[exchange]['private_ws']}"
+account_stream = {str(account_stream).lower()}
 api_key_env = "TEST_SIM_KEY"
 api_secret_env = "TEST_SIM_SECRET"
 [metrics]
@@ -88,8 +91,11 @@ class Live:
                          at + timedelta(seconds=0.5 * n), what=f"{n} polls after {at}")
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["rest", "stream"])
 @pytest.mark.parametrize("exchange", ["bybit", "binanceusdm"])
-async def test_reentry_between_two_polls_is_a_young_episode(aio_loop, db, database_url, tmp_path, exchange):
+async def test_reentry_between_two_polls_is_a_young_episode(aio_loop, db, database_url, tmp_path, exchange, stream):
+    """REST polling alone tells the re-entry by the fill history; the account stream sees
+    the flat and the opening as two changes."""
     async with trio.open_nursery() as nursery:
         sim = await nursery.start(serve_simulator)
         st = sim.state
@@ -97,7 +103,8 @@ async def test_reentry_between_two_polls_is_a_young_episode(aio_loop, db, databa
         st.set_position(exchange, SYMBOL_ID, "long", "0.5", "100", opened_at=now - timedelta(hours=5))
         st.set_price(exchange, SYMBOL_ID, bid=D("99"), ask=D("99.1"), last=D("99"))
         # aged after 36 s: the re-entry below ages while the test waits
-        async with Live(tmp_path, database_url, _config(sim.info(), exchange, "0.01")) as live:
+        config = _config(sim.info(), exchange, "0.01", account_stream=stream)
+        async with Live(tmp_path, database_url, config) as live:
             [old] = await live.until("SELECT * FROM monitoring.aged_positions WHERE status='grace_active'",
                                      what="the 5-hour-old long in grace")
             # Between two polls: closed by hand, opened again at 101 (no await between the two).
@@ -109,9 +116,12 @@ async def test_reentry_between_two_polls_is_a_young_episode(aio_loop, db, databa
                              what="the old aged position ended")
             [ended] = await live.until("SELECT * FROM monitoring.episodes WHERE id=$1 AND status='closed'",
                                        old["position_id"], what="the old episode ended")
-            assert ended["end_reason"] == "reentry"
-            [young] = await live.db.fetch("SELECT * FROM monitoring.episodes WHERE status='open'")
-            assert young["opened_at_source"] == "fills"
+            [young] = await live.until("SELECT * FROM monitoring.episodes WHERE status='open'",
+                                       what="the young episode")
+            # The stream reports the flat and the opening as two changes; a poll that reads the
+            # account after both (it runs every 0.5 s here) tells the re-entry by the fills.
+            told = (ended["end_reason"], young["opened_at_source"])
+            assert told in ([("flat", "stream"), ("reentry", "fills")] if stream else [("reentry", "fills")])
             assert abs((young["opened_at"] - t).total_seconds()) < 0.01  # the opening fill, not the first one
             await live.polls_after(datetime.now(timezone.utc))
             assert st.accepted_orders(exchange) == []  # the fresh position was not closed at the old breakeven
@@ -238,7 +248,7 @@ async def test_averaging_in_during_a_close_is_applied_before_anything_is_sent(ai
     assert event["event_metadata"]["new_entry_price"] == "105"
 
 
-async def _aged_in_grace(exchange, tmp_path, database_url, body):
+async def _aged_in_grace(exchange, tmp_path, database_url, body, *, account_stream: bool = True):
     """An aged long (0.5 @ 100, opened 5 h ago) in grace, ``run.py live`` watching it; then ``body``."""
     async with trio.open_nursery() as nursery:
         sim = await nursery.start(serve_simulator)
@@ -246,7 +256,8 @@ async def _aged_in_grace(exchange, tmp_path, database_url, body):
         now = datetime.now(timezone.utc)
         st.set_position(exchange, SYMBOL_ID, "long", "0.5", "100", opened_at=now - timedelta(hours=5))
         st.set_price(exchange, SYMBOL_ID, bid=D("99"), ask=D("99.1"), last=D("99"))
-        async with Live(tmp_path, database_url, _config(sim.info(), exchange, "3")) as live:
+        config = _config(sim.info(), exchange, "3", account_stream=account_stream)
+        async with Live(tmp_path, database_url, config) as live:
             [aged] = await live.until("SELECT * FROM monitoring.aged_positions WHERE status='grace_active'",
                                       what="the 5-hour-old long in grace")
             await body(st, live, aged)
@@ -263,7 +274,8 @@ async def test_a_flip_ends_the_episode_and_the_short_starts_young(aio_loop, db, 
         st.set_price(exchange, SYMBOL_ID, bid=D("100.5"), ask=D("100.6"), last=D("100.5"))
         await live.until("SELECT 1 FROM monitoring.episodes WHERE status='open' AND side='short'", what="the flip")
         [short] = await live.db.fetch("SELECT * FROM monitoring.episodes WHERE status='open'")
-        assert abs((short["opened_at"] - t).total_seconds()) < 0.01 and short["opened_at_source"] == "fills"
+        # the account stream's change or the poll's fill history, whichever saw the flip first
+        assert abs((short["opened_at"] - t).total_seconds()) < 0.01 and short["opened_at_source"] in ("fills", "stream")
         [old] = await live.until("SELECT * FROM monitoring.episodes WHERE id=$1 AND status='closed'",
                                  aged["position_id"], what="the long's episode ended")
         assert old["end_reason"] == "flip"
@@ -318,6 +330,7 @@ async def test_a_row_with_entry_price_zero_is_skipped_and_the_rest_managed(aio_l
         await live.until("SELECT 1 FROM monitoring.aged_positions WHERE status='closed'", what="BTC closed")
         assert [r["symbol"] for r in await live.db.fetch("SELECT symbol FROM monitoring.episodes")] == [SYMBOL]
 
-    _, live = await _aged_in_grace(exchange, tmp_path, database_url, body)
+    # REST rows only: the account stream would report ETH's true entry price
+    _, live = await _aged_in_grace(exchange, tmp_path, database_url, body, account_stream=False)
     assert live.log.count("position row for ETHUSDT skipped: entry price") == 1
     assert "Traceback" not in live.log

@@ -87,7 +87,7 @@ async def test_info_lists_rest_and_ws_urls(sim):
         "bybit": {"rest": f"http://127.0.0.1:{port}/bybit", "ws": f"ws://127.0.0.1:{port}/bybit/v5/public/linear",
                   "private_ws": f"ws://127.0.0.1:{port}/bybit/v5/private"},
         "binanceusdm": {"rest": f"http://127.0.0.1:{port}/binance", "ws": f"ws://127.0.0.1:{port}/binance/ws",
-                        "private_ws": f"ws://127.0.0.1:{port}/binance/ws/<listenKey>"},
+                        "private_ws": f"ws://127.0.0.1:{port}/binance/ws"},
     }
 
 

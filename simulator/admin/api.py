@@ -33,7 +33,7 @@ def info_for(base_url: str) -> dict:
         "bybit": {"rest": base_url + "/bybit", "ws": ws_base + "/bybit/v5/public/linear",
                   "private_ws": ws_base + "/bybit/v5/private"},
         "binanceusdm": {"rest": base_url + "/binance", "ws": ws_base + "/binance/ws",
-                        "private_ws": ws_base + "/binance/ws/<listenKey>"},
+                        "private_ws": ws_base + "/binance/ws"},  # the user data stream: + "/<listenKey>"
     }
 
 
