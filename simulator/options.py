@@ -109,6 +109,7 @@ def startup_text(base_url: str, info: dict, api_keys: dict[str, str]) -> str:
             f'name = "{name}"',
             f'rest_url = "{info[name]["rest"]}"',
             f'ws_url = "{info[name]["ws"]}"',
+            f'private_ws_url = "{info[name]["private_ws"]}"',
             f'api_key_env = "{key_env}"',
             f'api_secret_env = "{secret_env}"',
             "",

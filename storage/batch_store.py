@@ -159,9 +159,13 @@ async def _apply(conn, item: op.WriteOp, bot_book: bool = False) -> None:
             item.closed_at,
         )
     elif isinstance(item, op.ClosePosition):
+        # The account stream may have reported the flat our close left before this row is
+        # written: the detector then ended the episode as 'flat'. Our close did it.
         bot_id = await conn.fetchval(
-            "UPDATE monitoring.episodes SET status='closed', quantity=0, closed_at=COALESCE($2, now()), "
-            "end_reason='closed_by_service', updated_at=now() WHERE id=$1 AND status='open' RETURNING bot_position_id",
+            "UPDATE monitoring.episodes SET status='closed', quantity=0, "
+            "closed_at=CASE WHEN status='open' THEN COALESCE($2, now()) ELSE closed_at END, "
+            "end_reason='closed_by_service', updated_at=now() "
+            "WHERE id=$1 AND (status='open' OR end_reason='flat') RETURNING bot_position_id",
             item.position_id,
             item.closed_at,
         )

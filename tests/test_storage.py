@@ -136,6 +136,36 @@ async def test_position_book_side_flip_starts_a_new_position(db):
     assert [p["id"] for p in await db.open_positions("bybit")] == [flipped["id"]]
 
 
+async def test_our_close_ends_an_episode_the_stream_already_ended_as_flat(db):
+    """The account stream's flat can reach the detector before our close result is
+    written: the close still ends the episode as ours and closes the trading bot's row."""
+    await db.execute("DROP TABLE IF EXISTS monitoring.positions")
+    await db.execute(BOT_TABLE)
+    try:
+        db._bot_columns = None  # the bot's book appeared after the connection was made
+        bot_id = await db.fetchval(
+            "INSERT INTO monitoring.positions (symbol, exchange, side, quantity, entry_price, opened_at) "
+            "VALUES ('BTCUSDT', 'bybit', 'long', 0.5, 100, $1) RETURNING id", T0)
+        pos = await db.upsert_open_position(exchange="bybit", symbol="BTC/USDT:USDT", side="long", quantity=D("0.5"),
+                                            entry_price=D(100), opened_at=T0, bot_position_id=bot_id)
+        await db.close_position(pos["id"], T0 + timedelta(hours=4), "flat")  # the detector, from the stream
+        await db.write_batch([ops.ClosePosition(pos["id"], T0 + timedelta(hours=4, seconds=1), "aged_grace")])
+        [episode] = await db.fetch("SELECT * FROM monitoring.episodes WHERE id=$1", pos["id"])
+        assert episode["end_reason"] == "closed_by_service" and episode["closed_at"] == T0 + timedelta(hours=4)
+        [bot] = await db.fetch("SELECT * FROM monitoring.positions WHERE id=$1", bot_id)
+        assert bot["status"] == "closed" and bot["exit_reason"] == "aged_grace"
+        # An episode that ended as a flip or a re-entry is not taken for ours.
+        other = await db.upsert_open_position(exchange="bybit", symbol="ETH/USDT:USDT", side="long",
+                                              quantity=D(1), entry_price=D(10), opened_at=T0)
+        await db.close_position(other["id"], T0 + timedelta(hours=1), "reentry")
+        await db.write_batch([ops.ClosePosition(other["id"], T0 + timedelta(hours=2), "aged_grace")])
+        [kept] = await db.fetch("SELECT * FROM monitoring.episodes WHERE id=$1", other["id"])
+        assert kept["end_reason"] == "reentry"
+    finally:
+        await db.execute("DROP TABLE IF EXISTS monitoring.positions")
+        db._bot_columns = None
+
+
 async def test_write_ahead_rows_and_in_flight_orders(db):
     _, aged = await make_aged(db)
     wal = ops.RecordCloseOrder(client_order_id="apm-abc-1", aged_id=aged["id"], attempt=1, exchange="bybit",
