@@ -291,7 +291,9 @@ class CloseLoop(ExecutorParts):
     async def _positions(self, req: CloseRequest, port: ExchangePort) -> list[ExchangePosition]:
         """The symbol's position: from the account stream when it can be trusted, else REST."""
         view = self.accounts.get(req.exchange)
-        if view is not None:
+        # Only a view known to hold everything the exchange sent so far (a ping through
+        # the stream) is read: a tick can overtake the account event that goes with it.
+        if view is not None and await view.caught_up(_CATCH_UP_WAIT):
             # After a fill of ours the stream's position event follows its order event
             # within moments: wait that long for it before asking REST.
             deadline = trio.current_time() + _CATCH_UP_WAIT

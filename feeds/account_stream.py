@@ -29,6 +29,7 @@ they never end a session. Only cancellation gets out of :meth:`AccountStream.run
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -156,6 +157,10 @@ class AccountStream:
         self._wall_clock_ms = wall_clock_ms or _epoch_ms
         self._limiter = LogLimiter()
         self._healthy_session = False
+        self._ws: WebSocketConnection | None = None
+        self._pongs: dict[str, trio.Event] = {}
+        self._barriers = 0
+        view.barrier = self.barrier
         if self.protocol.heartbeat == "json" and credentials is None:
             raise ValueError(f"{exchange}: the private stream needs an API key and secret")
         if self.protocol.heartbeat != "json" and listen_keys is None:
@@ -222,6 +227,7 @@ class AccountStream:
                 self.stats.connected = True
                 self.view.connected()
                 log.info("%s account stream connected (connection #%d)", self.exchange, self.stats.connects)
+                self._ws = ws
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._heartbeat, ws)
                     nursery.start_soon(self._sync)
@@ -229,6 +235,7 @@ class AccountStream:
                         nursery.start_soon(self._keep_alive)
                     await self._reader(ws)
         except BaseException:
+            self._ws = None
             if connected:
                 self.stats.disconnects += 1
             else:
@@ -314,7 +321,35 @@ class AccountStream:
                 elif isinstance(result, AuthResult) and not result.ok:
                     raise CredentialsRefused(f"auth: {result.message or 'refused'}")
                 elif isinstance(result, Pong):
-                    pass  # heard() above is all a pong is for
+                    waiter = self._pongs.pop(result.req_id or "", None)
+                    if waiter is not None:
+                        waiter.set()  # a barrier: every frame before this pong is applied
+
+    async def barrier(self, within: float) -> bool:
+        """True once everything the exchange sent on this stream before the call has been
+        applied to the view; False if that is not known within ``within`` seconds.
+
+        Bybit: a JSON ``ping`` on the stream; its pong is a reply on the same connection,
+        behind the data frames sent before it, and our reader applies frames in order.
+        Binance: always False. Its user data stream takes no request whose answer is
+        ordered with the data, and a WebSocket pong is not: a server may answer a ping
+        before it writes the data frames it has queued (the simulator's server does).
+        So on Binance the check before a close asks REST.
+        """
+        ws = self._ws
+        if ws is None or self.protocol.heartbeat != "json":
+            return False
+        with trio.move_on_after(within):
+            message = self.protocol.ping_message()
+            req_id = str(json.loads(message).get("req_id"))
+            pong = self._pongs[req_id] = trio.Event()
+            try:
+                await ws.send_message(message)
+                await pong.wait()
+            finally:
+                self._pongs.pop(req_id, None)
+            return self._ws is ws
+        return False
 
     async def _heartbeat(self, ws: WebSocketConnection) -> None:
         interval = self.timings.heartbeat_interval

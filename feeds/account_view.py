@@ -13,6 +13,13 @@ A view is *healthy* only when all of these hold:
 While it is not healthy, readers fall back to REST: :meth:`AccountView.position`
 raises :class:`AccountViewUnavailable`, :meth:`AccountView.order_final` returns None.
 
+Healthy is not the same as up to date: an event the exchange sent a moment ago may
+still be on its way (the price stream and the account stream are two connections, and
+a tick can overtake the account event that belongs with it). Before a decision that
+must not act on an old position — the check before a close order — a reader asks
+:meth:`AccountView.caught_up`, which sends a ping through the stream itself and returns
+once its pong has come back and everything that arrived before it is applied.
+
 Position events between connecting and the snapshot are held back and applied after
 it, unless the snapshot is newer for that symbol: both exchanges send a position whole,
 never as a delta, so applying an event again is harmless and applying one older than
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -66,8 +73,18 @@ class AccountView:
     changes :attr:`changes` holds for its reader.
     """
 
-    def __init__(self, exchange: str, *, stale_after: float = 30.0, backlog: int = 10_000):
+    def __init__(
+        self,
+        exchange: str,
+        *,
+        stale_after: float = 30.0,
+        backlog: int = 10_000,
+        barrier: Callable[[float], Awaitable[bool]] | None = None,
+    ):
         self.exchange = exchange
+        #: ``await barrier(within)``: True once everything the exchange sent before the
+        #: call is applied (the stream actor's ping); None: never known (REST is asked).
+        self.barrier = barrier
         self.stale_after = stale_after
         self.state = DOWN
         self.connects = 0
@@ -178,6 +195,13 @@ class AccountView:
     def fills(self, client_order_id: str) -> list[Execution]:
         """The fills of one of our orders the stream reported (oldest first)."""
         return list(self._fills.get(client_order_id, ()))
+
+    async def caught_up(self, within: float) -> bool:
+        """Whether the view now holds everything the exchange sent before this call,
+        found out within ``within`` seconds; False when unhealthy or it cannot tell."""
+        if not self.healthy or self.barrier is None:
+            return False
+        return await self.barrier(within) and self.healthy
 
     async def next_update(self, within: float) -> None:
         """Return at the next position or order event applied (or the view going down),

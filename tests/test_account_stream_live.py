@@ -164,6 +164,32 @@ async def silenced(sim, exchange: str, link: FrozenLink):
         link.thaw()
 
 
+async def test_caught_up_means_every_event_sent_before_it_is_applied(aio_loop):
+    """Bybit: a JSON ping's pong comes back behind the data frames sent before it."""
+    async with stream_on_simulator("bybit") as (sim, stream, port):
+        view = stream.view
+        await wait_until(lambda: view.healthy, "healthy")
+        for qty in ("1", "2", "3"):
+            sim.state.set_position("bybit", SYMBOL_ID, "long", qty, "50000")  # the events are sent now
+            assert await view.caught_up(within=30)
+            assert view.position(SYMBOL).qty == D(qty)  # no waiting: the ping came back after them
+        assert stream.stats.connects == 1
+
+
+async def test_binance_is_never_known_to_be_caught_up(aio_loop):
+    """Binance's user data stream answers no request in order with its data, and a
+    WebSocket pong can overtake queued data frames (this simulator's server sends it
+    first: the position below is not yet applied when the pong is in). So the view
+    never claims to be up to date, and the check before a close asks REST."""
+    async with stream_on_simulator("binanceusdm") as (sim, stream, port):
+        view = stream.view
+        await wait_until(lambda: view.healthy, "healthy")
+        sim.state.set_position("binanceusdm", SYMBOL_ID, "long", "1", "50000")
+        assert not await view.caught_up(within=30)
+        await wait_until(lambda: view.position(SYMBOL) is not None, "the event still arrives")
+        assert view.healthy
+
+
 @pytest.mark.parametrize("exchange", EXCHANGES)
 async def test_a_silent_stream_is_replaced_and_the_snapshot_covers_what_it_missed(aio_loop, exchange):
     link_box = {}

@@ -141,8 +141,12 @@ async def test_a_close_is_checked_and_settled_through_the_stream(aio_loop, db, d
         nursery.cancel_scope.cancel()
     assert live.code == 0, live.log[-3000:]
     assert closed["close_reason"] == "profitable"
-    assert metric(text, "aged_executor_position_checks_total", 'source="stream"') >= 1
-    assert metric(text, "aged_executor_position_checks_total", 'source="rest"') == 0
+    stream_checks = metric(text, "aged_executor_position_checks_total", 'source="stream"')
+    rest_checks = metric(text, "aged_executor_position_checks_total", 'source="rest"')
+    if exchange == "bybit":
+        assert stream_checks >= 1 and rest_checks == 0  # caught up: a ping's pong behind the data
+    else:
+        assert stream_checks == 0 and rest_checks >= 1  # Binance's stream cannot be proven caught up
     # Bybit's create answer has no status: the stream's order events settled the close.
     # Binance's answer to a MARKET order already says FILLED.
     settled = metric(text, "aged_executor_settled_by_stream_total")

@@ -34,9 +34,15 @@ from tests.test_executor import NOW, SYMBOL, Harness, exchange
 LONG = ExchangePosition("bybit", SYMBOL, "long", D(1), D(100))
 
 
+async def nothing_in_flight(within: float) -> bool:
+    """The stand-in stream's barrier: the test applies each event itself, so whatever the
+    view holds is everything the "exchange" sent."""
+    return True
+
+
 def with_view(ex: MemoryExchange, *, stale_after: float = 1e9, **kw) -> tuple[Harness, AccountView]:
     h = Harness(ex, **kw)
-    view = AccountView("bybit", stale_after=stale_after)
+    view = AccountView("bybit", stale_after=stale_after, barrier=nothing_in_flight)
     h.executor.accounts = {"bybit": view}
     return h, view
 
@@ -85,6 +91,25 @@ async def test_a_healthy_view_checks_the_position_without_rest(autojump_clock):
     # reported our order, so the position was read over REST.
     assert calls(h.ex) == ["close_limits", "create_close_order", "fetch_positions"]
     assert (h.executor.stats.positions_from_stream, h.executor.stats.positions_from_rest) == (1, 1)
+
+
+async def cannot_tell(within: float) -> bool:
+    await trio.sleep(within)  # no pong came back in time
+    return False
+
+
+@pytest.mark.parametrize("barrier", [None, cannot_tell], ids=["no barrier", "no pong"])
+async def test_a_healthy_view_not_known_to_be_up_to_date_leaves_it_to_rest(autojump_clock, barrier):
+    """Healthy is not up to date: a tick can overtake the account event that goes with
+    it, so the view is read only after a ping through the stream came back."""
+    h, view = with_view(exchange())
+    view.barrier = barrier
+    view.connected()
+    view.synced([LONG])
+    r = await h.close(uuid4())
+    assert (r.outcome, r.filled_qty) == ("flat", D(1))
+    assert calls(h.ex) == ["fetch_positions", "close_limits", "create_close_order", "fetch_positions"]
+    assert h.executor.stats.positions_from_stream == 0
 
 
 def down(view: AccountView) -> None:

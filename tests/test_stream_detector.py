@@ -33,6 +33,7 @@ from actors.events import CLOSE_COMPLETED
 from doubles.exchange import MemoryExchange
 from feeds.account_events import OrderChange, PositionChange
 from feeds.account_view import AccountView
+from tests.test_executor_stream import nothing_in_flight
 from tests.support import MemoryFeed, make_service
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
@@ -46,7 +47,7 @@ def change(at: datetime, side: str | None, qty: str = "0", entry: str | None = N
 
 def healthy_view() -> AccountView:
     """A view that stays healthy for the whole test (nothing goes stale in virtual hours)."""
-    return AccountView("bybit", stale_after=10 * YEAR)
+    return AccountView("bybit", stale_after=10 * YEAR, barrier=nothing_in_flight)
 
 
 @asynccontextmanager
