@@ -8,7 +8,9 @@ simulator (in this process, serving Binance USD-M and Bybit linear), the real pu
 feeds and account streams (:func:`service.app.make_account_stream`: Binance's
 user-data stream with its listen key, Bybit's authenticated v5 private stream) and the
 bench's PostgreSQL database. The detector polls once at start and then only every
-hour, so only the stream can explain what the book shows after that.
+hour, so only the stream can explain what the book shows after that. The simulator's
+private messages are held to the exchanges' documented ones (with their sources) in
+``tests/test_simulator_private_conformance.py``.
 
 Each round, on each exchange in turn, a symbol goes through the five changes a person
 makes by hand: opened (long 1 @ 150), averaged into (long 2 @ 151), reduced (long 1.5),
