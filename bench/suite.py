@@ -7,11 +7,13 @@ from typing import Callable
 
 # results.json keys, in this order
 KEYS = ("ws_raw_msgs_per_s", "max_ticks_per_s", "tick_to_order_p50_ms", "tick_to_order_p99_ms", "decision_us",
-        "detection_ms", "recovery_1000_s", "actor_restart_ms", "events_per_s", "actor_kb")
+        "detection_ms", "recovery_1000_s", "actor_restart_ms", "events_per_s", "actor_kb",
+        "stream_to_book_ms_p50", "stream_to_book_ms_p99")
 
 UNITS = {"ws_raw_msgs_per_s": "msg/s", "max_ticks_per_s": "ticks/s", "tick_to_order_p50_ms": "ms",
          "tick_to_order_p99_ms": "ms", "decision_us": "µs", "detection_ms": "ms", "recovery_1000_s": "s",
-         "actor_restart_ms": "ms", "events_per_s": "rows/s", "actor_kb": "KiB"}
+         "actor_restart_ms": "ms", "events_per_s": "rows/s", "actor_kb": "KiB",
+         "stream_to_book_ms_p50": "ms", "stream_to_book_ms_p99": "ms"}
 
 
 def target(key: str, results: dict) -> tuple[str, bool | None]:
@@ -21,6 +23,8 @@ def target(key: str, results: dict) -> tuple[str, bool | None]:
         return "reference", None
     if key == "tick_to_order_p50_ms":
         return "(none; p99 < 1)", None
+    if key == "stream_to_book_ms_p50":
+        return "(none; p99 < 100)", None
     if v is None:
         return "", False
     if key == "max_ticks_per_s":
@@ -36,6 +40,7 @@ def target(key: str, results: dict) -> tuple[str, bool | None]:
         "actor_restart_ms": ("< 50", v < 50),
         "events_per_s": (">= 20,000", v >= 20_000),
         "actor_kb": ("< 20", v < 20),
+        "stream_to_book_ms_p99": ("< 100", v < 100),  # issue #16
     }
     return rules[key]
 
@@ -86,6 +91,9 @@ BENCHES = (
     Bench("memory", "bench.memory", "bench_memory", ("actor_kb",), True,
           full=dict(positions=1000, settle_s=12.0), quick=dict(positions=1000, settle_s=12.0),
           tiny=dict(positions=20, settle_s=0.0)),
+    Bench("stream_to_book", "bench.stream_positions", "bench_stream_to_book",
+          ("stream_to_book_ms_p50", "stream_to_book_ms_p99"), True,
+          full=dict(rounds=100), quick=dict(rounds=10), tiny=dict(rounds=1, gap=0.02)),
 )
 
 

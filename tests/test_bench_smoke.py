@@ -29,6 +29,11 @@ async def test_every_bench_produces_its_keys_as_positive_numbers(database_url):
             assert steps and all(step["received"] > 0 and isinstance(step["sustained"], bool) for step in steps)
             sustained = [step["offered_per_s"] for step in steps if step["sustained"]]
             assert result["max_ticks_per_s"] == max(sustained, default=0), steps
+        if bench.name == "stream_to_book":  # one round: each of the five changes on each exchange, in order
+            details = result["details"]
+            assert details["changes"] == 10 and details["opened_at_sources"] == ["stream"], details
+            for exchange in details["exchanges"].values():
+                assert all(kind["n"] == 1 for kind in exchange["by_change"].values()), exchange
     assert set(results) == set(KEYS)
     for key in KEYS:
         value = results[key]
