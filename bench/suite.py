@@ -8,12 +8,15 @@ from typing import Callable
 # results.json keys, in this order
 KEYS = ("ws_raw_msgs_per_s", "max_ticks_per_s", "tick_to_order_p50_ms", "tick_to_order_p99_ms", "decision_us",
         "detection_ms", "recovery_1000_s", "actor_restart_ms", "events_per_s", "actor_kb",
-        "stream_to_book_ms_p50", "stream_to_book_ms_p99")
+        "stream_to_book_ms_p50", "stream_to_book_ms_p99",
+        "close_rtt20_ms_stream_p50", "close_rtt20_ms_stream_p99", "close_rtt20_ms_rest_p50", "close_rtt20_ms_rest_p99")
 
 UNITS = {"ws_raw_msgs_per_s": "msg/s", "max_ticks_per_s": "ticks/s", "tick_to_order_p50_ms": "ms",
          "tick_to_order_p99_ms": "ms", "decision_us": "µs", "detection_ms": "ms", "recovery_1000_s": "s",
          "actor_restart_ms": "ms", "events_per_s": "rows/s", "actor_kb": "KiB",
-         "stream_to_book_ms_p50": "ms", "stream_to_book_ms_p99": "ms"}
+         "stream_to_book_ms_p50": "ms", "stream_to_book_ms_p99": "ms",
+         "close_rtt20_ms_stream_p50": "ms", "close_rtt20_ms_stream_p99": "ms", "close_rtt20_ms_rest_p50": "ms",
+         "close_rtt20_ms_rest_p99": "ms"}
 
 
 def target(key: str, results: dict) -> tuple[str, bool | None]:
@@ -25,8 +28,22 @@ def target(key: str, results: dict) -> tuple[str, bool | None]:
         return "(none; p99 < 1)", None
     if key == "stream_to_book_ms_p50":
         return "(none; p99 < 100)", None
+    if key in ("close_rtt20_ms_rest_p50", "close_rtt20_ms_rest_p99"):
+        return "reference", None
     if v is None:
         return "", False
+    if key == "close_rtt20_ms_stream_p50":
+        # the stream check saves the REST round trip before the order: at least 3/4 of its 20 ms must show
+        rest = results.get("close_rtt20_ms_rest_p50")
+        if not rest:
+            return "<= rest_p50 - 15", False
+        return f"<= {rest - 15:,.1f} (rest_p50 - 15)", v <= rest - 15
+    if key == "close_rtt20_ms_stream_p99":
+        # even a slow close checked on the stream beats the typical one checked over REST
+        rest = results.get("close_rtt20_ms_rest_p50")
+        if not rest:
+            return "< rest_p50", False
+        return f"< {rest:,.1f} (rest_p50)", v < rest
     if key == "max_ticks_per_s":
         raw = results.get("ws_raw_msgs_per_s")
         if not raw:
@@ -94,6 +111,10 @@ BENCHES = (
     Bench("stream_to_book", "bench.stream_positions", "bench_stream_to_book",
           ("stream_to_book_ms_p50", "stream_to_book_ms_p99"), True,
           full=dict(rounds=100), quick=dict(rounds=10), tiny=dict(rounds=1, gap=0.02)),
+    Bench("close_rtt", "bench.close_rtt", "bench_close_rtt",
+          ("close_rtt20_ms_stream_p50", "close_rtt20_ms_stream_p99", "close_rtt20_ms_rest_p50",
+           "close_rtt20_ms_rest_p99"), True,
+          full=dict(closes=30), quick=dict(closes=10), tiny=dict(closes=3)),
 )
 
 

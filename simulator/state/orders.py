@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
+from time import monotonic
 
 from simulator.state.activity import CancelActivity, OrderActivity
 from simulator.state.markets import Market
@@ -42,6 +43,10 @@ class Order:
     reject_code: str | None = None
     reject_msg: str | None = None
     time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    # time.monotonic() when the simulator recorded the order (accepted or rejected): the
+    # machine's CLOCK_MONOTONIC, comparable across processes (``time`` follows the
+    # simulator's own, injectable clock)
+    recorded_monotonic: float = field(default_factory=monotonic)
     updated_at: datetime | None = None
     # what the exchange reports as the order quantity (Bybit shrinks a reduce-only order
     # to the position size; Binance keeps the requested quantity)
