@@ -126,8 +126,11 @@ def test_binance_zero_requested_quantity_is_unknown():
 
 
 def test_binance_event_with_a_data_field_is_not_taken_for_an_envelope():
-    frame = {"e": "listenKeyExpired", "E": 1, "listenKey": "k", "data": {"e": "ACCOUNT_UPDATE"}}
-    assert binance(frame) == [ListenKeyExpired("k")]
+    for frame in (
+        {"e": "listenKeyExpired", "E": 1, "listenKey": "k", "data": {"e": "ACCOUNT_UPDATE"}},
+        {"e": "listenKeyExpired", "listenKey": "k", "data": {"e": "ACCOUNT_UPDATE"}},
+    ):
+        assert binance(frame) == [ListenKeyExpired("k")]
 
 
 def test_binance_listen_key_expired_with_a_key_that_is_not_text():
@@ -382,3 +385,22 @@ async def test_caught_up_is_false_when_the_barrier_fails_or_the_view_goes_down(a
     view.connected()
     view.synced([])
     assert await view.caught_up(2) is False
+
+
+async def test_order_final_waits_again_after_the_stream_came_back(autojump_clock):
+    """The stream drops and comes back before the waiter runs: it waits on, and gives up
+    at its time (it neither returns early nor spins)."""
+    view = synced_view()
+    got = []
+
+    async def wait():
+        got.append(await view.order_final("apm-1", within=5))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await trio.sleep(1)
+        view.lost("test")
+        view.connected()
+        view.synced([])
+    assert got == [None]
+    assert trio.current_time() == pytest.approx(5)
