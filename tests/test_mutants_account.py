@@ -191,6 +191,14 @@ def test_bybit_answer_without_ret_msg_has_an_empty_message():
     assert bybit({"op": "auth", "success": True}) == [AuthResult(True, "")]
 
 
+def test_bybit_subscribe_request_has_only_the_documented_keys():
+    """ "How to Subscribe to Topics" (``docs/v5/websocket/wss-authentication.mdx`` in
+    github.com/bybit-exchange/docs @ 176038080db5657124ac1553aa6f25437a060e57): ``req_id``
+    (a customised id, optional), ``op`` and ``args``; an unknown key is undocumented."""
+    request = json.loads(BybitAccountProtocol().subscribe_message())
+    assert set(request) == {"req_id", "op", "args"} and type(request["req_id"]) is str
+
+
 def test_bybit_pong_keeps_its_request_id():
     assert bybit({"op": "pong", "req_id": "ping-3", "args": ["1"]}) == [Pong("ping-3")]
 
