@@ -68,21 +68,21 @@ def binance_positions(**fields) -> dict:
 
 
 def bybit_order(**fields) -> dict:
-    """The docs order frame as a linear BTCUSDT order of ours, with ``fields`` changed."""
+    """The docs order frame (SOURCES.md) as a linear BTCUSDT order of ours, with ``fields`` changed."""
     frame = load("bybit_order_option_docs.json")
     frame["data"][0].update({"category": "linear", "symbol": "BTCUSDT", "orderLinkId": "apm-7", **fields})
     return frame
 
 
 def bybit_position(**fields) -> dict:
-    """The docs position frame made one-way (positionIdx 0) with ``fields`` changed."""
+    """The docs position frame (SOURCES.md) made one-way (positionIdx 0) with ``fields`` changed."""
     frame = load("bybit_position_hedge_flat_docs.json")
     frame["data"][0].update(positionIdx=0, **fields)
     return frame
 
 
 def bybit_execution(**fields) -> dict:
-    """The docs linear execution frame with ``fields`` changed."""
+    """The docs linear execution frame (SOURCES.md) with ``fields`` changed."""
     frame = load("bybit_execution_linear_docs.json")
     frame["data"][0].update(fields)
     return frame
@@ -180,19 +180,33 @@ def test_bybit_flat_position_names_its_exchange_and_symbol():
     ]
 
 
-def test_bybit_ping_reply_without_pong_is_not_a_pong():
-    [result] = bybit({"op": "ping", "success": True, "ret_msg": "", "req_id": "ping-1"})
+def test_bybit_only_a_ping_answered_pong_is_a_pong():
+    """The docs' "Pong message example of public channels", tab Linear/Inverse
+    (``docs/v5/websocket/wss-authentication.mdx`` in github.com/bybit-exchange/docs @
+    176038080db5657124ac1553aa6f25437a060e57), is a pong; the same answer with an empty
+    ``ret_msg`` is not, and neither is the docs' auth answer whose ``ret_msg`` reads pong."""
+    public_pong = {
+        "success": True,
+        "ret_msg": "pong",
+        "conn_id": "465772b1-7630-4fdc-a492-e003e6f0f260",
+        "req_id": "",
+        "op": "ping",
+    }
+    assert bybit(public_pong) == [Pong(None)]
+    [result] = bybit({**public_pong, "ret_msg": ""})
     assert isinstance(result, Ignored)
-    [result] = bybit({"op": "auth", "success": True, "ret_msg": "pong"})
-    assert result == AuthResult(True, "pong")
+    assert bybit({**load("bybit_auth_success_docs.json"), "ret_msg": "pong"}) == [AuthResult(True, "pong")]
 
 
 def test_bybit_answer_without_ret_msg_has_an_empty_message():
-    assert bybit({"op": "auth", "success": True}) == [AuthResult(True, "")]
+    """The docs' auth answer (SOURCES.md) without its ``ret_msg``."""
+    answer = load("bybit_auth_success_docs.json")
+    del answer["ret_msg"]
+    assert bybit(answer) == [AuthResult(True, "")]
 
 
 def test_bybit_subscribe_request_has_only_the_documented_keys():
-    """ "How to Subscribe to Topics" (``docs/v5/websocket/wss-authentication.mdx`` in
+    """Bybit's "How to Subscribe to Topics" (``docs/v5/websocket/wss-authentication.mdx`` in
     github.com/bybit-exchange/docs @ 176038080db5657124ac1553aa6f25437a060e57): ``req_id``
     (a customised id, optional), ``op`` and ``args``; an unknown key is undocumented."""
     request = json.loads(BybitAccountProtocol().subscribe_message())
