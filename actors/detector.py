@@ -161,12 +161,17 @@ class Detector(StreamPositions, OpenTimeLookup, AgingTimers):
             self._timers.pop(position_id).cancel()  # closed: forget it
         for aged in [a for a in self._last_sent if not self.registry.is_running(a)]:
             del self._last_sent[aged]
+        await self._refresh_book(book)
+        await self.registry.recover()
+        self.polls += 1
+
+    async def _refresh_book(self, book: list[dict]) -> None:
+        """After the book was brought in line: each open episode's aging timer, and each
+        actor told what changed about its position."""
         for row in book:
             if self._allowed(row["exchange"], row["symbol"]):
                 self._ensure_timer(row)
         await self._update_actors(book)
-        await self.registry.recover()
-        self.polls += 1
 
     def _allowed(self, exchange: str, symbol: str) -> bool:
         allow = self.symbols.get(exchange)
@@ -224,7 +229,6 @@ class Detector(StreamPositions, OpenTimeLookup, AgingTimers):
     async def _follow(
         self, port: ExchangePort, p: ExchangePosition, row: dict | None, bot_row: dict | None, now: datetime
     ) -> None:
-        db = self.ctx.db
         if row is None:
             await self._start_episode(port, p, bot_row, now, end_previous=None)
             return
@@ -243,7 +247,11 @@ class Detector(StreamPositions, OpenTimeLookup, AgingTimers):
             )
             await self._start_episode(port, p, bot_row, now, end_previous="reentry", ended=row, known=reentry)
             return
-        await db.upsert_open_position(
+        await self._keep_episode(p, row, bot_row, now)
+
+    async def _keep_episode(self, p: ExchangePosition, row: dict, bot_row: dict | None, now: datetime) -> None:
+        """The same episode, averaged into or partly reduced: it takes the new size and entry."""
+        await self.ctx.db.upsert_open_position(
             exchange=p.exchange,
             symbol=p.symbol,
             side=p.side,

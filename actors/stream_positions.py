@@ -132,7 +132,7 @@ class StreamPositions(DetectorParts):
         same_opening = row is not None and row["opened_at"] >= change.time - self.clock_skew
         try:
             if row is not None and row["side"] == p.side and (not was_flat or same_opening):
-                await self._stream_update(p, row, bot, now)
+                await self._keep_episode(p, row, bot, now)
             elif row is not None:
                 end = "flip" if row["side"] != p.side else "reentry"
                 log.info(
@@ -170,28 +170,9 @@ class StreamPositions(DetectorParts):
         allowance = timedelta(0) if exact else self.clock_skew
         return change.time < row["opened_at"] - allowance
 
-    async def _stream_update(self, p: ExchangePosition, row: dict, bot: dict | None, now) -> None:
-        """Averaged into or partly reduced: the same episode takes the new size and entry."""
-        await self.ctx.db.upsert_open_position(
-            exchange=p.exchange,
-            symbol=p.symbol,
-            side=p.side,
-            quantity=p.qty,
-            entry_price=p.entry_price,
-            opened_at=row["opened_at"],
-            seen_at=now,
-            exchange_updated_at=p.updated_at,
-            trailing_activated=None if bot is None else bool(bot["trailing_activated"]),
-            bot_position_id=None if bot is None else bot["id"],
-        )
-
     async def _after_stream_step(self, exchange: str) -> None:
         """What a poll does after reading the book: aging timers and the actors' updates."""
-        book = await self.ctx.db.open_positions(exchange)
-        for row in book:
-            if self._allowed(row["exchange"], row["symbol"]):
-                self._ensure_timer(row)
-        await self._update_actors(book)
+        await self._refresh_book(await self.ctx.db.open_positions(exchange))
 
     def _closed_by_us(self, exchange: str, aged: dict) -> bool:
         """Whether a position found flat was (or may have been) closed by our own orders:

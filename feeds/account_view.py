@@ -93,7 +93,6 @@ class AccountView:
         self._held: list[PositionChange] = []
         self._orders: OrderedDict[str, OrderChange] = OrderedDict()
         self._fills: dict[str, list[Execution]] = {}
-        self._order_seen: dict[str, trio.Event] = {}
         self._send, self.changes = trio.open_memory_channel[PositionChange | Snapshot](backlog)
         self.resync_wanted = trio.Event()
         self._updated = trio.Event()
@@ -132,9 +131,7 @@ class AccountView:
             )
         self.state = DOWN
         self._held = []
-        for event in self._order_seen.values():
-            event.set()  # waiters look again and fall back to REST
-        self._wake()
+        self._wake()  # waiters look again and fall back to REST
 
     def heard(self) -> None:
         """Something arrived on the stream (a frame or a pong)."""
@@ -220,10 +217,7 @@ class AccountView:
                 known = self._orders.get(client_order_id)
                 if known is not None and known.final:
                     return known
-                seen = self._order_seen.setdefault(client_order_id, trio.Event())
-                await seen.wait()
-                if self._order_seen.get(client_order_id) is seen:
-                    del self._order_seen[client_order_id]
+                await self._updated.wait()
         return None
 
     # -- inside ----------------------------------------------------------------------------
@@ -270,9 +264,6 @@ class AccountView:
         while len(self._orders) > ORDERS_KEPT:
             old, _ = self._orders.popitem(last=False)
             self._fills.pop(old, None)
-        seen = self._order_seen.pop(cid, None)
-        if seen is not None:
-            seen.set()
         self._wake()
 
 
