@@ -5,8 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -171,23 +171,3 @@ async def run_service(service: Service, *, before_run: Callable[[Service, trio.N
             code = await service.run()
             nursery.cancel_scope.cancel()
     return code
-
-
-async def run_live(app: AppConfig, db, *, dry_run: bool, metrics_port: int | None = None) -> int:
-    exchanges = {e.name: make_exchange(e, dry_run=dry_run) for e in app.exchanges}
-    db.update_bot_book = app.database.update_bot_book and not dry_run  # a dry run writes nothing of the bot's
-    log.info("starting %s mode on %s", "DRY-RUN (nothing is sent)" if dry_run else "LIVE",
-             ", ".join(f"{e.name} ({e.rest_url or 'production'})" for e in app.exchanges))
-    async with AsyncExitStack() as stack:
-        await stack.enter_async_context(exchanges_open(exchanges))
-        hedged = await hedge_mode_accounts(exchanges)
-        for name in hedged:
-            log.critical("%s: the account is in hedge mode; %s", name, HEDGE_MODE_HELP)
-        if hedged:
-            return 2
-        feeds = make_feeds(exchanges, {e.name: e.ws_url for e in app.exchanges}, app.feeds)
-        accounts = make_account_streams(app, exchanges, dry_run=dry_run)
-        service, obs = build_service(db, exchanges, feeds, app, PolicyClock(),
-                                     http_port=(app.metrics.port if metrics_port is None else metrics_port) or None,
-                                     accounts=accounts)
-        return await run_observed(service, obs)

@@ -17,8 +17,8 @@ import trio
 import storage
 from actors.clock import PolicyClock
 from actors.policy import ConfigError, PolicyConfig
-from service.logs import configure_logging
 from service.asyncio_bridge import open_asyncio_loop
+from service.logs import configure_logging
 from simulator import options as simulator_options
 
 log = logging.getLogger("run")
@@ -125,10 +125,10 @@ def main(argv: list[str]) -> int:
                 return 0
             return trio.run(_with_db, cfg.database.url if cfg else None, show)
         if command == "live":
-            from service.app import run_live  # noqa: PLC0415
+            from service.instance import run_instance  # noqa: PLC0415
             cfg = _load(args.config)
             return trio.run(_with_db, cfg.database.url,
-                            lambda db: run_live(cfg, db, dry_run=args.dry_run, metrics_port=args.metrics_port))
+                            lambda db: run_instance(cfg, db, dry_run=args.dry_run, metrics_port=args.metrics_port))
         from service.demo import run_demo  # noqa: PLC0415
         if args.command is None:
             args.duration, args.speed, args.metrics_port, args.database = None, DEMO_SPEED, None, DEMO_DATABASE
