@@ -9,14 +9,15 @@ from typing import Callable
 KEYS = ("ws_raw_msgs_per_s", "max_ticks_per_s", "tick_to_order_p50_ms", "tick_to_order_p99_ms", "decision_us",
         "detection_ms", "recovery_1000_s", "actor_restart_ms", "events_per_s", "actor_kb",
         "stream_to_book_ms_p50", "stream_to_book_ms_p99",
-        "close_rtt20_ms_stream_p50", "close_rtt20_ms_stream_p99", "close_rtt20_ms_rest_p50", "close_rtt20_ms_rest_p99")
+        "close_rtt20_ms_stream_p50", "close_rtt20_ms_stream_p99", "close_rtt20_ms_rest_p50", "close_rtt20_ms_rest_p99",
+        "takeover_s")
 
 UNITS = {"ws_raw_msgs_per_s": "msg/s", "max_ticks_per_s": "ticks/s", "tick_to_order_p50_ms": "ms",
          "tick_to_order_p99_ms": "ms", "decision_us": "µs", "detection_ms": "ms", "recovery_1000_s": "s",
          "actor_restart_ms": "ms", "events_per_s": "rows/s", "actor_kb": "KiB",
          "stream_to_book_ms_p50": "ms", "stream_to_book_ms_p99": "ms",
          "close_rtt20_ms_stream_p50": "ms", "close_rtt20_ms_stream_p99": "ms", "close_rtt20_ms_rest_p50": "ms",
-         "close_rtt20_ms_rest_p99": "ms"}
+         "close_rtt20_ms_rest_p99": "ms", "takeover_s": "s"}
 
 
 def target(key: str, results: dict) -> tuple[str, bool | None]:
@@ -58,6 +59,7 @@ def target(key: str, results: dict) -> tuple[str, bool | None]:
         "events_per_s": (">= 20,000", v >= 20_000),
         "actor_kb": ("< 20", v < 20),
         "stream_to_book_ms_p99": ("< 100", v < 100),  # issue #16
+        "takeover_s": ("< 5", v < 5),  # issue #17
     }
     return rules[key]
 
@@ -115,6 +117,8 @@ BENCHES = (
           ("close_rtt20_ms_stream_p50", "close_rtt20_ms_stream_p99", "close_rtt20_ms_rest_p50",
            "close_rtt20_ms_rest_p99"), True,
           full=dict(closes=30), quick=dict(closes=10), tiny=dict(closes=3)),
+    Bench("takeover", "bench.takeover", "bench_takeover", ("takeover_s",), True,
+          full=dict(positions=50, repeats=3), quick=dict(positions=20, repeats=1), tiny=dict(positions=2, repeats=1)),
 )
 
 
