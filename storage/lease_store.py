@@ -155,6 +155,8 @@ class LeaseStore(StoreBase):
         The row stays (expired now), so the next holder's token is ``token + 1``.
         """
         _check(account=account, holder=holder)
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise WriteRejected(f"token must be an int, got {token!r}")
         await self.execute(
             "UPDATE monitoring.leases SET expires_at = now() "
             "WHERE account=$1 AND holder=$2 AND token=$3 AND expires_at > now()",

@@ -3,7 +3,8 @@
 The repository is assembled from one class per group of operations: the position book
 and the trading bot's book (:mod:`storage.episode_store`), aged positions with their
 events and history (:mod:`storage.aged_store`), the write-ahead log of close orders
-(:mod:`storage.close_order_store`) and the batch applier (:mod:`storage.batch_store`).
+(:mod:`storage.close_order_store`), the batch applier (:mod:`storage.batch_store`) and
+leases (:mod:`storage.lease_store`).
 Each group is a mixin over :class:`StoreBase`, which holds
 
 * the connection pool and :meth:`StoreBase._call`, the single crossing from trio into

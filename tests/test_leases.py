@@ -185,6 +185,7 @@ async def test_leaving_releases_every_lease_of_the_instance_and_removes_it(db):
     lambda db: db.lease_round("inst-a", {ACC: "1"}, 5),
     lambda db: db.lease_round("", {}, 5),
     lambda db: db.leave(""),
+    lambda db: db.release_lease(ACC, "inst-a", "1"),
 ])
 async def test_bad_input_is_one_clear_error_and_changes_nothing(db, call):
     with pytest.raises(WriteRejected, match="ttl|account|holder|token|instance"):
