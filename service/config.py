@@ -519,7 +519,7 @@ def _accounts(doc: Mapping[str, Any]) -> tuple[ExchangeConfig, ...]:
             where[account.account] = path
             found.append(account)
     if not found:
-        raise ConfigError("accounts", "at least one [[accounts]] or [[exchanges]] table is required")
+        raise ConfigError("exchanges", "at least one [[exchanges]] or [[accounts]] table is required")
     return tuple(found)
 
 

@@ -82,13 +82,16 @@ def test_the_longest_and_oddest_allowed_names():
 
 
 @pytest.mark.parametrize("doc,path", [
-    ({}, "accounts"),
-    ({"accounts": []}, "accounts"),
+    ({}, "exchanges"),  # the key the older files knew
+    ({"accounts": []}, "exchanges"),
     ({"accounts": {"name": "x", "exchange": "bybit"}}, "accounts"),  # [accounts], not [[accounts]]
     ({"accounts": ["x"]}, "accounts[0]"),
 ])
 def test_no_accounts_or_a_malformed_list_is_refused(doc, path):
-    assert error_for(doc).key == path
+    err = error_for(doc)
+    assert err.key == path
+    if not doc.get("accounts"):
+        assert "[[accounts]]" in str(err) and "[[exchanges]]" in str(err)
 
 
 def test_for_account_is_that_account_alone():
