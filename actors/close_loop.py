@@ -51,6 +51,7 @@ from exchanges.errors import (
 from exchanges.port import FILL_HISTORY_WINDOW, ExchangePort, ExchangePosition, LotLimits, OrderResult
 from feeds.account_view import AccountView, AccountViewUnavailable
 from storage import ops as op
+from storage.errors import LeaseLost
 from storage.writer import NO_HOLD
 from supervisor.backoff import Backoff, retry_after_of
 
@@ -145,19 +146,23 @@ class CloseLoop(ExecutorParts):
                         return failed_result(req, fills, attempt - 1, last_error)
                     continue
             failpoint("before_wal")
-            await self._write_ahead(
-                op.RecordCloseOrder(
-                    client_order_id=cid,
-                    aged_id=req.aged_id,
-                    attempt=attempt,
-                    exchange=req.exchange,
-                    symbol=req.symbol,
-                    side=side,
-                    order_type="limit_ioc" if limit_price else "market",
-                    requested_qty=qty,
-                    limit_price=limit_price,
+            try:
+                await self._write_ahead(
+                    op.RecordCloseOrder(
+                        client_order_id=cid,
+                        aged_id=req.aged_id,
+                        attempt=attempt,
+                        exchange=req.exchange,
+                        symbol=req.symbol,
+                        side=side,
+                        order_type="limit_ioc" if limit_price else "market",
+                        requested_qty=qty,
+                        limit_price=limit_price,
+                    )
                 )
-            )
+            except LeaseLost as exc:
+                # Another instance acts for this account now: nothing is sent.
+                return failed_result(req, fills, attempt - 1, f"lease lost: {exc}")
             fills.sent(cid, attempt)  # from here on this client order id is never sent again
             hold.release()
             self.stats.attempts += 1

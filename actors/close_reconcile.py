@@ -29,6 +29,7 @@ from exchanges import logfmt
 from exchanges.errors import ExchangeError, UnknownOutcomeError
 from exchanges.port import ExchangePort, OrderResult
 from storage import ops as op
+from storage.errors import LeaseLost
 
 log = logging.getLogger("actors.executor")
 
@@ -45,12 +46,17 @@ class WriteAhead(ExecutorParts):
         behind the storage writer's batches. If the database is away or slow it is
         queued in the writer instead (before any update of that order) and the close
         goes on: the deterministic client order id lets a restart find the order.
+
+        :exc:`~storage.errors.LeaseLost` is raised: another instance now acts for the
+        account, so the order must not be sent.
         """
         if self.write_direct is not None and self.writer.database_up:
             try:
                 with trio.fail_after(self.db_timeout):
                     await self.write_direct([row])
                 return
+            except LeaseLost:
+                raise
             except Exception as exc:  # noqa: BLE001 - database away: the writer keeps it
                 log.warning(
                     "write-ahead row %s not committed (%s: %s); queued, sending anyway",  # pragma: no mutate

@@ -36,7 +36,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 MONITORING_TABLES = (
     "monitoring.close_orders, monitoring.aged_positions_monitoring, monitoring.aged_positions_history, "
-    "monitoring.aged_positions, monitoring.episodes"
+    "monitoring.aged_positions, monitoring.episodes, monitoring.leases, monitoring.instances"
 )
 EXCHANGE = "bybit"
 ENTRY = Decimal(100)

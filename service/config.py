@@ -18,8 +18,11 @@ shows every key) sets part of the tree::
                     sample_interval_seconds, material_change_percent,
                     error_cooldown_seconds, emergency_close_after_hours -> positions
                     retry_delays_seconds                    -> executor
-    [[exchanges]]   name, rest_url, ws_url, private_ws_url, account_stream,
-                    api_key_env, api_secret_env, symbols
+    [[accounts]]    name, exchange, rest_url, ws_url, private_ws_url, account_stream,
+                    api_key_env, api_secret_env, symbols        -> exchanges (one per account)
+    [[exchanges]]   name (the exchange), and the same keys       -> exchanges (an account named
+                                                                    after its exchange)
+    [leases]        ttl_seconds, renew_seconds, max_accounts, instance -> leases
     [metrics]       port
     [alerts]        webhook_url_env, telegram
 
@@ -28,8 +31,15 @@ unit and its doc; its default is read from :data:`DEFAULTS`. The ranges are what
 trader could mean (no position is managed on a schedule longer than ten years) and
 keep all date arithmetic at run time far from overflow. :func:`load_config` and
 :func:`parse_config` return the tree or raise one :class:`ConfigError` naming the key
-by its full path (``manager.retry_delays_seconds[1]``, ``exchanges[0].name``), the
+by its full path (``manager.retry_delays_seconds[1]``, ``accounts[1].name``), the
 value and what is allowed; ``run.py`` prints it on one line and exits with status 2.
+
+Accounts: an exchange can be traded through several accounts, each an ``[[accounts]]``
+table with its own name, keys and URLs. A ``[[exchanges]]`` table is the older spelling
+of one account, named after its exchange, and keeps working; both may appear, and every
+account name is unique across both. Each account becomes one :class:`ExchangeConfig`
+(``name`` the exchange id, ``account`` the account); :meth:`AppConfig.for_account` is the
+configuration of one account alone, as one per-account service runs it.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from actors.position import Settings
 from feeds.account_stream import AccountStreamTimings
 from feeds.feed import FeedTimings
 from storage.writer import WriterConfig
+from supervisor.leases import INSTANCE_NAME, LeaseConfig
 
 EXCHANGES = {
     "bybit": {"ws_url": "wss://stream.bybit.com/v5/public/linear", "private_ws_url": "wss://stream.bybit.com/v5/private"},
@@ -69,9 +80,11 @@ CHOICE = "choice"            # one of `choices`
 URL = "url"                  # a URL with one of `choices` as its scheme
 ENV_NAME = "env name"        # the name of an environment variable
 SYMBOLS = "symbols"          # a list of unified symbols such as "BTC/USDT:USDT"
+NAME = "name"                # a string matching `pattern` (described by `choices[0]`)
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYMBOL = re.compile(r"[^/:\s]+/[^/:\s]+:[^/:\s]+")
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ class Setting:
     inclusive unless ``min_open``/``max_open``. ``items`` bounds the length of a list.
     ``default`` is the value when the key is absent (``None``: not set / off), as the
     file would spell it (seconds, not a ``timedelta``); it comes from :data:`DEFAULTS`.
+    A ``NAME`` matches ``pattern``; ``choices[0]`` says in words what it allows.
     """
 
     key: str
@@ -96,6 +110,7 @@ class Setting:
     required: bool = False
     choices: tuple[str, ...] = ()
     items: tuple[int, int] = (1, 1)
+    pattern: re.Pattern[str] | None = None
 
     def range_text(self) -> str:
         """``"at least 1 and at most 604800 seconds"``."""
@@ -131,6 +146,11 @@ class Setting:
             return value
         if self.kind == URL:
             return _url(path, value, self.choices)
+        if self.kind == NAME:
+            assert self.pattern is not None
+            if not self.pattern.fullmatch(value):
+                raise ConfigError(path, f"must be {self.choices[0]}, got {value!r}")
+            return value
         if self.kind == ENV_NAME:
             if not _ENV_NAME.fullmatch(value):
                 raise ConfigError(path, f"must be the name of an environment variable (letters, digits, _), "
@@ -191,7 +211,12 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class ExchangeConfig:
-    """One ``[[exchanges]]`` table: where to reach the exchange and what to manage there.
+    """One account (an ``[[accounts]]`` or ``[[exchanges]]`` table): where to reach the
+    exchange and what to manage there.
+
+    ``name`` is the exchange id (a key of :data:`EXCHANGES`), ``account`` the account's
+    name, unique in the configuration (the exchange id when not given, as for an
+    ``[[exchanges]]`` table).
 
     ``rest_url`` None is production; ``ws_url`` (the public stream) and
     ``private_ws_url`` (the account stream) are always set (production when the file
@@ -208,10 +233,13 @@ class ExchangeConfig:
     symbols: tuple[str, ...] | None
     private_ws_url: str = ""
     account_stream: bool = True
+    account: str = ""
 
     def __post_init__(self) -> None:
         if not self.private_ws_url:
             object.__setattr__(self, "private_ws_url", EXCHANGES[self.name]["private_ws_url"])
+        if not self.account:
+            object.__setattr__(self, "account", self.name)
 
 
 @dataclass(frozen=True)
@@ -278,11 +306,28 @@ class AppConfig:
     exchanges: tuple[ExchangeConfig, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
     alerts: AlertsConfig = AlertsConfig()
+    leases: LeaseConfig = LeaseConfig()
 
     @property
     def symbols(self) -> dict[str, tuple[str, ...] | None]:
-        """Each exchange's allowlist of symbols (None: all)."""
+        """Each exchange's allowlist of symbols (None: all); for one account's configuration
+        (:meth:`for_account`) when several accounts share an exchange."""
         return {e.name: e.symbols for e in self.exchanges}
+
+    @property
+    def account_names(self) -> tuple[str, ...]:
+        """The accounts, in the order of the file (``[[exchanges]]`` tables first)."""
+        return tuple(e.account for e in self.exchanges)
+
+    def for_account(self, account: str) -> AppConfig:
+        """This configuration with ``exchanges`` holding only ``account``'s entry.
+
+        :class:`ConfigError` (key ``accounts``) naming the known accounts when there is none such.
+        """
+        chosen = tuple(e for e in self.exchanges if e.account == account)
+        if not chosen:
+            raise ConfigError("accounts", f"no account named {account!r} (known: {', '.join(self.account_names)})")
+        return replace(self, exchanges=chosen)
 
 
 DEFAULTS = AppConfig()
@@ -301,6 +346,19 @@ def _percent(key: str, default: Decimal, minimum: str, maximum: int, doc: str, *
              **kw) -> Setting:
     return Setting(key, NUMBER, default, Decimal(minimum), Decimal(maximum), unit=unit, doc=doc, **kw)
 
+
+# The keys an [[accounts]] and an [[exchanges]] table share.
+_ACCOUNT_KEYS: tuple[Setting, ...] = (
+    Setting("rest_url", URL, choices=("https", "http"), doc="the REST API; production when absent"),
+    Setting("ws_url", URL, choices=("wss", "ws"), doc="the public stream; production when absent"),
+    Setting("private_ws_url", URL, choices=("wss", "ws"),
+            doc="the account (private) stream; production when absent"),
+    Setting("account_stream", BOOL, True,
+            doc="follow positions, orders and fills on the account stream (with an API key, not in a dry run)"),
+    Setting("api_key_env", ENV_NAME, doc="the environment variable holding the API key"),
+    Setting("api_secret_env", ENV_NAME, doc="the environment variable holding the API secret"),
+    Setting("symbols", SYMBOLS, items=(1, 1000), doc="manage only these symbols; all when absent"),
+)
 
 SETTINGS: dict[str, tuple[Setting, ...]] = {
     "database": (
@@ -345,17 +403,25 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
                "force a close at any price once this old (after aging); off when absent",
                minimum="0.01", min_open=True),
     ),
-    "exchanges": (  # each [[exchanges]] table
+    "exchanges": (  # each [[exchanges]] table: an account named after its exchange
         Setting("name", CHOICE, required=True, choices=tuple(EXCHANGES), doc="the exchange"),
-        Setting("rest_url", URL, choices=("https", "http"), doc="the REST API; production when absent"),
-        Setting("ws_url", URL, choices=("wss", "ws"), doc="the public stream; production when absent"),
-        Setting("private_ws_url", URL, choices=("wss", "ws"),
-                doc="the account (private) stream; production when absent"),
-        Setting("account_stream", BOOL, True,
-                doc="follow positions, orders and fills on the account stream (with an API key, not in a dry run)"),
-        Setting("api_key_env", ENV_NAME, doc="the environment variable holding the API key"),
-        Setting("api_secret_env", ENV_NAME, doc="the environment variable holding the API secret"),
-        Setting("symbols", SYMBOLS, items=(1, 1000), doc="manage only these symbols; all when absent"),
+        *_ACCOUNT_KEYS,
+    ),
+    "accounts": (  # each [[accounts]] table
+        Setting("name", NAME, required=True, choices=("1 to 64 of A-Z a-z 0-9 _ . -",), pattern=ACCOUNT_NAME,
+                doc="the account's name, unique in the file (episodes, orders, metrics and audit rows carry it)"),
+        Setting("exchange", CHOICE, required=True, choices=tuple(EXCHANGES), doc="the exchange"),
+        *_ACCOUNT_KEYS,
+    ),
+    "leases": (
+        _seconds("ttl_seconds", DEFAULTS.leases.ttl, "0.5", 60,
+                 "an account's lease lasts this long after its last renewal (the database's clock)"),
+        Setting("renew_seconds", SECONDS, DEFAULTS.leases.renew_interval, Decimal("0.01"), Decimal(30),
+                max_open=True, unit="seconds", doc="how often held leases are renewed; less than half of ttl_seconds"),
+        Setting("max_accounts", INTEGER, DEFAULTS.leases.max_accounts, Decimal(1), Decimal(10000),
+                doc="the most accounts this instance holds; ceil(accounts / live instances) when absent"),
+        Setting("instance", NAME, DEFAULTS.leases.instance, choices=("1 to 100 of A-Z a-z 0-9 _ . : -",),
+                pattern=INSTANCE_NAME, doc="this instance's name in the leases table; <hostname>:<pid> when absent"),
     ),
     "metrics": (
         Setting("port", INTEGER, DEFAULTS.metrics.port, Decimal(0), Decimal(65535),
@@ -420,18 +486,51 @@ def _manager(values: dict[str, Any], policy: PolicyConfig) -> dict[str, Any]:
     )
 
 
-def _exchange(i: int, table: Any) -> ExchangeConfig:
-    path = f"exchanges[{i}]"
+def _account(section: str, i: int, table: Any) -> ExchangeConfig:
+    """One ``[[accounts]]`` or ``[[exchanges]]`` table (``section``), the ``i``-th of its kind."""
+    path = f"{section}[{i}]"
     if not isinstance(table, dict):
-        raise ConfigError(path, "must be a table ([[exchanges]])")
-    v = _section(table, path, SETTINGS["exchanges"])
+        raise ConfigError(path, f"must be a table ([[{section}]])")
+    v = _section(table, path, SETTINGS[section])
     if (v["api_key_env"] is None) != (v["api_secret_env"] is None):
         raise ConfigError(f"{path}.{'api_secret_env' if v['api_secret_env'] is None else 'api_key_env'}",
                           "api_key_env and api_secret_env go together")
-    return ExchangeConfig(name=v["name"], rest_url=v["rest_url"], ws_url=v["ws_url"] or EXCHANGES[v["name"]]["ws_url"],
+    exchange = v["exchange"] if section == "accounts" else v["name"]
+    return ExchangeConfig(name=exchange, rest_url=v["rest_url"], ws_url=v["ws_url"] or EXCHANGES[exchange]["ws_url"],
                           api_key_env=v["api_key_env"], api_secret_env=v["api_secret_env"], symbols=v["symbols"],
-                          private_ws_url=v["private_ws_url"] or EXCHANGES[v["name"]]["private_ws_url"],
-                          account_stream=v["account_stream"])
+                          private_ws_url=v["private_ws_url"] or EXCHANGES[exchange]["private_ws_url"],
+                          account_stream=v["account_stream"], account=v["name"])
+
+
+def _accounts(doc: Mapping[str, Any]) -> tuple[ExchangeConfig, ...]:
+    """Every account: the ``[[exchanges]]`` tables, then the ``[[accounts]]`` tables; names unique across both."""
+    found: list[ExchangeConfig] = []
+    where: dict[str, str] = {}
+    for section in ("exchanges", "accounts"):
+        tables = doc.get(section, [])
+        if not isinstance(tables, list):
+            raise ConfigError(section, f"must be an array of tables ([[{section}]]), got {_shown(tables)}")
+        for i, table in enumerate(tables):
+            account = _account(section, i, table)
+            path = f"{section}[{i}].name"
+            if account.account in where:
+                raise ConfigError(path, f"duplicate account name {account.account!r} (also {where[account.account]}; "
+                                        "an [[exchanges]] table is the account named after its exchange)")
+            where[account.account] = path
+            found.append(account)
+    if not found:
+        raise ConfigError("exchanges", "at least one [[exchanges]] or [[accounts]] table is required")
+    return tuple(found)
+
+
+def _leases(values: dict[str, Any]) -> LeaseConfig:
+    ttl, renew = values["ttl_seconds"], values["renew_seconds"]
+    if renew >= ttl / 2:
+        raise ConfigError("leases.renew_seconds",
+                          f"{renew:g} must be less than half of leases.ttl_seconds ({ttl:g}), so that one missed "
+                          "renewal never loses a lease")
+    return LeaseConfig(ttl=ttl, renew_interval=renew, max_accounts=values["max_accounts"],
+                       instance=values["instance"])
 
 
 def parse_config(doc: Mapping[str, Any]) -> AppConfig:
@@ -442,17 +541,12 @@ def parse_config(doc: Mapping[str, Any]) -> AppConfig:
     database = _section(doc.get("database", {}), "database", SETTINGS["database"])
     policy = _policy(_section(doc.get("policy", {}), "policy", SETTINGS["policy"]))
     manager = _manager(_section(doc.get("manager", {}), "manager", SETTINGS["manager"]), policy)
-    raw_exchanges = doc.get("exchanges", [])
-    if not isinstance(raw_exchanges, list) or not raw_exchanges:
-        raise ConfigError("exchanges", "at least one [[exchanges]] table is required")
-    exchanges = tuple(_exchange(i, t) for i, t in enumerate(raw_exchanges))
-    names = [e.name for e in exchanges]
-    if len(set(names)) != len(names):
-        raise ConfigError("exchanges", "each exchange may appear once")
+    exchanges = _accounts(doc)
+    leases = _leases(_section(doc.get("leases", {}), "leases", SETTINGS["leases"]))
     metrics = _section(doc.get("metrics", {}), "metrics", SETTINGS["metrics"])
     alerts = _section(doc.get("alerts", {}), "alerts", SETTINGS["alerts"])
     return replace(DEFAULTS, database=DatabaseConfig(**database), policy=policy, **manager, exchanges=exchanges,
-                   metrics=MetricsConfig(**metrics), alerts=AlertsConfig(**alerts))
+                   leases=leases, metrics=MetricsConfig(**metrics), alerts=AlertsConfig(**alerts))
 
 
 def load_config(path: str | Path) -> AppConfig:

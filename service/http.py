@@ -20,6 +20,14 @@ A starlette app served by hypercorn on trio (:func:`hypercorn.trio.serve`):
     datetimes ISO 8601). **400** for a bad ``days``; **503** with
     ``{"error": ...}`` when the database does not answer within ``stats_timeout``.
 
+One instance, several accounts: :func:`instance_app` serves the same three paths for an
+instance that runs one service per account it holds a lease for. ``/metrics`` is every
+account's registry merged under an ``account`` label plus the lease gauges
+(:class:`service.account_labels.InstanceMetrics`); ``/health`` is
+``{"status", "instance", "leases", "accounts": {account: <that service's body above>}}``,
+503 exactly when a running account service would answer 503 on its own (a standby
+holding nothing is healthy); ``/stats`` is as above.
+
 Wiring, from the CLI (one entry point, :class:`Observability`; ``service.app.build_service``
 does this): build it first and hand its children to the Service (they find the service
 when they start, so ``attach`` must come before ``run``)::
@@ -59,6 +67,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.account_labels import InstanceMetrics
 from service.account_metrics import account_health
 from service.alerts import AlertRouter
 from service.metrics import Metrics
@@ -120,7 +129,8 @@ def exchange_bans(service: Any) -> dict[str, dict[str, Any]]:
 
 
 def health_report(service: Any) -> tuple[bool, dict[str, Any]]:
-    """``(healthy, body)`` for ``/health``."""
+    """``(healthy, body)`` of one service: the whole ``/health`` of the single-service app,
+    and one account's entry in the instance app's (:func:`instance_app`)."""
     problems: list[str] = []
     supervisors: dict[str, Any] = {}
     root = service.root
@@ -179,36 +189,110 @@ def create_app(metrics: Metrics | None, target: Any, *, stats_timeout: float = 5
         if metrics is None:
             return _json({"error": "metrics are not enabled"}, 404)
         metrics.refresh()
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))  # 0.0.4 text unless asked
-        return Response(encoder(metrics.registry), headers={"Content-Type": content_type})
+        return _metrics_response(request, metrics.registry)
 
     async def health(request: Request) -> Response:
         ok, body = health_report(resolve())
         return _json(body, 200 if ok else 503)
 
     async def stats(request: Request) -> Response:
-        raw = request.query_params.get("days", "7")
-        try:
-            days = float(raw)
-        except ValueError:
-            days = float("nan")
-        if not math.isfinite(days) or not 0 < days <= max_days:
-            return _json({"error": f"days must be a number in (0, {max_days:g}]"}, 400)
-        db = getattr(resolve(), "db", None)
-        if db is None:
-            return _json({"error": "no database"}, 503)
-        try:
-            with trio.fail_after(stats_timeout):
-                result = await db.statistics(days)
-        except Exception as exc:  # noqa: BLE001 - any database trouble is a 503
-            detail = "timed out" if isinstance(exc, trio.TooSlowError) else type(exc).__name__
-            log.warning("/stats: database unavailable (%s)", detail)
-            return _json({"error": "database unavailable", "detail": detail}, 503)
-        return _json(result)
+        return await _stats(request, getattr(resolve(), "db", None), stats_timeout=stats_timeout, max_days=max_days)
 
     return Starlette(routes=[
         Route("/", index), Route("/metrics", metrics_endpoint), Route("/health", health), Route("/stats", stats),
     ])
+
+
+async def _stats(request: Request, db: Any, *, stats_timeout: float, max_days: float) -> Response:
+    """``/stats?days=N`` from ``db``: 400 for a bad ``days``, 503 when the database does not answer."""
+    raw = request.query_params.get("days", "7")
+    try:
+        days = float(raw)
+    except ValueError:
+        days = float("nan")
+    if not math.isfinite(days) or not 0 < days <= max_days:
+        return _json({"error": f"days must be a number in (0, {max_days:g}]"}, 400)
+    if db is None:
+        return _json({"error": "no database"}, 503)
+    try:
+        with trio.fail_after(stats_timeout):
+            result = await db.statistics(days)
+    except Exception as exc:  # noqa: BLE001 - any database trouble is a 503
+        detail = "timed out" if isinstance(exc, trio.TooSlowError) else type(exc).__name__
+        log.warning("/stats: database unavailable (%s)", detail)
+        return _json({"error": "database unavailable", "detail": detail}, 503)
+    return _json(result)
+
+
+def _metrics_response(request: Request, registry: Any) -> Response:
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))  # 0.0.4 text unless asked
+    return Response(encoder(registry), headers={"Content-Type": content_type})
+
+
+# --- the instance app -------------------------------------------------------------------------
+
+def instance_health(instance: Any) -> tuple[bool, dict[str, Any]]:
+    """``(healthy, body)`` for the instance's ``/health``.
+
+    ``body``: ``status`` (``"ok"``, or ``"degraded"`` when a running account service is
+    unhealthy), ``instance`` (its name), ``leases`` (``instance.leases()``: account ->
+    held_by_me, holder, token, live, expires_at), ``accounts`` (account -> that
+    service's :func:`health_report` body; only the services running here) and
+    ``problems`` (each unhealthy service's problems, prefixed with its account).
+    Unhealthy exactly when one of the running services is; a standby holding nothing is
+    healthy.
+    """
+    accounts: dict[str, Any] = {}
+    problems: list[str] = []
+    for account, service in sorted(instance.services().items()):
+        ok, body = health_report(service)
+        accounts[account] = body
+        if not ok:
+            problems.extend(f"{account}: {p}" for p in body["problems"])
+    healthy = not problems
+    return healthy, {"status": "ok" if healthy else "degraded", "instance": instance.name,
+                     "leases": instance.leases(), "accounts": accounts, "problems": problems}
+
+
+def instance_app(instance: Any, *, metrics: InstanceMetrics | None = None, stats_timeout: float = 5.0,
+                 max_days: float = 3650) -> Starlette:
+    """The starlette app of one instance running a service per account it holds a lease for.
+
+    ``instance`` has ``name``, ``leases() -> dict[str, dict]``, ``services() -> dict[str,
+    Service]`` (the running per-account services) and ``db``. ``metrics`` (default:
+    ``instance.metrics`` when it has one) is served at ``/metrics``: every account's
+    metrics with an ``account`` label and the lease gauges
+    (:class:`~service.account_labels.InstanceMetrics`); 404 when there is none.
+    ``/health`` is :func:`instance_health` (503 when unhealthy), ``/stats`` reads
+    ``instance.db`` as the single-service app does.
+    """
+    served = metrics if metrics is not None else getattr(instance, "metrics", None)
+
+    async def index(request: Request) -> Response:
+        return _json({"instance": instance.name, "endpoints": ["/metrics", "/health", "/stats?days=7"]})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if served is None:
+            return _json({"error": "metrics are not enabled"}, 404)
+        served.refresh()
+        return _metrics_response(request, served.registry)
+
+    async def health(request: Request) -> Response:
+        ok, body = instance_health(instance)
+        return _json(body, 200 if ok else 503)
+
+    async def stats(request: Request) -> Response:
+        return await _stats(request, getattr(instance, "db", None), stats_timeout=stats_timeout, max_days=max_days)
+
+    return Starlette(routes=[
+        Route("/", index), Route("/metrics", metrics_endpoint), Route("/health", health), Route("/stats", stats),
+    ])
+
+
+def instance_endpoint(instance: Any, *, metrics: InstanceMetrics | None = None, host: str = "127.0.0.1",
+                      port: int = 9108, stats_timeout: float = 5.0) -> HttpEndpoint:
+    """An :class:`HttpEndpoint` serving :func:`instance_app`; port 0 = ephemeral."""
+    return HttpEndpoint(instance_app(instance, metrics=metrics, stats_timeout=stats_timeout), host=host, port=port)
 
 
 # --- serving -----------------------------------------------------------------------------------
@@ -334,4 +418,4 @@ class Observability:
 
 
 __all__ = ["HttpEndpoint", "Observability", "create_app", "health_report", "http_child", "http_endpoint",
-           "jsonable"]
+           "instance_app", "instance_endpoint", "instance_health", "jsonable"]

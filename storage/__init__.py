@@ -19,7 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 
 from storage.embedded import ADVICE, EmbeddedPostgres, EmbeddedPostgresError
-from storage.errors import StorageError, StorageUnavailable, WriteRejected
+from storage.errors import LeaseLost, StorageError, StorageUnavailable, WriteRejected
+from storage.lease_store import LeaseInfo, LeaseRound
 from storage.repository import Database
 from storage.writer import StorageWriter
 
@@ -32,6 +33,9 @@ __all__ = [
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
     "ADVICE",
+    "LeaseInfo",
+    "LeaseLost",
+    "LeaseRound",
     "StorageError",
     "StorageUnavailable",
     "StorageWriter",

@@ -5,6 +5,10 @@ after that its position actor owns it and writes to it through batched
 :class:`~storage.ops.UpdateAged` operations. The reads here give an actor its state
 (:func:`storage.mapping.position_state`), whether at start, after a crash, or in bulk
 when the service recovers every position not closed.
+
+An aged position belongs to its episode's account. An account-scoped view reads only
+its account's aged positions (and their events, history and close orders); the
+unscoped ``Database`` reads every account's.
 """
 
 from __future__ import annotations
@@ -56,10 +60,11 @@ class AgedStore(StoreBase):
                 """INSERT INTO monitoring.aged_positions
                    (position_id, symbol, exchange, side, entry_price, quantity, position_opened_at, detected_at,
                     status, target_price, breakeven_price, current_loss_tolerance_percent, hours_aged, config,
-                    grace_started_at, progressive_started_at)
+                    grace_started_at, progressive_started_at, account)
                    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,
                            CASE WHEN $9::text IN ('grace_active','progressive_active') THEN $15::timestamptz END,
-                           CASE WHEN $9::text = 'progressive_active' THEN $16::timestamptz END)
+                           CASE WHEN $9::text = 'progressive_active' THEN $16::timestamptz END,
+                           COALESCE($17::text, (SELECT e.account FROM monitoring.episodes e WHERE e.id = $1), $3))
                    ON CONFLICT (position_id) DO NOTHING RETURNING *""",
                 position["id"],
                 position["symbol"],
@@ -77,30 +82,50 @@ class AgedStore(StoreBase):
                 config,
                 grace_started_at or detected_at,
                 progressive_started_at or detected_at,
+                self.account,
             )
             if row is not None:
                 return dict(row), True
-            row = await conn.fetchrow("SELECT * FROM monitoring.aged_positions WHERE position_id=$1", position["id"])
+            row = await conn.fetchrow(
+                "SELECT * FROM monitoring.aged_positions WHERE position_id=$1 AND ($2::text IS NULL OR account=$2)",
+                position["id"],
+                self.account,
+            )
+            if row is None:
+                raise WriteRejected(f"episode {position['id']} has its aged position in another account")
             return dict(row), False
 
         return await self._call(job)
 
     async def aged_position(self, aged_id: UUID) -> dict | None:
-        rows = await self.fetch("SELECT * FROM monitoring.aged_positions WHERE id=$1", aged_id)
+        rows = await self.fetch(
+            "SELECT * FROM monitoring.aged_positions WHERE id=$1 AND ($2::text IS NULL OR account=$2)",
+            aged_id,
+            self.account,
+        )
         return rows[0] if rows else None
 
     async def aged_position_for(self, position_id: int) -> dict | None:
-        rows = await self.fetch("SELECT * FROM monitoring.aged_positions WHERE position_id=$1", position_id)
+        rows = await self.fetch(
+            "SELECT * FROM monitoring.aged_positions WHERE position_id=$1 AND ($2::text IS NULL OR account=$2)",
+            position_id,
+            self.account,
+        )
         return rows[0] if rows else None
 
     async def all_aged_positions(self) -> list[dict]:
         """Every aged position, closed or not, oldest detection first."""
-        return await self.fetch("SELECT * FROM monitoring.aged_positions ORDER BY detected_at")
+        return await self.fetch(
+            "SELECT * FROM monitoring.aged_positions WHERE ($1::text IS NULL OR account=$1) ORDER BY detected_at",
+            self.account,
+        )
 
     async def active_aged_positions(self) -> list[dict]:
         return await self.fetch(
-            "SELECT * FROM monitoring.aged_positions WHERE status = ANY($1::text[]) ORDER BY detected_at",
+            "SELECT * FROM monitoring.aged_positions WHERE status = ANY($1::text[]) "
+            "AND ($2::text IS NULL OR account=$2) ORDER BY detected_at",
             ACTIVE_STATUSES,
+            self.account,
         )
 
     async def load_position(self, aged_id: UUID, config: PolicyConfig, settings: Settings) -> PositionState | None:
@@ -118,7 +143,11 @@ class AgedStore(StoreBase):
 
         Two queries for all of them, however many there are.
         """
-        rows = await self.fetch("SELECT * FROM monitoring.aged_positions WHERE status <> $1", Status.CLOSED.value)
+        rows = await self.fetch(
+            "SELECT * FROM monitoring.aged_positions WHERE status <> $1 AND ($2::text IS NULL OR account=$2)",
+            Status.CLOSED.value,
+            self.account,
+        )
         open_ids = {r["id"] for r in rows}
         wanted = [r for r in rows if r["id"] not in skip]
         if not wanted:
@@ -127,9 +156,11 @@ class AgedStore(StoreBase):
             r["aged_position_id"]
             for r in await self.fetch(
                 "SELECT DISTINCT aged_position_id FROM monitoring.close_orders "
-                "WHERE state = ANY($1::text[]) AND aged_position_id = ANY($2::uuid[])",
+                "WHERE state = ANY($1::text[]) AND aged_position_id = ANY($2::uuid[]) "
+                "AND ($3::text IS NULL OR account=$3)",
                 IN_FLIGHT_STATES,
                 [r["id"] for r in wanted],
+                self.account,
             )
         }
         return open_ids, [position_state(r, config, settings, inflight_orders=r["id"] in inflight) for r in wanted]
@@ -144,17 +175,19 @@ class AgedStore(StoreBase):
 
     async def history(self, aged_id: UUID) -> list[dict]:
         return await self.fetch(
-            "SELECT * FROM monitoring.aged_positions_history WHERE aged_position_id=$1 ORDER BY id", aged_id
+            "SELECT h.* FROM monitoring.aged_positions_history h JOIN monitoring.aged_positions a "
+            "ON a.id = h.aged_position_id WHERE h.aged_position_id=$1 AND ($2::text IS NULL OR a.account=$2) "
+            "ORDER BY h.id",
+            aged_id,
+            self.account,
         )
 
     async def events(self, aged_id: UUID, event_type: str | None = None) -> list[dict]:
-        if event_type is None:
-            return await self.fetch(
-                "SELECT * FROM monitoring.aged_positions_monitoring WHERE aged_position_id=$1 ORDER BY id", aged_id
-            )
         return await self.fetch(
-            "SELECT * FROM monitoring.aged_positions_monitoring WHERE aged_position_id=$1 AND event_type=$2 "
-            "ORDER BY id",
+            "SELECT m.* FROM monitoring.aged_positions_monitoring m JOIN monitoring.aged_positions a "
+            "ON a.id = m.aged_position_id WHERE m.aged_position_id=$1 AND ($2::text IS NULL OR m.event_type=$2) "
+            "AND ($3::text IS NULL OR a.account=$3) ORDER BY m.id",
             aged_id,
             event_type,
+            self.account,
         )

@@ -2,6 +2,7 @@
 
 An order's row is written before the order is sent, so that after a crash the
 executor can find every order that may have reached the exchange and reconcile it.
+A row belongs to an account; an account-scoped view reads only its account's rows.
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ class CloseOrderStore(StoreBase):
 
     async def close_orders(self, aged_id: UUID) -> list[dict]:
         return await self.fetch(
-            "SELECT * FROM monitoring.close_orders WHERE aged_position_id=$1 ORDER BY attempt", aged_id
+            "SELECT * FROM monitoring.close_orders WHERE aged_position_id=$1 AND ($2::text IS NULL OR account=$2) "
+            "ORDER BY attempt",
+            aged_id,
+            self.account,
         )
 
     async def inflight_close_orders(self) -> list[dict]:
         return await self.fetch(
-            "SELECT * FROM monitoring.close_orders WHERE state = ANY($1::text[]) ORDER BY created_at", IN_FLIGHT_STATES
+            "SELECT * FROM monitoring.close_orders WHERE state = ANY($1::text[]) AND ($2::text IS NULL OR account=$2) "
+            "ORDER BY created_at",
+            IN_FLIGHT_STATES,
+            self.account,
         )

@@ -4,6 +4,12 @@ The detector keeps the book in line with the exchanges: an episode runs from fla
 flat on one (exchange, symbol, side). The trading bot's own ``monitoring.positions``,
 when the database has it, is only read here; it is written only after a confirmed
 close by the service (see :mod:`storage.batch_store`).
+
+Every episode belongs to an account. An account-scoped view (``Database.for_account``)
+reads and refreshes only its account's episodes and starts episodes in it; the
+unscoped ``Database`` reads every account's and starts episodes in the account named
+like the exchange (the single-account default). The trading bot's book has no
+account: it is matched by exchange and symbol, as before.
 """
 
 from __future__ import annotations
@@ -47,9 +53,11 @@ class EpisodeStore(StoreBase):
         async def job(conn):
             async with conn.transaction():
                 row = await conn.fetchrow(
-                    "SELECT * FROM monitoring.episodes WHERE exchange=$1 AND symbol=$2 AND status='open' FOR UPDATE",
+                    "SELECT * FROM monitoring.episodes WHERE exchange=$1 AND symbol=$2 AND status='open' "
+                    "AND account=COALESCE($3::text, exchange) FOR UPDATE",
                     exchange,
                     symbol,
+                    self.account,
                 )
                 if row is not None and row["side"] == side:
                     return dict(
@@ -70,6 +78,7 @@ class EpisodeStore(StoreBase):
                     )
                 return await _start_episode(
                     conn,
+                    account=self.account,
                     end_previous="flip" if row is not None else None,
                     exchange=exchange,
                     symbol=symbol,
@@ -108,6 +117,7 @@ class EpisodeStore(StoreBase):
             async with conn.transaction():
                 return await _start_episode(
                     conn,
+                    account=self.account,
                     end_previous=end_previous,
                     exchange=exchange,
                     symbol=symbol,
@@ -125,30 +135,40 @@ class EpisodeStore(StoreBase):
         return await self._call(job)
 
     async def episode(self, episode_id: int) -> dict | None:
-        rows = await self.fetch("SELECT * FROM monitoring.episodes WHERE id=$1", episode_id)
+        rows = await self.fetch(
+            "SELECT * FROM monitoring.episodes WHERE id=$1 AND ($2::text IS NULL OR account=$2)",
+            episode_id,
+            self.account,
+        )
         return rows[0] if rows else None
 
     async def open_positions(self, exchange: str | None = None) -> list[dict]:
-        """Open episodes (of one exchange, or all)."""
-        if exchange is None:
-            return await self.fetch("SELECT * FROM monitoring.episodes WHERE status='open' ORDER BY id")
+        """Open episodes (of one exchange, or all) of this view's account (of every account, unscoped)."""
         return await self.fetch(
-            "SELECT * FROM monitoring.episodes WHERE status='open' AND exchange=$1 ORDER BY id", exchange
+            "SELECT * FROM monitoring.episodes WHERE status='open' AND ($1::text IS NULL OR exchange=$1) "
+            "AND ($2::text IS NULL OR account=$2) ORDER BY id",
+            exchange,
+            self.account,
         )
 
     async def close_position(self, position_id: int, closed_at: datetime | None = None, reason: str = "flat") -> None:
         """End an episode: the exchange shows the position flat (or re-entered, or flipped)."""
         await self.execute(
             "UPDATE monitoring.episodes SET status='closed', quantity=0, closed_at=COALESCE($2, now()), "
-            "end_reason=$3, updated_at=now() WHERE id=$1 AND status='open'",
+            "end_reason=$3, updated_at=now() WHERE id=$1 AND status='open' AND ($4::text IS NULL OR account=$4)",
             position_id,
             closed_at,
             reason,
+            self.account,
         )
 
     async def set_trailing(self, position_id: int, active: bool) -> None:
         await self.execute(
-            "UPDATE monitoring.episodes SET trailing_activated=$2, updated_at=now() WHERE id=$1", position_id, active
+            "UPDATE monitoring.episodes SET trailing_activated=$2, updated_at=now() "
+            "WHERE id=$1 AND ($3::text IS NULL OR account=$3)",
+            position_id,
+            active,
+            self.account,
         )
 
     # --- the trading bot's own book (read; written only after our confirmed close) ---------
@@ -179,6 +199,7 @@ class EpisodeStore(StoreBase):
 async def _start_episode(
     conn,
     *,
+    account: str | None,
     end_previous: str | None,
     exchange: str,
     symbol: str,
@@ -195,17 +216,20 @@ async def _start_episode(
     if end_previous is not None:
         await conn.execute(
             "UPDATE monitoring.episodes SET status='closed', quantity=0, closed_at=COALESCE($3, now()), end_reason=$4, "
-            "updated_at=now() WHERE exchange=$1 AND symbol=$2 AND status='open'",
+            "updated_at=now() WHERE exchange=$1 AND symbol=$2 AND status='open' "
+            "AND account=COALESCE($5::text, exchange)",
             exchange,
             symbol,
             seen_at,
             end_previous,
+            account,
         )
     row = await conn.fetchrow(
         """INSERT INTO monitoring.episodes
            (exchange, symbol, side, quantity, entry_price, opened_at, opened_at_source, first_seen_at, last_seen_at,
-            exchange_updated_at, bot_position_id, trailing_activated)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,COALESCE($8, now()),COALESCE($8, now()),$9,$10,$11) RETURNING *""",
+            exchange_updated_at, bot_position_id, trailing_activated, account)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,COALESCE($8, now()),COALESCE($8, now()),$9,$10,$11,COALESCE($12::text, $1))
+           RETURNING *""",
         exchange,
         symbol,
         side,
@@ -217,5 +241,6 @@ async def _start_episode(
         exchange_updated_at,
         bot_position_id,
         trailing_activated,
+        account,
     )
     return dict(row)

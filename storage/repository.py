@@ -13,13 +13,15 @@ datetime, jsonb → Python objects).
 module over the shared :class:`~storage.store_base.StoreBase` (the pool and the
 crossing): episodes and the trading bot's book (:mod:`storage.episode_store`), aged
 positions (:mod:`storage.aged_store`), close orders (:mod:`storage.close_order_store`)
-and batched writes (:mod:`storage.batch_store`). This module adds connecting,
-migrating and the statistics.
+batched writes (:mod:`storage.batch_store`) and leases (:mod:`storage.lease_store`).
+This module adds connecting, migrating, the statistics and account-scoped views
+(:meth:`Database.for_account`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 
 import asyncpg
@@ -29,6 +31,8 @@ from storage.aged_store import ACTIVE_STATUSES, AgedStore
 from storage.batch_store import AGED_UPDATABLE, BOT_BOOK_CLOSE, CLOSE_ORDER_UPDATABLE, BatchStore
 from storage.close_order_store import IN_FLIGHT_STATES, CloseOrderStore
 from storage.episode_store import BOT_BOOK_REQUIRED, EpisodeStore
+from storage.errors import WriteRejected
+from storage.lease_store import LeaseStore
 from storage.migrate import apply_migrations
 from storage.statistics import statistics
 
@@ -59,11 +63,36 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore):
+class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore, LeaseStore):
     """A pool of connections to one PostgreSQL database.
 
     Create with ``await Database.connect(url)`` from inside an open trio-asyncio loop.
+    This object is *unscoped* (``account`` is None): it reads every account's rows and
+    writes new rows in the account named like their exchange. :meth:`for_account` gives
+    a view of one account on the same pool.
     """
+
+    def for_account(self, account: str, lease_token: Callable[[], int | None] | None = None) -> Database:
+        """A view of this database for ``account`` alone, on the same pool (no new connections).
+
+        Its reads see only ``account``'s episodes, aged positions and close orders (and
+        what hangs off them); the rows it creates belong to ``account``. With
+        ``lease_token`` it is *fenced*: each :meth:`write_batch` is refused with
+        :exc:`~storage.errors.LeaseLost` unless ``lease_token()`` is the account's live
+        lease token, checked by the database in the batch's own transaction (None means
+        no lease: refused without a round trip). Closing a view leaves the pool open.
+        """
+        if not isinstance(account, str) or not account:
+            raise WriteRejected(f"account must be a non-empty string, got {account!r}")
+        if lease_token is not None and not callable(lease_token):
+            raise WriteRejected(f"lease_token must be a callable returning the token, got {lease_token!r}")
+        view = type(self)(self._pool)
+        view.account = account
+        view._lease_token = lease_token
+        view.update_bot_book = self.update_bot_book
+        view._bot_columns = self._bot_columns
+        view._owns_pool = False
+        return view
 
     @classmethod
     async def connect(
@@ -86,8 +115,12 @@ class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore):
         )
         return cls(pool)
 
+    _owns_pool = True
+
     async def close(self) -> None:
-        await trio_asyncio.aio_as_trio(self._pool.close)()
+        """Close the pool (an account view leaves it to the database it came from)."""
+        if self._owns_pool:
+            await trio_asyncio.aio_as_trio(self._pool.close)()
 
     async def migrate(self) -> list[int]:
         """Apply missing migrations; return the versions applied now."""

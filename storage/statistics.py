@@ -1,5 +1,6 @@
 """What ``run.py stats`` and ``GET /stats`` report: four queries on one connection,
-one trio→asyncio crossing."""
+one trio→asyncio crossing. An account-scoped view counts its account only; the
+unscoped ``Database`` counts every account."""
 
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ async def statistics(db: Database, days: float = 7, now: datetime | None = None)
     """
     now = now or datetime.now(UTC)
     since = now - timedelta(days=days)
+    account = db.account
 
     async def job(conn):
         current = await conn.fetch(
             "SELECT status, count(*) AS n, max(EXTRACT(EPOCH FROM ($1 - position_opened_at))/3600) AS oldest "
-            "FROM monitoring.aged_positions WHERE status = ANY($2::text[]) GROUP BY status",
+            "FROM monitoring.aged_positions WHERE status = ANY($2::text[]) AND ($3::text IS NULL OR account=$3) "
+            "GROUP BY status",
             now,
             [str(s) for s in (*MONITORED, Status.SKIPPED)],
+            account,
         )
         totals = await conn.fetchrow(
             """SELECT count(*) AS total,
@@ -49,21 +53,25 @@ async def statistics(db: Database, days: float = 7, now: datetime | None = None)
                       percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM (closed_at - close_triggered_at)))
                           FILTER (WHERE status='closed' AND close_triggered_at IS NOT NULL)
                           AS p95_close_seconds
-               FROM monitoring.aged_positions WHERE detected_at >= $1""",
+               FROM monitoring.aged_positions WHERE detected_at >= $1 AND ($2::text IS NULL OR account=$2)""",
             since,
+            account,
         )
         by_reason = await conn.fetch(
             """SELECT close_reason, count(*) AS n, avg(actual_pnl_percent) AS avg_pnl_percent,
                       avg(EXTRACT(EPOCH FROM (closed_at - position_opened_at))/3600) AS avg_age_hours
                FROM monitoring.aged_positions
-               WHERE status='closed' AND detected_at >= $1 GROUP BY close_reason ORDER BY close_reason""",
+               WHERE status='closed' AND detected_at >= $1 AND ($2::text IS NULL OR account=$2)
+               GROUP BY close_reason ORDER BY close_reason""",
             since,
+            account,
         )
         retries = await conn.fetchrow(
             """SELECT count(*) AS orders, count(*) FILTER (WHERE o.attempt > 1) AS retries
                FROM monitoring.close_orders o JOIN monitoring.aged_positions a ON a.id = o.aged_position_id
-               WHERE a.detected_at >= $1""",
+               WHERE a.detected_at >= $1 AND ($2::text IS NULL OR a.account=$2)""",
             since,
+            account,
         )
         return current, totals, by_reason, retries
 

@@ -3,7 +3,8 @@
 The repository is assembled from one class per group of operations: the position book
 and the trading bot's book (:mod:`storage.episode_store`), aged positions with their
 events and history (:mod:`storage.aged_store`), the write-ahead log of close orders
-(:mod:`storage.close_order_store`) and the batch applier (:mod:`storage.batch_store`).
+(:mod:`storage.close_order_store`), the batch applier (:mod:`storage.batch_store`) and
+leases (:mod:`storage.lease_store`).
 Each group is a mixin over :class:`StoreBase`, which holds
 
 * the connection pool and :meth:`StoreBase._call`, the single crossing from trio into
@@ -19,7 +20,7 @@ group's SQL still reads on its own page.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -27,7 +28,7 @@ import asyncpg
 import trio_asyncio
 
 from storage import ops as op
-from storage.errors import StorageError, StorageUnavailable, WriteRejected
+from storage.errors import LeaseLost, StorageError, StorageUnavailable, WriteRejected
 
 __all__ = ["StoreBase"]
 
@@ -37,6 +38,10 @@ class StoreBase:
 
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
+        # The account this object reads and writes (None: every account; see
+        # Database.for_account) and, for a fenced view, where its lease token comes from.
+        self.account: str | None = None
+        self._lease_token: Callable[[], int | None] | None = None
         self._bot_columns: frozenset[str] | None = None
         # After a confirmed close by the service, mark the trading bot's row closed
         # (status, closed_at, exit_reason = 'aged_<phase>'), as the original bot did.
@@ -57,7 +62,7 @@ class StoreBase:
         except StorageError:
             raise
         except Exception as exc:
-            raise _storage_error(exc) from exc
+            raise _storage_error(exc, self.account) from exc
 
     async def fetch(self, sql: str, *args) -> list[dict]:
         async def job(conn):
@@ -91,8 +96,14 @@ class StoreBase:
 _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 
 
-def _storage_error(exc: Exception) -> Exception:
+# Raised by monitoring.check_lease: the write's fencing token is not the account's live lease.
+LEASE_REFUSED = "AP001"
+
+
+def _storage_error(exc: Exception, account: str | None = None) -> Exception:
     """The :mod:`storage.errors` exception for a driver (or our own) error; others unchanged."""
+    if isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", None) == LEASE_REFUSED:
+        return LeaseLost(str(getattr(exc, "message", None) or exc), account)
     if isinstance(exc, _UNAVAILABLE):
         return StorageUnavailable(f"{type(exc).__name__}: {exc}")
     if isinstance(

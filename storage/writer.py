@@ -14,7 +14,11 @@ the buffer is flushed in order.
 
 A write the database refuses as invalid (:exc:`storage.errors.WriteRejected`, such as
 a constraint violation) is not a database outage: that one write is logged with its
-error and dropped, and the rest go on. Any other failure is taken as an outage.
+error and dropped, and the rest go on. A batch refused because the account's lease
+is no longer ours (:exc:`storage.errors.LeaseLost`, from a fenced account view) is
+neither: it is not retried but dropped with one warning naming the account, and the
+writer goes on (the lease's next holder reloads from the database and reconciles with
+the exchange). Any other failure is taken as an outage.
 
 A write that must be committed on its own before something else happens (the
 executor's write-ahead row, before its order is sent) can take a :meth:`~StorageWriter.hold`:
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 import trio
 
 from storage import ops as op
-from storage.errors import WriteRejected
+from storage.errors import LeaseLost, WriteRejected
 from supervisor.backoff import Backoff
 from supervisor.observer import NO_OBSERVER, Observer
 
@@ -115,6 +119,7 @@ class StorageWriter:
         self.database_up = True
         self.dropped_routine = 0
         self.rejected = 0
+        self.lease_lost = 0  # writes dropped because the account's lease was lost
         self.written = 0
         self.observer = observer
         self.max_hold = config.max_hold
@@ -201,7 +206,11 @@ class StorageWriter:
                 with trio.move_on_after(self.shutdown_flush_timeout, shield=True):
                     while self._buffer:
                         batch = self._next_batch()
-                        await self._write_batch(batch)
+                        try:
+                            await self._write_batch(batch)
+                        except LeaseLost as exc:
+                            self._drop_lease_lost(len(batch), exc)
+                            continue
                         self._commit(len(batch))
             if self._buffer:
                 log.error(
@@ -223,6 +232,11 @@ class StorageWriter:
             batch = self._next_batch()
             try:
                 await self._write_batch(batch)
+            except LeaseLost as exc:
+                self._drop_lease_lost(len(batch), exc)
+                self.database_up = True  # it answered: refusing is not being away
+                failures = 0
+                continue
             except WriteRejected:
                 await self._write_one_by_one(len(batch))
                 continue
@@ -253,11 +267,27 @@ class StorageWriter:
         self.written += n
         self.observer.write_buffer_depth(len(self._buffer))
 
+    def _drop_lease_lost(self, n: int, exc: LeaseLost) -> None:
+        """Drop ``n`` queued writes the database refused because the lease is gone."""
+        for _ in range(n):
+            self._buffer.popleft()
+        self.lease_lost += n
+        self.observer.write_buffer_depth(len(self._buffer))
+        log.warning(
+            "lease of account %s lost: dropped %d writes; its next holder reloads from the database (%s)",
+            exc.account,
+            n,
+            exc,
+        )
+
     async def _write_one_by_one(self, n: int) -> None:
         for _ in range(n):
             item = self._buffer[0]
             try:
                 await self._write_batch([item])
+            except LeaseLost as exc:
+                self._drop_lease_lost(1, exc)
+                continue
             except WriteRejected as exc:
                 self.rejected += 1
                 log.error("database refused a write, dropped it: %r (%s: %s)", item, type(exc).__name__, exc)

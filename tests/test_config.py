@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from actors import position as pos
 from actors.policy import ConfigError, PolicyConfig, assess, next_phase_change
 from service.config import (
-    BOOL, CHOICE, DEFAULTS, ENV_NAME, INTEGER, NUMBER, SECONDS, SECONDS_LIST, SETTINGS, SYMBOLS, URL, AppConfig,
+    BOOL, CHOICE, DEFAULTS, ENV_NAME, INTEGER, NAME, NUMBER, SECONDS, SECONDS_LIST, SETTINGS, SYMBOLS, URL, AppConfig,
     parse_config,
 )
 
@@ -31,6 +31,8 @@ def doc_with(section: str, key: str, value) -> tuple[dict, str]:
     """A valid document with ``section.key = value``, and the key's full path."""
     if section == "exchanges":
         return {"exchanges": [{"name": "bybit", key: value}]}, f"exchanges[0].{key}"
+    if section == "accounts":
+        return {"accounts": [{"name": "main", "exchange": "bybit", key: value}]}, f"accounts[0].{key}"
     return {**VALID, section: {key: value}}, f"{section}.{key}"
 
 
@@ -78,7 +80,8 @@ def test_every_setting_has_a_range_or_a_shape():
         if s.kind in (NUMBER, SECONDS, INTEGER, SECONDS_LIST):
             assert s.min is not None and s.max is not None and s.min < s.max, (section, s.key)
         else:
-            assert s.kind in (BOOL, CHOICE, URL, ENV_NAME, SYMBOLS), (section, s.key)
+            assert s.kind in (BOOL, CHOICE, URL, ENV_NAME, SYMBOLS, NAME), (section, s.key)
+            assert s.kind != NAME or (s.pattern is not None and s.choices), (section, s.key)
         assert s.doc, (section, s.key)
 
 
@@ -111,13 +114,17 @@ def test_the_limits_themselves_are_accepted_unless_open(case):
         doc, _ = doc_with(section, s.key, _placed(s, _toml_number(s, limit)))
         if (section, s.key) == ("policy", "max_loss_percent"):
             doc["policy"]["loss_step_percent"] = 0.001  # the cap covers at least one step
+        if (section, s.key) == ("leases", "ttl_seconds"):
+            doc["leases"]["renew_seconds"] = 0.1  # renewals less than half the ttl apart
+        if (section, s.key) == ("leases", "renew_seconds"):
+            doc["leases"]["ttl_seconds"] = 60
         parse_config(doc)
 
 
 @pytest.mark.parametrize("case", ALL, ids=_ids)
 def test_a_value_of_the_wrong_type_is_refused(case):
     section, s = case
-    wrong = {BOOL: "yes", CHOICE: 1, URL: 1, ENV_NAME: 1, SYMBOLS: "BTC/USDT:USDT",
+    wrong = {BOOL: "yes", CHOICE: 1, URL: 1, ENV_NAME: 1, NAME: 1, SYMBOLS: "BTC/USDT:USDT",
              SECONDS_LIST: 5}.get(s.kind, "3")
     doc, path = doc_with(section, s.key, wrong)
     err = error_for(doc)
@@ -177,7 +184,8 @@ def test_each_retry_delay_is_named_by_its_position():
     assert parse_config({**VALID, "manager": {"retry_delays_seconds": [0.5, 2]}}).executor.retry_delays == (0.5, 2.0)
 
 
-@pytest.mark.parametrize("section", ["database", "policy", "manager", "metrics", "alerts", "exchanges"])
+@pytest.mark.parametrize("section", ["database", "policy", "manager", "metrics", "alerts", "exchanges", "accounts",
+                                     "leases"])
 def test_an_unknown_key_is_named_with_its_section(section):
     doc, path = doc_with(section, "max_age", 3)
     err = error_for(doc)
@@ -241,8 +249,8 @@ def test_every_manager_key_sets_its_section():
 
 def test_the_example_config_documents_the_ranges():
     lines = (ROOT / "config.example.toml").read_text(encoding="utf-8").splitlines()
-    for section in ("policy", "manager", "metrics"):
-        for s in SETTINGS[section]:
+    for section in ("policy", "manager", "metrics", "leases"):
+        for s in (s for s in SETTINGS[section] if s.max is not None):
             [line] = [ln for ln in lines if ln.lstrip("# ").startswith(f"{s.key} =")]
             assert re.search(rf"\b{s.max}\b", line.split("#", 2)[-1]), (s.key, line)
 

@@ -26,6 +26,7 @@ from storage.writer import StorageWriter
 from exchanges.errors import InsufficientLiquidityError, NonRetryableError, RetryableError
 from doubles.exchange import MemoryExchange
 from storage import ops as op
+from storage.errors import LeaseLost, StorageUnavailable
 from supervisor.observer import NO_OBSERVER
 
 SYMBOL = "BTC/USDT:USDT"
@@ -309,6 +310,35 @@ async def test_an_unexpected_error_still_answers_the_actor(autojump_clock):
     assert r.outcome == "failed" and "ValueError" in r.error
     r2 = await h.close(uuid4())  # the symbol's lock was released
     assert r2.outcome == "flat"
+
+
+async def test_a_lost_lease_sends_nothing_and_fails_the_close_attempt_as_lease_lost(autojump_clock):
+    # Another instance acts for the account now: the write-ahead row was refused, so the
+    # order must not go out (a database that is merely away would not stop it).
+    h, aged = Harness(exchange()), uuid4()
+
+    async def refuse(batch):
+        raise LeaseLost("account bybit-main: lease lost, token 1 refused: holder inst-b has token 2",
+                        "bybit-main")
+
+    h.executor.write_direct = refuse
+    r = await h.close(aged)
+    assert r.outcome == "failed" and r.error.startswith("lease lost: ") and "inst-b has token 2" in r.error
+    assert r.filled_qty == 0 and r.attempts == 0
+    assert h.creates() == []
+    assert not any(isinstance(o, op.RecordCloseOrder) for o in h.ops)  # not queued for the writer either
+
+
+async def test_a_write_ahead_row_the_database_could_not_take_is_queued_and_the_order_sent(autojump_clock):
+    h, aged = Harness(exchange()), uuid4()
+
+    async def away(batch):
+        raise StorageUnavailable("connection refused")
+
+    h.executor.write_direct = away
+    r = await h.close(aged)
+    assert r.outcome == "flat" and len(h.creates()) == 1
+    assert [o.client_order_id for o in h.ops if isinstance(o, op.RecordCloseOrder)] == [client_order_id(aged, 1)]
 
 
 async def test_retries_are_exhausted_into_a_failure(autojump_clock):

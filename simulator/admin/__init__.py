@@ -1,7 +1,9 @@
 """The simulator's admin API (JSON, under ``/_sim``).
 
 * ``GET /_sim/info`` — REST, public WebSocket and private WebSocket URLs per exchange.
-* ``GET /_sim/orders`` (``?exchange=``) — every order received, in arrival order;
+* ``GET /_sim/orders`` (``?exchange=``) — every order received, in arrival order, each
+  with the ``"api_key"`` its request was signed with (several clients of one account,
+  one key each, tell their orders apart by it; ``SimState.orders_by_key`` groups them);
   ``DELETE /_sim/orders`` forgets them.
 * ``GET /_sim/positions`` (``?exchange=``); ``POST /_sim/positions``
   ``{"exchange","symbol","side":"long"|"short","qty","entry_price","opened_at"?,"at"?,
@@ -38,6 +40,11 @@
   documented failure. ``DELETE`` clears every fault and resumes silenced streams.
 * ``GET /_sim/latency``; ``POST /_sim/latency`` ``{"rest_ms": 20}`` — every REST request
   of both exchanges waits that long before it is answered (0..10000; 400 otherwise).
+  The wait comes *before* the request takes effect (:class:`simulator.app.RestLatency`
+  delays the request, not the reply): an order sent with ``rest_ms`` N reaches the
+  order log N ms after it was sent, and its reply follows at once. So a client never
+  sees its order in the simulator's state while the request is still on its way; the
+  delay models a slow network to the exchange, not a slow reply from it.
 * ``GET /_sim/mode``; ``POST /_sim/mode`` ``{"exchange", "hedge": true|false}`` — the
   account's position mode: hedge mode shows positions as Binance ``positionSide``
   LONG/SHORT and Bybit ``positionIdx`` 1/2, and Binance's ``/fapi/v1/positionSide/dual``

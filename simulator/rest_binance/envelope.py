@@ -120,6 +120,11 @@ class BinanceEnvelope:
             return self.error("-1022"), {}
         return None, params
 
+    @staticmethod
+    def _api_key(request: Request) -> str | None:
+        """The API key a request was signed with: after :meth:`_signed` accepted it, a known key."""
+        return request.headers.get("x-mbx-apikey") or None
+
     async def not_found(self, request: Request) -> Response:
         log.warning("simulator: binance has no %s %s", request.method, request.url.path)
         return Response(

@@ -165,9 +165,9 @@ class BinanceOrders(BinanceEnvelope):
         if err is not None:
             return err
         drop = self.state.faults.take_drop_reply(EXCHANGE)
-        return await reply_or_drop(request, self._order_new(p), drop, "binance order")
+        return await reply_or_drop(request, self._order_new(p, self._api_key(request)), drop, "binance order")
 
-    def _order_new(self, p: dict) -> Response:
+    def _order_new(self, p: dict, api_key: str | None) -> Response:
         st = self.state
         parsed: dict = {}
         try:
@@ -204,6 +204,7 @@ class BinanceOrders(BinanceEnvelope):
                 client_order_id=parsed.get("cid"),
                 code=r.code,
                 message=r.message,
+                api_key=api_key,
             )
             return self.error(r.code, r.message)
         cid = parsed["cid"] or ("sim" + st.new_order_id("bybit").replace("-", "")[:19])
@@ -218,6 +219,7 @@ class BinanceOrders(BinanceEnvelope):
             reduce_only=parsed["reduce_only"],
             client_order_id=cid,
             reduce_only_cap="expire",
+            api_key=api_key,
         )
         resp_type = p.get("newOrderRespType", "ACK")
         as_new = resp_type != "RESULT" or (o.type == "market" and st.faults.binance_market_new)

@@ -135,6 +135,11 @@ class BybitEnvelope:
             return self.error("10001", "params error: request body is not a JSON object"), {}
         return None, params
 
+    @staticmethod
+    def _api_key(request: Request) -> str | None:
+        """The API key a request was signed with: after :meth:`_private` accepted it, a known key."""
+        return request.headers.get("x-bapi-api-key") or None
+
     async def not_found(self, request: Request) -> Response:
         log.warning("simulator: bybit has no %s %s", request.method, request.url.path)
         return Response(

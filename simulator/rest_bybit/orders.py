@@ -166,9 +166,9 @@ class BybitOrders(BybitEnvelope):
         if err is not None:
             return err
         drop = self.state.faults.take_drop_reply(EXCHANGE)
-        return await reply_or_drop(request, self._order_create(p), drop, "bybit order/create")
+        return await reply_or_drop(request, self._order_create(p, self._api_key(request)), drop, "bybit order/create")
 
-    def _order_create(self, p: dict) -> Response:
+    def _order_create(self, p: dict, api_key: str | None) -> Response:
         st = self.state
         parsed: dict = {}
         try:
@@ -205,6 +205,7 @@ class BybitOrders(BybitEnvelope):
                 client_order_id=parsed.get("cid"),
                 code=r.code,
                 message=r.message,
+                api_key=api_key,
             )
             return self.error(r.code, r.message)
         o = st.execute_order(
@@ -218,6 +219,7 @@ class BybitOrders(BybitEnvelope):
             reduce_only=parsed["reduce_only"],
             client_order_id=parsed["cid"],
             reduce_only_cap="shrink",
+            api_key=api_key,
         )
         return self.ok({"orderId": o.order_id, "orderLinkId": o.client_order_id or ""})
 

@@ -54,6 +54,9 @@ class Order:
     is_open: bool = False  # resting on the book (GTC limit not fully filled)
     canceled_by_user: bool = False
     fill_quote: SimQuote | None = None  # the book the order met
+    # the API key the order request was signed with (None: not sent through the REST API,
+    # e.g. an admin fill's "trading bot" order)
+    api_key: str | None = None
 
     @property
     def remaining_qty(self) -> Decimal:
@@ -84,6 +87,7 @@ class Order:
             "reject_code": self.reject_code,
             "reject_msg": self.reject_msg,
             "time": iso(self.time),
+            "api_key": self.api_key,
         }
 
 
@@ -136,6 +140,20 @@ class OrderDesk:
         ex = normalize_exchange(exchange)
         return [o for o in self.orders if o.exchange == ex and o.order_id is not None]
 
+    def orders_by_key(self, exchange: str, *, include_rejected: bool = False) -> dict[str | None, list[Order]]:
+        """The exchange's orders grouped by the API key that placed them, each list in arrival order.
+
+        Several clients of one account (one key each) can tell their orders apart this
+        way. Only accepted orders unless ``include_rejected``; an order placed without a
+        key (an admin fill's bot order) would group under ``None``.
+        """
+        ex = normalize_exchange(exchange)
+        out: dict[str | None, list[Order]] = {}
+        for o in self.orders:
+            if o.exchange == ex and (include_rejected or o.order_id is not None):
+                out.setdefault(o.api_key, []).append(o)
+        return out
+
     def client_id_used(self, exchange: str, client_order_id: str) -> bool:
         return (normalize_exchange(exchange), client_order_id) in self._orders_by_client_id
 
@@ -163,6 +181,7 @@ class OrderDesk:
         client_order_id: str | None,
         code: str | int,
         message: str,
+        api_key: str | None = None,
     ) -> Order:
         o = Order(
             exchange=normalize_exchange(exchange),
@@ -179,6 +198,7 @@ class OrderDesk:
             reject_code=str(code),
             reject_msg=message,
             time=self.now(),
+            api_key=api_key,
         )
         o.updated_at = o.time
         self.orders.append(o)
@@ -197,6 +217,7 @@ class OrderDesk:
         reduce_only: bool,
         client_order_id: str | None,
         reduce_only_cap: str = "shrink",
+        api_key: str | None = None,
     ) -> Order:
         """Accept an already validated order, fill what can be filled now, record it.
 
@@ -208,6 +229,8 @@ class OrderDesk:
         * the ``partial_fill_ratio`` fault fills only that fraction (rounded down to the
           lot) of market and IOC/FOK orders; FOK then fills nothing;
         * a GTC/GTX limit that does not cross rests as ``new`` (it is never matched later).
+
+        ``api_key`` is the key the request was signed with (kept on the order).
         """
         ex = normalize_exchange(exchange)
         now = self.now()
@@ -228,6 +251,7 @@ class OrderDesk:
             updated_at=now,
             effective_qty=qty,
             fill_quote=q,
+            api_key=api_key,
         )
         target = qty
         if reduce_only:
