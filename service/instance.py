@@ -38,19 +38,16 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import socket
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from supervisor.leases import LeaseDeadline, plan
 
 from actors.clock import PolicyClock
 from exchanges.port import ExchangePort
-from service.account_labels import AccountLabelled, update_lease_metrics
+from service.account_labels import InstanceMetrics
 from service.alerts import AlertRouter, alert_router_from_env
 from service.app import (
     HEDGE_MODE_HELP,
@@ -62,16 +59,12 @@ from service.app import (
     tune_gc,
 )
 from service.config import AppConfig
-from service.http import HttpEndpoint, Observability, instance_app
+from service.http import Observability, instance_endpoint
 from service.runtime import Service
 from supervisor import ChildSpec, Restart, Supervisor, run_root
+from supervisor.leases import LeaseDeadline, plan
 
 log = logging.getLogger("service.instance")
-
-
-def default_instance_name() -> str:
-    """``<hostname>:<pid>``: unique among the instances of one database at one time."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class AccountGaveUp(Exception):
@@ -105,13 +98,13 @@ class Instance:
 
     def __post_init__(self) -> None:
         leases = self.config.leases
-        self.name = leases.instance or default_instance_name()
+        self.name = leases.instance_name()
         self.accounts = {e.account: e for e in self.config.exchanges}
         self.held: dict[str, _Held] = {}
-        self.deadline = LeaseDeadline(ttl=leases.ttl, margin=leases.renew_interval)
+        self.deadline = LeaseDeadline(leases)
         self.table: dict[str, Any] = {}  # account -> the last LeaseInfo seen
         self.live_instances: tuple[str, ...] = ()
-        self.labelled = AccountLabelled()
+        self.metrics = InstanceMetrics()
         self.standing_by: dict[str, str] = {}  # account -> holder we last logged standing by for
         self.lease_errors = 0
         if self.alerts is None:
@@ -128,7 +121,9 @@ class Instance:
         ]
         self.endpoint = None
         if self.http_port is not None:
-            self.endpoint = HttpEndpoint(instance_app(self), host=self.config.metrics.host, port=self.http_port)
+            self.endpoint = instance_endpoint(
+                self, metrics=self.metrics, host=getattr(self.config.metrics, "host", "127.0.0.1"), port=self.http_port
+            )
             children.insert(1, self.endpoint.child())
         supervision = self.config.supervision
         self.root = Supervisor(
@@ -234,14 +229,14 @@ class Instance:
                 info = self.table.get(name)
                 await self._lose(name, f"taken by {getattr(info, 'holder', 'another instance')}")
         await self._drop_expired()
-        update_lease_metrics(result, self.name, tuple(self.accounts))
+        self.metrics.update_lease_metrics(result, self.name, tuple(self.accounts))
         if not take:
             self._log_standing_by()
             return
         decided = plan(
             accounts=tuple(self.accounts),
             me=self.name,
-            held=dict(tokens.items() & result.held.items()),
+            held={name: h.token for name, h in self.held.items()},
             leases=self.table,
             live_instances=self.live_instances,
             max_accounts=leases.max_accounts,
@@ -322,7 +317,7 @@ class Instance:
         obs.attach(service)
         held.service = service
         unsubscribe = self.alerts.subscribe(service.bus) if self.alerts is not None else None
-        self.labelled.add(name, obs.metrics.registry)
+        self.metrics.add_account(name, obs.metrics)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_deadline, name, nursery.cancel_scope)
@@ -332,14 +327,14 @@ class Instance:
                 raise AccountGaveUp(f"account {name}: its supervision tree gave up (restart intensity exceeded)")
         finally:
             held.service = None
-            self.labelled.remove(name)
+            self.metrics.remove_account(name)
             if unsubscribe is not None:
                 unsubscribe()
 
     async def _watch_deadline(self, name: str, scope: trio.CancelScope) -> None:
         """Cancel the account's service at the lease deadline, whoever else noticed or not."""
         while True:
-            until = self.deadline.until(name)
+            until = self.deadline.deadline(name)
             if until is None or trio.current_time() >= until:
                 log.warning("%s: lease deadline passed; the account's service stops", name)
                 scope.cancel()

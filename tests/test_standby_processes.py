@@ -17,6 +17,7 @@ printed here and measured in ``bench/``, ``takeover_s``):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -193,7 +194,7 @@ async def wait_holder(dbc: Database, account: str) -> dict:
 async def test_instances_on_one_account_one_acts_the_others_stand_by(dbc, database_url, tmp_path, count):
     exchange = "bybit"
     async with trio.open_nursery() as nursery:
-        sim = await nursery.start(serve_simulator, "127.0.0.1", 0, 0, api_keys=KEYS)
+        sim = await nursery.start(functools.partial(serve_simulator, api_keys=KEYS))
         st = sim.state
         aged_setup(st, exchange)
         accounts = account_toml("main", exchange, sim.info())
@@ -237,7 +238,7 @@ async def _contains(instance: Instance, text: str) -> bool:
 async def test_kill_9_of_the_holder_with_a_close_in_flight(dbc, database_url, tmp_path):
     exchange = "binanceusdm"
     async with trio.open_nursery() as nursery:
-        sim = await nursery.start(serve_simulator, "127.0.0.1", 0, 0, api_keys=KEYS)
+        sim = await nursery.start(functools.partial(serve_simulator, api_keys=KEYS))
         st = sim.state
         aged_setup(st, exchange)
         accounts = account_toml("main", exchange, sim.info())
@@ -296,7 +297,7 @@ async def test_a_holder_cut_from_the_database_stops_and_the_standby_takes_over(d
     exchange = "bybit"
     link = FrozenLink(5432)
     async with trio.open_nursery() as nursery:
-        sim = await nursery.start(serve_simulator, "127.0.0.1", 0, 0, api_keys=KEYS)
+        sim = await nursery.start(functools.partial(serve_simulator, api_keys=KEYS))
         proxy_port = await nursery.start(link.run)
         st = sim.state
         aged_setup(st, exchange)
@@ -342,7 +343,7 @@ async def test_four_accounts_spread_over_two_instances_and_move_when_one_dies(db
     names = ["acct-1", "acct-2", "acct-3", "acct-4"]
     exchanges = ["bybit", "binanceusdm", "bybit", "binanceusdm"]
     async with trio.open_nursery() as nursery:
-        sims = [await nursery.start(serve_simulator, "127.0.0.1", 0, n, api_keys=KEYS) for n in range(4)]
+        sims = [await nursery.start(functools.partial(serve_simulator, seed=n, api_keys=KEYS)) for n in range(4)]
         for sim, exchange in zip(sims, exchanges):
             aged_setup(sim.state, exchange, {"BTCUSDT": "BTC/USDT:USDT"})
         accounts = "".join(account_toml(n, e, s.info()) for n, e, s in zip(names, exchanges, sims))
@@ -369,7 +370,7 @@ async def test_four_accounts_spread_over_two_instances_and_move_when_one_dies(db
             for sim, exchange in zip(sims, exchanges):
                 above_breakeven(sim.state, exchange, {"BTCUSDT": "BTC/USDT:USDT"})
             closed = await until("every account's aged position closed", lambda: rows(
-                dbc, "SELECT account FROM monitoring.aged_positions WHERE status='closed' HAVING count(*) = 4"))
+                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE status='closed' HAVING count(*) = 4"))
             per_account = await rows(dbc, "SELECT account, count(*) AS n FROM monitoring.aged_positions "
                                           "GROUP BY account ORDER BY account")
         finally:
