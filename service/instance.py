@@ -60,6 +60,7 @@ from service.app import (
 )
 from service.config import AppConfig
 from service.http import Observability, instance_endpoint
+from service.logs import ACCOUNT
 from service.runtime import Service
 from supervisor import ChildSpec, Restart, Supervisor, run_root
 from supervisor.leases import LeaseDeadline, plan
@@ -304,6 +305,7 @@ class Instance:
         """The account's service, for as long as the lease is ours (a transient child)."""
         if self.lease_token(name) is None:
             return
+        ACCOUNT.set(name)
         held = self.held[name]
         cfg = self.accounts[name]
         app = self.config.for_account(name)
