@@ -349,9 +349,9 @@ async def run_instance(app: AppConfig, db: Any, *, dry_run: bool, metrics_port: 
     ports = {e.account: make_exchange(e, dry_run=dry_run) for e in app.exchanges}
     db.update_bot_book = app.database.update_bot_book and not dry_run  # a dry run writes nothing of the bot's
     log.info(
-        "starting %s mode for %s",
+        "starting %s mode on %s",
         "DRY-RUN (nothing is sent)" if dry_run else "LIVE",
-        ", ".join(f"{e.account} ({e.name}, {e.rest_url or 'production'})" for e in app.exchanges),
+        ", ".join(_account_text(e) for e in app.exchanges),
     )
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(exchanges_open(ports))
@@ -370,6 +370,12 @@ async def run_instance(app: AppConfig, db: Any, *, dry_run: bool, metrics_port: 
             app.leases.renew_interval,
         )
         return await _run_with_signals(instance)
+
+
+def _account_text(e) -> str:
+    """``bybit (http://...)`` for an account named after its exchange, else ``desk-1 (bybit, http://...)``."""
+    where = e.rest_url or "production"
+    return f"{e.account} ({where})" if e.account == e.name else f"{e.account} ({e.name}, {where})"
 
 
 async def _run_with_signals(instance: Instance) -> int:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 import trio
 
 from simulator.server import serve_simulator
@@ -66,15 +67,26 @@ async def stream_healthy(port: int, exchange: str) -> None:
     with trio.fail_after(120):
         while True:
             body = await _get(port, "/health")
-            if body and json.loads(body).get("accounts", {}).get(exchange, {}).get("healthy"):
+            # the instance's account named after the exchange, and that service's account stream
+            service = json.loads(body).get("accounts", {}).get(exchange, {}) if body else {}
+            if service.get("accounts", {}).get(exchange, {}).get("healthy"):
                 return
             await trio.sleep(0.1)
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
-    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
-    values = [float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)]
-    return values[0] if values else 0.0
+    """The sample ``name`` whose labels include ``labels`` (``'source="stream"'``); 0 when absent.
+
+    The instance labels every sample with its account as well, so the labels given need
+    not be all of them.
+    """
+    wanted = dict(part.split("=", 1) for part in labels.split(",")) if labels else {}
+    wanted = {k: v.strip('"') for k, v in wanted.items()}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and wanted.items() <= sample.labels.items():
+                return sample.value
+    return 0.0
 
 
 @pytest.mark.parametrize("exchange", EXCHANGES)
