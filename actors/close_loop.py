@@ -182,6 +182,10 @@ class CloseLoop(ExecutorParts):
                 attempt,
             )  # pragma: no mutate
             failpoint("after_wal")
+            if self.may_send is not None and not self.may_send():
+                # The lease ran out since the write-ahead row (say, the process was
+                # stopped in between): the next holder looks this client order id up.
+                return failed_result(req, fills, attempt - 1, "lease lost before the order was sent")
             try:
                 if self._stream_settles(req):
                     result = await port.create_close_order(

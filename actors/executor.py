@@ -51,7 +51,7 @@ The executor is put together from single-purpose parts:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
@@ -138,11 +138,15 @@ class Executor(CloseLoop, WriteAhead, OrderLookups):
         observer: Observer = NO_OBSERVER,
         write_direct=None,
         accounts: Mapping[str, AccountView] | None = None,
+        may_send: Callable[[], bool] | None = None,
     ):
         self.exchanges = dict(exchanges)
         self.writer = writer
         self.load_orders = load_orders
         self.write_direct = write_direct  # Database.write_batch, for write-ahead rows
+        # Asked right before each order goes out (None: always): False once this instance
+        # no longer holds the account's lease.
+        self.may_send = may_send
         self.config = config
         self.retry_delays = tuple(config.retry_delays)
         self.slippage = config.liquidity_slippage_percent / 100

@@ -57,6 +57,7 @@ class ExecutorParts:
     writer: StorageWriter
     load_orders: Callable[[UUID], Awaitable[list[dict[str, Any]]]]
     write_direct: Callable[[list[op.WriteOp]], Awaitable[object]] | None
+    may_send: Callable[[], bool] | None
     retry_delays: tuple[float, ...]
     slippage: Decimal
     max_partial_rounds: int

@@ -315,7 +315,16 @@ class Instance:
         streams = make_account_streams(app, exchanges, dry_run=self.dry_run)
         obs = Observability(http_port=None)
         db = self.db.for_account(name, lease_token=functools.partial(self.lease_token, name))
-        service = Service(db, exchanges, feeds, app, self.clock, extra_children=obs.children(), accounts=streams)
+        service = Service(
+            db,
+            exchanges,
+            feeds,
+            app,
+            self.clock,
+            extra_children=obs.children(),
+            accounts=streams,
+            may_send=lambda: self.lease_token(name) is not None,
+        )
         obs.attach(service)
         held.service = service
         unsubscribe = self.alerts.subscribe(service.bus) if self.alerts is not None else None

@@ -27,7 +27,7 @@ Each part is built from its own section of the one configuration tree
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from uuid import UUID
 
 from actors.clock import PolicyClock
@@ -57,7 +57,7 @@ class Service:
     def __init__(self, db: Any, exchanges: Mapping[str, ExchangePort], feeds: Mapping[str, Any],
                  config: AppConfig | None = None, clock: PolicyClock | None = None,
                  bus: EventBus | None = None, extra_children: Sequence[ChildSpec] = (),
-                 accounts: Mapping[str, AccountStream] | None = None):
+                 accounts: Mapping[str, AccountStream] | None = None, may_send: Callable[[], bool] | None = None):
         self.config = config or DEFAULTS
         self.db = db
         self.exchanges = dict(exchanges)
@@ -70,7 +70,8 @@ class Service:
         self.observers = ObserverSet()
         self.writer = StorageWriter(db.write_batch, config=self.config.writer, observer=self.observers)
         self.executor = Executor(self.exchanges, self.writer, db.close_orders, config=self.config.executor,
-                                 write_direct=db.write_batch, observer=self.observers, accounts=views)
+                                 write_direct=db.write_batch, observer=self.observers, accounts=views,
+                                 may_send=may_send)
         self.ctx = ActorContext(db=db, writer=self.writer, executor=self.executor, bus=self.bus, clock=self.clock,
                                 config=self.config.policy, settings=self.config.positions, feeds=self.feeds,
                                 observer=self.observers)

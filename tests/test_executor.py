@@ -329,6 +329,30 @@ async def test_a_lost_lease_sends_nothing_and_fails_the_close_attempt_as_lease_l
     assert not any(isinstance(o, op.RecordCloseOrder) for o in h.ops)  # not queued for the writer either
 
 
+async def test_a_lease_that_ran_out_after_the_write_ahead_row_sends_nothing(autojump_clock):
+    # The row was committed under the lease, then the lease ran out (the process was
+    # stopped in between, say): the order stays unsent and the next holder looks it up.
+    h, aged = Harness(exchange()), uuid4()
+    asked = []
+
+    def may_send():
+        asked.append(len(h.ops))
+        return False
+
+    h.executor.may_send = may_send
+    r = await h.close(aged)
+    assert r.outcome == "failed" and r.error == "lease lost before the order was sent"
+    assert h.creates() == [] and r.filled_qty == 0
+    assert len(asked) == 1
+
+
+async def test_a_held_lease_lets_the_order_go(autojump_clock):
+    h, aged = Harness(exchange()), uuid4()
+    h.executor.may_send = lambda: True
+    r = await h.close(aged)
+    assert r.outcome == "flat" and len(h.creates()) == 1
+
+
 async def test_a_write_ahead_row_the_database_could_not_take_is_queued_and_the_order_sent(autojump_clock):
     h, aged = Harness(exchange()), uuid4()
 
