@@ -384,3 +384,42 @@ async def test_four_accounts_spread_over_two_instances_and_move_when_one_dies(db
         assert len(sim.state.accepted_orders(exchange)) == 1
     assert b.code == 0, b.log[-3000:]
     assert_clean(b)
+
+
+async def test_a_hung_holder_that_wakes_up_after_the_takeover_sends_nothing(dbc, database_url, tmp_path):
+    exchange = "bybit"
+    async with trio.open_nursery() as nursery:
+        sim = await nursery.start(functools.partial(serve_simulator, api_keys=KEYS))
+        st = sim.state
+        aged_setup(st, exchange)
+        accounts = account_toml("main", exchange, sim.info())
+        a = Instance(tmp_path, "a", "key-a", database_url, accounts)
+        b = Instance(tmp_path, "b", "key-b", database_url, accounts)
+        try:
+            await a.start()
+            first = await wait_holder(dbc, "main")
+            await b.start()
+            await until("b standing by", lambda: _contains(b, "main: standing by"))
+            await until("3 aged positions in grace", lambda: rows(
+                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE account='main' AND status='grace_active' "
+                     "HAVING count(*) = 3"))
+            a.proc.send_signal(signal.SIGSTOP)  # hung: no renewals, nothing else either
+            await until("b holds the lease", lambda: rows(
+                dbc, "SELECT 1 FROM monitoring.leases WHERE account='main' AND holder='b' AND expires_at > now()"))
+            await until("b managing", lambda: b.managing("main"))
+            above_breakeven(st, exchange)  # a's feed has these ticks waiting when it wakes
+            await until("every aged position closed", lambda: rows(
+                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE status='closed' HAVING count(*) = 3"))
+            a.proc.send_signal(signal.SIGCONT)
+            await until("a knows it lost the account", lambda: _stopped(a))
+            await until("a standing by", lambda: _contains(a, "main: standing by; the account is managed by b"))
+        finally:
+            await b.stop()
+            await a.stop()
+        nursery.cancel_scope.cancel()
+    assert first["holder"] == "a"
+    assert set(orders_by_key(st, exchange)) == {"key-b"}
+    assert len(st.accepted_orders(exchange)) == 3
+    assert "close order" not in a.log
+    assert a.code == 0 and b.code == 0, a.log[-3000:]
+    assert_clean(b)
