@@ -125,7 +125,7 @@ async def bench_takeover(url: str, *, positions: int = 20, repeats: int = 3) -> 
         for i in range(positions):
             sid = f"T{i}USDT"
             sim.state.ensure_market("bybit", sid, Decimal("100"))
-            sim.state.set_position("bybit", sid, "long", "0.5", "100", opened_at=opened)
+            sim.state.set_position("bybit", sid, "long", "1", "100", opened_at=opened)
             sim.state.set_price("bybit", sid, bid=Decimal("99"), ask=Decimal("99.1"), last=Decimal("99"))
         db = await connect(url)
         try:
@@ -144,7 +144,7 @@ async def bench_takeover(url: str, *, positions: int = 20, repeats: int = 3) -> 
                     await _until("b managing every position", lambda: b.managing(positions), b)
                     took = trio.current_time() - killed
                     await b.stop()
-                    row = await db.fetchrow("SELECT token FROM monitoring.leases WHERE account='main'")
+                    [row] = await db.fetch("SELECT token FROM monitoring.leases WHERE account='main'")
                     runs.append({"takeover_s": round(took, 3), "killed_at": wall, "token_after": row["token"]})
         finally:
             await db.close()
