@@ -181,7 +181,7 @@ def test_a_held_position_does_not_close_at_its_target_and_closes_when_the_hold_e
     s, cmds = step(s, HoldSet(h(5), until=h(7), reason="news"))
     assert answer(cmds) == f"held until {h(7).isoformat()}"
     assert ScheduleTimer(h(7), "hold") in cmds
-    assert [e.event_type for e in of(Emit, cmds)] == ["aged.operator.hold"]
+    assert [e.event_type for e in of(Emit, cmds)] == ["operator.hold"]
     s, cmds = step(s, Tick(h(6), bid=D(101)))  # above breakeven 100.2: would close
     assert not of(RequestClose, cmds) and not s.close_in_flight
     s, cmds = step(s, Timer(h(7), "hold", bid=D(101)))  # the hold ends, the price still good

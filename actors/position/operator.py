@@ -1,7 +1,9 @@
 """An operator's word: hold, release, close now, a new per-symbol policy.
 
 Each handler answers with one :class:`~actors.position.commands.Answer` (what came of
-it, for the operator's record) and changes only what the action is about:
+it, for the operator's record), records an event for the position's history
+(``operator.hold``, ``operator.release``, ``policy.changed``; a close now is an
+``aged.close.triggered`` like any) and changes only what the action is about:
 
 * a hold stops every close but the emergency rule's until it ends (a timer wakes the
   actor then, so a price already good closes at once);
@@ -34,7 +36,7 @@ def on_hold(s: PositionState, e: HoldSet, out: list) -> PositionState:
         out.append(Answer(f"not active ({s.status})"))
         return s
     s = replace(s, hold_until=e.until, hold_reason=e.reason)
-    out.append(Emit("aged.operator.hold", data={"until": e.until.isoformat(), "reason": e.reason}))
+    out.append(Emit("operator.hold", data={"until": e.until.isoformat(), "reason": e.reason}))
     if e.until > e.now:
         out.append(ScheduleTimer(e.until, "hold"))
     note = " (a close was already in flight)" if s.close_in_flight else ""
@@ -48,7 +50,7 @@ def on_release(s: PositionState, e: HoldReleased, out: list) -> PositionState:
         return s
     was_held = s.held(e.now)
     s = replace(s, hold_until=None, hold_reason=None)
-    out.append(Emit("aged.operator.release", data={"was_held": was_held}))
+    out.append(Emit("operator.release", data={"was_held": was_held}))
     out.append(Answer("released" if was_held else "released (was not held)"))
     return _judge_quote(s, e, out)
 
@@ -95,7 +97,7 @@ def on_policy(s: PositionState, e: PolicyChanged, out: list) -> PositionState:
             loss_tolerance_percent=a.loss_tolerance_percent,
         )
     )
-    out.append(Emit("aged.policy.changed", target_price=a.target_price, data={"policy": e.config.as_dict()}))
+    out.append(Emit("policy.changed", target_price=a.target_price, data={"policy": e.config.as_dict()}))
     target = "none" if a.target_price is None else format(a.target_price.normalize(), "f")
     out.append(Answer(f"policy applied (target {target})"))
     return _judge_quote(s, e, out)
