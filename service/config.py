@@ -168,7 +168,8 @@ class Setting:
         too_low = number <= self.min if self.min_open else number < self.min
         too_high = number >= self.max if self.max_open else number > self.max
         if too_low or too_high:
-            raise ConfigError(path, f"{value!r} is out of range: must be {self.range_text()}")
+            shown = str(value) if isinstance(value, Decimal) else repr(value)
+            raise ConfigError(path, f"{shown} is out of range: must be {self.range_text()}")
         return number
 
 
