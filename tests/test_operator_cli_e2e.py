@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
@@ -28,8 +27,8 @@ ACTOR = f"cli:{getpass.getuser()}"
 
 async def cli(database_url, *args):
     """``run.py ARGS`` as a process; its CompletedProcess (text)."""
-    return await trio.run_process([sys.executable, "run.py", *args], cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False,
-                                  env={**os.environ, "DATABASE_URL": database_url})
+    return await trio.run_process([sys.executable, "run.py", *args], cwd=ROOT, capture_stdout=True,
+                                  capture_stderr=True, check=False, env={**os.environ, "DATABASE_URL": database_url})
 
 
 def text(out) -> tuple[str, str]:

@@ -177,3 +177,30 @@ async def test_an_action_for_a_position_without_an_actor_is_recorded(mock_clock,
         assert (await applied(mdb, hold["id"]))["outcome"] == "recorded"
         svc.shutdown()
     assert ex.orders == []
+
+
+async def test_without_listen_the_poll_alone_applies_an_action(mock_clock, mdb):
+    from dataclasses import replace
+
+
+    async with trio.open_nursery() as n:
+        svc, ex, feed, aged = await started_service(mdb, n)
+        svc.shutdown()
+    async with trio.open_nursery() as n:
+        ex = MemoryExchange(name="bybit")
+        ex.set_position(SYMBOL, "long", "2", "100", opened_at=T0)
+        ex.set_quote(SYMBOL, "99", "99.01", "99")
+        feed = MemoryFeed("bybit")
+        svc = make_service(mdb, ex, feed, origin=T0 + timedelta(hours=5))
+        svc.operator.config = replace(svc.operator.config, listen=False)
+        n.start_soon(svc.run)
+
+        async def watching():
+            return svc.registry.is_watching(aged["id"])
+        await until(watching, "watched again")
+        started_at = trio.current_time()
+        hold = await mdb.record_action(Hold(aged["id"], T0 + timedelta(hours=9), "poll"), "api")
+        row = await applied(mdb, hold["id"])
+        assert row["outcome"].startswith("held until") and not svc.operator.listening
+        assert trio.current_time() - started_at <= 1.0  # virtual time: one poll interval at most
+        svc.shutdown()
