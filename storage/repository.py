@@ -12,9 +12,10 @@ datetime, jsonb → Python objects).
 :class:`Database` is assembled from one mixin per group of operations, each in its own
 module over the shared :class:`~storage.store_base.StoreBase` (the pool and the
 crossing): episodes and the trading bot's book (:mod:`storage.episode_store`), aged
-positions (:mod:`storage.aged_store`), close orders (:mod:`storage.close_order_store`)
-batched writes (:mod:`storage.batch_store`) and leases (:mod:`storage.lease_store`).
-This module adds connecting, migrating, the statistics and account-scoped views
+positions (:mod:`storage.aged_store`), close orders (:mod:`storage.close_order_store`),
+batched writes (:mod:`storage.batch_store`), leases (:mod:`storage.lease_store`) and
+operator actions with per-symbol overrides (:mod:`storage.operator_store`). This module
+adds connecting, migrating, the statistics and account-scoped views
 (:meth:`Database.for_account`).
 """
 
@@ -34,6 +35,7 @@ from storage.episode_store import BOT_BOOK_REQUIRED, EpisodeStore
 from storage.errors import WriteRejected
 from storage.lease_store import LeaseStore
 from storage.migrate import apply_migrations
+from storage.operator_store import OperatorStore
 from storage.statistics import statistics
 
 __all__ = [
@@ -63,7 +65,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore, LeaseStore):
+class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore, LeaseStore, OperatorStore):
     """A pool of connections to one PostgreSQL database.
 
     Create with ``await Database.connect(url)`` from inside an open trio-asyncio loop.
