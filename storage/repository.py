@@ -12,8 +12,9 @@ datetime, jsonb → Python objects).
 :class:`Database` is assembled from one mixin per group of operations, each in its own
 module over the shared :class:`~storage.store_base.StoreBase` (the pool and the
 crossing): episodes and the trading bot's book (:mod:`storage.episode_store`), aged
-positions (:mod:`storage.aged_store`), close orders (:mod:`storage.close_order_store`)
-and batched writes (:mod:`storage.batch_store`). This module adds connecting,
+positions (:mod:`storage.aged_store`), close orders (:mod:`storage.close_order_store`),
+batched writes (:mod:`storage.batch_store`) and the operator console's reads
+(:mod:`storage.console_store`). This module adds connecting,
 migrating and the statistics.
 """
 
@@ -28,6 +29,7 @@ import trio_asyncio
 from storage.aged_store import ACTIVE_STATUSES, AgedStore
 from storage.batch_store import AGED_UPDATABLE, BOT_BOOK_CLOSE, CLOSE_ORDER_UPDATABLE, BatchStore
 from storage.close_order_store import IN_FLIGHT_STATES, CloseOrderStore
+from storage.console_store import ConsoleStore
 from storage.episode_store import BOT_BOOK_REQUIRED, EpisodeStore
 from storage.migrate import apply_migrations
 from storage.statistics import statistics
@@ -59,7 +61,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore):
+class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore, ConsoleStore):
     """A pool of connections to one PostgreSQL database.
 
     Create with ``await Database.connect(url)`` from inside an open trio-asyncio loop.
