@@ -20,7 +20,8 @@ shows every key) sets part of the tree::
                     retry_delays_seconds                    -> executor
     [[exchanges]]   name, rest_url, ws_url, private_ws_url, account_stream,
                     api_key_env, api_secret_env, symbols
-    [metrics]       port
+    [metrics]       port, host (the HTTP endpoint: metrics, health, the console)
+    [console]       token_env (the operator console's token for its actions)
     [alerts]        webhook_url_env, telegram
 
 Every key is declared once, in :data:`SETTINGS`: its type, its allowed range, its
@@ -34,6 +35,7 @@ value and what is allowed; ``run.py`` prints it on one line and exits with statu
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import tomllib
@@ -69,6 +71,7 @@ CHOICE = "choice"            # one of `choices`
 URL = "url"                  # a URL with one of `choices` as its scheme
 ENV_NAME = "env name"        # the name of an environment variable
 SYMBOLS = "symbols"          # a list of unified symbols such as "BTC/USDT:USDT"
+HOST = "host"                # an IP address to bind (IPv4 or IPv6), or "localhost"
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYMBOL = re.compile(r"[^/:\s]+/[^/:\s]+:[^/:\s]+")
@@ -136,6 +139,8 @@ class Setting:
                 raise ConfigError(path, f"must be the name of an environment variable (letters, digits, _), "
                                         f"got {value!r}")
             return value
+        if self.kind == HOST:
+            return _host(path, value)
         if self.kind == SYMBOLS:
             lo, hi = self.items
             if (not isinstance(value, list) or not lo <= len(value) <= hi
@@ -165,6 +170,16 @@ def _shown(value: Any) -> str:
         return f"boolean {str(value).lower()}"
     kind = {str: "string", list: "list", dict: "table"}.get(type(value), type(value).__name__)
     return f"{kind} {value!r}"
+
+
+def _host(path: str, value: str) -> str:
+    if value == "localhost":
+        return value
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(path, f"must be an IP address to bind (such as 127.0.0.1 or ::1) or localhost, "
+                                f"got {value!r}") from None
 
 
 def _url(path: str, value: str, schemes: tuple[str, ...]) -> str:
@@ -235,9 +250,21 @@ class SupervisionConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """``port`` — Prometheus ``/metrics``, ``/health`` and ``/stats``; 0 disables."""
+    """``port`` — the HTTP endpoint (Prometheus ``/metrics``, ``/health``, ``/stats`` and the
+    operator console); 0 disables. ``host`` — the address it binds: loopback unless
+    configured otherwise, because the console can act on positions."""
 
     port: int = 9108
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """``token_env`` — the environment variable holding the operator console's token. The
+    console's actions (hold, release, close, overrides) need ``Authorization: Bearer
+    <token>``; with no token configured they are refused and the console is read only."""
+
+    token_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -277,6 +304,7 @@ class AppConfig:
     supervision: SupervisionConfig = SupervisionConfig()
     exchanges: tuple[ExchangeConfig, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     alerts: AlertsConfig = AlertsConfig()
 
     @property
@@ -359,7 +387,12 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
     ),
     "metrics": (
         Setting("port", INTEGER, DEFAULTS.metrics.port, Decimal(0), Decimal(65535),
-                doc="Prometheus /metrics, /health, /stats; 0 disables"),
+                doc="Prometheus /metrics, /health, /stats and the console; 0 disables"),
+        Setting("host", HOST, DEFAULTS.metrics.host, doc="the address the HTTP endpoint binds"),
+    ),
+    "console": (
+        Setting("token_env", ENV_NAME, DEFAULTS.console.token_env,
+                doc="the environment variable holding the token the console's actions need"),
     ),
     "alerts": (
         Setting("webhook_url_env", ENV_NAME, doc="the environment variable holding the webhook URL"),
@@ -450,9 +483,10 @@ def parse_config(doc: Mapping[str, Any]) -> AppConfig:
     if len(set(names)) != len(names):
         raise ConfigError("exchanges", "each exchange may appear once")
     metrics = _section(doc.get("metrics", {}), "metrics", SETTINGS["metrics"])
+    console = _section(doc.get("console", {}), "console", SETTINGS["console"])
     alerts = _section(doc.get("alerts", {}), "alerts", SETTINGS["alerts"])
     return replace(DEFAULTS, database=DatabaseConfig(**database), policy=policy, **manager, exchanges=exchanges,
-                   metrics=MetricsConfig(**metrics), alerts=AlertsConfig(**alerts))
+                   metrics=MetricsConfig(**metrics), console=ConsoleConfig(**console), alerts=AlertsConfig(**alerts))
 
 
 def load_config(path: str | Path) -> AppConfig:

@@ -242,7 +242,7 @@ def test_every_manager_key_sets_its_section():
 def test_the_example_config_documents_the_ranges():
     lines = (ROOT / "config.example.toml").read_text(encoding="utf-8").splitlines()
     for section in ("policy", "manager", "metrics"):
-        for s in SETTINGS[section]:
+        for s in (s for s in SETTINGS[section] if s.max is not None):  # the settings with a range
             [line] = [ln for ln in lines if ln.lstrip("# ").startswith(f"{s.key} =")]
             assert re.search(rf"\b{s.max}\b", line.split("#", 2)[-1]), (s.key, line)
 
