@@ -13,7 +13,8 @@ datetime, jsonb → Python objects).
 module over the shared :class:`~storage.store_base.StoreBase` (the pool and the
 crossing): episodes and the trading bot's book (:mod:`storage.episode_store`), aged
 positions (:mod:`storage.aged_store`), close orders (:mod:`storage.close_order_store`),
-batched writes (:mod:`storage.batch_store`) and the operator console's reads
+batched writes (:mod:`storage.batch_store`), operator actions with per-symbol
+overrides (:mod:`storage.operator_store`) and the operator console's reads
 (:mod:`storage.console_store`). This module adds connecting,
 migrating and the statistics.
 """
@@ -32,6 +33,7 @@ from storage.close_order_store import IN_FLIGHT_STATES, CloseOrderStore
 from storage.console_store import ConsoleStore
 from storage.episode_store import BOT_BOOK_REQUIRED, EpisodeStore
 from storage.migrate import apply_migrations
+from storage.operator_store import OperatorStore
 from storage.statistics import statistics
 
 __all__ = [
@@ -61,7 +63,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore, ConsoleStore):
+class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore, OperatorStore, ConsoleStore):
     """A pool of connections to one PostgreSQL database.
 
     Create with ``await Database.connect(url)`` from inside an open trio-asyncio loop.

@@ -70,7 +70,7 @@ settings.load_profile("apm")
 
 MONITORING_TABLES = (
     "monitoring.close_orders, monitoring.aged_positions_monitoring, monitoring.aged_positions_history, "
-    "monitoring.aged_positions, monitoring.episodes"
+    "monitoring.operator_actions, monitoring.symbol_overrides, monitoring.aged_positions, monitoring.episodes"
 )
 
 
