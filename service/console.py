@@ -36,15 +36,15 @@ import hmac
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote
 from uuid import UUID
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from actors.operator import (
     BadAction,
@@ -56,6 +56,7 @@ from actors.operator import (
     check_action,
     effective_policy,
     hold_for,
+    validate_override,
 )
 from actors.policy import PolicyConfig
 from actors.statuses import Status
@@ -64,6 +65,13 @@ from service.console_view import position_view
 log = logging.getLogger("service.console")
 
 STATIC = Path(__file__).resolve().parent / "console_static"
+# The page's files, read once: three small files, served from memory with no thread
+# hop. Only these names are served under /console/.
+STATIC_TYPES = {
+    "index.html": "text/html; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+}
 MAX_BODY_BYTES = 16 * 1024
 MAX_LIMIT = 500
 NOT_OPEN = frozenset({Status.CLOSED, Status.DUST})
@@ -105,8 +113,19 @@ def console_routes(resolve: Callable[[], Any], to_json: Callable[..., Response])
 
     # --- reads --------------------------------------------------------------------------------
 
+    files = {name: (STATIC / name).read_bytes() for name in STATIC_TYPES}
+
+    def static(name: str) -> Response:
+        return Response(files[name], media_type=STATIC_TYPES[name], headers={"Cache-Control": "no-cache"})
+
     async def page(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        return static("index.html")
+
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in files or name == "index.html":
+            raise ApiError(404, f"no such file: {name}")
+        return static(name)
 
     async def positions(request: Request) -> Response:
         svc = service()
@@ -176,8 +195,8 @@ def console_routes(resolve: Callable[[], Any], to_json: Callable[..., Response])
         settings = _required(body, "settings")
         if not isinstance(settings, dict):
             raise ApiError(400, f"settings: must be an object of policy settings, got {settings!r}")
-        action = _checked(lambda: Override(_required(body, "exchange"), _required(body, "symbol"), settings,
-                                           body.get("reason")))
+        action = _checked(lambda: Override(_required(body, "exchange"), _required(body, "symbol"),
+                                           validate_override(settings, svc.config.policy), body.get("reason")))
         return await _record(svc, request, action, 200, to_json)
 
     async def clear_override(request: Request) -> Response:
@@ -190,7 +209,7 @@ def console_routes(resolve: Callable[[], Any], to_json: Callable[..., Response])
 
     return [
         Route("/", handler(page)),
-        Mount("/console", app=StaticFiles(directory=STATIC), name="console"),
+        Route("/console/{name}", handler(asset)),
         Route("/api/positions", handler(positions)),
         Route("/api/positions/{aged_id}", handler(position)),
         Route("/api/positions/{aged_id}/hold", handler(hold), methods=["POST"]),
@@ -310,7 +329,8 @@ async def _record(svc: Any, request: Request, action: OperatorAction, status: in
         row = await svc.db.record_action(action, actor, base=svc.config.policy)
     except BadAction as exc:  # the database's checks (a race with a close, a clear of nothing)
         message = str(exc)
-        raise ApiError(404 if message.startswith("no ") else 409 if " is " in message else 400, message) from None
+        status = 404 if message.startswith("no ") else 409 if message.startswith("aged position") else 400
+        raise ApiError(status, message) from None
     log.info("operator action %s by %s: %s", action.name, actor, _target(action))
     return to_json({"action": row}, status)
 
