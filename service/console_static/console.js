@@ -174,6 +174,14 @@ function sparkline(points) {
     line.setAttribute("class", cls);
     svg.appendChild(line);
   }
+  if (points.length === 1) {  // one check so far: a dot for each line
+    for (const [key, cls] of [["target", "target"], ["price", "price"]]) {
+      const dot = document.createElementNS(NS, "circle");
+      dot.setAttribute("cx", x(t[0])); dot.setAttribute("cy", y(Number(points[0][key]))); dot.setAttribute("r", 2);
+      dot.setAttribute("class", cls);
+      svg.appendChild(dot);
+    }
+  }
   const title = document.createElementNS(NS, "title");
   title.textContent = `${points.length} price checks; blue: price, orange: target`;
   svg.appendChild(title);
@@ -201,7 +209,11 @@ function renderPositions(list) {
   for (const p of list) {
     const next = p.next_step_at ? `${when(p.next_step_at)} → ${num(p.next_target_price)}` : "–";
     const chart = el("td", null, "chart");
-    chart.appendChild(sparkline(state.charts[p.id]));
+    const points = (state.charts[p.id] || []).slice();
+    if (p.price !== null && p.target_price !== null) {
+      points.push({ at: p.price_at || new Date().toISOString(), price: p.price, target: p.target_price });
+    }
+    chart.appendChild(sparkline(points));
     const distance = p.distance_percent === null ? "–" : `${num(p.distance_percent, 3)} %`;
     body.appendChild(row([
       [p.exchange, "exchange"], [p.symbol, "symbol"], [p.side, "side", p.side],
