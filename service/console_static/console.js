@@ -17,13 +17,15 @@ function num(value, digits) {
   const n = Number(value);
   if (!Number.isFinite(n)) return String(value);
   if (digits !== undefined) return n.toFixed(digits);
-  return String(value).length > 12 ? n.toPrecision(8) : String(value);
+  const text = String(value);
+  // Decimals arrive as text, sometimes in exponent form ("6E+4"): shown plainly, 10 digits at most.
+  return /e/i.test(text) || text.length > 12 ? String(Number(n.toPrecision(10))) : text;
 }
 
-function when(iso) {
+function when(iso, short) {
   if (!iso) return "–";
-  const d = new Date(iso);
-  return d.toISOString().replace("T", " ").slice(0, 19);
+  const text = new Date(iso).toISOString().replace("T", " ");
+  return short ? text.slice(5, 16) : text.slice(0, 19);
 }
 
 function el(tag, text, cls) {
@@ -195,7 +197,7 @@ function statusCell(p) {
   td.dataset.col = "status";
   td.appendChild(el("span", p.status.replace("_active", ""), `badge ${p.status}`));
   if (p.held) {
-    const held = el("span", `held until ${when(p.hold_until)}`, "badge held");
+    const held = el("span", `held until ${when(p.hold_until, true)}`, "badge held");
     held.title = p.hold_reason || "";
     td.appendChild(held);
   }
@@ -207,7 +209,7 @@ function renderPositions(list) {
   const body = $("positions").querySelector("tbody");
   body.replaceChildren();
   for (const p of list) {
-    const next = p.next_step_at ? `${when(p.next_step_at)} → ${num(p.next_target_price)}` : "–";
+    const next = p.next_step_at ? `${when(p.next_step_at, true)} → ${num(p.next_target_price)}` : "–";
     const chart = el("td", null, "chart");
     const points = (state.charts[p.id] || []).slice();
     if (p.price !== null && p.target_price !== null) {
