@@ -63,13 +63,15 @@ class AgingTimers(DetectorParts):
                 # no order in flight.
                 state = None
                 if existing["close_triggered_at"] is None:
-                    state = position_state(existing, self.ctx.config, self.ctx.settings, inflight_orders=False)
+                    policy = self.ctx.policy_for(existing["exchange"], existing["symbol"])
+                    state = position_state(existing, policy, self.ctx.settings, inflight_orders=False)
                 await self.registry.ensure(existing["id"], state)
         # the timer has done its job; keep the id so it is not scheduled again
 
     async def _create_aged(self, row: dict, crossing: datetime) -> dict:
         now = self.ctx.clock.now()
-        a = assess(row["side"], row["entry_price"], row["opened_at"], now, self.ctx.config)
+        policy = self.ctx.policy_for(row["exchange"], row["symbol"])  # with the symbol's overrides
+        a = assess(row["side"], row["entry_price"], row["opened_at"], now, policy)
         status = Status.SKIPPED if row["trailing_activated"] else STATUS_OF_PHASE[a.phase]
         grace_start = aged_at(row["opened_at"], self.ctx.config)
         aged, created = await self.ctx.db.create_aged_position(
@@ -77,13 +79,12 @@ class AgingTimers(DetectorParts):
             detected_at=now,
             status=status,
             target_price=a.target_price,
-            breakeven_price=breakeven_price(row["side"], row["entry_price"], self.ctx.config),
+            breakeven_price=breakeven_price(row["side"], row["entry_price"], policy),
             loss_tolerance_percent=a.loss_tolerance_percent,
             hours_aged=a.age_hours,
-            config=self.ctx.config.as_dict(),
+            config=policy.as_dict(),
             grace_started_at=grace_start,
-            progressive_started_at=grace_start
-            + timedelta(microseconds=int(self.ctx.config.grace_period_hours * 3_600_000_000)),
+            progressive_started_at=grace_start + timedelta(microseconds=int(policy.grace_period_hours * 3_600_000_000)),
         )
         if created:
             self.detections += 1

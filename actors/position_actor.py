@@ -25,6 +25,7 @@ from actors.clock import PolicyClock
 from actors.events import EventBus, LifecycleEvent
 from actors.executor import CloseRequest, Executor
 from actors.mailbox import Inbox
+from actors.operator import BadAction, ForceClose, Hold, Release, effective_policy
 from actors.policy import CloseReason, PolicyConfig
 from actors.statuses import Status
 from actors.timers import TimerService
@@ -61,6 +62,28 @@ class ActorContext:
     timers: TimerService = field(default_factory=TimerService)  # someone must run timers.run()
     # Told what the actors and the detector do (metrics, benchmarks): supervisor.observer.
     observer: Observer = NO_OBSERVER
+    # Per-symbol policy overrides: the configuration file's (by symbol, on every exchange)
+    # and the operators' (by exchange and symbol; kept current by service.operator_inbox).
+    config_overrides: Mapping[str, Mapping[str, Decimal]] = field(default_factory=dict)
+    db_overrides: Mapping[tuple[str, str], Mapping[str, Decimal]] = field(default_factory=dict)
+
+    def policy_for(self, exchange: str, symbol: str) -> PolicyConfig:
+        """The effective policy of ``symbol`` on ``exchange``: the configured one, then the
+        file's overrides of the symbol, then the operators' (the last wins)."""
+        file_layer = self.config_overrides.get(symbol, {})
+        db_layer = self.db_overrides.get((exchange, symbol), {})
+        if not file_layer and not db_layer:
+            return self.config
+        try:
+            return effective_policy(self.config, file_layer, db_layer)
+        except BadAction as exc:  # each layer was checked alone; together they may not fit
+            log.error(
+                "%s %s: the operators' policy override does not fit the configured one (%s); using the configured one",
+                exchange,
+                symbol,
+                exc,
+            )
+            return effective_policy(self.config, file_layer)
 
 
 async def load_state(
@@ -79,6 +102,28 @@ async def load_state(
     if state is None:
         raise LookupError(f"aged position {aged_id} not found")
     return state
+
+
+class Reply:
+    """Where an actor puts what came of an operator's message; the sender waits on it."""
+
+    def __init__(self) -> None:
+        self.outcome: str | None = None
+        self.done = trio.Event()
+
+    def answer(self, outcome: str) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self.done.set()
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorMessage:
+    """An operator's action for one actor (:mod:`actors.operator`), or a new effective
+    policy for it; the actor answers on ``reply``."""
+
+    action: Hold | Release | ForceClose | PolicyConfig
+    reply: Reply = field(default_factory=Reply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +149,30 @@ class PositionActor:
         self.done = False
         self._timers: dict[str, datetime] = {}
         self._tick_received_at: float | None = None
+        self._reply: Reply | None = None  # the operator's message being handled
+
+    def operator(self, message: OperatorMessage) -> None:
+        """Turn an operator's message into the machine's event (with the quote that still
+        holds, so a release or a new target can close without waiting for a tick)."""
+        now = self.ctx.clock.now()
+        action = message.action
+        quote = self._current_quote()
+        prices = (quote.bid, quote.ask, quote.last) if quote is not None else (None, None, None)
+        event: pos.Event
+        if isinstance(action, Hold):
+            event = pos.HoldSet(now, action.until, action.reason)
+        elif isinstance(action, Release):
+            event = pos.HoldReleased(now, *prices)
+        elif isinstance(action, ForceClose):
+            event = pos.ForceCloseRequested(now, action.reason)
+        else:
+            event = pos.PolicyChanged(now, action, *prices)
+        self._reply = message.reply
+        try:
+            self.handle(event)
+        finally:
+            self._reply = None
+            message.reply.answer("no answer")  # only if the machine gave none
 
     def handle(self, event: pos.Event) -> None:
         before = self.state
@@ -169,6 +238,9 @@ class PositionActor:
                 )
             )
             if c.event_type.startswith("aged."):
+                data = {"side": s.side, **(c.data or {})}
+                if c.market_price is not None:
+                    data.setdefault("price", c.market_price)
                 self.ctx.bus.publish(
                     LifecycleEvent(
                         c.event_type,
@@ -176,7 +248,7 @@ class PositionActor:
                         s.aged_id,
                         s.exchange,
                         s.symbol,
-                        dict(c.data or {}),
+                        data,
                         c.critical,
                     )
                 )
@@ -193,6 +265,9 @@ class PositionActor:
             if self._timers.get(c.kind) != c.at:
                 self._timers[c.kind] = c.at
                 self.ctx.timers.schedule(self.ctx.clock.trio_time(c.at), self.mailbox, TimerDue(c.kind, c.at))
+        elif isinstance(c, pos.Answer):
+            if self._reply is not None:
+                self._reply.answer(c.outcome)
         elif isinstance(c, pos.Stop):
             self.done = True
 
@@ -263,6 +338,9 @@ async def run_actor(
         message = await mailbox.receive()
         if isinstance(message, TimerDue):
             actor.timer_due(message)
+            continue
+        if isinstance(message, OperatorMessage):
+            actor.operator(message)
             continue
         if isinstance(message, FeedTick):
             actor._tick_received_at = message.received_at

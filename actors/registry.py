@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Container, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from uuid import UUID
 
 import trio
@@ -191,6 +191,9 @@ class ActorRegistry:
         if state.status == Status.CLOSED:
             self._forget(entry)
             return
+        policy = ctx.policy_for(state.exchange, state.symbol)
+        if policy != state.config:
+            state = replace(state, config=policy)
         entry.state = state
         mailbox = Mailbox()
         feed = ctx.feeds.get(state.exchange)

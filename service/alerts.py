@@ -5,7 +5,10 @@ events that alert to each of its sinks. Which events alert:
 
 * every critical event, always (``aged.close.failed`` after all retries,
   ``supervisor.escalation``);
-* any other event type named in ``notify`` (for example ``aged.close.completed``).
+* the kinds of event named in ``notify`` (``[alerts] notify`` in the configuration;
+  :data:`NOTIFY_KINDS`): by default a close completed, a close failed, a phase change
+  into progressive and every operator action. A name with a dot is an event type
+  itself (``aged.close.triggered``).
 
 Offering never blocks and never fails: each sink keeps a bounded queue and delivers
 from its own task, which :meth:`AlertRouter.run` runs (a supervised child:
@@ -40,6 +43,17 @@ from supervisor import ChildSpec, Restart
 
 log = logging.getLogger("alerts")
 
+# Each kind of event an operator may ask to be told of, and how to tell it on the bus.
+NOTIFY_KINDS: dict[str, Callable[[LifecycleEvent], bool]] = {
+    "close_completed": lambda e: e.type == "aged.close.completed",
+    "close_failed": lambda e: e.type == "aged.close.failed",
+    "close_triggered": lambda e: e.type == "aged.close.triggered",
+    "progressive_started": lambda e: e.type == "aged.phase.changed" and e.data.get("to") == "progressive_active",
+    "phase_changed": lambda e: e.type == "aged.phase.changed",
+    "position_detected": lambda e: e.type == "aged.position.detected",
+    "operator_action": lambda e: e.type == "aged.operator.action",
+}
+
 
 class AlertRouter:
     """Routes bus events to sinks and runs the sinks' delivery tasks.
@@ -51,6 +65,10 @@ class AlertRouter:
     def __init__(self, sinks: Sequence[Sink], *, notify: Iterable[str] = ()):
         self.sinks = list(sinks)
         self.notify = frozenset(notify)
+        unknown = [n for n in self.notify if "." not in n and n not in NOTIFY_KINDS]
+        if unknown:
+            raise ValueError(f"unknown alert kinds {unknown} (known: {', '.join(NOTIFY_KINDS)})")
+        self._kinds = [NOTIFY_KINDS[n] for n in self.notify if n in NOTIFY_KINDS]
         self.routed = 0
 
     def subscribe(self, bus: Any) -> Callable[[], None]:
@@ -58,7 +76,12 @@ class AlertRouter:
         return bus.subscribe(self.publish)
 
     def wants(self, event: LifecycleEvent) -> bool:
-        return event.critical or event.type == ESCALATION or event.type in self.notify
+        return (
+            event.critical
+            or event.type == ESCALATION
+            or event.type in self.notify
+            or any(kind(event) for kind in self._kinds)
+        )
 
     def publish(self, event: LifecycleEvent) -> None:
         """The bus listener: never blocks."""

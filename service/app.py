@@ -126,7 +126,8 @@ def build_service(db, exchanges: Mapping[str, ExchangePort], feeds: Mapping[str,
     ``http_port`` None: none; 0: any free port) and the alerts of ``config.alerts``."""
     alerts = config.alerts
     obs = Observability(http_host=config.metrics.host, http_port=http_port,
-                        alerts=alert_router_from_env(webhook_url_env=alerts.webhook_url_env, telegram=alerts.telegram))
+                        alerts=alert_router_from_env(webhook_url_env=alerts.webhook_url_env, telegram=alerts.telegram,
+                                                     notify=alerts.notify))
     service = Service(db, exchanges, feeds, config, clock, extra_children=obs.children(), accounts=accounts)
     obs.attach(service)
     return service, obs

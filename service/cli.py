@@ -1,7 +1,9 @@
 """Command line: ``python run.py [command]``. With no command it runs the demo.
 
 Commands: ``demo`` (the default), ``live --config FILE [--dry-run]``, ``status``,
-``stats [--days N]``, ``migrate``, ``simulator [--port N] [--api-key KEY:SECRET] ...``.
+``stats [--days N]``, ``migrate``, ``simulator [--port N] [--api-key KEY:SECRET] ...``,
+and the operator's ``hold``, ``release``, ``close``, ``override``
+(:mod:`service.operator_cli`).
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ import functools
 import logging
 import signal
 import sys
+from datetime import UTC, datetime
 
 import trio
 
 import storage
 from actors.clock import PolicyClock
 from actors.policy import ConfigError, PolicyConfig
-from service.logs import configure_logging
+from service import operator_cli
 from service.asyncio_bridge import open_asyncio_loop
+from service.logs import configure_logging
 from simulator import options as simulator_options
 
 log = logging.getLogger("run")
@@ -49,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--days", type=float, default=7.0)
     stats.add_argument("--config", help="TOML configuration (for the database)")
     sub.add_parser("migrate", parents=[common], help="apply database migrations and exit")
+    operator_cli.add_parsers(sub, common)
     simulator = sub.add_parser("simulator", parents=[common],
                                help="the exchange simulator alone; prints its API keys and a config for live",
                                description=simulator_options.DESCRIPTION,
@@ -94,6 +99,29 @@ async def _migrate(db) -> int:
     return 0
 
 
+def _operator(args) -> int:
+    """``hold``/``release``/``close``/``override``: check, record, print what was recorded."""
+    from actors.operator import BadAction  # noqa: PLC0415
+
+    cfg = _load(args.config) if args.config else None
+    policy = cfg.policy if cfg else PolicyConfig()
+    try:
+        action = operator_cli.build_action(args, datetime.now(UTC))
+    except BadAction as exc:
+        print(f"run.py {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+    async def record(db):
+        try:
+            row = await operator_cli.record(db, action, policy)
+        except BadAction as exc:
+            print(f"run.py {args.command}: {exc}", file=sys.stderr)
+            return 2
+        print(operator_cli.describe(row))
+        return 0
+    return trio.run(_with_db, cfg.database.url if cfg else None, record)
+
+
 def main(argv: list[str]) -> int:
     # SIGTERM before the service is up (while starting) stops as cleanly as Ctrl+C;
     # once it runs, the service handles both signals itself.
@@ -116,6 +144,8 @@ def main(argv: list[str]) -> int:
                 print(await status_table(db, PolicyClock().now(), policy))
                 return 0
             return trio.run(_with_db, cfg.database.url if cfg else None, show)
+        if command in operator_cli.COMMANDS:
+            return _operator(args)
         if command == "stats":
             from service.reports import stats_tables  # noqa: PLC0415
             cfg = _load(args.config) if args.config else None

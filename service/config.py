@@ -13,6 +13,7 @@ shows every key) sets part of the tree::
 
     [database]      url, update_bot_book                    -> database
     [policy]        every PolicyConfig field                -> policy
+    [policy.overrides."<symbol>"]  per-symbol policy fields -> policy_overrides
     [manager]       poll_interval_seconds                   -> detector
                     stale_after_seconds, rest_poll_seconds  -> feeds
                     sample_interval_seconds, material_change_percent,
@@ -22,7 +23,7 @@ shows every key) sets part of the tree::
                     api_key_env, api_secret_env, symbols
     [metrics]       port, host (the HTTP endpoint: metrics, health, the console)
     [console]       token_env (the operator console's token for its actions)
-    [alerts]        webhook_url_env, telegram
+    [alerts]        webhook_url_env, telegram, notify
 
 Every key is declared once, in :data:`SETTINGS`: its type, its allowed range, its
 unit and its doc; its default is read from :data:`DEFAULTS`. The ranges are what a
@@ -39,7 +40,7 @@ import ipaddress
 import math
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -48,10 +49,12 @@ from urllib.parse import urlsplit
 
 from actors.detector import DetectorConfig
 from actors.executor import ExecutorConfig
+from actors.operator import BadAction, validate_override
 from actors.policy import ConfigError, PolicyConfig
 from actors.position import Settings
 from feeds.account_stream import AccountStreamTimings
 from feeds.feed import FeedTimings
+from service.operator_inbox import OperatorConfig
 from storage.writer import WriterConfig
 
 EXCHANGES = {
@@ -72,6 +75,7 @@ URL = "url"                  # a URL with one of `choices` as its scheme
 ENV_NAME = "env name"        # the name of an environment variable
 SYMBOLS = "symbols"          # a list of unified symbols such as "BTC/USDT:USDT"
 HOST = "host"                # an IP address to bind (IPv4 or IPv6), or "localhost"
+CHOICE_LIST = "choice list"  # a list of `choices`, each at most once
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYMBOL = re.compile(r"[^/:\s]+/[^/:\s]+:[^/:\s]+")
@@ -126,6 +130,15 @@ class Setting:
             if not isinstance(value, bool):
                 raise ConfigError(path, f"must be true or false, got {_shown(value)}")
             return value
+        if self.kind == CHOICE_LIST:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(path, f"must be a list of names ({', '.join(self.choices)}), got {_shown(value)}")
+            for i, v in enumerate(value):
+                if v not in self.choices:
+                    raise ConfigError(f"{path}[{i}]", f"must be one of {', '.join(self.choices)}, got {v!r}")
+            if len(set(value)) != len(value):
+                raise ConfigError(path, "names each kind at most once")
+            return tuple(value)
         if not isinstance(value, str) and self.kind != SYMBOLS:
             raise ConfigError(path, f"must be a string, got {_shown(value)}")
         if self.kind == CHOICE:
@@ -160,7 +173,8 @@ class Setting:
         too_low = number <= self.min if self.min_open else number < self.min
         too_high = number >= self.max if self.max_open else number > self.max
         if too_low or too_high:
-            raise ConfigError(path, f"{value!r} is out of range: must be {self.range_text()}")
+            shown = str(value) if isinstance(value, Decimal) else repr(value)
+            raise ConfigError(path, f"{shown} is out of range: must be {self.range_text()}")
         return number
 
 
@@ -267,13 +281,20 @@ class ConsoleConfig:
     token_env: str | None = None
 
 
+# The kinds of event an operator may be told of besides the critical ones (which always alert).
+NOTIFY_KINDS = ("close_completed", "close_failed", "progressive_started", "operator_action", "close_triggered",
+                "phase_changed", "position_detected")
+
+
 @dataclass(frozen=True)
 class AlertsConfig:
     """``webhook_url_env`` — the environment variable holding the webhook URL (None: no
-    webhook). ``telegram`` — send alerts to Telegram too."""
+    webhook). ``telegram`` — send alerts to Telegram too. ``notify`` — the kinds of
+    event sent besides the critical ones (:data:`NOTIFY_KINDS`)."""
 
     webhook_url_env: str | None = None
     telegram: bool = False
+    notify: tuple[str, ...] = ("close_completed", "close_failed", "progressive_started", "operator_action")
 
 
 @dataclass(frozen=True)
@@ -306,6 +327,10 @@ class AppConfig:
     metrics: MetricsConfig = MetricsConfig()
     console: ConsoleConfig = ConsoleConfig()
     alerts: AlertsConfig = AlertsConfig()
+    # [policy.overrides."<symbol>"]: per-symbol policy settings on every exchange, checked
+    # by actors.operator.validate_override; operators' overrides (database) go on top.
+    policy_overrides: Mapping[str, Mapping[str, Decimal]] = field(default_factory=dict)
+    operator: OperatorConfig = OperatorConfig()
 
     @property
     def symbols(self) -> dict[str, tuple[str, ...] | None]:
@@ -398,6 +423,8 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting("webhook_url_env", ENV_NAME, doc="the environment variable holding the webhook URL"),
         Setting("telegram", BOOL, DEFAULTS.alerts.telegram,
                 doc="send alerts to Telegram (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID)"),
+        Setting("notify", CHOICE_LIST, list(DEFAULTS.alerts.notify), choices=NOTIFY_KINDS,
+                doc="the events sent besides the critical ones (which always are)"),
     ),
 }
 SECTIONS = set(SETTINGS)
@@ -473,7 +500,13 @@ def parse_config(doc: Mapping[str, Any]) -> AppConfig:
         if key not in SECTIONS:
             raise ConfigError(key, f"unknown section (known: {', '.join(sorted(SECTIONS))})")
     database = _section(doc.get("database", {}), "database", SETTINGS["database"])
-    policy = _policy(_section(doc.get("policy", {}), "policy", SETTINGS["policy"]))
+    policy_table = doc.get("policy", {})
+    overrides_table: Any = {}
+    if isinstance(policy_table, dict):
+        policy_table = dict(policy_table)
+        overrides_table = policy_table.pop("overrides", {})
+    policy = _policy(_section(policy_table, "policy", SETTINGS["policy"]))
+    policy_overrides = _policy_overrides(overrides_table, policy)
     manager = _manager(_section(doc.get("manager", {}), "manager", SETTINGS["manager"]), policy)
     raw_exchanges = doc.get("exchanges", [])
     if not isinstance(raw_exchanges, list) or not raw_exchanges:
@@ -485,8 +518,29 @@ def parse_config(doc: Mapping[str, Any]) -> AppConfig:
     metrics = _section(doc.get("metrics", {}), "metrics", SETTINGS["metrics"])
     console = _section(doc.get("console", {}), "console", SETTINGS["console"])
     alerts = _section(doc.get("alerts", {}), "alerts", SETTINGS["alerts"])
+    alerts["notify"] = tuple(alerts["notify"])
     return replace(DEFAULTS, database=DatabaseConfig(**database), policy=policy, **manager, exchanges=exchanges,
-                   metrics=MetricsConfig(**metrics), console=ConsoleConfig(**console), alerts=AlertsConfig(**alerts))
+                   metrics=MetricsConfig(**metrics), console=ConsoleConfig(**console), alerts=AlertsConfig(**alerts),
+                   policy_overrides=policy_overrides)
+
+
+def _policy_overrides(table: Any, policy: PolicyConfig) -> dict[str, dict[str, Decimal]]:
+    """``[policy.overrides."BTC/USDT:USDT"]`` tables: per-symbol settings, each checked as an
+    operator's override is (the same keys and ranges as ``[policy]``)."""
+    if not isinstance(table, dict):
+        raise ConfigError("policy.overrides", f"must be a table of symbols, got {_shown(table)}")
+    out = {}
+    for symbol, settings in table.items():
+        path = f'policy.overrides."{symbol}"'
+        if not _SYMBOL.fullmatch(symbol):
+            raise ConfigError(path, "must be a unified symbol such as \"BTC/USDT:USDT\"")
+        if not isinstance(settings, dict):
+            raise ConfigError(path, f"must be a table, got {_shown(settings)}")
+        try:
+            out[symbol] = validate_override(settings, policy)
+        except BadAction as exc:
+            raise ConfigError(f"{path}.{str(exc).split(':', 1)[0]}", str(exc).split(": ", 1)[-1]) from None
+    return out
 
 
 def load_config(path: str | Path) -> AppConfig:

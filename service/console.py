@@ -230,12 +230,17 @@ def _view(svc: Any, row: dict, overrides: dict, now: Any) -> dict[str, Any]:
     """:func:`position_view` of ``row`` with the policy in force for its symbol and the feed's
     quote while the feed vouches for it (else the last sampled price)."""
     policy: PolicyConfig = svc.config.policy
-    layer = overrides.get((row["exchange"], row["symbol"]))
+    # As the position actors layer them (ActorContext.policy_for): the configuration
+    # file's per-symbol settings, then the operators'.
+    file_layer = (getattr(svc.config, "policy_overrides", None) or {}).get(row["symbol"], {})
+    db_layer = overrides.get((row["exchange"], row["symbol"]), {})
+    layer = {**file_layer, **db_layer}
     if layer:
         try:
-            policy = effective_policy(policy, layer)
-        except BadAction as exc:  # stored before the configuration changed: shown, not applied
-            log.warning("override of %s on %s no longer fits the policy: %s", row["symbol"], row["exchange"], exc)
+            policy = effective_policy(policy, file_layer, db_layer)
+        except BadAction:  # each layer fits alone, not together: the actors use the file's alone
+            policy = effective_policy(policy, file_layer)
+            layer = dict(file_layer)
     feed = (getattr(svc, "feeds", None) or {}).get(row["exchange"])
     tick = feed.fresh_quote(row["symbol"]) if feed is not None and hasattr(feed, "fresh_quote") else None
     if tick is None:

@@ -68,14 +68,17 @@ async def status_table(db, now: datetime, config: PolicyConfig) -> str:
         if price is not None and a.target_price is not None:
             gap = (a.target_price - price) if r["side"] == "long" else (price - a.target_price)
             distance = _pct(gap / a.target_price * 100)
-        body.append([r["exchange"], r["symbol"], r["side"], r["quantity"], r["entry_price"], r["status"],
+        hold_until = r.get("hold_until")
+        held = hold_until if hold_until is not None and hold_until > now else None
+        body.append([r["id"], r["exchange"], r["symbol"], r["side"], r["quantity"], r["entry_price"], r["status"],
                      a.phase.value, f"{a.age_hours:.2f}h", a.loss_tolerance_percent.quantize(Decimal("0.01")),
                      None if a.target_price is None else a.target_price.quantize(Decimal("1e-8")).normalize(),
-                     price, distance, r["last_price_check"]])
+                     price, distance, r["last_price_check"],
+                     None if held is None else f"{_fmt(held)} ({r.get('hold_reason') or ''})"])
     if not body:
         return "No active aged positions."
-    return table(["exchange", "symbol", "side", "qty", "entry", "status", "phase", "age", "tolerance %", "target",
-                  "last price", "to target", "checked at"], body)
+    return table(["aged id", "exchange", "symbol", "side", "qty", "entry", "status", "phase", "age", "tolerance %",
+                  "target", "last price", "to target", "checked at", "held until"], body)
 
 
 def stats_tables(stats: dict) -> str:

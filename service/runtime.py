@@ -7,6 +7,7 @@
     ├── executor              permanent
     ├── feed:<exchange> …     permanent, one per exchange (public prices)
     ├── account:<exchange> …  permanent, one per exchange with an account stream
+    ├── operator              permanent; operators' actions to the actors (service.operator_inbox)
     ├── positions             permanent supervisor; its children are the
     │   └── position:<id> …   per-position actors (transient)
     └── detector              permanent; recovery on start, then polls
@@ -40,6 +41,7 @@ from storage.writer import StorageWriter
 from exchanges.port import ExchangePort
 from feeds.account_stream import AccountStream
 from service.config import DEFAULTS, AppConfig
+from service.operator_inbox import OperatorInbox
 from supervisor import ChildSpec, ObserverSet, Restart, Supervisor, run_root
 
 log = logging.getLogger("service")
@@ -73,7 +75,7 @@ class Service:
                                  write_direct=db.write_batch, observer=self.observers, accounts=views)
         self.ctx = ActorContext(db=db, writer=self.writer, executor=self.executor, bus=self.bus, clock=self.clock,
                                 config=self.config.policy, settings=self.config.positions, feeds=self.feeds,
-                                observer=self.observers)
+                                observer=self.observers, config_overrides=self.config.policy_overrides)
         supervision = self.config.supervision
         self.positions = Supervisor("positions", intensity=supervision.positions_intensity,
                                     period=supervision.positions_period,
@@ -82,6 +84,9 @@ class Service:
         self.registry = ActorRegistry(self.ctx, self.positions, load_for_recovery=self._load_for_recovery)
         self.detector = Detector(self.ctx, self.exchanges, self.registry, config=self.config.detector,
                                  symbols=self.config.symbols, accounts=views)
+        # Operators' actions (a database without the operator tables, e.g. a stand-in, has none).
+        self.operator = (OperatorInbox(db, self.registry, self.ctx, self.bus, self.config.operator)
+                         if hasattr(db, "pending_actions") else None)
         children = [
             ChildSpec("storage-writer", self.writer.run, Restart.PERMANENT, kind="writer"),
             ChildSpec("executor", self.executor.run, Restart.PERMANENT, kind="executor"),
@@ -89,6 +94,9 @@ class Service:
             *[ChildSpec(f"feed:{name}", feed.run, Restart.PERMANENT, kind="feed") for name, feed in self.feeds.items()],
             *[ChildSpec(f"account:{name}", stream.run, Restart.PERMANENT, kind="feed")
               for name, stream in self.accounts.items()],
+            # before positions: the operators' overrides are loaded before any actor starts
+            *([ChildSpec("operator", self.operator.run, Restart.PERMANENT, kind="operator", critical=False,
+                         reports_started=True)] if self.operator is not None else []),
             ChildSpec("positions", self.registry.run, Restart.PERMANENT, kind="supervisor"),
             ChildSpec("detector", self.detector.run, Restart.PERMANENT, kind="detector"),
             *extra_children,

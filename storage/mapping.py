@@ -78,4 +78,6 @@ def position_state(
         last_sample_at=row["last_price_check"],
         last_price=row["last_checked_price"],
         needs_reconcile=inflight_orders or (row["close_triggered_at"] is not None and status != Status.CLOSED),
+        hold_until=row.get("hold_until"),
+        hold_reason=row.get("hold_reason"),
     )

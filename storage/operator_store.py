@@ -17,9 +17,13 @@ is one :class:`~actors.operator.BadAction` and the transaction writes nothing.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
+
+import trio_asyncio
 
 from actors.operator import (
     BadAction,
@@ -34,6 +38,7 @@ from actors.operator import (
 )
 from actors.policy import PolicyConfig
 from actors.statuses import Status
+from storage.errors import StorageUnavailable
 from storage.store_base import StoreBase
 
 __all__ = ["OperatorStore", "NOT_CLOSABLE"]
@@ -102,6 +107,48 @@ class OperatorStore(StoreBase):
         """The operators' per-symbol policy settings: ``{(exchange, symbol): {key: Decimal}}``."""
         rows = await self.fetch("SELECT exchange, symbol, settings FROM monitoring.symbol_overrides")
         return {(r["exchange"], r["symbol"]): {k: Decimal(str(v)) for k, v in r["settings"].items()} for r in rows}
+
+    async def listen(self, channel: str, on_notify: Callable[[str], None], on_ready: Callable[[], None]) -> None:
+        """LISTEN on ``channel`` until cancelled: ``on_notify(payload)`` for each notification.
+
+        Holds one pooled connection for as long as it runs; ``on_ready()`` once the
+        LISTEN is in place (anything sent before then must be read from the table). A
+        lost connection ends it with :class:`~storage.errors.StorageUnavailable`.
+
+        It does not go through :meth:`_call`: it never finishes on its own, and a
+        call in flight is what test doubles of the database count as busy.
+        """
+
+        def notified(_conn, _pid, _channel, payload) -> None:
+            on_notify(payload)
+
+        lost: asyncio.Future[None] | None = None
+
+        def terminated(_conn) -> None:
+            if lost is not None and not lost.done():
+                lost.set_result(None)
+
+        async def job() -> None:
+            nonlocal lost
+            lost = asyncio.get_running_loop().create_future()
+            async with self._pool.acquire() as conn:
+                conn.add_termination_listener(terminated)
+                await conn.add_listener(channel, notified)
+                try:
+                    on_ready()
+                    await lost
+                finally:
+                    conn.remove_termination_listener(terminated)
+                    if not conn.is_closed():
+                        await conn.remove_listener(channel, notified)  # UNLISTEN before the pool reuses it
+            raise StorageUnavailable(f"the connection listening on {channel} was lost")
+
+        try:
+            await trio_asyncio.aio_as_trio(job)()
+        except StorageUnavailable:
+            raise
+        except Exception as exc:
+            raise StorageUnavailable(f"listening on {channel}: {type(exc).__name__}: {exc}") from exc
 
     async def override_rows(self) -> list[dict]:
         """Every row of ``monitoring.symbol_overrides`` (settings, reason, actor, updated_at)."""

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from actors import position as pos
 from actors.policy import ConfigError, PolicyConfig, assess, next_phase_change
 from service.config import (
-    BOOL, CHOICE, DEFAULTS, ENV_NAME, HOST, INTEGER, NUMBER, SECONDS, SECONDS_LIST, SETTINGS, SYMBOLS, URL, AppConfig,
-    parse_config,
+    BOOL, CHOICE, CHOICE_LIST, DEFAULTS, ENV_NAME, HOST, INTEGER, NUMBER, SECONDS, SECONDS_LIST, SETTINGS, SYMBOLS,
+    URL, AppConfig, parse_config,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def test_every_setting_has_a_range_or_a_shape():
         if s.kind in (NUMBER, SECONDS, INTEGER, SECONDS_LIST):
             assert s.min is not None and s.max is not None and s.min < s.max, (section, s.key)
         else:
-            assert s.kind in (BOOL, CHOICE, URL, ENV_NAME, SYMBOLS, HOST), (section, s.key)
+            assert s.kind in (BOOL, CHOICE, CHOICE_LIST, URL, ENV_NAME, SYMBOLS, HOST), (section, s.key)
         assert s.doc, (section, s.key)
 
 
@@ -245,6 +245,34 @@ def test_the_example_config_documents_the_ranges():
         for s in (s for s in SETTINGS[section] if s.max is not None):  # the settings with a range
             [line] = [ln for ln in lines if ln.lstrip("# ").startswith(f"{s.key} =")]
             assert re.search(rf"\b{s.max}\b", line.split("#", 2)[-1]), (s.key, line)
+
+
+def test_alerts_notify_names_kinds_of_event_and_defaults_to_the_trader_set():
+    assert DEFAULTS.alerts.notify == ("close_completed", "close_failed", "progressive_started", "operator_action")
+    assert parse_config(VALID).alerts.notify == DEFAULTS.alerts.notify
+    assert parse_config({**VALID, "alerts": {"notify": []}}).alerts.notify == ()
+    assert parse_config({**VALID, "alerts": {"notify": ["close_triggered"]}}).alerts.notify == ("close_triggered",)
+    err = error_for({**VALID, "alerts": {"notify": ["close_completed", "everything"]}})
+    assert err.key == "alerts.notify[1]" and "'everything'" in str(err) and "operator_action" in str(err)
+    assert error_for({**VALID, "alerts": {"notify": ["close_failed", "close_failed"]}}).key == "alerts.notify"
+
+
+def test_per_symbol_policy_overrides_use_the_policy_ranges():
+    cfg = parse_config({**VALID, "policy": {"max_loss_percent": 12,
+                                            "overrides": {"BTC/USDT:USDT": {"max_loss_percent": 15.5}}}})
+    assert cfg.policy.max_loss_percent == D(12)
+    assert cfg.policy_overrides == {"BTC/USDT:USDT": {"max_loss_percent": D("15.5")}}
+    assert parse_config(VALID).policy_overrides == {}
+    bad = [
+        ({"BTC/USDT:USDT": {"max_loss_percent": 100}}, 'policy.overrides."BTC/USDT:USDT".max_loss_percent'),
+        ({"BTC/USDT:USDT": {"max_age_hours": 5}}, 'policy.overrides."BTC/USDT:USDT".max_age_hours'),
+        ({"BTC/USDT:USDT": {"loss_step_percent": 20}}, 'policy.overrides."BTC/USDT:USDT".max_loss_percent'),
+        ({"BTCUSDT": {"max_loss_percent": 12}}, 'policy.overrides."BTCUSDT"'),
+        ({"BTC/USDT:USDT": 12}, 'policy.overrides."BTC/USDT:USDT"'),
+        ([1], "policy.overrides"),
+    ]
+    for overrides, key in bad:
+        assert error_for({**VALID, "policy": {"overrides": overrides}}).key == key
 
 
 # --- the command line --------------------------------------------------------------------

@@ -6,11 +6,13 @@ Rules: no I/O, no clock; Hypothesis where a property fits.
 """
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from actors.operator import (
@@ -28,7 +30,26 @@ from actors.operator import (
     validate_override,
 )
 from actors.policy import PolicyConfig
+from actors.position import (
+    Answer,
+    CloseResult,
+    Emit,
+    ForceCloseRequested,
+    HoldReleased,
+    HoldSet,
+    Persist,
+    PolicyChanged,
+    PositionState,
+    RequestClose,
+    ScheduleTimer,
+    Settings,
+    Start,
+    Tick,
+    Timer,
+    step,
+)
 from service.config import SETTINGS
+from storage.mapping import position_state
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -124,3 +145,180 @@ def test_actions_are_plain_frozen_values_with_a_name():
         "hold", "close", "override"}
     with pytest.raises(AttributeError):
         ForceClose(aged).reason = "changed"  # type: ignore[misc]
+
+
+# --- the position machine: hold, release, close now, a new policy ----------------------
+
+
+T0 = NOW
+
+
+def h(hours) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+def new_state(side="long", **kw) -> PositionState:
+    return PositionState(aged_id=uuid.uuid4(), position_id=1, exchange="bybit", symbol="BTC/USDT:USDT", side=side,
+                         entry_price=D(100), quantity=D(2), opened_at=T0, config=PolicyConfig(), **kw)
+
+
+def of(kind, cmds):
+    return [c for c in cmds if isinstance(c, kind)]
+
+
+def answer(cmds) -> str:
+    [a] = of(Answer, cmds)
+    return a.outcome
+
+
+def started(at=5, **kw):
+    s, _ = step(new_state(**kw), Start(h(at)))
+    return s
+
+
+def test_a_held_position_does_not_close_at_its_target_and_closes_when_the_hold_ends():
+    s = started()
+    s, cmds = step(s, HoldSet(h(5), until=h(7), reason="news"))
+    assert answer(cmds) == f"held until {h(7).isoformat()}"
+    assert ScheduleTimer(h(7), "hold") in cmds
+    assert [e.event_type for e in of(Emit, cmds)] == ["operator.hold"]
+    s, cmds = step(s, Tick(h(6), bid=D(101)))  # above breakeven 100.2: would close
+    assert not of(RequestClose, cmds) and not s.close_in_flight
+    s, cmds = step(s, Timer(h(7), "hold", bid=D(101)))  # the hold ends, the price still good
+    [req] = of(RequestClose, cmds)
+    assert not req.emergency and req.worst_price == D("100.2")
+
+
+def test_release_closes_at_once_on_the_quote_it_carries():
+    s = started()
+    s, _ = step(s, HoldSet(h(5), until=h(9), reason="news"))
+    s, cmds = step(s, Tick(h(6), bid=D(101)))
+    assert not of(RequestClose, cmds)
+    s, cmds = step(s, HoldReleased(h(6.5), bid=D(101)))
+    assert answer(cmds) == "released"
+    assert s.hold_until is None and len(of(RequestClose, cmds)) == 1
+    s2, cmds = step(started(), HoldReleased(h(6.5)))
+    assert answer(cmds) == "released (was not held)" and not of(RequestClose, cmds)
+
+
+def test_the_emergency_rule_closes_a_held_position():
+    s = started(settings=Settings(emergency_close_after_hours=D(20)))
+    s, _ = step(s, HoldSet(h(5), until=h(100), reason="long hold"))
+    s, cmds = step(s, Tick(h(19), bid=D(120)))
+    assert not of(RequestClose, cmds)
+    s, cmds = step(s, Tick(h(20), bid=D(50)))
+    [req] = of(RequestClose, cmds)
+    assert req.emergency
+
+
+def test_force_close_sends_a_market_close_once_and_closes_as_manual():
+    s = started()
+    s, cmds = step(s, ForceCloseRequested(h(6), "operator exit"))
+    assert answer(cmds) == "close sent"
+    [req] = of(RequestClose, cmds)
+    assert (req.qty, req.next_attempt, req.emergency, req.worst_price) == (D(2), 1, True, None)
+    [p] = of(Persist, cmds)
+    assert p.fields["close_triggered_at"] == h(6)
+    s, cmds = step(s, ForceCloseRequested(h(6.01)))
+    assert answer(cmds) == "already closing" and not of(RequestClose, cmds)
+    s, cmds = step(s, CloseResult(h(6.02), "flat", filled_qty=D(2), avg_price=D(105), remaining_qty=D(0), attempts=1))
+    closing = [c for c in of(Persist, cmds) if "status" in c.fields]
+    assert closing[0].fields["close_reason"] == "manual" and closing[0].fields["close_price"] == D(105)
+    s, cmds = step(s, ForceCloseRequested(h(7)))
+    assert answer(cmds) == "not active (closed)" and not of(RequestClose, cmds)
+
+
+def test_force_close_of_a_held_position_or_one_in_error_still_closes():
+    held, _ = step(started(), HoldSet(h(5), until=h(50), reason="x"))
+    _, cmds = step(held, ForceCloseRequested(h(6)))
+    assert len(of(RequestClose, cmds)) == 1
+    s = started()
+    s, _ = step(s, Tick(h(6), bid=D(101)))
+    s, _ = step(s, CloseResult(h(6.1), "failed", attempts=3, error="boom"))
+    assert s.status == "error"
+    s, cmds = step(s, ForceCloseRequested(h(6.2)))
+    assert s.status == "grace_active" and len(of(RequestClose, cmds)) == 1
+
+
+def test_a_failed_force_close_goes_back_to_the_policy():
+    s, _ = step(started(), ForceCloseRequested(h(6)))
+    s, _ = step(s, CloseResult(h(6.1), "failed", attempts=3, error="boom"))
+    assert s.status == "error" and not s.manual_close
+
+
+def test_a_new_policy_moves_the_target_and_can_close_at_once():
+    s = started(at=12)  # progressive: tolerance 0.5 %, target 99.5
+    s, cmds = step(s, Tick(h(12), bid=D(98)))
+    assert not of(RequestClose, cmds)
+    wider = replace(PolicyConfig(), loss_step_percent=D(3))  # tolerance 3 %: target 97
+    s, cmds = step(s, PolicyChanged(h(12), wider, bid=D(98)))
+    assert answer(cmds) == "policy applied (target 97)"
+    assert {c.fields["target_price"] for c in of(Persist, cmds) if "target_price" in c.fields} == {D(97)}
+    assert len(of(RequestClose, cmds)) == 1
+    _, cmds = step(s, PolicyChanged(h(12), wider))
+    assert answer(cmds) == "unchanged"
+
+
+def test_a_longer_grace_period_takes_a_progressive_position_back_to_grace():
+    s = started(at=12)
+    assert s.status == "progressive_active"
+    s, cmds = step(s, PolicyChanged(h(12), replace(PolicyConfig(), grace_period_hours=D(20))))
+    assert s.status == "grace_active"
+    s, cmds = step(s, Tick(h(13), bid=D(99.9)))  # below breakeven: no close in grace
+    assert not of(RequestClose, cmds)
+
+
+def test_a_hold_survives_a_restart_through_the_row():
+    s = started()
+    row = {"id": s.aged_id, "position_id": 1, "exchange": "bybit", "symbol": "BTC/USDT:USDT", "side": "long",
+           "entry_price": D(100), "quantity": D(2), "position_opened_at": T0, "status": "grace_active",
+           "closed_qty": D(0), "close_attempts": 0, "close_triggered_at": None, "last_price_check": None,
+           "last_checked_price": None, "hold_until": h(8), "hold_reason": "news"}
+    loaded = position_state(row, PolicyConfig(), Settings(), inflight_orders=False)
+    assert (loaded.hold_until, loaded.hold_reason) == (h(8), "news")
+    loaded, cmds = step(loaded, Start(h(6)))
+    assert ScheduleTimer(h(8), "hold") in cmds
+    _, cmds = step(loaded, Tick(h(6), bid=D(101)))
+    assert not of(RequestClose, cmds)
+
+
+_events = st.lists(
+    st.tuples(st.sampled_from(["tick", "timer"]), st.integers(0, 300), st.decimals(80, 120, places=2)), max_size=25)
+
+
+def _run(s, events, now):
+    """Apply ``events`` from ``now``; the new state, every command, and the time reached."""
+    out = []
+    for kind, minutes, price in events:
+        now += timedelta(minutes=minutes)
+        event = Tick(now, bid=price, ask=price + D("0.01"), last=price) if kind == "tick" else Timer(now)
+        s, cmds = step(s, event)
+        out.extend(cmds)
+    return s, out, now
+
+
+@hsettings(max_examples=300)
+@given(start_h=st.floats(0, 45, allow_nan=False), side=st.sampled_from(["long", "short"]), events=_events)
+def test_a_hold_never_closes_except_by_the_emergency_rule(start_h, side, events):
+    s = started(at=start_h, side=side, settings=Settings(emergency_close_after_hours=D(60)))
+    s, _ = step(s, HoldSet(h(start_h), until=h(start_h + 1000), reason="hold"))
+    s, cmds, _ = _run(s, events, h(start_h))
+    assert all(r.emergency for r in of(RequestClose, cmds))
+    assert s.close_in_flight == bool(of(RequestClose, cmds))
+
+
+@hsettings(max_examples=300)
+@given(start_h=st.floats(0, 45, allow_nan=False), side=st.sampled_from(["long", "short"]),
+       during=_events, after=_events)
+def test_after_a_release_a_position_behaves_as_if_never_held(start_h, side, during, after):
+    plain = started(at=start_h, side=side)
+    held, _ = step(plain, HoldSet(h(start_h), until=h(start_h + 1000), reason="hold"))
+    plain, plain_cmds, now = _run(plain, during, h(start_h))
+    held, _, _ = _run(held, during, h(start_h))
+    if of(RequestClose, plain_cmds):
+        return  # the hold changed what happened; nothing to compare
+    held, _ = step(held, HoldReleased(now))
+    assert held == plain
+    plain, plain_cmds, _ = _run(plain, after, now)
+    held, held_cmds, _ = _run(held, after, now)
+    assert held == plain and held_cmds == plain_cmds

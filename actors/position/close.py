@@ -1,8 +1,9 @@
 """Closing: when to ask for a close, and what its result means.
 
 :func:`maybe_close` asks the executor for a close once the price reaches the target
-(or an emergency close is due); :func:`schedule_target_check` wakes the actor when a
-target moving with time will reach the last price. :func:`on_close_result` reads the
+and no operator's hold is in force (or an emergency close is due, hold or not);
+:func:`schedule_target_check` wakes the actor when a target moving with time will
+reach the last price. :func:`on_close_result` reads the
 executor's answer: closed (:func:`finish`), dust left that no order can close
 (:func:`end_as_dust`), failed (``error`` and a cool-down), or still open.
 """
@@ -35,7 +36,7 @@ def maybe_close(
     if s.status not in ACTIVE or s.close_in_flight or s.quantity <= 0:
         return s
     emergency = emergency_due(s, a)
-    if not emergency and not should_close(a, s.side, bid, ask, last):
+    if not emergency and (s.held(now) or not should_close(a, s.side, bid, ask, last)):
         return s
     if emergency and price is None and a.phase is Phase.NOT_AGED:
         return s
@@ -153,6 +154,8 @@ def finish(
                 "filled_qty": str(total_filled),
                 "attempts": attempts,
                 "pnl_percent": str(fields.get("pnl_percent")),
+                "pnl": str(fields.get("pnl")),
+                "phase": fields.get("phase_at_close"),
             },
         )
     )
@@ -181,7 +184,11 @@ def on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionStat
     total = min(max(s.closed_qty, e.filled_qty), original)
     if e.outcome == "flat" and total > 0 and e.avg_price is not None:
         a = assess_state(s, s.close_triggered_at or e.now)
-        reason = close_reason(s.side, s.entry_price, e.avg_price, a, s.config, emergency=emergency_due(s, a))
+        reason = (
+            CloseReason.MANUAL
+            if s.manual_close
+            else close_reason(s.side, s.entry_price, e.avg_price, a, s.config, emergency=emergency_due(s, a))
+        )
         return finish(
             s,
             e.now,
@@ -215,6 +222,7 @@ def on_close_result(s: PositionState, e: CloseResult, out: list) -> PositionStat
         s,
         close_in_flight=False,
         needs_reconcile=False,
+        manual_close=False,
         quantity=max(Decimal(0), remaining),
         closed_qty=total,
         close_attempts=attempts,

@@ -2,8 +2,8 @@
 
 The machine decides, the actor acts: :class:`Persist` a change to the aged position,
 :class:`RequestClose` from the executor, :class:`Emit` an event for the record and the
-alerts, set a timer (:class:`ScheduleTimer`), or :class:`Stop` once the aged position
-is finished.
+alerts, set a timer (:class:`ScheduleTimer`), tell an operator what came of their action
+(:class:`Answer`), or :class:`Stop` once the aged position is finished.
 """
 
 from __future__ import annotations
@@ -99,8 +99,15 @@ class ScheduleTimer:
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """What came of an operator's event (``"held until ..."``, ``"already closing"``), for the operator."""
+
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """The aged position is finished (closed); the actor may exit."""
 
 
-Command = Persist | RequestClose | Emit | ScheduleTimer | Stop
+Command = Persist | RequestClose | Emit | ScheduleTimer | Answer | Stop

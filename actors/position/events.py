@@ -2,7 +2,8 @@
 
 The actor turns what it hears into these: a price tick from the feed, a timer it set,
 the executor's answer to a close, a change of the position on the exchange, the
-position gone. Each is a frozen value carrying ``now``, the instant it happened (the
+position gone, and an operator's word (a hold, its release, a close now, a new
+per-symbol policy). Each is a frozen value carrying ``now``, the instant it happened (the
 machine never reads a clock).
 """
 
@@ -11,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actors.policy import PolicyConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,4 +91,47 @@ class PositionVanished:
     now: datetime
 
 
-Event = Start | Tick | Timer | CloseResult | PositionUpdate | PositionVanished
+@dataclass(frozen=True, slots=True)
+class HoldSet:
+    """An operator holds the position: no close before ``until`` except by the emergency rule."""
+
+    now: datetime
+    until: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HoldReleased:
+    """An operator ends the hold. ``bid``/``ask``/``last``: the newest quote the actor
+    has, if recent (a price that is already good closes at once)."""
+
+    now: datetime
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    last: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ForceCloseRequested:
+    """An operator asks for a close now, at the market (close reason ``manual``)."""
+
+    now: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChanged:
+    """The position's effective policy changed (a per-symbol override was set or cleared).
+    ``bid``/``ask``/``last`` as for :class:`HoldReleased`: a target that moved past the
+    price closes at once."""
+
+    now: datetime
+    config: PolicyConfig
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    last: Decimal | None = None
+
+
+OperatorEvent = HoldSet | HoldReleased | ForceCloseRequested | PolicyChanged
+
+Event = Start | Tick | Timer | CloseResult | PositionUpdate | PositionVanished | OperatorEvent

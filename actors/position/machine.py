@@ -2,8 +2,8 @@
 
 Ticks and timers re-check the phase, sample the price now and then, and close when
 the price allows (:mod:`~actors.position.close`); updates and a vanished position
-follow the exchange (:mod:`~actors.position.updates`); a start picks up where a
-previous run left off.
+follow the exchange (:mod:`~actors.position.updates`); an operator's word is
+:mod:`~actors.position.operator`'s; a start picks up where a previous run left off.
 """
 
 from __future__ import annotations
@@ -12,8 +12,21 @@ from dataclasses import replace
 
 from actors.policy import CloseReason, executable_price
 from actors.position.close import distance_percent, finish, maybe_close, on_close_result, schedule_target_check
-from actors.position.commands import Command, Emit, Persist, RequestClose, ScheduleTimer, Stop
-from actors.position.events import CloseResult, Event, PositionUpdate, PositionVanished, Start, Tick, Timer
+from actors.position.commands import Answer, Command, Emit, Persist, RequestClose, ScheduleTimer, Stop
+from actors.position.events import (
+    CloseResult,
+    Event,
+    ForceCloseRequested,
+    HoldReleased,
+    HoldSet,
+    PolicyChanged,
+    PositionUpdate,
+    PositionVanished,
+    Start,
+    Tick,
+    Timer,
+)
+from actors.position.operator import on_force_close, on_hold, on_policy, on_release
 from actors.position.phases import assess_state, emergency_due, hours_fields, leave_error, sync_phase
 from actors.position.state import PHASE_STATUS, PositionState
 from actors.position.updates import on_update
@@ -109,6 +122,8 @@ def _on_start(s: PositionState, e: Start, out: list) -> PositionState:
         until = e.now + s.settings.error_cooldown
         s = replace(s, error_until=until)
         out.append(ScheduleTimer(until, "cooldown"))
+    if s.held(e.now):
+        out.append(ScheduleTimer(s.hold_until, "hold"))  # type: ignore[arg-type]  # held: not None
     s, _ = sync_phase(s, e.now, out)
     return s
 
@@ -117,6 +132,8 @@ def step(state: PositionState, event: Event) -> tuple[PositionState, list[Comman
     """Advance ``state`` by one event; return the new state and what to do."""
     out: list[Command] = []
     if state.status == Status.CLOSED and not isinstance(event, Start):
+        if isinstance(event, (HoldSet, HoldReleased, ForceCloseRequested, PolicyChanged)):
+            out.append(Answer("not active (closed)"))
         return state, out
     if isinstance(event, Tick):
         state = _on_tick(state, event, out)
@@ -130,6 +147,14 @@ def step(state: PositionState, event: Event) -> tuple[PositionState, list[Comman
         state = _on_vanished(state, event, out)
     elif isinstance(event, Start):
         state = _on_start(state, event, out)
+    elif isinstance(event, HoldSet):
+        state = on_hold(state, event, out)
+    elif isinstance(event, HoldReleased):
+        state = on_release(state, event, out)
+    elif isinstance(event, ForceCloseRequested):
+        state = on_force_close(state, event, out)
+    elif isinstance(event, PolicyChanged):
+        state = on_policy(state, event, out)
     else:
         raise TypeError(f"unknown event {event!r}")
     return state, out

@@ -32,7 +32,8 @@ LEGAL = {
         Status.DUST,
     },
     Status.GRACE_ACTIVE: {Status.PROGRESSIVE_ACTIVE, Status.CLOSED, Status.ERROR, Status.SKIPPED, Status.DUST},
-    Status.PROGRESSIVE_ACTIVE: {Status.CLOSED, Status.ERROR, Status.SKIPPED, Status.DUST},
+    # back to grace only when an operator's per-symbol override lengthens the grace period
+    Status.PROGRESSIVE_ACTIVE: {Status.GRACE_ACTIVE, Status.CLOSED, Status.ERROR, Status.SKIPPED, Status.DUST},
     Status.ERROR: {
         Status.GRACE_ACTIVE,
         Status.PROGRESSIVE_ACTIVE,
@@ -95,7 +96,14 @@ class PositionState:
     needs_reconcile: bool = False  # a close may have been in flight when we (re)started
     pending_update: PositionUpdate | None = None  # arrived while a close was in flight; applied after it
     ended_during_close: bool = False  # the episode ended while our close was in flight
+    hold_until: datetime | None = None  # an operator's hold: no close before then but the emergency rule
+    hold_reason: str | None = None
+    manual_close: bool = False  # the close in flight (or done) is an operator's: its reason is manual
     schedule: Schedule = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedule", Schedule.of(self.side, self.entry_price, self.opened_at, self.config))
+
+    def held(self, now: datetime) -> bool:
+        """Whether an operator's hold is in force at ``now``."""
+        return self.hold_until is not None and now < self.hold_until
