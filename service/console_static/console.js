@@ -260,7 +260,7 @@ function renderHealth(h) {
   const body = $("children").querySelector("tbody");
   body.replaceChildren();
   for (const [name, c] of Object.entries(children)) {
-    if (!/^(feed|account|executor|storage|detector)/.test(name)) continue;
+    if (!/^(feed|account|executor|storage|detector|operator)/.test(name)) continue;
     body.appendChild(row([[name], [c.state, null, c.state === "running" ? "ok" : "bad"],
                           [String(c.restarts), null, "num"], [c.last_error || "–"]], { child: name }));
   }
