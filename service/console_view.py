@@ -103,7 +103,7 @@ def position_view(
     schedule = Schedule.of(side, entry, row["position_opened_at"], policy)
     a = schedule.assess(now)
     price = executable_price(side, bid, ask, last)
-    source = "feed"
+    source: str | None = "feed"
     price_at = quote_at
     if price is None:
         price, source, price_at = row.get("last_checked_price"), "sampled", row.get("last_price_check")
