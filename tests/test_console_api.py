@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from actors.clock import PolicyClock
+from actors.operator import Override
 from service.app import build_service
 from service.config import DEFAULTS, ConfigError, ConsoleConfig, MetricsConfig, parse_config
 from service.http import http_endpoint
@@ -93,6 +94,7 @@ async def test_reads_positions_one_position_closed_and_the_page(db):
         page_status, page_headers, page = await request(port, "GET", "/")
         js_status, _, js = await request(port, "GET", "/console/console.js")
         bad_limit, limit_error = await call(port, "GET", "/api/closed?limit=0", token=None)
+        missing_file, _ = await call(port, "GET", "/console/secrets.txt", token=None)
         n.cancel_scope.cancel()
     assert status == 200 and [p["symbol"] for p in positions] == ["PROGRESSIVE/USDT:USDT", "GRACE/USDT:USDT"]
     for p in positions:
@@ -114,7 +116,7 @@ async def test_reads_positions_one_position_closed_and_the_page(db):
     assert page_status == 200 and page_headers["content-type"].startswith("text/html")
     assert b'<table id="positions">' in page and b'src="/console/console.js"' in page
     assert js_status == 200 and b"/api/positions" in js
-    assert bad_limit == 400 and "limit" in limit_error["error"]
+    assert bad_limit == 400 and "limit" in limit_error["error"] and missing_file == 404
 
 
 @pytest.mark.parametrize(("config", "env", "token", "expected", "words"), [
@@ -137,6 +139,25 @@ async def test_actions_need_the_configured_token(db, monkeypatch, config, env, t
         read_status, _ = await call(port, "GET", "/api/positions", token=None)
         n.cancel_scope.cancel()
     assert (status, read_status) == (expected, 200) and words in answer["error"]
+    assert await snapshot(db) == before
+
+
+async def test_every_action_without_the_token_is_refused(db, monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    seeded = await seed(db)
+    grace = seeded["grace"]["id"]
+    await db.record_action(Override("bybit", "GRACE/USDT:USDT", {"max_loss_percent": D(5)}), "test")
+    before = await snapshot(db)
+    requests = [("POST", f"/api/positions/{grace}/hold", {"hours": 2, "reason": "x"}),
+                ("POST", f"/api/positions/{grace}/release", {}), ("POST", f"/api/positions/{grace}/close", {}),
+                ("POST", "/api/overrides", {"exchange": "bybit", "symbol": "GRACE/USDT:USDT",
+                                            "settings": {"max_loss_percent": 6}}),
+                ("DELETE", "/api/overrides/bybit/GRACE/USDT:USDT", None)]
+    async with trio.open_nursery() as n:
+        port = await serve(n, db)
+        answers = [await call(port, method, path, body, token=None) for method, path, body in requests]
+        n.cancel_scope.cancel()
+    assert [status for status, _ in answers] == [401] * len(requests)
     assert await snapshot(db) == before
 
 
