@@ -22,7 +22,7 @@ import trio
 
 from actors import position as pos
 from actors.clock import PolicyClock
-from actors.events import EventBus, LifecycleEvent
+from actors.events import CLOSE_COMPLETED, EventBus, LifecycleEvent
 from actors.executor import CloseRequest, Executor
 from actors.mailbox import Inbox
 from actors.operator import BadAction, ForceClose, Hold, Release, effective_policy
@@ -150,6 +150,7 @@ class PositionActor:
         self._timers: dict[str, datetime] = {}
         self._tick_received_at: float | None = None
         self._reply: Reply | None = None  # the operator's message being handled
+        self._closed: pos.Persist | None = None  # the change that closed the position, for its event
 
     def operator(self, message: OperatorMessage) -> None:
         """Turn an operator's message into the machine's event (with the quote that still
@@ -198,6 +199,8 @@ class PositionActor:
         s = self.state
         if isinstance(c, pos.Persist):
             self.ctx.writer.submit(op.UpdateAged(s.aged_id, c))
+            if c.status == Status.CLOSED:
+                self._closed = c
             if c.status == Status.CLOSED and c.close_reason not in (pos.KEEP, None, CloseReason.MANUAL):
                 # Our close made the episode flat. (Anything else that ends an episode, the
                 # detector sees on the exchange and records itself.)
@@ -241,6 +244,12 @@ class PositionActor:
                 data = {"side": s.side, **(c.data or {})}
                 if c.market_price is not None:
                     data.setdefault("price", c.market_price)
+                if c.event_type == CLOSE_COMPLETED and self._closed is not None:
+                    # what a trader reads first: the phase it closed in and the money
+                    data.setdefault(
+                        "phase", None if self._closed.phase_at_close is pos.KEEP else self._closed.phase_at_close
+                    )
+                    data.setdefault("pnl", None if self._closed.pnl is pos.KEEP else self._closed.pnl)
                 self.ctx.bus.publish(
                     LifecycleEvent(
                         c.event_type,

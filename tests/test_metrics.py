@@ -126,10 +126,10 @@ async def test_lifecycle_moves_every_metric_once(mock_clock, mdb):
     assert value(metrics, "aged_executor_retries_total", exchange="bybit") == 0
     assert value(metrics, "aged_detection_lag_seconds_count") == 1
     assert value(metrics, "aged_storage_write_buffer_depth") == 0
-    assert value(metrics, "aged_supervisor_children", supervisor="root", state="running") == 6  # last refresh
+    assert value(metrics, "aged_supervisor_children", supervisor="root", state="running") == 7  # last refresh (the operator inbox is one)
     metrics.refresh()  # after the shutdown
     assert value(metrics, "aged_supervisor_children", supervisor="root", state="running") == 0
-    assert value(metrics, "aged_supervisor_children", supervisor="root", state="stopped") == 6
+    assert value(metrics, "aged_supervisor_children", supervisor="root", state="stopped") == 7
     assert value(metrics, "aged_supervisor_healthy", supervisor="root") == 0
     # the hooks that were there before attach still run
     assert "closed" in seen_states and seen_submits == ["bybit"]

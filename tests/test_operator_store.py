@@ -128,3 +128,16 @@ async def test_a_new_action_notifies_the_aged_operator_channel(db, database_url)
         assert heard == [str(row["id"])]
     finally:
         await trio_asyncio.aio_as_trio(conn.close)()
+
+
+async def test_status_shows_each_positions_id_and_a_hold_in_force(db):
+    from service.reports import status_table
+
+    _, held = await make_aged(db)
+    _, free = await make_aged(db, symbol="ETH/USDT:USDT")
+    await db.record_action(Hold(held["id"], NOW + timedelta(hours=2), "funding"), "api")
+    lines = {line.split()[0]: line for line in (await status_table(db, NOW, PolicyConfig())).splitlines()[2:]}
+    assert "2026-03-01 20:00:00 (funding)" in lines[str(held["id"])]
+    assert "funding" not in lines[str(free["id"])] and lines[str(free["id"])].rstrip().endswith("-")
+    later = await status_table(db, NOW + timedelta(hours=3), PolicyConfig())  # the hold has ended
+    assert "funding" not in later

@@ -154,8 +154,6 @@ def finish(
                 "filled_qty": str(total_filled),
                 "attempts": attempts,
                 "pnl_percent": str(fields.get("pnl_percent")),
-                "pnl": str(fields.get("pnl")),
-                "phase": fields.get("phase_at_close"),
             },
         )
     )
