@@ -158,9 +158,17 @@ async def test_the_console_shows_the_demo_and_holds_and_closes_through_the_page(
                 await eventually(held_everywhere, "the API and the row showed XRP held")
                 assert (await get_json(port, f"/api/positions/{xrp}"))["hold_reason"].startswith("browser test")
 
-                # close ETH now: Close arms the button, Confirm close sends it
-                await click(page, f'#positions tr[data-id="{eth}"] button[data-action="close"]')
-                await click(page, f'#positions tr[data-id="{eth}"] button[data-action="close"]')
+                # close ETH now: Close arms the button (for 5 s), Confirm close sends it; both
+                # clicks in one script, so that no pause of a loaded machine comes between them
+                button = f'#positions tr[data-id="{eth}"] button[data-action="close"]'
+                armed = await page.evaluate(f"""(() => {{
+                    document.querySelector({json.dumps(button)}).click();
+                    const again = document.querySelector({json.dumps(button)});
+                    const label = again.textContent;
+                    again.click();
+                    return label;
+                }})()""")
+                assert armed == "Confirm close"
 
                 async def closed_everywhere():
                     detail = await get_json(port, f"/api/positions/{eth}")
