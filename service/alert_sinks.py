@@ -166,7 +166,11 @@ class Sink:
 
 
 class LogSink(Sink):
-    """Writes each alert to the ``alerts`` logger: CRITICAL for critical events, else WARNING."""
+    """Writes each critical alert to the ``alerts`` logger at CRITICAL.
+
+    The other alerts (``[alerts] notify``: a completed close, an operator's action) are
+    for the webhook and Telegram: the service logs each of those events already, once.
+    """
 
     name = "log"
 
@@ -175,8 +179,9 @@ class LogSink(Sink):
         self.logger = logger or log
 
     def offer(self, event: LifecycleEvent) -> None:  # logging is synchronous and cheap: do it now
-        level = logging.CRITICAL if event.critical else logging.WARNING
-        self.logger.log(level, "ALERT %s", alert_text(event).replace("\n", " | "))
+        if not event.critical:
+            return
+        self.logger.log(logging.CRITICAL, "ALERT %s", alert_text(event).replace("\n", " | "))
         self.delivered += 1
 
     async def run(self) -> None:

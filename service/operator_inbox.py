@@ -37,6 +37,7 @@ from actors.operator import ForceClose, Hold, Release
 from actors.position_actor import ActorContext, OperatorMessage
 from actors.registry import ActorRegistry
 from actors.statuses import ACTIVE, Status
+from storage.errors import StorageError
 
 log = logging.getLogger("service.operator")
 
@@ -76,20 +77,43 @@ class OperatorInbox:
         self.listening = False
         self.applied = 0
         self._wake = trio.Event()
+        self._db_away = False
+        self.polls_failed = 0  # reads that found the database away
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Load the operators' overrides (before any actor starts), then apply actions until cancelled."""
-        await self.refresh_overrides()
+        """Load the operators' overrides (before any actor starts), then apply actions until cancelled.
+
+        A database that does not answer stops nothing: the overrides are read and the
+        actions applied once it is back (the poll keeps trying).
+        """
+        loaded = await self._try(self.refresh_overrides)
         task_status.started()
         async with trio.open_nursery() as nursery:
             if self.config.listen:
                 nursery.start_soon(self._listen)
             while True:
                 self._wake = trio.Event()
-                await self.drain()
-                interval = self.config.idle_poll_interval if self.listening else self.config.poll_interval
+                if not loaded:
+                    loaded = await self._try(self.refresh_overrides)
+                ok = loaded and await self._try(self.drain)
+                interval = self.config.idle_poll_interval if self.listening and ok else self.config.poll_interval
                 with trio.move_on_after(interval):
                     await self._wake.wait()
+
+    async def _try(self, step) -> bool:
+        """Run ``step()``; False (logged once per outage) if the database did not answer."""
+        try:
+            await step()
+        except StorageError as exc:
+            self.polls_failed += 1
+            if not self._db_away:
+                log.warning("operator actions wait for the database: %s", exc)
+            self._db_away = True
+            return False
+        if self._db_away:
+            log.info("operator actions: the database is back")
+        self._db_away = False
+        return True
 
     def wake(self) -> None:
         """Read the table now (a notification came)."""
@@ -122,6 +146,8 @@ class OperatorInbox:
             for row in rows:
                 try:
                     outcome, error = await self.apply(row)
+                except StorageError:
+                    raise  # tried again once the database answers
                 except Exception as exc:  # noqa: BLE001 - one bad action must not block the rest
                     log.exception("operator action %s failed", row["id"])
                     outcome, error = "failed", f"{type(exc).__name__}: {exc}"

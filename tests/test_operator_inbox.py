@@ -204,3 +204,38 @@ async def test_without_listen_the_poll_alone_applies_an_action(mock_clock, mdb):
         assert row["outcome"].startswith("held until") and not svc.operator.listening
         assert trio.current_time() - started_at <= 1.0  # virtual time: one poll interval at most
         svc.shutdown()
+
+
+async def test_a_database_outage_pauses_the_inbox_and_stops_nothing(aio_loop, database_url, db):
+    """Real clock: the proxy cuts real connections. Each step waits for its condition."""
+    from actors.clock import PolicyClock
+    from service.config import DEFAULTS
+    from service.runtime import Service
+    from storage.repository import Database
+    from tests.support import DatabaseProxy, wait_until
+
+    async with trio.open_nursery() as n:
+        proxy = await n.start(DatabaseProxy(database_url).run)
+        pdb = await Database.connect(proxy.url, max_size=2, command_timeout=60, connect_timeout=60)
+        ex = MemoryExchange(name="bybit")
+        ex.set_position(SYMBOL, "long", "1", "100", opened_at=T0)
+        ex.set_quote(SYMBOL, "99", "99.01", "99")
+        svc = Service(pdb, {"bybit": ex}, {"bybit": MemoryFeed("bybit")}, DEFAULTS, PolicyClock(T0 + timedelta(hours=5)))
+        n.start_soon(svc.run)
+        with trio.fail_after(60):
+            while (aged := await aged_row(db)) is None:
+                await trio.sleep(0.05)
+        await wait_until(lambda: svc.registry.is_watching(aged["id"]), "watched")
+        await proxy.cut()
+        await wait_until(lambda: svc.operator._db_away, "the inbox noticed the outage")
+        hold = await db.record_action(Hold(aged["id"], T0 + timedelta(hours=9), "during the outage"), "api")
+        # a poll fails while the database is away (the LISTEN connection went with it)
+        polls = svc.operator.polls_failed
+        await wait_until(lambda: svc.operator.polls_failed > polls, "a poll during the outage")
+        proxy.restore()
+        row = await applied(db, hold["id"])
+        assert row["outcome"].startswith("held until")
+        assert svc.root.healthy() and svc.root.children()["operator"].restarts == 0
+        svc.shutdown()
+        await pdb.close()
+        n.cancel_scope.cancel()
