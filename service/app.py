@@ -122,10 +122,10 @@ async def hedge_mode_accounts(exchanges: Mapping[str, ExchangePort]) -> list[str
 def build_service(db, exchanges: Mapping[str, ExchangePort], feeds: Mapping[str, Feed], config: AppConfig,
                   clock: PolicyClock, *, http_port: int | None,
                   accounts: Mapping[str, AccountStream] | None = None) -> tuple[Service, Observability]:
-    """The service with its account streams, metrics, HTTP endpoint (``http_port`` None: none;
-    0: any free port) and the alerts of ``config.alerts``."""
+    """The service with its account streams, metrics, HTTP endpoint (on ``config.metrics.host``;
+    ``http_port`` None: none; 0: any free port) and the alerts of ``config.alerts``."""
     alerts = config.alerts
-    obs = Observability(http_port=http_port,
+    obs = Observability(http_host=config.metrics.host, http_port=http_port,
                         alerts=alert_router_from_env(webhook_url_env=alerts.webhook_url_env, telegram=alerts.telegram,
                                                      notify=alerts.notify))
     service = Service(db, exchanges, feeds, config, clock, extra_children=obs.children(), accounts=accounts)

@@ -24,7 +24,8 @@ shows every key) sets part of the tree::
     [[exchanges]]   name (the exchange), and the same keys       -> exchanges (an account named
                                                                     after its exchange)
     [leases]        ttl_seconds, renew_seconds, max_accounts, instance -> leases
-    [metrics]       port
+    [metrics]       port, host (the HTTP endpoint: metrics, health, the console)
+    [console]       token_env (the operator console's token for its actions)
     [alerts]        webhook_url_env, telegram, notify
 
 Every key is declared once, in :data:`SETTINGS`: its type, its allowed range, its
@@ -45,6 +46,7 @@ configuration of one account alone, as one per-account service runs it.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import tomllib
@@ -84,6 +86,7 @@ URL = "url"                  # a URL with one of `choices` as its scheme
 ENV_NAME = "env name"        # the name of an environment variable
 SYMBOLS = "symbols"          # a list of unified symbols such as "BTC/USDT:USDT"
 NAME = "name"                # a string matching `pattern` (described by `choices[0]`)
+HOST = "host"                # an IP address to bind (IPv4 or IPv6), or "localhost"
 CHOICE_LIST = "choice list"  # a list of `choices`, each at most once
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -169,6 +172,8 @@ class Setting:
                 raise ConfigError(path, f"must be the name of an environment variable (letters, digits, _), "
                                         f"got {value!r}")
             return value
+        if self.kind == HOST:
+            return _host(path, value)
         if self.kind == SYMBOLS:
             lo, hi = self.items
             if (not isinstance(value, list) or not lo <= len(value) <= hi
@@ -199,6 +204,16 @@ def _shown(value: Any) -> str:
         return f"boolean {str(value).lower()}"
     kind = {str: "string", list: "list", dict: "table"}.get(type(value), type(value).__name__)
     return f"{kind} {value!r}"
+
+
+def _host(path: str, value: str) -> str:
+    if value == "localhost":
+        return value
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(path, f"must be an IP address to bind (such as 127.0.0.1 or ::1) or localhost, "
+                                f"got {value!r}") from None
 
 
 def _url(path: str, value: str, schemes: tuple[str, ...]) -> str:
@@ -277,9 +292,21 @@ class SupervisionConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """``port`` — Prometheus ``/metrics``, ``/health`` and ``/stats``; 0 disables."""
+    """``port`` — the HTTP endpoint (Prometheus ``/metrics``, ``/health``, ``/stats`` and the
+    operator console); 0 disables. ``host`` — the address it binds: loopback unless
+    configured otherwise, because the console can act on positions."""
 
     port: int = 9108
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """``token_env`` — the environment variable holding the operator console's token. The
+    console's actions (hold, release, close, overrides) need ``Authorization: Bearer
+    <token>``; with no token configured they are refused and the console is read only."""
+
+    token_env: str | None = None
 
 
 # The kinds of event an operator may be told of besides the critical ones (which always alert).
@@ -326,6 +353,7 @@ class AppConfig:
     supervision: SupervisionConfig = SupervisionConfig()
     exchanges: tuple[ExchangeConfig, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     alerts: AlertsConfig = AlertsConfig()
     leases: LeaseConfig = LeaseConfig()
     # [policy.overrides."<symbol>"]: per-symbol policy settings on every exchange, checked
@@ -450,7 +478,12 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
     ),
     "metrics": (
         Setting("port", INTEGER, DEFAULTS.metrics.port, Decimal(0), Decimal(65535),
-                doc="Prometheus /metrics, /health, /stats; 0 disables"),
+                doc="Prometheus /metrics, /health, /stats and the console; 0 disables"),
+        Setting("host", HOST, DEFAULTS.metrics.host, doc="the address the HTTP endpoint binds"),
+    ),
+    "console": (
+        Setting("token_env", ENV_NAME, DEFAULTS.console.token_env,
+                doc="the environment variable holding the token the console's actions need"),
     ),
     "alerts": (
         Setting("webhook_url_env", ENV_NAME, doc="the environment variable holding the webhook URL"),
@@ -577,10 +610,12 @@ def parse_config(doc: Mapping[str, Any]) -> AppConfig:
     exchanges = _accounts(doc)
     leases = _leases(_section(doc.get("leases", {}), "leases", SETTINGS["leases"]))
     metrics = _section(doc.get("metrics", {}), "metrics", SETTINGS["metrics"])
+    console = _section(doc.get("console", {}), "console", SETTINGS["console"])
     alerts = _section(doc.get("alerts", {}), "alerts", SETTINGS["alerts"])
     alerts["notify"] = tuple(alerts["notify"])
     return replace(DEFAULTS, database=DatabaseConfig(**database), policy=policy, **manager, exchanges=exchanges,
-                   leases=leases, metrics=MetricsConfig(**metrics), alerts=AlertsConfig(**alerts),
+                   leases=leases, metrics=MetricsConfig(**metrics), console=ConsoleConfig(**console),
+                   alerts=AlertsConfig(**alerts),
                    policy_overrides=policy_overrides)
 
 

@@ -6,6 +6,9 @@ whole system against them through the real code paths: ccxt clients over HTTP,
 WebSocket feeds, PostgreSQL. It also injects one actor crash and one rejected order,
 so the supervisor logs show a restart and the executor a retry.
 
+The operator console is at ``/`` of the HTTP endpoint (the log says where); its
+actions need the token in ``$APM_CONSOLE_TOKEN``, else it is read only.
+
 ``--speed`` runs the policy clock faster (the default 120 makes one real minute two
 policy hours); ``--duration`` stops after that many real seconds and prints a summary.
 """
@@ -13,6 +16,7 @@ policy hours); ``--duration`` stops after that many real seconds and prints a su
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -24,13 +28,15 @@ from actors.clock import PolicyClock
 from actors.events import DETECTED
 from exchanges.ccxt_adapter import CcxtExchange
 from service.app import build_service, exchanges_open, make_account_stream, make_feeds, run_observed
-from service.config import DEFAULTS, AppConfig
+from service.config import DEFAULTS, AppConfig, ConsoleConfig
 from simulator.server import serve_simulator
 from simulator.state import RejectRule, SimState
 
 log = logging.getLogger("demo")
 
 SIM_KEY, SIM_SECRET = "sim-key", "sim-secret"
+# The console's actions in the demo need this variable's value as their token.
+CONSOLE_TOKEN_ENV = "APM_CONSOLE_TOKEN"
 
 
 def demo_config() -> AppConfig:
@@ -47,6 +53,7 @@ def demo_config() -> AppConfig:
         detector=replace(DEFAULTS.detector, poll_interval=2.0),
         feeds=replace(DEFAULTS.feeds, stale_after=5.0),
         executor=replace(DEFAULTS.executor, retry_delays=(1.0, 2.0, 3.0)),
+        console=ConsoleConfig(token_env=CONSOLE_TOKEN_ENV),
     )
 
 
@@ -186,6 +193,8 @@ def _port_free(port: int) -> bool:
 async def _announce_metrics(obs) -> None:
     port = await obs.endpoint.wait_bound()
     log.info("metrics at http://127.0.0.1:%d/metrics (also /health and /stats)", port)
+    token = "set" if os.environ.get(CONSOLE_TOKEN_ENV) else f"read only: export {CONSOLE_TOKEN_ENV}=<token> to act"
+    log.info("console at %s/ (actions: %s)", obs.endpoint.url, token)
 
 
 async def print_summary(db, clock: PolicyClock) -> None:

@@ -19,6 +19,8 @@ A starlette app served by hypercorn on trio (:func:`hypercorn.trio.serve`):
     :meth:`storage.repository.Database.statistics` as JSON (Decimals as strings,
     datetimes ISO 8601). **400** for a bad ``days``; **503** with
     ``{"error": ...}`` when the database does not answer within ``stats_timeout``.
+``GET /`` and ``/api/...``
+    The operator console and its API (:mod:`service.console`).
 
 One instance, several accounts: :func:`instance_app` serves the same three paths for an
 instance that runs one service per account it holds a lease for. ``/metrics`` is every
@@ -70,6 +72,7 @@ from starlette.routing import Route
 from service.account_labels import InstanceMetrics
 from service.account_metrics import account_health
 from service.alerts import AlertRouter
+from service.console import console_routes
 from service.metrics import Metrics
 from supervisor import ChildSpec, Restart
 
@@ -182,9 +185,6 @@ def create_app(metrics: Metrics | None, target: Any, *, stats_timeout: float = 5
     """The starlette app. ``target``: see :func:`_resolver`."""
     resolve = _resolver(target)
 
-    async def index(request: Request) -> Response:
-        return _json({"endpoints": ["/metrics", "/health", "/stats?days=7"]})
-
     async def metrics_endpoint(request: Request) -> Response:
         if metrics is None:
             return _json({"error": "metrics are not enabled"}, 404)
@@ -199,7 +199,8 @@ def create_app(metrics: Metrics | None, target: Any, *, stats_timeout: float = 5
         return await _stats(request, getattr(resolve(), "db", None), stats_timeout=stats_timeout, max_days=max_days)
 
     return Starlette(routes=[
-        Route("/", index), Route("/metrics", metrics_endpoint), Route("/health", health), Route("/stats", stats),
+        Route("/metrics", metrics_endpoint), Route("/health", health), Route("/stats", stats),
+        *console_routes(resolve, _json),
     ])
 
 
@@ -339,7 +340,7 @@ class HttpEndpoint:
                 binds = await nursery.start(functools.partial(hypercorn_serve, self.app, config))
                 self.port = int(binds[0].rsplit(":", 1)[1])
                 self._bound.set()
-                log.info("HTTP endpoint on %s (/metrics /health /stats)", self.url)
+                log.info("HTTP endpoint on %s (the console at /; /metrics /health /stats)", self.url)
                 task_status.started(self.port)
         finally:
             self.port = None

@@ -13,10 +13,10 @@ datetime, jsonb → Python objects).
 module over the shared :class:`~storage.store_base.StoreBase` (the pool and the
 crossing): episodes and the trading bot's book (:mod:`storage.episode_store`), aged
 positions (:mod:`storage.aged_store`), close orders (:mod:`storage.close_order_store`),
-batched writes (:mod:`storage.batch_store`), leases (:mod:`storage.lease_store`) and
-operator actions with per-symbol overrides (:mod:`storage.operator_store`). This module
-adds connecting, migrating, the statistics and account-scoped views
-(:meth:`Database.for_account`).
+batched writes (:mod:`storage.batch_store`), leases (:mod:`storage.lease_store`),
+operator actions with per-symbol overrides (:mod:`storage.operator_store`) and the
+operator console's reads (:mod:`storage.console_store`). This module adds connecting,
+migrating, the statistics and account-scoped views (:meth:`Database.for_account`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import trio_asyncio
 from storage.aged_store import ACTIVE_STATUSES, AgedStore
 from storage.batch_store import AGED_UPDATABLE, BOT_BOOK_CLOSE, CLOSE_ORDER_UPDATABLE, BatchStore
 from storage.close_order_store import IN_FLIGHT_STATES, CloseOrderStore
+from storage.console_store import ConsoleStore
 from storage.episode_store import BOT_BOOK_REQUIRED, EpisodeStore
 from storage.errors import WriteRejected
 from storage.lease_store import LeaseStore
@@ -65,7 +66,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore, LeaseStore, OperatorStore):
+class Database(EpisodeStore, AgedStore, CloseOrderStore, BatchStore, LeaseStore, OperatorStore, ConsoleStore):
     """A pool of connections to one PostgreSQL database.
 
     Create with ``await Database.connect(url)`` from inside an open trio-asyncio loop.

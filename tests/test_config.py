@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from actors import position as pos
 from actors.policy import ConfigError, PolicyConfig, assess, next_phase_change
 from service.config import (
-    BOOL, CHOICE, CHOICE_LIST, DEFAULTS, ENV_NAME, INTEGER, NAME, NUMBER, SECONDS, SECONDS_LIST, SETTINGS, SYMBOLS,
+    BOOL, CHOICE, CHOICE_LIST, DEFAULTS, ENV_NAME, HOST, INTEGER, NAME, NUMBER, SECONDS, SECONDS_LIST, SETTINGS,
+    SYMBOLS,
     URL, AppConfig, parse_config,
 )
 
@@ -80,7 +81,7 @@ def test_every_setting_has_a_range_or_a_shape():
         if s.kind in (NUMBER, SECONDS, INTEGER, SECONDS_LIST):
             assert s.min is not None and s.max is not None and s.min < s.max, (section, s.key)
         else:
-            assert s.kind in (BOOL, CHOICE, CHOICE_LIST, URL, ENV_NAME, SYMBOLS, NAME), (section, s.key)
+            assert s.kind in (BOOL, CHOICE, CHOICE_LIST, URL, ENV_NAME, SYMBOLS, NAME, HOST), (section, s.key)
             assert s.kind != NAME or (s.pattern is not None and s.choices), (section, s.key)
         assert s.doc, (section, s.key)
 

@@ -1,0 +1,313 @@
+// The operator console: polls the JSON API and renders it; actions go through the same API.
+// Plain DOM, no framework, nothing loaded from elsewhere. Every value from the server is
+// set as text (never as HTML).
+"use strict";
+
+const POLL_MS = 1000;        // positions
+const SLOW_POLL_MS = 5000;   // charts, closed positions, actions, health
+const TOKEN_KEY = "apm-console-token";
+
+const $ = (id) => document.getElementById(id);
+const state = { positions: [], charts: {}, holdId: null, lastSlow: 0, confirmClose: null };
+
+// --- formatting ------------------------------------------------------------------------
+
+function num(value, digits) {
+  if (value === null || value === undefined) return "–";
+  const n = Number(value);
+  if (!Number.isFinite(n)) return String(value);
+  if (digits !== undefined) return n.toFixed(digits);
+  const text = String(value);
+  // Decimals arrive as text, sometimes in exponent form ("6E+4"): shown plainly, 10 digits at most.
+  return /e/i.test(text) || text.length > 12 ? String(Number(n.toPrecision(10))) : text;
+}
+
+function when(iso, short) {
+  if (!iso) return "–";
+  const text = new Date(iso).toISOString().replace("T", " ");
+  return short ? text.slice(5, 16) : text.slice(0, 19);
+}
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = text;
+  if (cls) e.className = cls;
+  return e;
+}
+
+function row(cells, attrs) {
+  const tr = document.createElement("tr");
+  for (const [key, value] of Object.entries(attrs || {})) tr.dataset[key] = value;
+  for (const c of cells) {
+    if (c instanceof Node) { tr.appendChild(c); continue; }
+    const [text, col, cls] = c;
+    const td = el("td", text, cls);
+    if (col) td.dataset.col = col;
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+// --- the API ---------------------------------------------------------------------------
+
+async function getJson(path) {
+  const r = await fetch(path, { cache: "no-store" });
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+  return r.json();
+}
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+async function act(method, path, body) {
+  if (!token()) { askToken("Set the console token to act on positions."); return null; }
+  const r = await fetch(path, {
+    method,
+    headers: { "Content-Type": "application/json", "Authorization": `Bearer ${token()}` },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let answer = {};
+  try { answer = await r.json(); } catch (e) { answer = { error: `HTTP ${r.status}` }; }
+  if (!r.ok) {
+    if (r.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+    say(answer.error || `HTTP ${r.status}`, true);
+    showToken();
+    return null;
+  }
+  say(`${answer.action.action}: recorded (${answer.action.actor})`, false);
+  refresh(true);
+  return answer;
+}
+
+// --- messages and the token -----------------------------------------------------------
+
+function say(text, isError) {
+  const m = $("message");
+  m.textContent = text;
+  m.className = isError ? "message error" : "message ok";
+  m.hidden = false;
+}
+
+function showToken() {
+  $("token-state").textContent = token() ? "token set" : "no token";
+}
+
+function askToken(text) {
+  if (text) say(text, true);
+  $("token-form").hidden = false;
+  $("token-input").focus();
+}
+
+$("token-button").addEventListener("click", () => askToken());
+$("token-cancel").addEventListener("click", () => { $("token-form").hidden = true; });
+$("token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const value = $("token-input").value.trim();
+  if (value) sessionStorage.setItem(TOKEN_KEY, value); else sessionStorage.removeItem(TOKEN_KEY);
+  $("token-input").value = "";
+  $("token-form").hidden = true;
+  showToken();
+});
+
+// --- hold / release / close ------------------------------------------------------------
+
+function openHold(p) {
+  state.holdId = p.id;
+  $("hold-target").textContent = `${p.symbol} on ${p.exchange}`;
+  $("hold-form").hidden = false;
+  $("hold-reason").focus();
+}
+
+$("hold-cancel").addEventListener("click", () => { $("hold-form").hidden = true; state.holdId = null; });
+$("hold-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  if (!state.holdId) return;
+  const answer = await act("POST", `/api/positions/${state.holdId}/hold`,
+                           { hours: $("hold-hours").value, reason: $("hold-reason").value });
+  if (answer) { $("hold-form").hidden = true; state.holdId = null; }
+});
+
+function buttons(p) {
+  const td = el("td", null, "buttons");
+  const add = (label, name, onClick, disabled) => {
+    const b = el("button", label);
+    b.type = "button";
+    b.dataset.action = name;
+    b.disabled = Boolean(disabled);
+    b.addEventListener("click", onClick);
+    td.appendChild(b);
+  };
+  add("Hold", "hold", () => openHold(p));
+  add("Release", "release", () => act("POST", `/api/positions/${p.id}/release`, {}), !p.hold_until);
+  add(state.confirmClose === p.id ? "Confirm close" : "Close", "close", () => {
+    // Two clicks: the first arms the button (for 5 s), the second sends the close.
+    if (state.confirmClose !== p.id) {
+      state.confirmClose = p.id;
+      say(`Click "Confirm close" to close ${p.side} ${p.quantity} ${p.symbol} on ${p.exchange} at the market.`,
+          false);
+      setTimeout(() => { if (state.confirmClose === p.id) state.confirmClose = null; }, 5000);
+      renderPositions(state.positions);
+      return;
+    }
+    state.confirmClose = null;
+    act("POST", `/api/positions/${p.id}/close`, { reason: "closed from the console" });
+  });
+  return td;
+}
+
+// --- the chart: price against target over time ----------------------------------------
+
+function sparkline(points) {
+  const W = 160, H = 36, NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("width", W); svg.setAttribute("height", H);
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.classList.add("spark");
+  if (!points || points.length === 0) return svg;
+  const t = points.map((p) => Date.parse(p.at));
+  const values = points.flatMap((p) => [Number(p.price), Number(p.target)]).filter(Number.isFinite);
+  const lo = Math.min(...values), hi = Math.max(...values);
+  const t0 = Math.min(...t), t1 = Math.max(...t);
+  const x = (v) => (t1 === t0 ? W - 2 : 2 + (v - t0) / (t1 - t0) * (W - 4));
+  const y = (v) => (hi === lo ? H / 2 : H - 2 - (v - lo) / (hi - lo) * (H - 4));
+  for (const [key, cls] of [["target", "target"], ["price", "price"]]) {
+    const path = points.map((p, i) => `${i ? "L" : "M"}${x(t[i]).toFixed(1)},${y(Number(p[key])).toFixed(1)}`);
+    const line = document.createElementNS(NS, "path");
+    line.setAttribute("d", path.join(" "));
+    line.setAttribute("class", cls);
+    svg.appendChild(line);
+  }
+  if (points.length === 1) {  // one check so far: a dot for each line
+    for (const [key, cls] of [["target", "target"], ["price", "price"]]) {
+      const dot = document.createElementNS(NS, "circle");
+      dot.setAttribute("cx", x(t[0])); dot.setAttribute("cy", y(Number(points[0][key]))); dot.setAttribute("r", 2);
+      dot.setAttribute("class", cls);
+      svg.appendChild(dot);
+    }
+  }
+  const title = document.createElementNS(NS, "title");
+  title.textContent = `${points.length} price checks; blue: price, orange: target`;
+  svg.appendChild(title);
+  return svg;
+}
+
+// --- rendering -------------------------------------------------------------------------
+
+function statusCell(p) {
+  const td = el("td", null, "status");
+  td.dataset.col = "status";
+  td.appendChild(el("span", p.status.replace("_active", ""), `badge ${p.status}`));
+  if (p.held) {
+    const held = el("span", `held until ${when(p.hold_until, true)}`, "badge held");
+    held.title = p.hold_reason || "";
+    td.appendChild(held);
+  }
+  if (p.override) td.appendChild(el("span", "override", "badge override"));
+  return td;
+}
+
+function renderPositions(list) {
+  const body = $("positions").querySelector("tbody");
+  body.replaceChildren();
+  for (const p of list) {
+    const next = p.next_step_at ? `${when(p.next_step_at, true)} → ${num(p.next_target_price)}` : "–";
+    const chart = el("td", null, "chart");
+    const points = (state.charts[p.id] || []).slice();
+    if (p.price !== null && p.target_price !== null) {
+      points.push({ at: p.price_at || new Date().toISOString(), price: p.price, target: p.target_price });
+    }
+    chart.appendChild(sparkline(points));
+    const distance = p.distance_percent === null ? "–" : `${num(p.distance_percent, 3)} %`;
+    body.appendChild(row([
+      [p.exchange, "exchange"], [p.symbol, "symbol"], [p.side, "side", p.side],
+      [num(p.quantity), "quantity", "num"], [num(p.entry_price), "entry", "num"],
+      [p.phase.replace("_", " "), "phase"], [`${num(p.age_hours, 2)} h`, "age", "num"],
+      [num(p.price), "price", "num"], [num(p.target_price), "target", "num"],
+      [distance, "distance", Number(p.distance_percent) <= 0 ? "num reached" : "num"],
+      [next, "next"], statusCell(p), chart, buttons(p),
+    ], { id: p.id, held: p.held ? "true" : "false" }));
+  }
+  $("no-positions").hidden = list.length > 0;
+}
+
+function renderClosed(list) {
+  const body = $("closed").querySelector("tbody");
+  body.replaceChildren();
+  for (const c of list) {
+    const pnl = Number(c.actual_pnl);
+    body.appendChild(row([
+      [when(c.closed_at)], [c.exchange], [c.symbol], [c.side], [num(c.closed_qty || c.quantity), null, "num"],
+      [num(c.entry_price), null, "num"], [num(c.close_price), null, "num"], [c.phase_at_close || "–"],
+      [c.close_reason, "reason"], [num(c.actual_pnl, 4), null, pnl < 0 ? "num loss" : "num"],
+      [c.actual_pnl_percent === null ? "–" : `${num(c.actual_pnl_percent, 3)} %`, null, "num"],
+    ], { id: c.id }));
+  }
+}
+
+function renderActions(list) {
+  const body = $("actions").querySelector("tbody");
+  body.replaceChildren();
+  for (const a of list) {
+    const target = a.aged_position_id ? `${a.symbol} on ${a.exchange}` : `${a.symbol} on ${a.exchange} (symbol)`;
+    const outcome = a.error ? `error: ${a.error}` : (a.outcome || (a.applied_at ? "applied" : "pending"));
+    body.appendChild(row([[when(a.created_at)], [a.action, "action"], [target], [a.actor], [a.reason || "–"],
+                          [outcome, "outcome"]], { id: String(a.id) }));
+  }
+}
+
+function renderHealth(h) {
+  const bits = [`service ${h.status}`];
+  const children = (h.supervisors && h.supervisors.root && h.supervisors.root.children) || {};
+  const body = $("children").querySelector("tbody");
+  body.replaceChildren();
+  for (const [name, c] of Object.entries(children)) {
+    if (!/^(feed|account|executor|storage|detector|operator)/.test(name)) continue;
+    body.appendChild(row([[name], [c.state, null, c.state === "running" ? "ok" : "bad"],
+                          [String(c.restarts), null, "num"], [c.last_error || "–"]], { child: name }));
+  }
+  if (h.storage) bits.push(h.storage.database_up ? "database up" : "DATABASE DOWN");
+  for (const w of h.warnings || []) bits.push(w);
+  for (const p of h.problems || []) bits.push(p);
+  $("health").textContent = bits.join(" · ");
+  $("health").className = h.status === "ok" && !(h.warnings || []).length ? "health ok" : "health bad";
+}
+
+// --- polling ---------------------------------------------------------------------------
+
+async function refreshCharts(list) {
+  const charts = {};
+  await Promise.all(list.map(async (p) => {
+    try { charts[p.id] = (await getJson(`/api/positions/${p.id}?limit=120`)).prices; } catch (e) { /* next time */ }
+  }));
+  state.charts = charts;
+}
+
+async function refresh(slowToo) {
+  try {
+    state.positions = await getJson("/api/positions");
+    const slow = slowToo || Date.now() - state.lastSlow >= SLOW_POLL_MS;
+    if (slow) {
+      state.lastSlow = Date.now();
+      await refreshCharts(state.positions);
+      const [closed, actions] = await Promise.all([getJson("/api/closed?limit=20"), getJson("/api/actions?limit=30")]);
+      renderClosed(closed);
+      renderActions(actions);
+      const r = await fetch("/health", { cache: "no-store" });
+      renderHealth(await r.json());  // a 503 still has the body
+    }
+    renderPositions(state.positions);
+    $("updated").textContent = `updated ${new Date().toISOString().slice(11, 19)} UTC`;
+    document.body.dataset.loaded = "true";
+  } catch (e) {
+    $("updated").textContent = `not updated: ${e.message}`;
+  }
+}
+
+async function loop() {
+  for (;;) {
+    await refresh(false);
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+showToken();
+loop();
