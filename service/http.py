@@ -269,9 +269,6 @@ def instance_app(instance: Any, *, metrics: InstanceMetrics | None = None, stats
     """
     served = metrics if metrics is not None else getattr(instance, "metrics", None)
 
-    async def index(request: Request) -> Response:
-        return _json({"instance": instance.name, "endpoints": ["/metrics", "/health", "/stats?days=7"]})
-
     async def metrics_endpoint(request: Request) -> Response:
         if served is None:
             return _json({"error": "metrics are not enabled"}, 404)
@@ -286,7 +283,8 @@ def instance_app(instance: Any, *, metrics: InstanceMetrics | None = None, stats
         return await _stats(request, getattr(instance, "db", None), stats_timeout=stats_timeout, max_days=max_days)
 
     return Starlette(routes=[
-        Route("/", index), Route("/metrics", metrics_endpoint), Route("/health", health), Route("/stats", stats),
+        Route("/metrics", metrics_endpoint), Route("/health", health), Route("/stats", stats),
+        *console_routes(lambda: instance, _json),
     ])
 
 

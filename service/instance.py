@@ -142,6 +142,11 @@ class Instance:
         """The running services, by account."""
         return {name: h.service for name, h in self.held.items() if h.service is not None}
 
+    @property
+    def feeds(self) -> dict[str, Any]:
+        """A running feed per exchange (for the console's live prices; any account's will do)."""
+        return {exchange: feed for service in self.services().values() for exchange, feed in service.feeds.items()}
+
     def leases(self) -> dict[str, dict[str, Any]]:
         """Per configured account: whether this instance holds it, and the lease as last seen."""
         out = {}

@@ -79,6 +79,9 @@ class OperatorInbox:
         self._wake = trio.Event()
         self._db_away = False
         self.polls_failed = 0  # reads that found the database away
+        # The newest symbol-override action this service has taken in: an override
+        # concerns every account's service, so each one follows them by id itself.
+        self.overrides_seen = 0
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load the operators' overrides (before any actor starts), then apply actions until cancelled.
@@ -140,10 +143,12 @@ class OperatorInbox:
         """Apply every pending action; how many."""
         done = 0
         while True:
-            rows = await self.db.pending_actions(100)
+            rows = await self.db.pending_actions(100, overrides_after=self.overrides_seen)
             if not rows:
                 return done
             for row in rows:
+                if row["aged_position_id"] is None:
+                    self.overrides_seen = max(self.overrides_seen, row["id"])
                 try:
                     outcome, error = await self.apply(row)
                 except StorageError:
@@ -193,6 +198,8 @@ class OperatorInbox:
     async def refresh_overrides(self, only: tuple[str, str] | None = None) -> int:
         """Read the operators' overrides; tell each running actor (of ``only``, when given)
         whose effective policy changed. How many were told."""
+        if only is None:
+            self.overrides_seen = max(self.overrides_seen, await self.db.last_override_action())
         self.ctx.db_overrides = await self.db.symbol_overrides()
         told = 0
         for aged_id, state in self.registry.states().items():

@@ -77,10 +77,34 @@ class OperatorStore(StoreBase):
             raise result
         return result
 
-    async def pending_actions(self, limit: int = 100) -> list[dict]:
-        """Actions not yet applied by a service, oldest first."""
+    async def pending_actions(self, limit: int = 100, *, overrides_after: int | None = None) -> list[dict]:
+        """Actions for a service to apply, oldest first.
+
+        Unscoped (one service for every account): every action not yet applied. Scoped to
+        an account (:meth:`~storage.repository.Database.for_account`): the actions on its
+        own aged positions not yet applied, and, when ``overrides_after`` is given, every
+        symbol override recorded after that action id whether or not another account's
+        service applied it already (an override concerns every account of its exchange).
+        """
+        if self.account is None:
+            return await self.fetch(
+                "SELECT * FROM monitoring.operator_actions WHERE applied_at IS NULL ORDER BY id LIMIT $1", limit
+            )
         return await self.fetch(
-            "SELECT * FROM monitoring.operator_actions WHERE applied_at IS NULL ORDER BY id LIMIT $1", limit
+            "SELECT o.* FROM monitoring.operator_actions o "
+            "LEFT JOIN monitoring.aged_positions a ON a.id = o.aged_position_id "
+            "WHERE (o.aged_position_id IS NOT NULL AND o.applied_at IS NULL AND a.account = $2) "
+            "   OR (o.aged_position_id IS NULL AND o.id > $3) "
+            "ORDER BY o.id LIMIT $1",
+            limit,
+            self.account,
+            overrides_after if overrides_after is not None else 2**62,
+        )
+
+    async def last_override_action(self) -> int:
+        """The id of the newest symbol-override action (0 when none)."""
+        return await self.fetchval(
+            "SELECT COALESCE(max(id), 0) FROM monitoring.operator_actions WHERE aged_position_id IS NULL"
         )
 
     async def mark_applied(self, action_id: int, outcome: str, error: str | None = None) -> None:

@@ -255,20 +255,32 @@ function renderActions(list) {
 }
 
 function renderHealth(h) {
-  const bits = [`service ${h.status}`];
-  const children = (h.supervisors && h.supervisors.root && h.supervisors.root.children) || {};
+  // One service (the demo), or an instance running one service per account it holds.
+  const services = h.instance ? h.accounts || {} : { "": h };
+  const bits = h.instance ? [`instance ${h.instance} ${h.status}`] : [`service ${h.status}`];
+  if (h.instance) {
+    for (const [account, lease] of Object.entries(h.leases || {})) {
+      bits.push(lease.held_by_me ? `${account}: managed here` : `${account}: ${lease.live ? "managed by " + lease.holder : "NOT MANAGED"}`);
+    }
+  }
   const body = $("children").querySelector("tbody");
   body.replaceChildren();
-  for (const [name, c] of Object.entries(children)) {
-    if (!/^(feed|account|executor|storage|detector|operator)/.test(name)) continue;
-    body.appendChild(row([[name], [c.state, null, c.state === "running" ? "ok" : "bad"],
-                          [String(c.restarts), null, "num"], [c.last_error || "–"]], { child: name }));
+  for (const [account, svc] of Object.entries(services)) {
+    const children = (svc.supervisors && svc.supervisors.root && svc.supervisors.root.children) || {};
+    for (const [name, c] of Object.entries(children)) {
+      if (!/^(feed|account|executor|storage|detector|operator)/.test(name)) continue;
+      const shown = account ? `${account} ${name}` : name;
+      body.appendChild(row([[shown], [c.state, null, c.state === "running" ? "ok" : "bad"],
+                            [String(c.restarts), null, "num"], [c.last_error || "–"]], { child: shown }));
+    }
+    const tag = account ? `${account}: ` : "";
+    if (svc.storage) bits.push(tag + (svc.storage.database_up ? "database up" : "DATABASE DOWN"));
+    for (const w of svc.warnings || []) bits.push(tag + w);
   }
-  if (h.storage) bits.push(h.storage.database_up ? "database up" : "DATABASE DOWN");
-  for (const w of h.warnings || []) bits.push(w);
   for (const p of h.problems || []) bits.push(p);
+  const warned = Object.values(services).some((svc) => (svc.warnings || []).length);
   $("health").textContent = bits.join(" · ");
-  $("health").className = h.status === "ok" && !(h.warnings || []).length ? "health ok" : "health bad";
+  $("health").className = h.status === "ok" && !warned ? "health ok" : "health bad";
 }
 
 // --- polling ---------------------------------------------------------------------------
