@@ -116,6 +116,7 @@ def position_view(
     return {
         "id": str(row["id"]),
         "position_id": row["position_id"],
+        "account": row.get("account") or row["exchange"],
         "exchange": row["exchange"],
         "symbol": row["symbol"],
         "side": side,

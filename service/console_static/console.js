@@ -218,7 +218,7 @@ function renderPositions(list) {
     chart.appendChild(sparkline(points));
     const distance = p.distance_percent === null ? "–" : `${num(p.distance_percent, 3)} %`;
     body.appendChild(row([
-      [p.exchange, "exchange"], [p.symbol, "symbol"], [p.side, "side", p.side],
+      [where(p), "exchange"], [p.symbol, "symbol"], [p.side, "side", p.side],
       [num(p.quantity), "quantity", "num"], [num(p.entry_price), "entry", "num"],
       [p.phase.replace("_", " "), "phase"], [`${num(p.age_hours, 2)} h`, "age", "num"],
       [num(p.price), "price", "num"], [num(p.target_price), "target", "num"],
@@ -235,12 +235,17 @@ function renderClosed(list) {
   for (const c of list) {
     const pnl = Number(c.actual_pnl);
     body.appendChild(row([
-      [when(c.closed_at)], [c.exchange], [c.symbol], [c.side], [num(c.closed_qty || c.quantity), null, "num"],
+      [when(c.closed_at)], [where(c)], [c.symbol], [c.side], [num(c.closed_qty || c.quantity), null, "num"],
       [num(c.entry_price), null, "num"], [num(c.close_price), null, "num"], [c.phase_at_close || "–"],
       [c.close_reason, "reason"], [num(c.actual_pnl, 4), null, pnl < 0 ? "num loss" : "num"],
       [c.actual_pnl_percent === null ? "–" : `${num(c.actual_pnl_percent, 3)} %`, null, "num"],
     ], { id: c.id }));
   }
+}
+
+// The exchange, and the account when it is not simply named after the exchange.
+function where(p) {
+  return p.account && p.account !== p.exchange ? `${p.exchange} · ${p.account}` : p.exchange;
 }
 
 function renderActions(list) {
