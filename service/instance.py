@@ -235,6 +235,7 @@ class Instance:
                 info = self.table.get(name)
                 await self._lose(name, f"taken by {getattr(info, 'holder', 'another instance')}")
         await self._drop_expired()
+        await self._restart_missing()
         self.metrics.update_lease_metrics(result, self.name, tuple(self.accounts))
         if not take:
             self._log_standing_by()
@@ -253,6 +254,21 @@ class Instance:
             await self._acquire(name)
         self._log_standing_by()
 
+    async def _restart_missing(self) -> None:
+        """Start again the service of any account still held whose child is gone (its
+        supervisor gave up and was itself restarted)."""
+        if not self.account_supervisor.running:
+            return
+        for name in list(self.held):
+            if not self.account_supervisor.has_child(f"account:{name}"):
+                log.warning("%s: the account's service is not running; starting it again", name)
+                await self._start_account(name)
+
+    async def _start_account(self, name: str) -> None:
+        await self.account_supervisor.start_child(
+            ChildSpec(f"account:{name}", functools.partial(self._run_account, name), Restart.TRANSIENT, kind="account")
+        )
+
     async def _acquire(self, name: str) -> None:
         sent = trio.current_time()
         try:
@@ -266,9 +282,7 @@ class Instance:
         self.deadline.renewed(name, sent)
         self.standing_by.pop(name, None)
         log.info("%s: lease taken (token %d); managing the account", name, token)
-        await self.account_supervisor.start_child(
-            ChildSpec(f"account:{name}", functools.partial(self._run_account, name), Restart.TRANSIENT, kind="account")
-        )
+        await self._start_account(name)
 
     async def _lose(self, name: str, why: str) -> None:
         log.warning("%s: lease lost (%s); stopping the account's service", name, why)
