@@ -157,7 +157,10 @@ def tune_gc() -> None:
 
 
 async def run_service(service: Service, *, before_run: Callable[[Service, trio.Nursery], None] | None = None) -> int:
-    """Run ``service`` until SIGINT/SIGTERM (exit 0) or escalation at the root (exit 1)."""
+    """Run ``service`` until SIGINT/SIGTERM (exit 0) or escalation at the root (exit 1).
+
+    Anything with ``run() -> int`` and ``shutdown()`` will do: a whole instance
+    (:class:`service.instance.Instance`) runs the same way."""
     tune_gc()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

@@ -56,7 +56,7 @@ from service.app import (
     make_account_streams,
     make_exchange,
     make_feeds,
-    tune_gc,
+    run_service,
 )
 from service.config import AppConfig
 from service.http import Observability, instance_endpoint
@@ -397,31 +397,13 @@ async def run_instance(app: AppConfig, db: Any, *, dry_run: bool, metrics_port: 
             app.leases.ttl,
             app.leases.renew_interval,
         )
-        return await _run_with_signals(instance)
+        code = await run_service(instance)  # anything with run() and shutdown(): SIGINT/SIGTERM shut it down
+        if code != 0 and instance.alerts is not None:
+            await instance.alerts.flush(5.0)
+        return code
 
 
 def _account_text(e) -> str:
     """``bybit (http://...)`` for an account named after its exchange, else ``desk-1 (bybit, http://...)``."""
     where = e.rest_url or "production"
     return f"{e.account} ({where})" if e.account == e.name else f"{e.account} ({e.name}, {where})"
-
-
-async def _run_with_signals(instance: Instance) -> int:
-    import signal  # noqa: PLC0415
-
-    tune_gc()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def on_signal():
-                async for signum in signals:
-                    log.info("%s received: shutting down", signal.Signals(signum).name)
-                    instance.shutdown()
-                    return
-
-            nursery.start_soon(on_signal)
-            code = await instance.run()
-            nursery.cancel_scope.cancel()
-    if code != 0 and instance.alerts is not None:
-        await instance.alerts.flush(5.0)
-    return code

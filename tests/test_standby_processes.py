@@ -184,6 +184,17 @@ async def dbc(aio_loop, db, database_url):
         await conn.close()
 
 
+async def in_grace(dbc: Database, n: int) -> None:
+    await until(f"{n} aged positions of account main in grace", lambda: rows(
+        dbc, "SELECT 1 FROM monitoring.aged_positions WHERE account='main' AND status='grace_active' "
+             "HAVING count(*) = $1", n))
+
+
+async def all_closed(dbc: Database, n: int) -> None:
+    await until(f"{n} aged positions closed", lambda: rows(
+        dbc, "SELECT 1 FROM monitoring.aged_positions WHERE status='closed' HAVING count(*) = $1", n))
+
+
 async def wait_holder(dbc: Database, account: str) -> dict:
     [row] = await until(f"a holder of {account}", lambda: rows(
         dbc, "SELECT * FROM monitoring.leases WHERE account=$1 AND expires_at > now()", account))
@@ -206,14 +217,11 @@ async def test_instances_on_one_account_one_acts_the_others_stand_by(dbc, databa
             lease = await wait_holder(dbc, "main")
             holder = next(i for i in instances if i.name == lease["holder"])
             others = [i for i in instances if i is not holder]
-            await until("3 aged positions in grace", lambda: rows(
-                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE account='main' AND status='grace_active' "
-                     "HAVING count(*) = 3"))
+            await in_grace(dbc, 3)
             for other in others:
                 await until(f"{other.name} standing by", lambda o=other: _contains(o, "main: standing by"))
             above_breakeven(st, exchange)
-            await until("every aged position closed", lambda: rows(
-                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE status='closed' HAVING count(*) = 3"))
+            await all_closed(dbc, 3)
             orders = await rows(dbc, "SELECT * FROM monitoring.close_orders")
         finally:
             for i in instances:
@@ -249,9 +257,7 @@ async def test_kill_9_of_the_holder_with_a_close_in_flight(dbc, database_url, tm
             await wait_holder(dbc, "main")
             await b.start()
             await until("b standing by", lambda: _contains(b, "main: standing by"))
-            await until("3 aged positions in grace", lambda: rows(
-                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE account='main' AND status='grace_active' "
-                     "HAVING count(*) = 3"))
+            await in_grace(dbc, 3)
             # One close goes out slowly: the simulator holds every REST request 1 s, less
             # than a takeover takes, so the standby's look-up comes after the order landed
             # (or after the request died with its sender: then it was never placed).
@@ -272,8 +278,7 @@ async def test_kill_9_of_the_holder_with_a_close_in_flight(dbc, database_url, tm
             took = trio.current_time() - killed_at
             print(f"takeover after kill -9: {took:.2f} s")
             above_breakeven(st, exchange)
-            await until("every aged position closed", lambda: rows(
-                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE status='closed' HAVING count(*) = 3"))
+            await all_closed(dbc, 3)
             lease = await wait_holder(dbc, "main")
             orders = await rows(dbc, "SELECT * FROM monitoring.close_orders ORDER BY created_at")
         finally:
@@ -312,17 +317,14 @@ async def test_a_holder_cut_from_the_database_stops_and_the_standby_takes_over(d
             assert first["holder"] == "a"
             await b.start()
             await until("b standing by", lambda: _contains(b, "main: standing by"))
-            await until("3 aged positions in grace", lambda: rows(
-                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE account='main' AND status='grace_active' "
-                     "HAVING count(*) = 3"))
+            await in_grace(dbc, 3)
             link.freeze()
             await until("a stops acting", lambda: _stopped(a))
             lease = await until("b holds the lease", lambda: rows(
                 dbc, "SELECT * FROM monitoring.leases WHERE account='main' AND holder='b' AND expires_at > now()"))
             await until("b managing", lambda: b.managing("main"))
             above_breakeven(st, exchange)
-            await until("every aged position closed", lambda: rows(
-                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE status='closed' HAVING count(*) = 3"))
+            await all_closed(dbc, 3)
             link.thaw()
         finally:
             await b.stop()
@@ -400,16 +402,13 @@ async def test_a_hung_holder_that_wakes_up_after_the_takeover_sends_nothing(dbc,
             first = await wait_holder(dbc, "main")
             await b.start()
             await until("b standing by", lambda: _contains(b, "main: standing by"))
-            await until("3 aged positions in grace", lambda: rows(
-                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE account='main' AND status='grace_active' "
-                     "HAVING count(*) = 3"))
+            await in_grace(dbc, 3)
             a.proc.send_signal(signal.SIGSTOP)  # hung: no renewals, nothing else either
             await until("b holds the lease", lambda: rows(
                 dbc, "SELECT 1 FROM monitoring.leases WHERE account='main' AND holder='b' AND expires_at > now()"))
             await until("b managing", lambda: b.managing("main"))
             above_breakeven(st, exchange)  # a's feed has these ticks waiting when it wakes
-            await until("every aged position closed", lambda: rows(
-                dbc, "SELECT 1 FROM monitoring.aged_positions WHERE status='closed' HAVING count(*) = 3"))
+            await all_closed(dbc, 3)
             a.proc.send_signal(signal.SIGCONT)
             await until("a knows it lost the account", lambda: _stopped(a))
             await until("a standing by", lambda: _contains(a, "main: standing by; the account is managed by b"))
