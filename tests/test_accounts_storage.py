@@ -193,7 +193,7 @@ async def test_rows_from_before_accounts_belong_to_the_account_named_like_their_
                 "side, order_type, requested_qty) VALUES ('old-1', $1, 1, 'bybit', $2, 'sell', 'market', 1)",
                 aged_id, SYMBOL)
 
-            assert await database.migrate() == [5]
+            assert (await database.migrate())[0] == 5  # and any later ones
 
             view = database.for_account("bybit")
             assert (await view.episode(pos_id))["account"] == "bybit"
