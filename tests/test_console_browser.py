@@ -207,15 +207,16 @@ async def test_the_console_shows_the_demo_and_holds_and_closes_through_the_page(
 
                 async def override_applied():
                     stored = await get_json(port, "/api/overrides")
-                    done = [a for a in await get_json(port, "/api/actions")
-                            if a["action"] == "override" and re.fullmatch(r"applied to \d+ positions?", a["outcome"] or "")]
-                    if not (done and [(o["exchange"], o["symbol"]) for o in stored] == [(xrp_exchange, "XRP/USDT:USDT")]):
+                    done = [a for a in await get_json(port, "/api/actions") if a["action"] == "override"
+                            and re.fullmatch(r"applied to \d+ positions?", a["outcome"] or "")]
+                    wanted = [(xrp_exchange, "XRP/USDT:USDT")]
+                    if not (done and [(o["exchange"], o["symbol"]) for o in stored] == wanted):
                         return None
                     shown = await text_of(page, f'#actions tr[data-id="{done[0]["id"]}"] [data-col=outcome]')
                     listed = await override_rows(page)
                     xrp_row = (await rows(page)).get("XRP/USDT:USDT")
                     agree = (shown == done[0]["outcome"] and xrp_row is not None and "override" in xrp_row["status"]
-                             and [(o["exchange"], o["symbol"]) for o in listed] == [(xrp_exchange, "XRP/USDT:USDT")])
+                             and [(o["exchange"], o["symbol"]) for o in listed] == wanted)
                     return stored if agree else None
 
                 stored = await eventually(override_applied, "the override stored, applied, and listed by the page")
