@@ -5,9 +5,12 @@ database of its own) at policy speed 1, so that the demo's positions stay open f
 test: XRP (15 % under water), ETH (in grace, far from breakeven) and DOGE are aged and
 open; SOL closes at once. The system's headless Chromium, driven over the DevTools
 protocol (:mod:`tests.cdp`), loads ``/``, waits for the table, sets the token, holds
-XRP through the page's own hold form, closes ETH with its Close button (two clicks),
-and each time waits until the API and the page agree. A screenshot goes to the test's
-temp folder (``console.png``).
+XRP through the page's own hold form and releases it with its Release button, sets a
+per-symbol override on XRP through the Overrides form, submits an out-of-range one
+(the page shows the API's refusal word for word and nothing is stored), closes ETH
+with its Close button (two clicks), takes a screenshot (``console.png`` in the test's
+temp folder: the override listed, the refusal next to the form) and clears the
+override with its Clear button. Each time it waits until the API and the page agree.
 
 Without Chromium the test skips with one line saying how to install it.
 """
@@ -27,8 +30,9 @@ import asyncpg
 import pytest
 import trio
 
+from actors.operator import OVERRIDABLE
 from tests.cdp import INSTALL_HINT, Page, find_chromium, launch
-from tests.http_client import get_json
+from tests.http_client import get_json, request
 from tests.support import run_asyncio, within
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +105,22 @@ async def rows(page: Page) -> dict[str, dict]:
     return {r["symbol"]: r for r in json.loads(found)}
 
 
+async def text_of(page: Page, selector: str) -> str | None:
+    """The text of the element ``selector`` if it is shown; ``None`` if absent or hidden."""
+    return await page.evaluate(f"""(() => {{
+        const el = document.querySelector({json.dumps(selector)});
+        return el && !el.hidden ? el.textContent : null;
+    }})()""")
+
+
+async def override_rows(page: Page) -> list[dict]:
+    """The Overrides table as the page shows it: exchange, symbol, settings text."""
+    found = await page.evaluate("""JSON.stringify([...document.querySelectorAll('#overrides tbody tr')].map(tr => ({
+        exchange: tr.dataset.exchange, symbol: tr.dataset.symbol,
+        settings: tr.querySelector('[data-col=settings]').textContent})))""")
+    return json.loads(found)
+
+
 async def click(page: Page, selector: str) -> None:
     """Click the element ``selector`` as it is in the page now (the table is redrawn every second)."""
     await page.evaluate(f"""(() => {{
@@ -158,6 +178,75 @@ async def test_the_console_shows_the_demo_and_holds_and_closes_through_the_page(
                 await eventually(held_everywhere, "the API and the row showed XRP held")
                 assert (await get_json(port, f"/api/positions/{xrp}"))["hold_reason"].startswith("browser test")
 
+                # release XRP: its Release button (enabled now that the row shows the hold)
+                await click(page, f'#positions tr[data-id="{xrp}"] button[data-action="release"]')
+
+                async def released_everywhere():
+                    api = {p["id"]: p for p in await get_json(port, "/api/positions")}
+                    page_rows = await rows(page)
+                    return (api[xrp]["hold_until"] is None and not api[xrp]["held"]
+                            and page_rows["XRP/USDT:USDT"]["held"] == "false"
+                            and "held" not in page_rows["XRP/USDT:USDT"]["status"])
+
+                await eventually(released_everywhere, "the API and the row showed XRP released")
+
+                # override XRP's max_loss_percent: the row's Override button fills in the
+                # exchange and symbol, the form's select offers exactly the overridable keys
+                xrp_exchange = api[xrp]["exchange"]
+                await click(page, f'#positions tr[data-id="{xrp}"] button[data-action="override"]')
+                assert await page.evaluate("document.getElementById('override-exchange').value") == xrp_exchange
+                assert await page.evaluate("document.getElementById('override-symbol').value") == "XRP/USDT:USDT"
+                offered = json.loads(await page.evaluate(
+                    "JSON.stringify([...document.querySelectorAll('#override-settings .override-key option')]"
+                    ".map(o => o.value))"))
+                assert offered == list(OVERRIDABLE)
+                await fill(page, "#override-settings .override-key", "max_loss_percent")
+                await fill(page, "#override-settings .override-value", "25")
+                await fill(page, "#override-reason", "browser test: a wider cap for XRP")
+                await click(page, "#override-submit")
+
+                async def override_applied():
+                    stored = await get_json(port, "/api/overrides")
+                    done = [a for a in await get_json(port, "/api/actions") if a["action"] == "override"
+                            and re.fullmatch(r"applied to \d+ positions?", a["outcome"] or "")]
+                    wanted = [(xrp_exchange, "XRP/USDT:USDT")]
+                    if not (done and [(o["exchange"], o["symbol"]) for o in stored] == wanted):
+                        return None
+                    shown = await text_of(page, f'#actions tr[data-id="{done[0]["id"]}"] [data-col=outcome]')
+                    listed = await override_rows(page)
+                    xrp_row = (await rows(page)).get("XRP/USDT:USDT")
+                    agree = (shown == done[0]["outcome"] and xrp_row is not None and "override" in xrp_row["status"]
+                             and [(o["exchange"], o["symbol"]) for o in listed] == wanted)
+                    return stored if agree else None
+
+                stored = await eventually(override_applied, "the override stored, applied, and listed by the page")
+                assert {k: float(v) for k, v in stored[0]["settings"].items()} == {"max_loss_percent": 25.0}
+                assert "max_loss_percent = 25" in (await override_rows(page))[0]["settings"]
+                now_api = {p["id"]: p for p in await get_json(port, "/api/positions")}
+                assert {k: float(v) for k, v in now_api[xrp]["override"].items()} == {"max_loss_percent": 25.0}
+
+                # out of range: the page shows the API's own refusal, and nothing is stored
+                actions_before = [a["id"] for a in await get_json(port, "/api/actions")]
+                bad = {"exchange": xrp_exchange, "symbol": "XRP/USDT:USDT",
+                       "settings": {"max_loss_percent": "500"}, "reason": "browser test: too wide"}
+                status, _, payload = await request(port, "POST", "/api/overrides", bad,
+                                                   {"Authorization": f"Bearer {TOKEN}"})
+                refusal = json.loads(payload)["error"]
+                assert status == 400 and "max_loss_percent" in refusal
+                await fill(page, "#override-exchange", bad["exchange"])
+                await fill(page, "#override-symbol", bad["symbol"])
+                await fill(page, "#override-settings .override-key", "max_loss_percent")
+                await fill(page, "#override-settings .override-value", "500")
+                await fill(page, "#override-reason", bad["reason"])
+                await click(page, "#override-submit")
+
+                async def refusal_shown():
+                    return await text_of(page, "#override-error")
+
+                assert await eventually(refusal_shown, "the page showed the API's refusal") == refusal
+                assert await get_json(port, "/api/overrides") == stored
+                assert [a["id"] for a in await get_json(port, "/api/actions")] == actions_before
+
                 # close ETH now: Close arms the button (for 5 s), Confirm close sends it; both
                 # clicks in one script, so that no pause of a loaded machine comes between them
                 button = f'#positions tr[data-id="{eth}"] button[data-action="close"]'
@@ -181,10 +270,23 @@ async def test_the_console_shows_the_demo_and_holds_and_closes_through_the_page(
                 detail = await eventually(closed_everywhere,
                                           "ETH closed in the API, gone from the table, listed as closed")
                 assert [a["action"] for a in detail["actions"]] == ["close"]
-                history = await get_json(port, "/api/actions")
-                assert {a["action"] for a in history} == {"hold", "close"}
                 shot = await page.screenshot(tmp_path / "console.png")
                 assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+                # clear the override: its Clear button in the Overrides table
+                await click(page, '#overrides tbody tr[data-symbol="XRP/USDT:USDT"] button[data-action="clear"]')
+
+                async def cleared_everywhere():
+                    cleared = [a for a in await get_json(port, "/api/actions")
+                               if a["action"] == "clear_override" and a["applied_at"] is not None]
+                    return (cleared and await get_json(port, "/api/overrides") == []
+                            and await override_rows(page) == []
+                            and "override" not in (await rows(page))["XRP/USDT:USDT"]["status"])
+
+                await eventually(cleared_everywhere, "the override cleared in the API and gone from the page")
+                history = await get_json(port, "/api/actions")
+                assert sorted(a["action"] for a in history) == sorted(
+                    ["hold", "release", "override", "close", "clear_override"])
         finally:
             with trio.CancelScope(shield=True):
                 if process.returncode is None:

@@ -6,6 +6,10 @@
 const POLL_MS = 1000;        // positions
 const SLOW_POLL_MS = 5000;   // charts, closed positions, actions, health
 const TOKEN_KEY = "apm-console-token";
+// The per-symbol settings an override may set: actors/operator.py OVERRIDABLE (the browser
+// test checks that the two lists agree). Their ranges are the server's to judge.
+const OVERRIDABLE = ["grace_period_hours", "loss_step_percent", "acceleration_after_hours",
+                     "acceleration_factor", "max_loss_percent", "commission_percent"];
 
 const $ = (id) => document.getElementById(id);
 const state = { positions: [], charts: {}, holdId: null, lastSlow: 0, confirmClose: null };
@@ -58,7 +62,9 @@ async function getJson(path) {
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
-async function act(method, path, body) {
+// Send one action. A refusal's {"error": ...} is shown verbatim: in `errorBox` when given
+// (a form's own place), else in the message line. The answer, or null when refused.
+async function act(method, path, body, errorBox) {
   if (!token()) { askToken("Set the console token to act on positions."); return null; }
   const r = await fetch(path, {
     method,
@@ -69,7 +75,8 @@ async function act(method, path, body) {
   try { answer = await r.json(); } catch (e) { answer = { error: `HTTP ${r.status}` }; }
   if (!r.ok) {
     if (r.status === 401) sessionStorage.removeItem(TOKEN_KEY);
-    say(answer.error || `HTTP ${r.status}`, true);
+    const text = answer.error || `HTTP ${r.status}`;
+    if (errorBox) { errorBox.textContent = text; errorBox.hidden = false; } else say(text, true);
     showToken();
     return null;
   }
@@ -126,6 +133,87 @@ $("hold-form").addEventListener("submit", async (ev) => {
   if (answer) { $("hold-form").hidden = true; state.holdId = null; }
 });
 
+// --- overrides -------------------------------------------------------------------------
+
+// One setting of the override form: a key (select) and its value (a number, sent as typed).
+function addSetting(key) {
+  const span = el("span", null, "setting");
+  const select = el("select", null, "override-key");
+  for (const k of OVERRIDABLE) select.appendChild(el("option", k));
+  select.value = key || "max_loss_percent";
+  const value = el("input", null, "override-value");
+  Object.assign(value, { type: "number", step: "any", size: 6, required: true });
+  value.setAttribute("aria-label", "value");
+  const remove = el("button", "×");
+  remove.type = "button";
+  remove.title = "remove this setting";
+  remove.addEventListener("click", () => {
+    if ($("override-settings").children.length > 1) span.remove();
+  });
+  span.append(select, " = ", value, remove);
+  $("override-settings").appendChild(span);
+  return span;
+}
+
+function openOverride(p) {
+  $("override-exchange").value = p.exchange;
+  $("override-symbol").value = p.symbol;
+  $("override-error").hidden = true;
+  $("override-settings").querySelector(".override-value").focus();
+}
+
+$("override-add").addEventListener("click", () => addSetting());
+$("override-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const settings = {};
+  for (const s of $("override-settings").children) {
+    settings[s.querySelector(".override-key").value] = s.querySelector(".override-value").value.trim();
+  }
+  const body = { exchange: $("override-exchange").value.trim(), symbol: $("override-symbol").value.trim(),
+                 settings, reason: $("override-reason").value };
+  $("override-error").hidden = true;
+  const answer = await act("POST", "/api/overrides", body, $("override-error"));
+  if (answer) {
+    $("override-settings").replaceChildren();
+    addSetting();
+    $("override-reason").value = "";
+  }
+});
+
+function clearOverride(o) {
+  const path = `/api/overrides/${encodeURIComponent(o.exchange)}/${encodeURIComponent(o.symbol)}`;
+  act("DELETE", `${path}?reason=${encodeURIComponent("cleared from the console")}`);
+}
+
+function renderOverrides(list) {
+  const body = $("overrides").querySelector("tbody");
+  body.replaceChildren();
+  for (const o of list) {
+    const settings = Object.entries(o.settings).map(([k, v]) => `${k} = ${num(v)}`).join(", ");
+    const td = el("td", null, "buttons");
+    const b = el("button", "Clear");
+    b.type = "button";
+    b.dataset.action = "clear";
+    b.addEventListener("click", () => clearOverride(o));
+    td.appendChild(b);
+    body.appendChild(row([[o.exchange, "exchange"], [o.symbol, "symbol"], [settings, "settings"],
+                          [o.reason || "–"], [o.actor || "–"], [when(o.updated_at)], td],
+                         { exchange: o.exchange, symbol: o.symbol }));
+  }
+  $("no-overrides").hidden = list.length > 0;
+}
+
+// The form's suggestions: the exchanges and symbols of the listed positions (free text too).
+function renderChoices(list) {
+  for (const [id, key] of [["override-exchanges", "exchange"], ["override-symbols", "symbol"]]) {
+    const values = [...new Set(list.map((p) => p[key]))].sort();
+    const box = $(id);
+    if (box.dataset.values === values.join("\n")) continue;
+    box.dataset.values = values.join("\n");
+    box.replaceChildren(...values.map((v) => { const o = el("option"); o.value = v; return o; }));
+  }
+}
+
 function buttons(p) {
   const td = el("td", null, "buttons");
   const add = (label, name, onClick, disabled) => {
@@ -138,6 +226,7 @@ function buttons(p) {
   };
   add("Hold", "hold", () => openHold(p));
   add("Release", "release", () => act("POST", `/api/positions/${p.id}/release`, {}), !p.hold_until);
+  add("Override", "override", () => openOverride(p));
   add(state.confirmClose === p.id ? "Confirm close" : "Close", "close", () => {
     // Two clicks: the first arms the button (for 5 s), the second sends the close.
     if (state.confirmClose !== p.id) {
@@ -305,13 +394,16 @@ async function refresh(slowToo) {
     if (slow) {
       state.lastSlow = Date.now();
       await refreshCharts(state.positions);
-      const [closed, actions] = await Promise.all([getJson("/api/closed?limit=20"), getJson("/api/actions?limit=30")]);
+      const [closed, actions, overrides] = await Promise.all(
+        [getJson("/api/closed?limit=20"), getJson("/api/actions?limit=30"), getJson("/api/overrides")]);
       renderClosed(closed);
       renderActions(actions);
+      renderOverrides(overrides);
       const r = await fetch("/health", { cache: "no-store" });
       renderHealth(await r.json());  // a 503 still has the body
     }
     renderPositions(state.positions);
+    renderChoices(state.positions);
     $("updated").textContent = `updated ${new Date().toISOString().slice(11, 19)} UTC`;
     document.body.dataset.loaded = "true";
   } catch (e) {
@@ -327,4 +419,5 @@ async function loop() {
 }
 
 showToken();
+addSetting();
 loop();
