@@ -33,6 +33,7 @@ from decimal import Decimal
 import trio
 
 from actors.close_fills import Fills, close_result, dust_result, failed_result
+from actors.close_reconcile import WriteAheadNotCommitted
 from actors.close_request import CloseRequest, EpisodeChanged, client_order_id, order_side
 from actors.episodes import CLOCK_SKEW, reentered_at
 from actors.executor_parts import ExecutorParts
@@ -163,6 +164,17 @@ class CloseLoop(ExecutorParts):
             except LeaseLost as exc:
                 # Another instance acts for this account now: nothing is sent.
                 return failed_result(req, fills, attempt - 1, f"lease lost: {exc}")
+            except WriteAheadNotCommitted as exc:
+                # Nothing sent. The row may have committed all the same (a reply lost):
+                # the next try takes the next client order id, and the look-up of this
+                # one finds no order.
+                last_error = f"write-ahead row not committed, nothing sent ({exc})"
+                hold.release()
+                log.warning("close of %s %s: %s", req.exchange, req.symbol, last_error)
+                attempt += 1
+                if not await backoff.pause(None):
+                    return failed_result(req, fills, attempt - 1, last_error)
+                continue
             fills.sent(cid, attempt)  # from here on this client order id is never sent again
             hold.release()
             self.stats.attempts += 1

@@ -36,6 +36,10 @@ log = logging.getLogger("actors.executor")
 FINAL_STATES = FINAL
 
 
+class WriteAheadNotCommitted(Exception):
+    """Under a lease, the write-ahead row of an order could not be committed: the order is not sent."""
+
+
 class WriteAhead(ExecutorParts):
     """The executor's write-ahead rows and its reconciling (see the module docstring)."""
 
@@ -47,10 +51,15 @@ class WriteAhead(ExecutorParts):
         queued in the writer instead (before any update of that order) and the close
         goes on: the deterministic client order id lets a restart find the order.
 
+        Under a lease (``may_send`` set) a queued row is not enough: the lease may run
+        out before the writer gets the row in, and the next holder would never learn
+        of the order. There :exc:`WriteAheadNotCommitted` is raised and nothing is sent.
+
         :exc:`~storage.errors.LeaseLost` is raised: another instance now acts for the
         account, so the order must not be sent.
         """
-        if self.write_direct is not None and self.writer.database_up:
+        durable = self.may_send is not None
+        if self.write_direct is not None and (self.writer.database_up or durable):
             try:
                 with trio.fail_after(self.db_timeout):
                     await self.write_direct([row])
@@ -58,12 +67,16 @@ class WriteAhead(ExecutorParts):
             except LeaseLost:
                 raise
             except Exception as exc:  # noqa: BLE001 - database away: the writer keeps it
+                if durable:
+                    raise WriteAheadNotCommitted(f"{type(exc).__name__}: {exc}") from exc
                 log.warning(
                     "write-ahead row %s not committed (%s: %s); queued, sending anyway",  # pragma: no mutate
                     row.client_order_id,
                     type(exc).__name__,  # pragma: no mutate
                     exc,
                 )  # pragma: no mutate
+        elif durable:
+            raise WriteAheadNotCommitted("no database to write to")
         self.writer.submit(row)
 
     async def _reconcile(self, req: CloseRequest, port: ExchangePort) -> Fills:

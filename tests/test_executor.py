@@ -353,6 +353,44 @@ async def test_a_held_lease_lets_the_order_go(autojump_clock):
     assert r.outcome == "flat" and len(h.creates()) == 1
 
 
+async def test_under_a_lease_a_write_ahead_row_the_database_could_not_take_sends_nothing_and_is_retried(
+        autojump_clock):
+    # Queued is not enough under a lease: the lease may run out before the writer gets the
+    # row in, and the next holder would never learn of the order.
+    h, aged = Harness(exchange()), uuid4()
+    h.executor.may_send = lambda: True
+    calls = []
+
+    async def away_then_back(batch):
+        calls.append([o.client_order_id for o in batch])
+        if len(calls) == 1:
+            raise StorageUnavailable("connection refused")
+        await h._write(batch)
+
+    h.executor.write_direct = away_then_back
+    r = await h.close(aged)
+    assert r.outcome == "flat" and len(h.creates()) == 1
+    # the first id was never sent (its row might have committed): the order went out under the next one
+    assert calls == [[client_order_id(aged, 1)], [client_order_id(aged, 2)]]
+    assert h.creates()[0][3] == client_order_id(aged, 2)
+    # only the committed row: nothing of the first id was queued in the writer
+    assert [o.client_order_id for o in h.ops if isinstance(o, op.RecordCloseOrder)] == [client_order_id(aged, 2)]
+
+
+async def test_under_a_lease_a_database_away_for_good_fails_the_close_with_nothing_sent(autojump_clock):
+    h, aged = Harness(exchange(), retry_delays=(1.0, 3.0)), uuid4()
+    h.executor.may_send = lambda: True
+
+    async def away(batch):
+        raise StorageUnavailable("connection refused")
+
+    h.executor.write_direct = away
+    r = await h.close(aged)
+    assert r.outcome == "failed" and r.error.startswith("write-ahead row not committed, nothing sent")
+    assert h.creates() == []
+    assert not any(isinstance(o, op.RecordCloseOrder) for o in h.ops)
+
+
 async def test_a_write_ahead_row_the_database_could_not_take_is_queued_and_the_order_sent(autojump_clock):
     h, aged = Harness(exchange()), uuid4()
 
