@@ -109,8 +109,9 @@ class Instance:
         self.standing_by: dict[str, str] = {}  # account -> holder we last logged standing by for
         self.lease_errors = 0
         if self.alerts is None:
+            alerts = self.config.alerts
             self.alerts = alert_router_from_env(
-                webhook_url_env=self.config.alerts.webhook_url_env, telegram=self.config.alerts.telegram
+                webhook_url_env=alerts.webhook_url_env, telegram=alerts.telegram, notify=alerts.notify
             )
         self.account_supervisor = Supervisor(
             "accounts", intensity=self.config.supervision.root_intensity, period=self.config.supervision.root_period

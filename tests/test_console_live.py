@@ -16,6 +16,7 @@ import trio
 
 from simulator.server import serve_simulator
 from tests.http_client import request
+from tests.test_alerts import Receiver
 from tests.test_episodes_live import Live, _config
 
 EXCHANGE, SYMBOL_ID, SYMBOL = "bybit", "BTCUSDT", "BTC/USDT:USDT"
@@ -40,10 +41,13 @@ async def test_hold_override_release_and_close_through_the_api_of_a_live_instanc
     port = _free_port()
     async with trio.open_nursery() as nursery:
         sim = await nursery.start(serve_simulator)
+        rx = await nursery.start(Receiver().run)  # the trader's webhook: [alerts] notify, the defaults
+        monkeypatch.setenv("TEST_WEBHOOK_URL", rx.url())
         st = sim.state
         st.set_position(EXCHANGE, SYMBOL_ID, "long", "0.5", "100", opened_at=datetime.now(UTC) - timedelta(hours=5))
         st.set_price(EXCHANGE, SYMBOL_ID, bid=D("99"), ask=D("99.1"), last=D("99"))  # grace, under water
-        config = _config(sim.info(), EXCHANGE, "3", extra='[console]\ntoken_env = "TEST_CONSOLE_TOKEN"\n')
+        config = _config(sim.info(), EXCHANGE, "3", extra='[console]\ntoken_env = "TEST_CONSOLE_TOKEN"\n'
+                                                          '[alerts]\nwebhook_url_env = "TEST_WEBHOOK_URL"\n')
         config = config.replace("[metrics]\nport = 0", f"[metrics]\nport = {port}")
         async with Live(tmp_path, database_url, config) as live:
             [aged] = await live.until("SELECT * FROM monitoring.aged_positions WHERE status='grace_active'",
@@ -114,8 +118,19 @@ async def test_hold_override_release_and_close_through_the_api_of_a_live_instanc
             status, body = await call(port, "POST", f"/api/positions/{eth['id']}/close", {})
             assert status == 409 and "closed" in body["error"]
             history = await live.db.fetch("SELECT action, actor, outcome FROM monitoring.operator_actions ORDER BY id")
+
+            def announced():
+                return [json.loads(r["body"]) for r in rx.requests]
+            with trio.fail_after(60):
+                while sum(a["type"] == "aged.close.completed" for a in announced()) < 2:
+                    await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
     assert live.code == 0, live.log[-3000:]
     assert [h["action"] for h in history] == ["hold", "override", "release", "close"]
     assert all(h["actor"].startswith("api") and h["outcome"] for h in history)
     assert len(st.accepted_orders(EXCHANGE)) == 2
+    kinds = [a["type"] for a in announced()]
+    assert kinds.count("aged.operator.action") == 4, kinds  # hold, override, release, close
+    closes = {a["symbol"]: a["data"] for a in announced() if a["type"] == "aged.close.completed"}
+    assert closes[SYMBOL]["side"] == "long" and closes[SYMBOL]["close_reason"] in ("profitable", "breakeven")
+    assert closes["ETH/USDT:USDT"]["close_reason"] == "manual" and "pnl" in closes["ETH/USDT:USDT"]
