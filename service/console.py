@@ -144,7 +144,7 @@ def console_routes(resolve: Callable[[], Any], to_json: Callable[..., Response])
         if row["status"] in NOT_OPEN:
             body = {**row, "id": str(row["id"])}
         else:
-            overview = [r for r in await svc.db.positions_overview() if r["id"] == aged_id]
+            overview = await svc.db.positions_overview(aged_id)
             body = _view(svc, overview[0] if overview else row, await svc.db.symbol_overrides(), svc.clock.now())
         body["prices"] = await svc.db.price_history(aged_id, _limit(request, "limit", 200))
         body["transitions"] = await svc.db.history(aged_id)

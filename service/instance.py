@@ -78,7 +78,6 @@ class _Held:
 
     token: int
     service: Service | None = None
-    unsubscribe: Any = None
 
 
 @dataclass
@@ -287,22 +286,23 @@ class Instance:
 
     async def _lose(self, name: str, why: str) -> None:
         log.warning("%s: lease lost (%s); stopping the account's service", name, why)
-        await self.account_supervisor.stop_child(f"account:{name}")
-        self.held.pop(name, None)
-        self.deadline.forget(name)
+        await self._stop(name)
 
     async def _release(self, name: str) -> None:
-        held = self.held.get(name)
-        if held is None:
+        if name not in self.held:
             return
         log.info("%s: giving the lease up so the accounts spread over the instances", name)
-        await self.account_supervisor.stop_child(f"account:{name}")
-        self.held.pop(name, None)
-        self.deadline.forget(name)
+        held = await self._stop(name)
         try:
             await self.db.release_lease(name, self.name, held.token)
         except Exception as exc:  # noqa: BLE001 - it then expires on its own
             log.warning("%s: could not release the lease (%s: %s)", name, type(exc).__name__, exc)
+
+    async def _stop(self, name: str) -> _Held:
+        """Stop the account's service and forget the lease here; what was held."""
+        await self.account_supervisor.stop_child(f"account:{name}")
+        self.deadline.forget(name)
+        return self.held.pop(name)
 
     async def _drop_expired(self) -> None:
         for name in self.deadline.expired(trio.current_time()):

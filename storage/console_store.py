@@ -42,17 +42,19 @@ def _limit(name: str, value: int) -> int:
 class ConsoleStore(StoreBase):
     """The console's reads (see the module docstring)."""
 
-    async def positions_overview(self) -> list[dict]:
-        """Aged positions still open, oldest first: the aged row (``a.*``) plus
-        ``episode_quantity``, ``episode_entry_price`` and ``episode_status`` from the book."""
+    async def positions_overview(self, aged_id: UUID | None = None) -> list[dict]:
+        """Aged positions still open (only ``aged_id`` when given), oldest first: the aged
+        row (``a.*``) plus ``episode_quantity``, ``episode_entry_price`` and
+        ``episode_status`` from the book."""
         return await self.fetch(
             """SELECT a.*, e.quantity AS episode_quantity, e.entry_price AS episode_entry_price,
                       e.status AS episode_status
                FROM monitoring.aged_positions a
                JOIN monitoring.episodes e ON e.id = a.position_id
-               WHERE a.status = ANY($1::text[])
+               WHERE a.status = ANY($1::text[]) AND ($2::uuid IS NULL OR a.id = $2)
                ORDER BY a.position_opened_at, a.id""",
             CONSOLE_STATUSES,
+            aged_id,
         )
 
     async def price_history(self, aged_id: UUID, limit: int = 200) -> list[dict]:

@@ -195,6 +195,17 @@ async def all_closed(dbc: Database, n: int) -> None:
         dbc, "SELECT 1 FROM monitoring.aged_positions WHERE status='closed' HAVING count(*) = $1", n))
 
 
+async def holder_and_standby(dbc: Database, a: Instance, b: Instance) -> dict:
+    """Start ``a`` and let it take account main, then ``b``, which stands by; wait for the
+    three aged positions in grace. The lease row ``a`` took."""
+    await a.start()
+    lease = await wait_holder(dbc, "main")
+    await b.start()
+    await until("b standing by", lambda: _contains(b, "main: standing by"))
+    await in_grace(dbc, 3)
+    return lease
+
+
 async def wait_holder(dbc: Database, account: str) -> dict:
     [row] = await until(f"a holder of {account}", lambda: rows(
         dbc, "SELECT * FROM monitoring.leases WHERE account=$1 AND expires_at > now()", account))
@@ -253,11 +264,7 @@ async def test_kill_9_of_the_holder_with_a_close_in_flight(dbc, database_url, tm
         a = Instance(tmp_path, "a", "key-a", database_url, accounts)
         b = Instance(tmp_path, "b", "key-b", database_url, accounts)
         try:
-            await a.start()
-            await wait_holder(dbc, "main")
-            await b.start()
-            await until("b standing by", lambda: _contains(b, "main: standing by"))
-            await in_grace(dbc, 3)
+            await holder_and_standby(dbc, a, b)
             # One close goes out slowly: the simulator holds every REST request 1 s, less
             # than a takeover takes, so the standby's look-up comes after the order landed
             # (or after the request died with its sender: then it was never placed).
@@ -312,12 +319,8 @@ async def test_a_holder_cut_from_the_database_stops_and_the_standby_takes_over(d
         a = Instance(tmp_path, "a", "key-a", via_proxy, accounts)
         b = Instance(tmp_path, "b", "key-b", database_url, accounts)
         try:
-            await a.start()
-            first = await wait_holder(dbc, "main")
+            first = await holder_and_standby(dbc, a, b)
             assert first["holder"] == "a"
-            await b.start()
-            await until("b standing by", lambda: _contains(b, "main: standing by"))
-            await in_grace(dbc, 3)
             link.freeze()
             await until("a stops acting", lambda: _stopped(a))
             lease = await until("b holds the lease", lambda: rows(
@@ -398,11 +401,7 @@ async def test_a_hung_holder_that_wakes_up_after_the_takeover_sends_nothing(dbc,
         a = Instance(tmp_path, "a", "key-a", database_url, accounts)
         b = Instance(tmp_path, "b", "key-b", database_url, accounts)
         try:
-            await a.start()
-            first = await wait_holder(dbc, "main")
-            await b.start()
-            await until("b standing by", lambda: _contains(b, "main: standing by"))
-            await in_grace(dbc, 3)
+            first = await holder_and_standby(dbc, a, b)
             a.proc.send_signal(signal.SIGSTOP)  # hung: no renewals, nothing else either
             await until("b holds the lease", lambda: rows(
                 dbc, "SELECT 1 FROM monitoring.leases WHERE account='main' AND holder='b' AND expires_at > now()"))
